@@ -4,16 +4,106 @@
 # > Sharpness-aware minimization, stabilised by renormalization: a drop-in PyTorch optimizer, the paper's theory checked numerically, and its experiments as notebooks.
 
 # %% [markdown]
-# (The full front page comes with the docs issue.)
-#
+# Sharpness-aware minimization (SAM) takes each step with the gradient evaluated at an ascent point
+# $w + \rho\, g/\|g\|$ rather than at $w$, which biases training towards flat minima; but that surrogate
+# gradient is often much larger than the true one, and training can overshoot or blow up.
+# **StableSAM** (Tan et al., *Stabilizing Sharpness-aware Minimization Through A Simple Renormalization
+# Strategy*) rescales the surrogate gradient to the norm of the exact gradient,
+# $g^{asc} \leftarrow \frac{\|g\|}{\|g^{asc}\|} g^{asc}$, at no extra cost and with no new hyperparameter.
+# This package implements the whole SAM family with that renormalization as one PyTorch optimizer, checks the
+# paper's theory numerically, and reproduces every table and figure from notebooks that are also its
+# documentation and its tests.
+
+# %% [markdown]
 # ## Install
 #
 # ```sh
+# git clone https://github.com/stablesam/stablesam && cd stablesam
 # pip install -e ".[dev]"
 # ```
+#
+# `pip install -e .` alone installs the library and what it needs at run time; `[dev]` adds the notebook
+# and test tools (nbdev, jupytext, jupyterlab, pytest). PyTorch is not pinned: on a GPU machine install the
+# build for your CUDA first.
+#
+# ## See what it does, offline, in a few minutes
+#
+# ```sh
+# stablesam-reproduce --quick --out reproduce-quick
+# ```
+#
+# runs the theory audit, the toy experiment of Figure 4 and a small SGD/SAM/StableSAM comparison on
+# synthetic data, with no download, and writes the figures, the audit table and a one-page `report.md`.
+# Without `--quick` it runs the full-size CPU experiments (it says how long first).
 #
 # ## Test
 #
 # ```sh
-# nbdev_test && pytest
+# nbdev_test --n_workers 2 && python -m pytest
 # ```
+#
+# `nbdev_test` executes every notebook (cells that need a GPU or hours are flagged and skipped) and
+# `pytest` runs `tests/`. `bash .ci/run` is what CI runs: install, the sync checks, then this command.
+
+# %% [markdown]
+# ## Drop-in use
+#
+# `StableSAM` wraps any `torch.optim` optimizer. Each step takes two forward-backward passes on the same
+# batch: the first at $w$, the second at the ascent point.
+
+# %%
+import torch
+from torch import nn
+from stablesam.optim import StableSAM
+
+model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+opt = StableSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4)
+loss_fn = nn.CrossEntropyLoss()
+x, y = torch.randn(256, 10), torch.randint(0, 2, (256,))
+for step in range(20):
+    loss_fn(model(x), y).backward()
+    opt.first_step(zero_grad=True)           # ascend to w + rho * g / ||g||
+    loss_fn(model(x), y).backward()          # surrogate gradient at the ascent point
+    opt.second_step(zero_grad=True)          # restore w, renormalize, base optimizer step
+
+# %% [markdown]
+# `opt.step(closure)` works too, and `opt.last_stats` holds the step's gradient norms and renormalization
+# factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation, and
+# DistributedDataParallel, see the recipes in [the optimizer page](00_optim.ipynb).
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_close
+final = loss_fn(model(x), y).item()
+assert final < 0.69, final  # it learns the random labels a little
+test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, True)
+
+# %% [markdown]
+# ## What the package reproduces
+#
+# | paper | what | notebook | runs on |
+# |---|---|---|---|
+# | Algorithm 1, Remark 19 | SAM, StableSAM, ASAM, StableASAM, USAM, StableUSAM | [optim](00_optim.ipynb) | CPU |
+# | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb) | CPU |
+# | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
+# | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN), GPU |
+# | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb) | GPU (quick on CPU) |
+# | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [train](05_train.ipynb) | GPU |
+# | Section 5.4, Table 4 | label noise | [train](05_train.ipynb) | GPU |
+# | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
+
+# %% [markdown]
+# ## Contributing
+#
+# The notebooks in `nbs/` are the source: `stablesam/` is exported from them and never edited by hand.
+#
+# - Set up: `pip install -e ".[dev]"`, then `nbdev_install_hooks` (cleans notebooks on save and on merge).
+# - Every notebook `nbs/NAME.ipynb` is paired with a percent-format script `nbs_py/NAME.py`
+#   (`jupytext.toml`): edit either, then `jupytext --sync` the one you edited. `python tools/run_nb.py
+#   nbs_py/NAME.py` syncs, executes in a fresh kernel (skipping flagged cells), stores outputs and cleans.
+# - Add a notebook: `nbs_py/NN_topic.py` starting with a `#| default_exp topic` cell, a `# Title` and a
+#   `> subtitle` line; run it with `tools/run_nb.py`, add it to `nbs/sidebar.yml`, then `nbdev_export`.
+# - Cells that need a GPU or hours start with `#| gpu` or `#| slow` (`tst_flags` in `settings.ini`); the
+#   same code runs next to them in a quick configuration.
+# - Before committing: `nbdev_export && nbdev_clean && python tools/check_pairs.py`, then the test command
+#   above. `bash .ci/run` runs all of it as CI does.

@@ -1,0 +1,79 @@
+"""Check the docs without Quarto: process the notebooks as `nbdev_docs` does, render each page to HTML.
+
+`nbdev_proc_nbs` writes the processed notebooks to _proc/ (front matter, `show_doc` API entries, hidden
+cells removed); each is rendered here with nbconvert to _docs_html/NAME.html, the page title and subtitle
+taken from the front matter as Quarto would. Where Quarto is not installed a stand-in `quarto` is put on
+PATH for `nbdev_proc_nbs`, which only checks that the program exists before processing.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from html import escape
+from pathlib import Path
+
+import nbformat
+import yaml
+from nbconvert import HTMLExporter
+
+ROOT = Path(__file__).resolve().parents[1]
+PROC, OUT = ROOT / '_proc', ROOT / '_docs_html'
+
+
+def process_notebooks() -> Path:
+    """Run `nbdev_proc_nbs` (with a stand-in quarto where none is installed); return the processed nbs folder."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not any((Path(d) / 'quarto').exists() for d in env.get('PATH', '').split(os.pathsep)):
+            fake = Path(tmp) / 'quarto'
+            fake.write_text('#!/bin/sh\nexit 0\n')
+            fake.chmod(0o755)
+            env['PATH'] = tmp + os.pathsep + env.get('PATH', '')
+        subprocess.run(['nbdev_proc_nbs', '--n_workers', '1'], cwd=ROOT, env=env, check=True)
+    return PROC
+
+
+def front_matter(nb) -> dict:
+    """The title/description of a processed notebook's YAML front matter (first raw cell)."""
+    for cell in nb.cells:
+        if cell.cell_type == 'raw' and cell.source.lstrip().startswith('---'):
+            return yaml.safe_load(cell.source.strip().strip('-')) or {}
+    return {}
+
+
+def render_page(nb_path: Path) -> str:
+    """HTML for one processed notebook, with its front matter shown as title and subtitle."""
+    nb = nbformat.read(nb_path, as_version=4)
+    fm = front_matter(nb)
+    head = f"# {fm.get('title', nb_path.stem)}\n\n"
+    if fm.get('description'):
+        head += f"<div class='description'>{escape(fm['description'])}</div>\n"
+    nb.cells = [nbformat.v4.new_markdown_cell(head)] + [c for c in nb.cells if c.cell_type != 'raw']
+    html, _ = HTMLExporter(template_name='lab').from_notebook_node(nb)
+    return html
+
+
+def render_all(out: Path = OUT) -> dict:
+    """Process and render every notebook; return {page name: html path}."""
+    proc = process_notebooks()
+    out.mkdir(exist_ok=True)
+    pages = {}
+    for nb_path in sorted(proc.glob('*.ipynb')):
+        if nb_path.name.startswith('_'):
+            continue
+        dest = out / (nb_path.stem + '.html')
+        dest.write_text(render_page(nb_path))
+        pages[nb_path.stem] = dest
+    return pages
+
+
+def main() -> None:
+    """Render the docs pages and list them."""
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    for name, path in render_all().items():
+        print(f'{name}: {path.relative_to(ROOT)}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
