@@ -1,0 +1,438 @@
+# %%
+#| default_exp data
+
+# %% [markdown]
+# # data
+#
+# > Datasets of Sections 5.2-5.4 (MNIST, CIFAR-10/100, ImageNet-1k) with the paper's augmentation, exact label noise, and small fake datasets in the real on-disk formats
+
+# %% [markdown]
+# The experiments of the paper train on MNIST and CIFAR-10 (algorithmic stability, Section 5.2),
+# CIFAR-10/100 and ImageNet-1k (image classification from scratch, Section 5.3) and CIFAR-10 with
+# a fraction of its training labels randomised (Section 5.4, Table 4). This module returns each of
+# them as a `DataBundle` with the paper's augmentation, and writes small *fake* datasets in the very
+# same file formats, so that tests, quick runs and the docs go through the real loading code
+# without a download.
+
+# %%
+#| hide
+from fastcore.test import *
+import tempfile
+from pathlib import Path
+
+# %%
+#| export
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+
+# %% [markdown]
+# ## Fake datasets in the real formats
+#
+# Each writer produces images that carry a learnable class signal: every class has its own smooth
+# random template (a 4x4 pattern upsampled to the image size) and each image is its class template
+# plus pixel noise. A quick run on these files shows the loss going down, and the files are read
+# by torchvision's own MNIST / CIFAR / ImageFolder code.
+
+# %%
+#| exporti
+def _write_idx(path, array):
+    """Write `array` (uint8) as an IDX file (the MNIST format: magic, big-endian dims, data)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    Path(path).write_bytes(header + array.tobytes())
+
+
+# %%
+#| exporti
+def _mix(seed, salt):
+    """A derived seed: `seed` and `salt` mixed into one non-negative integer."""
+    return int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1)[0])
+
+
+# %%
+#| exporti
+def _fake_images(n, num_classes, size, channels, seed, split=0):
+    """`n` uint8 images (N, H, W, C) with a per-class smooth template plus noise, and their labels."""
+    trng = np.random.default_rng(_mix(seed, 7))
+    coarse = trng.uniform(0, 255, size=(num_classes, 4, 4, channels))
+    reps = -(-size // 4)
+    templates = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
+    rng = np.random.default_rng(_mix(seed, 100 + split))
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = templates[labels] + rng.normal(0, 40, size=(n, size, size, channels))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+# %%
+#| export
+def write_fake_mnist(root, n_train=256, n_test=128, seed=0):
+    """Write a small MNIST (28x28 grey, 10 classes) as the IDX files torchvision reads, in `root`/MNIST/raw."""
+    raw = Path(root) / 'MNIST' / 'raw'
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, k in (('train', n_train, 0), ('t10k', n_test, 1)):
+        x, y = _fake_images(n, 10, 28, 1, seed, split=k)
+        _write_idx(raw / f'{split}-images-idx3-ubyte', x[..., 0])
+        _write_idx(raw / f'{split}-labels-idx1-ubyte', y)
+    return Path(root)
+
+
+# %%
+tmp = Path(tempfile.mkdtemp())
+write_fake_mnist(tmp, n_train=50, n_test=20)
+m = tvd.MNIST(tmp, train=True)
+test_eq((len(m), tuple(m.data.shape[1:])), (50, (28, 28)))
+test_eq(sorted(set(m.targets.tolist())), list(range(10)))
+
+# %% [markdown]
+# CIFAR-10 and CIFAR-100 are python pickles of `uint8` rows (`3*32*32`, channel-major), five training
+# batches plus a test batch for CIFAR-10, one `train` and one `test` file for CIFAR-100, and a meta
+# file with the class names. torchvision checks each file's MD5 against the real dataset's; a fake
+# file cannot match, so the writer leaves a marker `FAKE_DATA` in the folder and the loader below skips
+# the checksum (only that check) for folders that carry it.
+
+# %%
+#| export
+FAKE_MARKER = 'FAKE_DATA'
+
+def write_fake_cifar(root, n_train=256, n_test=128, num_classes=10, seed=0):
+    """Write a small CIFAR-10/100 as the python pickles torchvision reads, in `root`/cifar-10-batches-py (or cifar-100-python)."""
+    if num_classes not in (10, 100):
+        raise ValueError(f"Invalid num_classes for CIFAR: {num_classes} (choose 10 or 100)")
+    folder = Path(root) / ('cifar-10-batches-py' if num_classes == 10 else 'cifar-100-python')
+    folder.mkdir(parents=True, exist_ok=True)
+    key = 'labels' if num_classes == 10 else 'fine_labels'
+    def dump(name, x, y):
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        with open(folder / name, 'wb') as f: pickle.dump({'data': rows, key: y.tolist()}, f)
+    xtr, ytr = _fake_images(n_train, num_classes, 32, 3, seed, split=0)
+    xte, yte = _fake_images(n_test, num_classes, 32, 3, seed, split=1)
+    if num_classes == 10:
+        for i, part in enumerate(np.array_split(np.arange(n_train), 5)):
+            dump(f'data_batch_{i + 1}', xtr[part], ytr[part])
+        dump('test_batch', xte, yte)
+        meta = ('batches.meta', {'label_names': [f'class{i}' for i in range(10)]})
+    else:
+        dump('train', xtr, ytr); dump('test', xte, yte)
+        meta = ('meta', {'fine_label_names': [f'class{i}' for i in range(100)]})
+    with open(folder / meta[0], 'wb') as f: pickle.dump(meta[1], f)
+    (folder / FAKE_MARKER).write_text('written by stablesam.data.write_fake_cifar: checksums are not checked\n')
+    return Path(root)
+
+
+# %%
+#| export
+def write_fake_imagefolder(root, n_train=60, n_test=30, num_classes=3, image_size=64, seed=0):
+    """Write a small ImageNet-style ImageFolder tree of PNG images: `root`/train/<class>/*.png and `root`/val/<class>/*.png."""
+    from PIL import Image
+    for split, n, k in (('train', n_train, 0), ('val', n_test, 1)):
+        x, y = _fake_images(n, num_classes, image_size, 3, seed, split=k)
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = Path(root) / split / f'n{label:08d}'
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f'{split}_{i:06d}.png')
+    return Path(root)
+
+
+# %% [markdown]
+# ## Augmentation
+#
+# As in the paper: CIFAR random crop 32 with padding 4, horizontal flip and normalisation; ImageNet
+# Inception-style random resized crop to 224 and flip for training, resize to 256 and centre crop 224
+# for evaluation; MNIST normalisation only. `augment=False` keeps only the evaluation transform
+# (Section 5.2 trains without augmentation).
+
+# %%
+#| export
+DATASETS = ('mnist', 'cifar10', 'cifar100', 'imagenet')
+
+_STATS = {'mnist': ((0.1307,), (0.3081,)),
+          'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+          'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+          'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+def _check_dataset(name):
+    if name not in DATASETS: raise ValueError(f"Unknown dataset: {name!r} (choose from {', '.join(DATASETS)})")
+
+def get_transforms(name, train=True, augment=True):
+    """The paper's transform for dataset `name`: augmentation for the training split if `augment`, else evaluation."""
+    _check_dataset(name)
+    norm = [T.ToTensor(), T.Normalize(*_STATS[name])]
+    if name == 'imagenet':
+        if train and augment: return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] + norm)
+        return T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+    if name.startswith('cifar') and train and augment:
+        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] + norm)
+    return T.Compose(norm)
+
+
+# %%
+get_transforms('cifar10')
+
+
+# %% [markdown]
+# ## Label noise (Table 4)
+#
+# Exactly `round(fraction * n)` training labels are replaced, chosen by a generator seeded with the
+# run's seed; each chosen label is moved to a uniformly drawn *other* class, so exactly that fraction
+# of the labels is wrong. Test labels are never touched.
+
+# %%
+#| export
+def noisy_labels(targets, fraction, num_classes, seed=0):
+    """`targets` with exactly `round(fraction*len(targets))` of them changed to a different random class."""
+    if not (0.0 <= fraction <= 1.0): raise ValueError(f"Invalid label noise fraction: {fraction} (must be in [0, 1])")
+    targets = torch.as_tensor(targets, dtype=torch.long).clone()
+    g = torch.Generator().manual_seed(_mix(seed, 0x1abe1))
+    n_noisy = int(round(fraction * len(targets)))
+    idx = torch.randperm(len(targets), generator=g)[:n_noisy]
+    shift = torch.randint(1, num_classes, (n_noisy,), generator=g)
+    targets[idx] = (targets[idx] + shift) % num_classes
+    return targets
+
+
+# %%
+y = torch.arange(1000) % 10
+for frac in (0.0, 0.2, 0.4, 0.6, 0.8):
+    test_eq((noisy_labels(y, frac, 10, seed=3) != y).sum().item(), round(frac * 1000))
+test_eq(noisy_labels(y, 0.4, 10, seed=3), noisy_labels(y, 0.4, 10, seed=3))
+assert not torch.equal(noisy_labels(y, 0.4, 10, seed=3), noisy_labels(y, 0.4, 10, seed=4))
+test_fail(lambda: noisy_labels(y, 1.5, 10), contains='Invalid label noise fraction: 1.5')
+
+
+# %% [markdown]
+# ## Datasets
+#
+# A `LabelledView` presents a subset of a dataset with its own labels (the subset for quick runs,
+# the noisy labels of Table 4); `targets` is a tensor that other modules (the stability experiment,
+# the landscape diagnostics) read and may replace.
+
+# %%
+#| export
+class LabelledView(Dataset):
+    """Items `indices` of `base` (all if None) with labels `targets` (the base's if None)."""
+    def __init__(self, base, indices=None, targets=None):
+        self.base = base
+        self.indices = torch.arange(len(base)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        if targets is None: targets = torch.as_tensor(_targets(base), dtype=torch.long)[self.indices]
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        if len(self.targets) != len(self.indices):
+            raise ValueError(f"Invalid targets: {len(self.targets)} labels for {len(self.indices)} items")
+    def __len__(self): return len(self.indices)
+    def __getitem__(self, i):
+        x, _ = self.base[int(self.indices[i])]
+        return x, int(self.targets[i])
+
+def _targets(ds):
+    """The labels of a torchvision dataset (or a `LabelledView`) as a tensor."""
+    if isinstance(ds, LabelledView): return ds.targets
+    return torch.as_tensor(ds.targets)
+
+
+# %%
+#| export
+@dataclass
+class DataBundle:
+    """A training set, a test set and what a model needs to know about them."""
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+# %% [markdown]
+# torchvision checks CIFAR files against the real MD5 sums. The subclasses skip that check, and
+# only it, in folders marked as fake by `write_fake_cifar`; real data is always verified.
+
+# %%
+#| exporti
+def _fake_folder(ds): return (Path(ds.root) / ds.base_folder / FAKE_MARKER).exists()
+
+class _CIFAR10(tvd.CIFAR10):
+    def _check_integrity(self):
+        if not _fake_folder(self): return super()._check_integrity()
+        return all((Path(self.root) / self.base_folder / f).exists() for f, _ in self.train_list + self.test_list)
+    def _load_meta(self):
+        if _fake_folder(self): self.meta = dict(self.meta, md5=None)
+        super()._load_meta()
+
+class _CIFAR100(_CIFAR10, tvd.CIFAR100): pass
+
+_FOLDERS = {'mnist': 'MNIST/raw', 'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python', 'imagenet': '.'}
+_WHAT = {'mnist': 'the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)',
+         'cifar10': 'the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)',
+         'cifar100': 'the extracted cifar-100-python.tar.gz (train, test, meta)',
+         'imagenet': 'an ImageFolder tree: train/<class>/*.JPEG and val/<class>/*.JPEG (val sorted into class folders)'}
+
+def _missing(name, root, err):
+    folder = Path(root).expanduser().resolve() / _FOLDERS[name]
+    return FileNotFoundError(f"{name} not found in {folder} ({err}). Without network, put {_WHAT[name]} there "
+                             f"(or point --data-root elsewhere); stablesam.data.write_fake_* writes small fake ones.")
+
+def _torchvision(name, root, train, transform, download):
+    """A torchvision dataset, downloaded if asked and possible, else a clear error naming the folder."""
+    cls = {'mnist': tvd.MNIST, 'cifar10': _CIFAR10, 'cifar100': _CIFAR100}[name]
+    try: return cls(root, train=train, transform=transform, download=False)
+    except RuntimeError as e:
+        if not download: raise _missing(name, root, 'download=False') from e
+    try: return cls(root, train=train, transform=transform, download=True)
+    except Exception as e: raise _missing(name, root, f'download failed: {type(e).__name__}: {e}') from e
+
+def _imagefolder(root, split, transform):
+    folder = Path(root) / split
+    if not folder.is_dir(): raise _missing('imagenet', root, f'no folder {folder}')
+    return tvd.ImageFolder(str(folder), transform=transform)
+
+
+# %%
+#| export
+def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
+    """The training and test sets of `name` under `root`, with the paper's augmentation, an optional seeded subset and label noise."""
+    _check_dataset(name)
+    if train_subset is not None and (int(train_subset) != train_subset or train_subset < 1):
+        raise ValueError(f"Invalid train_subset: {train_subset} (a positive number of examples or None)")
+    if not (0.0 <= label_noise <= 1.0): raise ValueError(f"Invalid label noise fraction: {label_noise} (must be in [0, 1])")
+    root = Path(root).expanduser()
+    ttrain, ttest = get_transforms(name, True, augment), get_transforms(name, False)
+    if name == 'imagenet':
+        train, test = _imagefolder(root, 'train', ttrain), _imagefolder(root, 'val', ttest)
+        num_classes, in_channels, size = len(train.classes), 3, 224
+    else:
+        train = _torchvision(name, root, True, ttrain, download)
+        test = _torchvision(name, root, False, ttest, download)
+        num_classes = {'mnist': 10, 'cifar10': 10, 'cifar100': 100}[name]
+        in_channels, size = (1, 28) if name == 'mnist' else (3, 32)
+    indices = None
+    if train_subset is not None and train_subset < len(train):
+        g = torch.Generator().manual_seed(_mix(seed, 0x5b5e7))
+        indices = torch.randperm(len(train), generator=g)[:int(train_subset)].sort().values
+    train = LabelledView(train, indices)
+    if label_noise > 0: train.targets = noisy_labels(train.targets, label_noise, num_classes, seed)
+    return DataBundle(train, LabelledView(test), num_classes, in_channels, size)
+
+
+# %%
+tmp = Path(tempfile.mkdtemp())
+write_fake_cifar(tmp, n_train=100, n_test=40)
+d = get_datasets('cifar10', tmp, label_noise=0.2, seed=1)
+x, label = d.train[0]
+test_eq((tuple(x.shape), len(d.train), len(d.test), d.num_classes), ((3, 32, 32), 100, 40, 10))
+clean = get_datasets('cifar10', tmp, seed=1).train.targets
+test_eq((d.train.targets != clean).sum().item(), 20)
+test_eq(get_datasets('cifar10', tmp, train_subset=30).train.targets.shape, (30,))
+
+# %% [markdown]
+# The class signal of the fake images is visible even in the per-class mean images:
+
+# %%
+#| hide
+import matplotlib.pyplot as plt
+plt.rcParams['figure.dpi'] = 72
+
+# %%
+raw = _CIFAR10(tmp, train=True)
+fig, axs = plt.subplots(1, 10, figsize=(10, 1.3))
+for c, ax in enumerate(axs):
+    ax.imshow(raw.data[np.array(raw.targets) == c].mean(0).astype(np.uint8)); ax.set_axis_off(); ax.set_title(f'class {c}', fontsize=8)
+plt.show(); plt.close(fig)
+
+# %% [markdown]
+# CIFAR-100 and an ImageNet-style folder load the same way; missing data gives an error that names
+# the folder and what to put there.
+
+# %%
+write_fake_cifar(tmp, n_train=200, n_test=100, num_classes=100)
+test_eq(get_datasets('cifar100', tmp).num_classes, 100)
+write_fake_imagefolder(tmp / 'imagenet', n_train=12, n_test=6, num_classes=3)
+d = get_datasets('imagenet', tmp / 'imagenet')
+test_eq((d.num_classes, tuple(d.train[0][0].shape), tuple(d.test[0][0].shape)), (3, (3, 224, 224), (3, 224, 224)))
+test_fail(lambda: get_datasets('mnist', tmp / 'nowhere', download=False), contains='nowhere/MNIST/raw')
+test_fail(lambda: get_datasets('imagenet', tmp / 'nowhere'), contains='ImageFolder tree')
+test_fail(lambda: get_datasets('svhn', tmp), contains='choose from mnist, cifar10')
+
+
+# %% [markdown]
+# ## Reproducible order and augmentation
+#
+# The training loop visits the training set in an order that depends on the seed and the epoch
+# only, and draws each example's augmentation from a generator seeded by (seed, epoch, index). So two
+# runs with the same seed see the same batches with the same crops and flips, whatever the number
+# of loader workers, whether workers persist across epochs, and whether the run was resumed from a
+# checkpoint. With several processes (DistributedDataParallel), rank `r` of `w` takes positions
+# `r, r+w, r+2w, ...` of the epoch's permutation, so that batch `k` of all ranks together is batch
+# `k` of a single process with the global batch size.
+
+# %%
+#| export
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields `(index, epoch)` keys: a permutation of range(n) fixed by (seed, epoch), sharded over ranks."""
+    def __init__(self, n, seed=0, rank=0, world_size=1, shuffle=True):
+        self.n, self.seed, self.rank, self.world_size, self.shuffle, self.epoch = n, seed, rank, world_size, shuffle, 0
+    def set_epoch(self, epoch): self.epoch = epoch
+    def order(self):
+        """This rank's indices for the current epoch."""
+        if self.shuffle: perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
+        else: perm = torch.arange(self.n)
+        perm = perm[:self.n - self.n % self.world_size]
+        return perm[self.rank::self.world_size]
+    def __iter__(self): return iter([(int(i), self.epoch) for i in self.order()])
+    def __len__(self): return self.n // self.world_size
+
+class SeededAugment(Dataset):
+    """Wraps a dataset so that item `(index, epoch)` is transformed with torch's RNG seeded by (seed, epoch, index)."""
+    def __init__(self, dataset, seed=0): self.dataset, self.seed = dataset, seed
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, key):
+        i, epoch = key
+        in_main = torch.utils.data.get_worker_info() is None
+        with torch.random.fork_rng(devices=[], enabled=in_main):
+            torch.manual_seed(_mix(self.seed, (epoch << 32) + i))
+            return self.dataset[i]
+
+
+# %%
+d = get_datasets('cifar10', tmp)
+s = EpochSampler(len(d.train), seed=0)
+aug = SeededAugment(d.train, seed=0)
+keys = list(s)
+test_eq(sorted(k[0] for k in keys), list(range(len(d.train))))
+test_eq(aug[keys[0]][0], aug[keys[0]][0])
+s.set_epoch(1)
+assert [k[0] for k in s] != [k[0] for k in keys]
+shards = [EpochSampler(len(d.train), seed=0, rank=r, world_size=2).order() for r in range(2)]
+test_eq(torch.stack(shards, 1).flatten(), EpochSampler(len(d.train), seed=0).order())
+
+
+# %% [markdown]
+# ## Loaders
+#
+# Data loading must never be the bottleneck on a GPU: worker processes, pinned memory and
+# persistent workers there; on a CPU, the main process (workers would compete with the training
+# for the same few cores).
+
+# %%
+#| export
+def loader_kwargs(device, workers=None):
+    """DataLoader settings for `device`: workers, pinned memory and persistent workers on GPU, none on CPU."""
+    cuda = torch.device(device).type == 'cuda'
+    if workers is None: workers = min(8, os.cpu_count() or 1) if cuda else 0
+    if workers < 0: raise ValueError(f"Invalid workers: {workers}")
+    kw = dict(num_workers=workers, pin_memory=cuda)
+    if workers > 0: kw.update(persistent_workers=True, prefetch_factor=4)
+    return kw
+
+
+# %%
+test_eq(loader_kwargs('cpu'), dict(num_workers=0, pin_memory=False))
+test_eq(loader_kwargs('cuda', 4)['persistent_workers'], True)
