@@ -1,0 +1,659 @@
+# %%
+#| default_exp optim
+
+# %% [markdown]
+# # optim
+#
+# > The SAM family with StableSAM's renormalization (Algorithm 1) as one PyTorch optimizer wrapper.
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_close, test_fail
+from nbdev.showdoc import show_doc
+import matplotlib.pyplot as plt
+plt.rcParams['figure.dpi'] = 72
+
+# %% [markdown]
+# ## Algorithm 1 in words
+#
+# Sharpness-aware minimization (SAM) replaces the loss $F_S(w)$ by its worst value in a ball,
+# $\max_{\|\epsilon\|_2\le\rho} F_S(w+\epsilon)$, and approximates the inner maximum by one ascent step.
+# One training step on a mini-batch $B_t$ is:
+#
+# 1. compute the exact gradient $g_t = \nabla F_{B_t}(w_t)$ (line 3);
+# 2. move to the ascent point $w_t^{asc} = w_t + \rho\, g_t / \|g_t\|_2$ (line 4);
+# 3. compute the surrogate gradient $g_t^{asc} = \nabla F_{B_t}(w_t^{asc})$ on the **same** batch (line 5);
+# 4. **StableSAM only:** renormalize it, $g_t^{asc} \leftarrow \frac{\|g_t\|_2}{\|g_t^{asc}\|_2}\, g_t^{asc}$ (line 6);
+# 5. go back to $w_t$ and let the base optimizer $\mathcal{A}$ (SGD, AdamW, ...) step with $g_t^{asc}$ (line 7).
+#
+# The coefficient $\gamma_t = \|g_t\|_2/\|g_t^{asc}\|_2$ is the *renormalization factor*. The surrogate gradient is
+# usually larger than the exact one (Figure 1 of the paper), so $\gamma_t < 1$ shrinks SAM's step where the
+# landscape is sharp, with no new hyperparameter. Remark 19 adds an optional one: clamping
+# $\gamma_t$ to $[\gamma_0, \sqrt{\gamma_0}]$ for a chosen $\gamma_0 \in (0, 1)$ makes $\gamma_1^2 \le \gamma_0$ hold by
+# construction (then $\gamma_1 = \sqrt{\gamma_0}$, $\gamma_1^2 = \gamma_0$), which is the condition under which the
+# excess-risk bound of Theorem 18 beats SAM's.
+#
+# The variants change only the ascent step (line 4). With $T_w = \mathrm{diag}(|w|)$:
+#
+# | variant | ascent $e$ | renormalize |
+# |---|---|---|
+# | `SAM` | $\rho\, g/\|g\|$ | no |
+# | `StableSAM` | $\rho\, g/\|g\|$ | yes |
+# | `ASAM` | $\rho\, T_w^2 g/\|T_w g\|$ | no |
+# | `StableASAM` | $\rho\, T_w^2 g/\|T_w g\|$ | yes |
+# | `USAM` | $\rho\, g$ (unnormalized, as in the authors' code) | no |
+# | `StableUSAM` | $\rho\, g$ | yes |
+#
+# Norms are global $L_2$ norms over every parameter that has a gradient in that pass. The authors' published
+# StableASAM renormalizes with the *adaptive* norms, $\gamma_t = \|T_{w} g\| / \|T_{w+e}\, g^{asc}\|$ (the second
+# one taken at the perturbed weights): `renorm_norm="adaptive"` reproduces that; the default `"plain"` is the
+# paper's $\|g\|/\|g^{asc}\|$.
+
+# %%
+#| export
+import math
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+
+# %% [markdown]
+# ## The pieces
+#
+# Every norm is a global $L_2$ norm over a list of tensors. It must stay on the device (a `.item()` in an
+# optimizer step stalls a GPU), use the multi-tensor `torch._foreach_*` kernels, and accumulate in float32 or
+# wider even for half-precision parameters.
+
+# %%
+#| exporti
+def _buckets(tensors):
+    "Indices of `tensors` grouped by (device, dtype), so each group can use one multi-tensor kernel."
+    out = {}
+    for i, t in enumerate(tensors): out.setdefault((t.device, t.dtype), []).append(i)
+    return out.items()
+
+def _acc_dtype(dtype):
+    "The dtype norms of `dtype` tensors are accumulated in: float32 or wider."
+    return torch.promote_types(dtype, torch.float32)
+
+
+# %%
+#| export
+def global_norm(tensors, device=None):
+    "Global L2 norm of a list of tensors as a 0-dim tensor (float32 or wider), without host sync."
+    if not tensors: return torch.zeros((), device=device)
+    device = tensors[0].device if device is None else device
+    norms = []
+    for (_, dtype), idx in _buckets(tensors):
+        norms += [n.to(device) for n in torch._foreach_norm([tensors[i] for i in idx], 2, dtype=_acc_dtype(dtype))]
+    acc = norms[0].dtype
+    for n in norms[1:]: acc = torch.promote_types(acc, n.dtype)
+    return torch.linalg.vector_norm(torch.stack([n.to(acc) for n in norms]))
+
+
+# %%
+ts = [torch.randn(3, 4), torch.randn(5, dtype=torch.float64), torch.randn(2, dtype=torch.float16)]
+test_close(global_norm(ts), torch.cat([t.double().flatten() for t in ts]).norm(), eps=1e-3)
+test_eq(global_norm(ts[2:]).dtype, torch.float32)
+test_eq(global_norm([]), torch.tensor(0.))
+
+
+# %% [markdown]
+# Multiplying a list of tensors by one on-device scalar (a norm ratio) is the other building block; a
+# scalar tensor is moved to each tensor's device and dtype once per group.
+
+# %%
+#| exporti
+def _scaled(tensors, scale, inplace=False):
+    "`tensors` times the 0-dim tensor `scale` (a new list, or in place), one multi-tensor kernel per group."
+    out = list(tensors)
+    for (device, dtype), idx in _buckets(tensors):
+        ts, s = [tensors[i] for i in idx], scale.to(device=device, dtype=dtype)
+        if inplace: torch._foreach_mul_(ts, s)
+        else:
+            for i, r in zip(idx, torch._foreach_mul(ts, s)): out[i] = r
+    return out
+
+
+# %% [markdown]
+# The renormalization factor of line 6, with Remark 19's optional clamp. Reading Remark 19:
+# $\gamma_t = \min(\max(\|g_t\|/\|g_t^{asc}\|, \gamma_0), \sqrt{\gamma_0})$, i.e. the ratio clamped to
+# $[\gamma_0, \sqrt{\gamma_0}]$ (non-empty because $\gamma_0 < \sqrt{\gamma_0}$ for $\gamma_0 \in (0,1)$). The
+# denominator is floored at `eps`, so a zero surrogate gradient gives a finite factor (it multiplies zeros).
+
+# %%
+#| export
+def renorm_factor(num, den, gamma0=None, eps=1e-12):
+    "The factor `num/den` of Algorithm 1 line 6, clamped to `[gamma0, sqrt(gamma0)]` when `gamma0` is given (Remark 19)."
+    factor = num / den.clamp_min(eps)
+    if gamma0 is not None: factor = factor.clamp(gamma0, math.sqrt(gamma0))
+    return factor
+
+
+# %%
+test_close(renorm_factor(torch.tensor(1.), torch.tensor(4.)), 0.25)
+test_close(renorm_factor(torch.tensor(1.), torch.tensor(4.), gamma0=0.5), 0.5)        # raised to gamma0
+test_close(renorm_factor(torch.tensor(4.), torch.tensor(1.), gamma0=0.25), 0.5)       # capped at sqrt(gamma0)
+test_close(renorm_factor(torch.tensor(3.), torch.tensor(5.), gamma0=0.36), 0.6)       # inside: unchanged
+test_eq(renorm_factor(torch.tensor(0.), torch.tensor(0.)), torch.tensor(0.))          # no NaN
+
+# %% [markdown]
+# Inputs are checked when the optimizer is built, with a message that names the bad value.
+
+# %%
+#| exporti
+RENORM_NORMS = ('plain', 'adaptive')
+
+def _check_rho(rho):
+    "Raise a ValueError unless `rho` is a finite number >= 0."
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+        raise ValueError(f"Invalid rho: {rho} (a finite number >= 0)")
+
+def _check_settings(gamma0, renorm_norm, eps):
+    "Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or a non-positive `eps`."
+    if gamma0 is not None and not (isinstance(gamma0, (int, float)) and 0 < gamma0 < 1):
+        raise ValueError(f"Invalid gamma0: {gamma0} (Remark 19 needs 0 < gamma0 < 1, or None for no clamp)")
+    if renorm_norm not in RENORM_NORMS:
+        raise ValueError(f"Invalid renorm_norm: {renorm_norm!r} (choose from {RENORM_NORMS})")
+    if not (isinstance(eps, (int, float)) and eps > 0): raise ValueError(f"Invalid eps: {eps} (must be > 0)")
+
+def _grads_of(params):
+    "The parameters of `params` that have a gradient, and those gradients; sparse gradients are refused."
+    ps = [p for p in params if p.grad is not None]
+    for p in ps:
+        if p.grad.is_sparse:
+            raise RuntimeError(f"SAM does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
+                               "use a dense layer (e.g. nn.Embedding(sparse=False)).")
+    return ps, [p.grad for p in ps]
+
+
+# %% [markdown]
+# ## The optimizer
+#
+# `SAM` wraps a base optimizer. Both share **one** `param_groups` list (so learning-rate schedulers work on
+# either, and a group may carry its own `rho` and `adaptive`), and the base optimizer keeps all the training
+# state (momentum, Adam moments), so `state_dict()` is the base optimizer's plus SAM's settings and resumes
+# exactly. SAM's own state is one persistent copy of each parameter, taken at the ascent step and copied
+# back in place afterwards (an exact restore; `p.data` is never rebound), plus a copy of $g$ when
+# `track_alignment=True`.
+#
+# `first_step` does lines 3-4 with the gradient already in `.grad`; `second_step` does lines 5-7 with the
+# surrogate gradient in `.grad`; `unperturb` is `second_step` without the base step, for recipes that must act
+# between the two (gradient clipping, `GradScaler`). Everything stays on the device: `last_stats` holds 0-dim
+# tensors (`grad_norm` $\|g\|$, `asc_grad_norm` $\|g^{asc}\|$ before renormalization, `norm_ratio`
+# $\|g\|/\|g^{asc}\|$, `renorm_factor` applied (1 for the non-stable variants), and with
+# `track_alignment=True` also `alignment` $\langle g^{asc}, g\rangle - \|g\|^2$ and `cosine`).
+
+# %%
+#| export
+class SAM(Optimizer):
+    "Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."
+    def __init__(self, params, base_optimizer, rho=0.05, *, adaptive=False, stable=False, normalize=True,
+                 gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, sync_norms=None,
+                 **base_kwargs):
+        _check_rho(rho)
+        _check_settings(gamma0, renorm_norm, eps)
+        self.stable, self.normalize, self.gamma0, self.renorm_norm = bool(stable), bool(normalize), gamma0, renorm_norm
+        self.eps, self.track_alignment, self.sync_norms = eps, bool(track_alignment), sync_norms
+        defaults = dict(rho=rho, adaptive=bool(adaptive))
+        if isinstance(base_optimizer, Optimizer):
+            if base_kwargs: raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
+            if params is not None: _check_same_params(params, base_optimizer)
+            super().__init__(base_optimizer.param_groups, defaults)
+            self.base_optimizer = base_optimizer
+        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
+            super().__init__(params, defaults)
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        else: raise TypeError(f"Invalid base_optimizer: {base_optimizer!r} (a torch.optim.Optimizer class or instance)")
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults = {**self.base_optimizer.defaults, **defaults}
+        self.last_stats, self._first = {}, None
+
+    def add_param_group(self, param_group):
+        "Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."
+        for k, v in getattr(self, 'defaults', {}).items():
+            if k in ('rho', 'adaptive'): param_group.setdefault(k, v)
+        _check_rho(param_group.get('rho', 0.))
+        if hasattr(self, 'base_optimizer'): self.base_optimizer.add_param_group(param_group)
+        else: super().add_param_group(param_group)
+
+
+# %%
+#| exporti
+def _check_same_params(params, base):
+    "Raise a ValueError unless `params` are exactly the parameters `base` optimizes."
+    flat = []
+    for item in params:
+        if isinstance(item, dict): flat += list(item['params']) if not isinstance(item['params'], torch.Tensor) else [item['params']]
+        else: flat.append(item)
+    mine = {id(p) for p in flat}
+    theirs = {id(p) for g in base.param_groups for p in g['params']}
+    if mine != theirs: raise ValueError("params differ from the parameters of the given base optimizer instance (pass params=None)")
+
+
+# %%
+#| exporti
+def _method_of(cls):
+    "Decorator: attach the function to `cls` as a method, so a class can be written over several cells."
+    def attach(f):
+        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+        setattr(cls, f.__name__, f)
+        return f
+    return attach
+
+
+# %% [markdown]
+# ### Line 4: the ascent step
+#
+# `first_step` copies $w$ into the persistent buffer, then adds $e$ in place. The ascent norm is $\|T g\|$ with
+# $T = |w|$ in adaptive groups and the identity elsewhere. Under a `GradScaler` the gradients are scaled by
+# $s$: the normalized ascent $g/\|g\|$ does not care, and for the unnormalized (USAM) ascent and for the
+# reported norms the scale is divided out when the scaler is passed.
+
+# %%
+#| exporti
+@_method_of(SAM)
+@torch.no_grad()
+def first_step(self, zero_grad=False, *, grad_scaler=None):
+    "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
+    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already perturbed")
+    groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
+    params = [p for _, ps, _ in groups for p in ps]
+    grads = [d for _, _, gs in groups for d in gs]
+    device = params[0].device if params else None
+    inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
+    gnorm = global_norm(grads, device)
+    adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
+    tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)] if adaptive else grads
+    tnorm = global_norm(tgrads, device) if adaptive else gnorm
+    backups = [self._buffer(p, 'w') for p in params]
+    if params: torch._foreach_copy_(backups, params)
+    if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in params], grads)
+    for g, ps, gs in groups:
+        if not ps: continue
+        scale = g['rho'] / (tnorm + self.eps) if self.normalize else torch.full((), float(g['rho']), device=device)
+        if inv_scale is not None and not self.normalize: scale = scale * inv_scale
+        e = _scaled(gs, scale)
+        if g['adaptive']: torch._foreach_mul_(e, torch._foreach_mul(ps, ps))
+        torch._foreach_add_(ps, e)
+    self._first = dict(params=params, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
+    if zero_grad: self.zero_grad()
+
+@_method_of(SAM)
+@torch.no_grad()
+def _buffer(self, p, name):
+    "The persistent buffer `name` of parameter `p` (allocated once, like `p`)."
+    st = self.state[p]
+    if name not in st: st[name] = torch.empty_like(p, memory_format=torch.preserve_format)
+    return st[name]
+
+
+# %%
+show_doc(SAM.first_step)
+
+
+# %% [markdown]
+# ### Lines 5-7: restore, renormalize, step
+#
+# `unperturb` measures $\|g^{asc}\|$ (and, for `renorm_norm="adaptive"`, $\|T_{w+e} g^{asc}\|$ before the
+# restore), copies $w$ back, and for the stable variants multiplies $g^{asc}$ by $\gamma_t$ in place. A
+# parameter that had a gradient only in the first pass is restored all the same; one that has a gradient only
+# in the second pass was never moved, and is renormalized and stepped like the others.
+#
+# Under DistributedDataParallel with the first pass kept local (see `first_pass_no_sync`), each replica's
+# $\|g\|$ is its own, while $g^{asc}$ is all-reduced; the stable variants then average the local norms over
+# the replicas (one scalar all-reduce) so that every replica applies the same factor and the replicas stay
+# identical. `sync_norms=None` does this whenever `torch.distributed` is initialized with more than one
+# process.
+
+# %%
+#| exporti
+@_method_of(SAM)
+@torch.no_grad()
+def unperturb(self):
+    "Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient in `.grad`."
+    if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
+    first, self._first = self._first, None
+    groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
+    grads = [d for _, _, gs in groups for d in gs]
+    device = first['gnorm'].device
+    anorm = global_norm(grads, device)
+    num, den = first['gnorm'], anorm
+    if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
+        num = first['tnorm']
+        den = global_norm([torch.mul(p.abs(), d) if g['adaptive'] else d
+                           for g, ps, gs in groups for p, d in zip(ps, gs)], device)
+    dot = self._dot(first['params']) if self.track_alignment else None
+    if first['params']: torch._foreach_copy_(first['params'], first['backups'])
+    gnorm = first['gnorm']
+    if self.stable and self._syncing():
+        local = torch.stack([gnorm, num.to(gnorm.dtype)])
+        dist.all_reduce(local)
+        gnorm, num = (local / dist.get_world_size()).unbind()
+    factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
+    if self.stable and grads: _scaled(grads, factor, inplace=True)
+    self._record(gnorm, anorm, factor, dot, first['inv_scale'])
+
+@_method_of(SAM)
+@torch.no_grad()
+def second_step(self, zero_grad=False, *, grad_scaler=None):
+    "Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."
+    self.unperturb()
+    if grad_scaler is None: self.base_optimizer.step()
+    else: grad_scaler.step(self.base_optimizer)
+    self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
+    if zero_grad: self.zero_grad()
+
+
+# %%
+show_doc(SAM.unperturb)
+show_doc(SAM.second_step)
+
+
+# %% [markdown]
+# The statistics, the optional alignment $\langle g^{asc}, g\rangle$ (over the parameters with a gradient in
+# both passes) and the distributed check are small helpers.
+
+# %%
+#| exporti
+@_method_of(SAM)
+def _dot(self, params):
+    "<g_asc, g> over `params` that have a gradient in both passes (needs the stored copy of g)."
+    pairs = [(p.grad, self.state[p]['g']) for p in params if p.grad is not None]
+    if not pairs: return torch.zeros((), device=params[0].device if params else None)
+    prods = torch._foreach_mul([a for a, _ in pairs], [b for _, b in pairs])
+    dev = pairs[0][0].device
+    return torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev) for t in prods]).sum()
+
+@_method_of(SAM)
+def _record(self, gnorm, anorm, factor, dot, inv_scale):
+    "Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."
+    if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
+    ratio = gnorm / anorm.clamp_min(self.eps)
+    self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
+    if dot is not None:
+        if inv_scale is not None: dot = dot * inv_scale ** 2
+        self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
+
+@_method_of(SAM)
+def _syncing(self):
+    "Whether the stable factor's numerator is averaged over distributed replicas."
+    if self.sync_norms is not None: return bool(self.sync_norms)
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# %% [markdown]
+# ### `step(closure)`, saving and resuming
+#
+# `step(closure)` runs the whole of Algorithm 1: the closure must compute the loss on the current batch and
+# call `backward()` (zeroing the gradients first is harmless: `step` zeroes them too); it is called twice and
+# the first loss is returned. `state_dict()` is the base optimizer's state dict (param groups with their
+# `rho`/`adaptive`, momentum or Adam moments) plus a `'sam'` entry with the flags; `load_state_dict` restores
+# both and keeps the param groups shared.
+
+# %%
+#| exporti
+@_method_of(SAM)
+def step(self, closure=None):
+    "One full step of Algorithm 1; `closure` computes the loss on the batch and calls `backward()`."
+    if closure is None:
+        raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
+                           "evaluated twice); or call first_step() and second_step() around your own passes.")
+    closure = torch.enable_grad()(closure)
+    self.zero_grad()
+    loss = closure()
+    self.first_step(zero_grad=True)
+    closure()
+    self.second_step()
+    return loss
+
+_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'sync_norms')
+
+@_method_of(SAM)
+def state_dict(self):
+    "The base optimizer's state dict plus SAM's settings under `'sam'`."
+    sd = self.base_optimizer.state_dict()
+    sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
+    return sd
+
+@_method_of(SAM)
+def load_state_dict(self, state_dict):
+    "Restore the base optimizer's state and SAM's settings; the param groups stay shared."
+    sd = dict(state_dict)
+    sam = sd.pop('sam', {})
+    _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm), sam.get('eps', self.eps))
+    self.base_optimizer.load_state_dict(sd)
+    for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
+    self.param_groups = self.base_optimizer.param_groups
+    for k in _SETTINGS:
+        if k in sam: setattr(self, k, sam[k])
+
+@_method_of(SAM)
+def __repr__(self):
+    flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
+    return f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, base={self.base_optimizer!r})"
+
+
+# %%
+show_doc(SAM.step)
+show_doc(SAM.state_dict)
+show_doc(SAM.load_state_dict)
+
+
+# %% [markdown]
+# ## The named variants
+#
+# Each named class presets the flags of the table above.
+
+# %%
+#| export
+class StableSAM(SAM):
+    "SAM with the surrogate gradient renormalized to the exact gradient's norm (Algorithm 1)."
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
+
+class ASAM(SAM):
+    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|`."
+    def __init__(self, params, base_optimizer, rho=0.5, **kwargs): super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
+
+class StableASAM(SAM):
+    "Adaptive SAM with StableSAM's renormalization."
+    def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
+        super().__init__(params, base_optimizer, rho, adaptive=True, stable=True, **kwargs)
+
+class USAM(SAM):
+    "Unnormalized SAM: ascent `w + rho g`, as in the authors' published code."
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, normalize=False, **kwargs)
+
+class StableUSAM(SAM):
+    "Unnormalized SAM with StableSAM's renormalization."
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, normalize=False, stable=True, **kwargs)
+
+
+# %% [markdown]
+# ## Each variant's single step against its closed form
+#
+# On $F(w) = \frac12 w^\top A w + b^\top w$ with diagonal $A$, $g(w) = Aw + b$, and one step of plain SGD
+# (learning rate $\eta$) after the ascent is $w_1 = w - \eta\,\gamma\, g(w + e)$, with $e$ and $\gamma$ from the table.
+
+# %%
+A, b, w0, lr, rho = torch.tensor([3., 1., .5]), torch.tensor([.5, -1., .2]), torch.tensor([1., -2., .5]), 0.1, 0.2
+grad = lambda w: A * w + b
+
+def one_step(cls, **kw):
+    "One step of `cls` with SGD on the quadratic, through the two-call API."
+    w = w0.clone().requires_grad_()
+    opt = cls([w], torch.optim.SGD, rho=rho, lr=lr, **kw)
+    (0.5 * (A * w * w).sum() + (b * w).sum()).backward()
+    opt.first_step(zero_grad=True)
+    (0.5 * (A * w * w).sum() + (b * w).sum()).backward()
+    opt.second_step(zero_grad=True)
+    return w.detach(), opt.last_stats
+
+def closed_form(e, stable, gamma=None):
+    g, ga = grad(w0), grad(w0 + e)
+    gamma = (g.norm() / ga.norm() if stable else 1.) if gamma is None else gamma
+    return w0 - lr * gamma * ga
+
+g = grad(w0)
+e_sam, e_asam, e_usam = rho * g / g.norm(), rho * w0**2 * g / (w0.abs() * g).norm(), rho * g
+for cls, e, stable in [(SAM, e_sam, False), (StableSAM, e_sam, True), (ASAM, e_asam, False),
+                       (StableASAM, e_asam, True), (USAM, e_usam, False), (StableUSAM, e_usam, True)]:
+    w1, stats = one_step(cls)
+    test_close(w1, closed_form(e, stable), eps=1e-6)
+    test_close(stats['norm_ratio'], g.norm() / grad(w0 + e).norm(), eps=1e-6)
+
+# %% [markdown]
+# Remark 19's clamp and the authors' adaptive renormalization norm:
+
+# %%
+ga = grad(w0 + e_sam)
+gamma0 = 0.95                   # here ||g||/||g_asc|| < 0.9, so the factor is raised to gamma0
+assert g.norm() / ga.norm() < gamma0
+test_close(one_step(StableSAM, gamma0=gamma0)[0], closed_form(e_sam, True, gamma=gamma0), eps=1e-6)
+ga = grad(w0 + e_asam)
+gamma_adaptive = (w0.abs() * g).norm() / ((w0 + e_asam).abs() * ga).norm()
+w1, stats = one_step(StableASAM, renorm_norm='adaptive')
+test_close(w1, closed_form(e_asam, True, gamma=gamma_adaptive), eps=1e-6)
+test_close(stats['renorm_factor'], gamma_adaptive, eps=1e-6)
+
+# %% [markdown]
+# The two usages give the same step: `step(closure)` evaluates the closure twice.
+
+# %%
+w = w0.clone().requires_grad_()
+opt = StableSAM([w], torch.optim.SGD, rho=rho, lr=lr)
+def closure():
+    loss = 0.5 * (A * w * w).sum() + (b * w).sum()
+    loss.backward()
+    return loss
+loss = opt.step(closure)
+test_close(w.detach(), closed_form(e_sam, True), eps=1e-6)
+test_close(loss, 0.5 * (A * w0 * w0).sum() + (b * w0).sum())
+test_fail(lambda: opt.step(), contains='needs a closure')
+
+
+# %% [markdown]
+# ## BatchNorm and DistributedDataParallel helpers
+#
+# The second pass runs the model at the perturbed weights: its BatchNorm running statistics are not the
+# model's. `freeze_bn_stats` snapshots `running_mean`, `running_var` and `num_batches_tracked` of every
+# BatchNorm layer and copies them back in place on exit (exact, and safe to nest).
+
+# %%
+#| export
+@contextmanager
+def freeze_bn_stats(model):
+    "Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."
+    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, _BatchNorm)
+             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    try: yield model
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved: buf.copy_(copy)
+
+
+# %%
+net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+net(torch.randn(8, 3))
+before = {k: v.clone() for k, v in net.state_dict().items()}
+with freeze_bn_stats(net):
+    net(torch.randn(8, 3))
+    with freeze_bn_stats(net): net(torch.randn(8, 3))
+for k, v in net.state_dict().items(): test_eq(v, before[k])
+
+
+# %% [markdown]
+# SAM as described by Foret et al. computes the ascent on each replica with that replica's own gradient
+# ("m-sharpness", with $m$ the per-replica batch): the first pass must **not** all-reduce. Wrap the first
+# forward-backward in `first_pass_no_sync(model)` (DDP's `no_sync()`, a no-op for other models); the second
+# pass all-reduces as usual, so every replica steps with the mean of the per-replica surrogate gradients.
+
+# %%
+#| export
+def first_pass_no_sync(model):
+    "Context manager: `model.no_sync()` for a DistributedDataParallel `model` (per-replica ascent), else a no-op."
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel): return model.no_sync()
+    return nullcontext()
+
+
+# %% [markdown]
+# A training step with BatchNorm and DDP then reads:
+#
+# ```python
+# with first_pass_no_sync(model):
+#     loss_fn(model(x), y).backward()
+# opt.first_step(zero_grad=True)
+# with freeze_bn_stats(model):
+#     loss_fn(model(x), y).backward()
+# opt.second_step(zero_grad=True)
+# ```
+
+# %% [markdown]
+# ## A factory for the training code
+
+# %%
+#| export
+OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
+BASES = ('sgd', 'adamw')
+_VARIANTS = dict(sam=SAM, stablesam=StableSAM, asam=ASAM, stableasam=StableASAM, usam=USAM, stableusam=StableUSAM)
+_SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'sync_norms')
+
+def make_optimizer(name, params, *, base="sgd", lr, momentum=0.9, weight_decay=0., rho=0.05, **kw):
+    "Build optimizer `name` (one of `OPTIMIZERS`; 'sgd' is the base optimizer alone) on base 'sgd' or 'adamw'."
+    name, base = str(name).lower(), str(base).lower()
+    if name not in OPTIMIZERS: raise ValueError(f"Unknown optimizer: {name!r} (choose from {OPTIMIZERS})")
+    if base not in BASES: raise ValueError(f"Unknown base optimizer: {base!r} (choose from {BASES})")
+    sam_kw = {k: kw.pop(k) for k in list(kw) if k in _SAM_KWARGS}
+    if base == 'sgd': cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
+    else: cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
+    if name == 'sgd': return cls(params, **base_kw)
+    return _VARIANTS[name](params, cls, rho=rho, **sam_kw, **base_kw)
+
+def is_sam(opt):
+    "Whether `opt` is a SAM-family optimizer (needs two passes per step)."
+    return isinstance(opt, SAM)
+
+
+# %%
+lin = torch.nn.Linear(3, 2)
+opt = make_optimizer('stableasam', lin.parameters(), base='adamw', lr=1e-3, rho=0.5)
+test_eq((type(opt), type(opt.base_optimizer), opt.param_groups[0]['rho']), (StableASAM, torch.optim.AdamW, 0.5))
+assert opt.param_groups is opt.base_optimizer.param_groups and is_sam(opt)
+assert not is_sam(make_optimizer('sgd', lin.parameters(), lr=0.1))
+test_fail(lambda: make_optimizer('adam', lin.parameters(), lr=0.1), contains="choose from")
+test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, rho=-1., lr=0.1), contains='Invalid rho: -1.0')
+test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, gamma0=1.5, lr=0.1), contains='Invalid gamma0: 1.5')
+test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.1), contains="Invalid renorm_norm: 'l1'")
+
+
+# %% [markdown]
+# ## The renormalization factor on a toy run
+#
+# A small MLP regression trained with SAM: the surrogate gradient is larger than the exact one almost
+# everywhere ($\|g\|/\|g^{asc}\| < 1$), increasingly so as training goes on (compare the paper's Figure 1).
+# StableSAM's factor is that ratio; Remark 19's clamp pins it inside $[\gamma_0, \sqrt{\gamma_0}]$.
+
+# %%
+def toy_ratios(rho, steps=150, **kw):
+    "Norm ratio and applied factor per step of StableSAM on a small MLP regression."
+    torch.manual_seed(0)
+    x = torch.randn(64, 8); y = torch.sin(x.sum(1, keepdim=True))
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = StableSAM(net.parameters(), torch.optim.SGD, rho=rho, lr=0.1, momentum=0.9, **kw)
+    ratios, factors = [], []
+    for _ in range(steps):
+        opt.step(lambda: torch.nn.functional.mse_loss(net(x), y).backward())
+        ratios.append(opt.last_stats['norm_ratio']); factors.append(opt.last_stats['renorm_factor'])
+    return torch.stack(ratios), torch.stack(factors)
+
+fig, ax = plt.subplots(figsize=(8, 3))
+for rho in (0.01, 0.05, 0.2): ax.plot(toy_ratios(rho)[0], label=f'rho={rho}')
+_, f = toy_ratios(0.2, gamma0=0.8)
+ax.plot(f, 'k--', label='rho=0.2, gamma0=0.8 (applied)')
+ax.set(xlabel='step', ylabel=r'$\|g\|/\|g^{asc}\|$', title='renormalization factor (toy MLP)'); ax.legend(fontsize=8)
+plt.show(); plt.close(fig)
+test_eq(bool(((f >= 0.8 - 1e-6) & (f <= math.sqrt(0.8) + 1e-6)).all()), True)
