@@ -40,10 +40,11 @@ def global_norm(tensors, device=None):
 
 # %% ../nbs/00_optim.ipynb #3db96418
 def _scaled(tensors, scale, inplace=False):
-    "`tensors` times the 0-dim tensor `scale` (a new list, or in place), one multi-tensor kernel per group."
+    "`tensors` times `scale` (a number or 0-dim tensor; a new list, or in place), one multi-tensor kernel per group."
     out = list(tensors)
     for (device, dtype), idx in _buckets(tensors):
-        ts, s = [tensors[i] for i in idx], scale.to(device=device, dtype=dtype)
+        ts = [tensors[i] for i in idx]
+        s = scale.to(device=device, dtype=dtype) if isinstance(scale, torch.Tensor) else scale
         if inplace: torch._foreach_mul_(ts, s)
         else:
             for i, r in zip(idx, torch._foreach_mul(ts, s)): out[i] = r
@@ -153,8 +154,8 @@ def first_step(self, zero_grad=False, *, grad_scaler=None):
     if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in params], grads)
     for g, ps, gs in groups:
         if not ps: continue
-        scale = g['rho'] / (tnorm + self.eps) if self.normalize else torch.full((), float(g['rho']), device=device)
-        if inv_scale is not None and not self.normalize: scale = scale * inv_scale
+        if self.normalize: scale = g['rho'] / (tnorm + self.eps)
+        else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
         e = _scaled(gs, scale)
         if g['adaptive']: torch._foreach_mul_(e, torch._foreach_mul(ps, ps))
         torch._foreach_add_(ps, e)
