@@ -204,7 +204,8 @@ test_close(empirical_risk(q, w) - empirical_risk(q, ws[:, None]), empirical_risk
 # with $\mathbf H = \mathbf Q\,\mathrm{diag}(s)\mathbf Q^\top$ and $\beta = \mathbf Q^\top\mathbf b$,
 # $G_i^2 = \min_{\nu > s_{\max}^2} \nu R^2 + \sum_j \beta_j^2\,\nu/(\nu - s_j^2)$, a convex function of
 # $\nu$ solved by bisection on its derivative (every $\nu$ gives an upper bound, so an early stop can
-# only make $G$ larger, never invalid).
+# only make $G$ larger, never invalid; $\nu - s_{\max}^2$ is kept above $10^{-13}s_{\max}^2$ so that it
+# stays resolvable in floating point, which costs at most a relative $10^{-13}$).
 
 # %%
 #| export
@@ -221,16 +222,18 @@ def max_grad_norm(q, center, radius, iters=200):
     beta2 = np.einsum('...ji,...j->...i', Q, b) ** 2
     R2 = np.maximum(np.asarray(radius, float), 1e-300)[..., None] ** 2
     s2, top = s ** 2, s[..., -1] ** 2
-    hi = np.sqrt(top) * np.sqrt(beta2.sum(-1)) / np.sqrt(R2) + 1e-300       # nu - top where g'(nu) >= 0
-    lo = np.zeros_like(hi)
-    def dg(t): return R2 - (beta2 * s2 / (top[..., None] + t[..., None] - s2) ** 2).sum(-1)
+    lo = 1e-13 * top                       # nu - top is kept resolvable in floating point; any nu > top is an upper bound
+    hi = np.maximum(np.sqrt(top) * np.sqrt(beta2.sum(-1)) / np.sqrt(R2), lo)   # g'(top + hi) >= 0
+    def dg(t):
+        den = (top[..., None] + t[..., None] - s2) ** 2
+        return R2 - np.divide(beta2 * s2, den, out=np.zeros_like(den), where=beta2 > 0).sum(-1)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         up = dg(mid) >= 0
         hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
     nu = top + hi
-    with np.errstate(invalid='ignore', divide='ignore'):
-        terms = np.where(beta2 > 0, beta2 * nu[..., None] / (nu[..., None] - s2), 0.0)
+    den = nu[..., None] - s2
+    terms = np.divide(beta2 * nu[..., None], den, out=np.zeros_like(den), where=beta2 > 0)
     return np.sqrt((nu * R2 + terms.sum(-1)).max(-1))
 
 
@@ -243,6 +246,9 @@ x = np.random.default_rng(1).standard_normal((3, 20000, 4))
 x *= radius[:, None, None] / np.linalg.norm(x, axis=-1, keepdims=True)
 gn = np.linalg.norm(np.einsum('bnij,bpnj->bpni', qq.H, x[:, :, None] - qq.c[:, None]), axis=-1).max((-1, -2))
 assert np.all(gn <= G * (1 + 1e-9)) and np.all(gn >= 0.97 * G), (gn, G)
+# the hard case (gradient zero at the centre, so beta = 0): G = L R exactly
+q1 = Quadratics(np.diag([1.0, 3.0])[None], np.zeros((1, 2)))
+test_close(max_grad_norm(q1, np.zeros(2), np.array(2.0)), 6.0, eps=1e-9)
 mu_, L_ = strong_convexity_smoothness(qq.H)
 test_close(mu_, 0.3, eps=1e-12); test_close(L_, 5.0, eps=1e-12)
 
@@ -443,13 +449,15 @@ test_fail(lambda: sam_direction(H1, c1, w1, 0.5, 'adam'), contains="Invalid meth
 # `run` iterates a batch of instances and Monte Carlo paths at once. `idx[t]` holds the example each
 # path uses at step `t` (batch size 1, sampled with replacement as in Hardt et al.; a full-batch run
 # is `run(full_batch(q), ...)` with `idx=None`). It records the largest distance from `center` of
-# every iterate and ascent point (to size the ball of $G$), the range of the renormalisation factors,
-# and optionally the empirical risk at every step.
+# the iterates and the longest ascent step (together they size the ball of $G$), the range of the renormalisation factors,
+# and optionally the empirical risk at every step. With `share_factor=True` the batch holds the runs on
+# $S$ in its first half and on $S'$ in its second, and StableSAM's factor $\gamma_t$ of the run on $S$
+# is applied to both (Lemmas 13-14 write one $\gamma_t$ in both updates).
 
 # %%
 #| export
 def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None, gamma0=None,
-        center=None, risk=None):
+        center=None, risk=None, share_factor=False):
     "Run SGD/SAM/StableSAM on a batch of quadratic problems; returns a dict of final iterates and diagnostics."
     B = q.batch_shape
     w = np.array(w0, float)
@@ -464,20 +472,26 @@ def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None,
     center = np.zeros(B + (q.d,)) if center is None else center
     cexp = center.reshape(B + (1,) * len(P) + (q.d,))
     far = np.linalg.norm(w - cexp, axis=-1)
+    reach = np.zeros(B + P)
     fmin, fmax = np.full(B + P, np.inf), np.full(B + P, -np.inf)
     risks = [risk(w)] if risk is not None else None
     for t in range(T):
         H, c = q.H[(*bi, idx[t])], q.c[(*bi, idx[t])]
-        step, e_len, factor = sam_direction(H, c, w, rho_b, method,
+        step, e_len, factor = sam_direction(H, c, w, rho_b, 'sam' if share_factor else method,
                                             xi=None if xi is None else xi[t],
                                             gamma=None if gamma is None else gamma[t], gamma0=gamma0)
-        far = np.maximum(far, np.linalg.norm(w - cexp, axis=-1) + e_len)
+        if share_factor:   # one StableSAM factor, the first half's, for both halves of the batch
+            if gamma0 is not None: factor = np.clip(factor, gamma0, np.sqrt(gamma0))
+            half = len(factor) // 2
+            factor = np.concatenate([factor[:half], factor[:half]])
+            step = factor[..., None] * step
+        reach = np.maximum(reach, e_len)
         fmin, fmax = np.minimum(fmin, factor), np.maximum(fmax, factor)
         w = w - eta * step
         far = np.maximum(far, np.linalg.norm(w - cexp, axis=-1))
         if risk is not None: risks.append(risk(w))
     ax = tuple(range(len(B), len(B) + len(P)))
-    out = dict(w=w, radius=far.max(ax) if ax else far, factor_min=fmin.min(ax) if ax else fmin,
+    out = dict(w=w, radius=far.max(ax) if ax else far, reach=reach.max(ax) if ax else reach, factor_min=fmin.min(ax) if ax else fmin,
                factor_max=fmax.max(ax) if ax else fmax)
     if risk is not None: out['risk'] = np.stack(risks)
     return out
@@ -494,3 +508,10 @@ o1 = run(fb, np.ones((2, 5, 3)), 0.1, 0.3, 'stablesam', T=1)
 o0 = run(fb, np.ones((2, 5, 3)), 0.1, 0.3, 'sgd', T=1)
 test_close(np.linalg.norm(o1['w'] - 1, axis=-1), np.linalg.norm(o0['w'] - 1, axis=-1), eps=1e-12)
 assert np.all(o1['factor_max'] < 1)   # same-batch quadratics: ||g_asc|| > ||g||, so gamma_t < 1
+
+# shared factor: both halves take the first half's StableSAM factor
+two = Quadratics(np.concatenate([fb.H, fb.H]), np.concatenate([fb.c, fb.c + 1]))
+o2 = run(two, np.ones((4, 3, 3)), 0.1, 0.3, 'stablesam', T=3, share_factor=True)
+o1 = run(fb, np.ones((2, 3, 3)), 0.1, 0.3, 'stablesam', T=3)
+test_close(o2['w'][:2], o1['w'], eps=1e-12)
+test_eq(o2['factor_min'][2:], o2['factor_min'][:2])

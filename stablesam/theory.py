@@ -117,16 +117,18 @@ def max_grad_norm(q, center, radius, iters=200):
     beta2 = np.einsum('...ji,...j->...i', Q, b) ** 2
     R2 = np.maximum(np.asarray(radius, float), 1e-300)[..., None] ** 2
     s2, top = s ** 2, s[..., -1] ** 2
-    hi = np.sqrt(top) * np.sqrt(beta2.sum(-1)) / np.sqrt(R2) + 1e-300       # nu - top where g'(nu) >= 0
-    lo = np.zeros_like(hi)
-    def dg(t): return R2 - (beta2 * s2 / (top[..., None] + t[..., None] - s2) ** 2).sum(-1)
+    lo = 1e-13 * top                       # nu - top is kept resolvable in floating point; any nu > top is an upper bound
+    hi = np.maximum(np.sqrt(top) * np.sqrt(beta2.sum(-1)) / np.sqrt(R2), lo)   # g'(top + hi) >= 0
+    def dg(t):
+        den = (top[..., None] + t[..., None] - s2) ** 2
+        return R2 - np.divide(beta2 * s2, den, out=np.zeros_like(den), where=beta2 > 0).sum(-1)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         up = dg(mid) >= 0
         hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
     nu = top + hi
-    with np.errstate(invalid='ignore', divide='ignore'):
-        terms = np.where(beta2 > 0, beta2 * nu[..., None] / (nu[..., None] - s2), 0.0)
+    den = nu[..., None] - s2
+    terms = np.divide(beta2 * nu[..., None], den, out=np.zeros_like(den), where=beta2 > 0)
     return np.sqrt((nu * R2 + terms.sum(-1)).max(-1))
 
 # %% ../nbs/01_theory.ipynb #6d404125
@@ -253,7 +255,7 @@ def sam_direction(H, c, w, rho, method='sam', *, xi=None, gamma=None, gamma0=Non
 
 # %% ../nbs/01_theory.ipynb #f20c578d
 def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None, gamma0=None,
-        center=None, risk=None):
+        center=None, risk=None, share_factor=False):
     "Run SGD/SAM/StableSAM on a batch of quadratic problems; returns a dict of final iterates and diagnostics."
     B = q.batch_shape
     w = np.array(w0, float)
@@ -268,20 +270,26 @@ def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None,
     center = np.zeros(B + (q.d,)) if center is None else center
     cexp = center.reshape(B + (1,) * len(P) + (q.d,))
     far = np.linalg.norm(w - cexp, axis=-1)
+    reach = np.zeros(B + P)
     fmin, fmax = np.full(B + P, np.inf), np.full(B + P, -np.inf)
     risks = [risk(w)] if risk is not None else None
     for t in range(T):
         H, c = q.H[(*bi, idx[t])], q.c[(*bi, idx[t])]
-        step, e_len, factor = sam_direction(H, c, w, rho_b, method,
+        step, e_len, factor = sam_direction(H, c, w, rho_b, 'sam' if share_factor else method,
                                             xi=None if xi is None else xi[t],
                                             gamma=None if gamma is None else gamma[t], gamma0=gamma0)
-        far = np.maximum(far, np.linalg.norm(w - cexp, axis=-1) + e_len)
+        if share_factor:   # one StableSAM factor, the first half's, for both halves of the batch
+            if gamma0 is not None: factor = np.clip(factor, gamma0, np.sqrt(gamma0))
+            half = len(factor) // 2
+            factor = np.concatenate([factor[:half], factor[:half]])
+            step = factor[..., None] * step
+        reach = np.maximum(reach, e_len)
         fmin, fmax = np.minimum(fmin, factor), np.maximum(fmax, factor)
         w = w - eta * step
         far = np.maximum(far, np.linalg.norm(w - cexp, axis=-1))
         if risk is not None: risks.append(risk(w))
     ax = tuple(range(len(B), len(B) + len(P)))
-    out = dict(w=w, radius=far.max(ax) if ax else far, factor_min=fmin.min(ax) if ax else fmin,
+    out = dict(w=w, radius=far.max(ax) if ax else far, reach=reach.max(ax) if ax else reach, factor_min=fmin.min(ax) if ax else fmin,
                factor_max=fmax.max(ax) if ax else fmax)
     if risk is not None: out['risk'] = np.stack(risks)
     return out
