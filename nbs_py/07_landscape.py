@@ -324,3 +324,301 @@ ds = torch.utils.data.TensorDataset(xs, ys)
 fx, fy = fixed_batch(ds, 10, seed=3)
 test_eq(fx.shape, (10, 5)); test_eq(fixed_batch(ds, 10, seed=3)[1], fy)
 test_fail(lambda: fixed_batch(ds, 33), contains="Invalid n: 33")
+
+# %% [markdown]
+# ## Recording the optimizer's statistics per step (Figures 1 and 3)
+#
+# The SAM family leaves, after every step, `optimizer.last_stats`: 0-dim tensors on the parameters'
+# device with $\|g\|$ (`grad_norm`), $\|g^{asc}\|$ (`asc_grad_norm`), their ratio (`norm_ratio`) and
+# the factor applied (`renorm_factor`); with the optimizer's opt-in `track_alignment` also
+# $\langle g^{asc}, g\rangle - \|g\|^2$ (`alignment`) and $\cos\angle(g^{asc}, g)$ (`cosine`). Keeping
+# $g$ for the alignment costs **one extra parameter-sized buffer** (for ResNet-18, 11.2M floats,
+# 45 MB in float32), which is why it is off by default; `StepStats(alignment=True)` turns it on for
+# its run.
+#
+# `StepStats` is a `Trainer` callback. At each step it stacks the statistics into one small tensor
+# *on the device* (a kernel launch, no host synchronisation); at the end of the epoch it stacks the
+# epoch's rows and copies them to the host **once**, then appends one JSON line per epoch to
+# `step_stats.jsonl` in the run folder (`{"epoch": e, "step": first step, key: [values...]}`) and
+# adds the epoch's minimum of each statistic to the metrics (`norm_ratio_min`, `alignment_min`, ...).
+# On a resumed run it keeps the lines of the epochs already done. Under DistributedDataParallel it
+# records rank 0's statistics (its own $\|g\|$: the first pass is local to each replica).
+
+# %%
+#| export
+STEP_STATS = 'step_stats.jsonl'
+STAT_KEYS = ('grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment', 'cosine')
+
+def read_jsonl(path):
+    "The JSON objects of a `.jsonl` file, one per non-empty line."
+    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
+
+
+def stats_series(rows, key):
+    "`(x, values)` of statistic `key` over all steps of `rows` (epoch lines of `step_stats.jsonl`); x in epochs."
+    xs, vs = [], []
+    for r in rows:
+        if key not in r: raise KeyError(f"Statistic {key!r} not recorded (recorded: {[k for k in r if k in STAT_KEYS]})")
+        n = len(r[key])
+        xs.append(r['epoch'] - 1 + (np.arange(n) + 1) / n); vs.append(np.asarray(r[key], dtype=float))
+    return (np.concatenate(xs), np.concatenate(vs)) if xs else (np.zeros(0), np.zeros(0))
+
+
+# %%
+#| export
+class StepStats:
+    "Trainer callback: the optimizer's `last_stats` of every step, gathered on the device and written once per epoch."
+    def __init__(self, keys=None, alignment=False, fname=STEP_STATS):
+        self.keys, self.alignment, self.fname = (None if keys is None else tuple(keys)), bool(alignment), fname
+        self.path, self.history, self._rows, self._first_step = None, [], [], None
+
+    def before_fit(self, trainer):
+        "Turn on the optimizer's alignment diagnostic if asked; open (or, on resume, trim) the run folder's file."
+        opt = trainer.optimizer
+        if self.alignment:
+            if not hasattr(opt, 'track_alignment'):
+                raise ValueError(f"StepStats(alignment=True) needs a SAM-family optimizer, got {type(opt).__name__}")
+            opt.track_alignment = True
+        out = getattr(trainer, 'out', None)
+        self.path = Path(out) / self.fname if out is not None else None
+        self.history, self._rows = [], []
+        if self.path is not None and self.path.exists():
+            done = [r for r in read_jsonl(self.path) if r['epoch'] <= trainer.epoch]
+            self.history = done
+            self.path.write_text(''.join(json.dumps(r) + '\n' for r in done))
+
+    def after_step(self, trainer):
+        "Stack this step's statistics on the device (no host synchronisation)."
+        stats = getattr(trainer.optimizer, 'last_stats', None)
+        if not stats: return
+        if not self._rows:
+            if self.keys is None: self.keys = tuple(k for k in STAT_KEYS if k in stats)
+            missing = [k for k in self.keys if k not in stats]
+            if missing: raise KeyError(f"StepStats: {missing} not in optimizer.last_stats (it has {sorted(stats)}); "
+                                       "alignment and cosine need StepStats(alignment=True)")
+            self._first_step = trainer.step
+        self._rows.append(torch.stack([stats[k].detach().reshape(()).to(torch.float32) for k in self.keys]))
+
+    def after_epoch(self, trainer, metrics):
+        "Copy the epoch's statistics to the host in one transfer, append them to the file and the history."
+        if not self._rows: return
+        values = torch.stack(self._rows).cpu().T.tolist()
+        self._rows = []
+        row = dict(epoch=metrics.get('epoch', trainer.epoch), step=self._first_step, **dict(zip(self.keys, values)))
+        self.history.append(row)
+        for k, v in zip(self.keys, values): metrics[f'{k}_min'] = min(v)
+        if self.path is not None:
+            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+
+    def series(self, key):
+        "The recorded values of `key` over all steps and their position in epochs (see `stats_series`)."
+        return stats_series(self.history, key)
+
+
+# %% [markdown]
+# The callback on a stand-in trainer (the real `Trainer` below): three epochs of four steps, one line
+# per epoch, values kept in step order, and a resumed run keeps the epochs already done.
+
+# %%
+class FakeOptimizer:
+    track_alignment = False
+    def __init__(self): self.last_stats, self.t = {}, 0
+    def step(self):
+        self.t += 1
+        g, a = torch.tensor(1. / self.t), torch.tensor(2. / self.t)
+        self.last_stats = dict(grad_norm=g, asc_grad_norm=a, norm_ratio=g / a, renorm_factor=torch.tensor(1.))
+        if self.track_alignment: self.last_stats.update(alignment=g * a - g * g, cosine=torch.tensor(.5))
+
+def fake_fit(rec, out, epochs=3, steps=4, start=0):
+    tr = SimpleNamespace(optimizer=FakeOptimizer(), out=out, epoch=start, step=start * steps)
+    rec.before_fit(tr)
+    for _ in range(start, epochs):
+        for _ in range(steps): tr.optimizer.step(); tr.step += 1; rec.after_step(tr)
+        tr.epoch += 1; metrics = dict(epoch=tr.epoch); rec.after_epoch(tr, metrics)
+    return metrics
+
+run_dir = Path(tempfile.mkdtemp())
+rec = StepStats(alignment=True)
+last = fake_fit(rec, run_dir)
+rows = read_jsonl(run_dir / STEP_STATS)
+test_eq([r['epoch'] for r in rows], [1, 2, 3]); test_eq([r['step'] for r in rows], [1, 5, 9])
+x, grad_norm = stats_series(rows, 'grad_norm')
+test_close(grad_norm, 1 / np.arange(1, 13), eps=1e-7)
+test_close(x, np.arange(1, 13) / 4, eps=1e-12)
+test_eq(rec.keys, ('grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment', 'cosine'))
+test_close(last['alignment_min'], min(1 / t ** 2 for t in range(9, 13)), eps=1e-7)
+
+# %%
+#| hide
+# resume after epoch 2 with a stale third line in the file (killed between the stats write and the checkpoint)
+resumed = StepStats()
+fake_fit(resumed, run_dir, start=2)
+test_eq([r['epoch'] for r in read_jsonl(run_dir / STEP_STATS)], [1, 2, 3])
+test_eq(len(resumed.series('norm_ratio')[1]), 12)
+test_fail(lambda: resumed.series('sharpness'), contains="'sharpness' not recorded")
+# no run folder, no SAM statistics (plain SGD): nothing written, nothing recorded
+plain = StepStats(); tr = SimpleNamespace(optimizer=torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=.1), out=None, epoch=0, step=0)
+plain.before_fit(tr); plain.after_step(tr); plain.after_epoch(tr, {})
+test_eq(plain.history, [])
+test_fail(lambda: StepStats(alignment=True).before_fit(tr), contains="needs a SAM-family optimizer, got SGD")
+test_fail(lambda: fake_fit(StepStats(keys=['cosine']), None), contains="need StepStats(alignment=True)")
+
+# %% [markdown]
+# ## The loss along the top eigenvector during training (Figure 2)
+#
+# `HessianProbe` is a `Trainer` callback that, before training and after chosen epochs, computes the
+# top Hessian eigenpair of the training loss on a fixed set of examples (cross-entropy without label
+# smoothing, model in eval mode, as PyHessian measures it) and the loss along the eigenvector for
+# $\alpha \in [-0.5, 0.5]$. It touches neither the gradients, nor the optimizer, nor any random number
+# generator, and restores the weights bit-for-bit, so a probed run trains exactly like an unprobed one.
+# Each probe is one line of `hessian_probe.jsonl` in the run folder; the eigenvalue also goes into the
+# epoch's metrics (`hessian_top_eig`).
+
+# %%
+#| export
+HESSIAN_PROBE = 'hessian_probe.jsonl'
+
+class HessianProbe:
+    "Trainer callback: top Hessian eigenvalue and the loss along its eigenvector on fixed `batches` at `epochs` (0: before training)."
+    def __init__(self, batches, epochs, alphas=None, iters=100, tol=1e-4, seed=0, fname=HESSIAN_PROBE):
+        self.batches = [batches] if isinstance(batches, tuple) else list(batches)
+        self.epochs = sorted(set(int(e) for e in epochs))
+        if any(e < 0 for e in self.epochs): raise ValueError(f"Invalid epochs: {epochs}")
+        self.alphas = torch.linspace(-0.5, 0.5, 21) if alphas is None else torch.as_tensor(alphas, dtype=torch.float64)
+        self.iters, self.tol, self.seed, self.fname = iters, tol, seed, fname
+        self.path, self.history = None, []
+
+    def probe(self, model, device=None):
+        "One probe of `model` now: `dict(eigenvalue, alphas, losses)`."
+        batches = [(x.to(device), y.to(device)) for x, y in self.batches] if device is not None else self.batches
+        loss_fn = model_loss_fn(model, batches)
+        eig, vec = top_hessian_eig(loss_fn, model.parameters(), self.iters, self.tol, self.seed)
+        losses = loss_along(loss_fn, model.parameters(), vec, self.alphas)
+        return dict(eigenvalue=eig, alphas=self.alphas.tolist(), losses=losses.tolist())
+
+    def _record(self, trainer, epoch):
+        row = dict(epoch=epoch, step=trainer.step, **self.probe(trainer.model, trainer.device))
+        self.history.append(row)
+        if self.path is not None:
+            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        return row
+
+    def before_fit(self, trainer):
+        "Open (on resume: trim) the run folder's file and probe the initial weights if epoch 0 is asked for."
+        if getattr(trainer, 'rank', 0) != 0: self.epochs = []   # one probe per run, on rank 0
+        out = getattr(trainer, 'out', None)
+        self.path = Path(out) / self.fname if out is not None else None
+        self.history = []
+        if self.path is not None and self.path.exists():
+            self.history = [r for r in read_jsonl(self.path) if r['epoch'] <= trainer.epoch]
+            self.path.write_text(''.join(json.dumps(r) + '\n' for r in self.history))
+        if trainer.epoch == 0 and 0 in self.epochs: self._record(trainer, 0)
+
+    def after_epoch(self, trainer, metrics):
+        "Probe after the epochs asked for; the eigenvalue goes into the metrics."
+        epoch = metrics.get('epoch', trainer.epoch)
+        if epoch in self.epochs: metrics['hessian_top_eig'] = self._record(trainer, epoch)['eigenvalue']
+
+
+# %%
+#| hide
+torch.manual_seed(0)
+probe = HessianProbe((xs, ys), epochs=[0, 2], alphas=[-0.5, 0, 0.5], iters=200)
+row = probe.probe(small)
+test_close(row['losses'][1], F.cross_entropy(small(xs), ys).item(), eps=1e-6)
+test_close(row['eigenvalue'], evals[k].item(), eps=1e-4 * abs(evals[k].item()))
+test_fail(lambda: HessianProbe((xs, ys), epochs=[-1]), contains="Invalid epochs: [-1]")
+
+
+# %% [markdown]
+# ## The figures
+#
+# Each plotting function takes what the callbacks leave (their `history`, or a run folder to read it
+# from) and draws on a given matplotlib axis (or a new one). Per-step curves are noisy: `smooth`
+# overlays a moving average over that many steps on the faint raw curve.
+
+# %%
+#| exporti
+def _rows(source, fname):
+    "Rows of a callback's history: the history itself, a callback, or a run folder holding `fname`."
+    if isinstance(source, (str, Path)): return read_jsonl(Path(source) / fname)
+    return list(getattr(source, 'history', source))
+
+
+def _smoothed(v, window):
+    "Moving average of `v` over `window` steps (shorter at the start)."
+    c = np.cumsum(np.insert(np.asarray(v, dtype=float), 0, 0.))
+    n = np.arange(1, len(v) + 1)
+    lo = np.maximum(n - window, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def _axes(ax, n=1, figsize=(5, 3.2)):
+    import matplotlib.pyplot as plt
+    if ax is not None: return ax
+    return plt.subplots(1, n, figsize=figsize)[1]
+
+
+def _curve(ax, x, v, smooth, **kw):
+    if smooth and smooth > 1:
+        line, = ax.plot(x, v, alpha=0.25, lw=0.7, color=kw.get('color'))
+        kw.setdefault('color', line.get_color())
+        ax.plot(x, _smoothed(v, smooth), **kw)
+    else: ax.plot(x, v, **kw)
+
+
+# %%
+#| export
+def plot_norm_ratio(runs, ax=None, smooth=None, key='norm_ratio'):
+    "Figure 1: $\\|g\\|/\\|g^{asc}\\|$ per step, one curve per run (`{label: StepStats, its history or a run folder}`)."
+    ax = _axes(ax)
+    for label, src in runs.items():
+        x, v = stats_series(_rows(src, STEP_STATS), key)
+        _curve(ax, x, v, smooth, label=label, lw=1.2)
+    ax.axhline(1, color='grey', lw=0.6, ls='--')
+    ax.set_xlabel('epoch'); ax.set_ylabel(r'$\|\nabla f(w)\| \,/\, \|\nabla f(w^{asc})\|$')
+    ax.legend(fontsize=8)
+    return ax
+
+
+# %%
+#| export
+def plot_alignment(runs, axes=None, smooth=None):
+    "Figure 3: $\\langle g^{asc}, g\\rangle - \\|g\\|^2$ (left) and $\\cos\\angle(g^{asc}, g)$ (right) per step, one curve per run."
+    axes = _axes(axes, 2, figsize=(10, 3.2))
+    for label, src in runs.items():
+        rows = _rows(src, STEP_STATS)
+        for ax, key in zip(axes, ('alignment', 'cosine')):
+            x, v = stats_series(rows, key)
+            _curve(ax, x, v, smooth, label=label, lw=1.2)
+    axes[0].axhline(0, color='grey', lw=0.6, ls='--')
+    axes[0].set_ylabel(r'$\langle \nabla f(w^{asc}), \nabla f(w)\rangle - \|\nabla f(w)\|^2$', fontsize=9)
+    axes[1].set_ylabel(r'$\cos\angle(\nabla f(w^{asc}), \nabla f(w))$', fontsize=9)
+    for ax in axes: ax.set_xlabel('epoch'); ax.legend(fontsize=8)
+    return axes
+
+
+# %%
+#| export
+def plot_loss_along(probes, ax=None):
+    "Figure 2: $f(w + \\alpha e_1)$ against $\\alpha$, one curve per probed epoch (a `HessianProbe`, its history or a run folder)."
+    import matplotlib as mpl
+    ax = _axes(ax)
+    rows = _rows(probes, HESSIAN_PROBE)
+    colors = mpl.colormaps['viridis'](np.linspace(0, 0.9, max(len(rows), 1)))
+    for r, c in zip(rows, colors):
+        ax.plot(r['alphas'], r['losses'], color=c, label=f"epoch {r['epoch']} ($\\lambda_1$={r['eigenvalue']:.3g})")
+    ax.set_xlabel(r'$\alpha$'); ax.set_ylabel(r'$f(w + \alpha e_1)$')
+    ax.legend(fontsize=7)
+    return ax
+
+
+# %% [markdown]
+# The plots on the stand-in records above (the real runs follow):
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+plot_norm_ratio({'fake': rec}, ax=axes[0], smooth=3)
+plot_alignment({'fake': rec}, axes=axes[1:])
+plt.tight_layout(); plt.show(); plt.close(fig)
+test_close(_smoothed([1., 2, 3, 4], 2), np.array([1, 1.5, 2.5, 3.5]), eps=1e-12)
