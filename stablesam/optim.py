@@ -31,24 +31,26 @@ def global_norm(tensors, device=None):
     "Global L2 norm of a list of tensors as a 0-dim tensor (float32 or wider), without host sync."
     if not tensors: return torch.zeros((), device=device)
     device = tensors[0].device if device is None else device
-    norms = []
-    for (_, dtype), idx in _buckets(tensors):
-        norms += [n.to(device) for n in torch._foreach_norm([tensors[i] for i in idx], 2, dtype=_acc_dtype(dtype))]
-    acc = norms[0].dtype
-    for n in norms[1:]: acc = torch.promote_types(acc, n.dtype)
-    return torch.linalg.vector_norm(torch.stack([n.to(acc) for n in norms]))
+    parts = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm([tensors[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
+             for (_, dtype), idx in _buckets(tensors)]
+    if len(parts) == 1: return parts[0].to(device)
+    acc = parts[0].dtype
+    for n in parts[1:]: acc = torch.promote_types(acc, n.dtype)
+    return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=acc) for n in parts]))
 
 # %% ../nbs/00_optim.ipynb #3db96418
-def _scaled(tensors, scale, inplace=False):
-    "`tensors` times `scale` (a number or 0-dim tensor; a new list, or in place), one multi-tensor kernel per group."
-    out = list(tensors)
+def _mul_(tensors, scale):
+    "Multiply `tensors` in place by the 0-dim tensor `scale`, one multi-tensor kernel per (device, dtype)."
     for (device, dtype), idx in _buckets(tensors):
-        ts = [tensors[i] for i in idx]
-        s = scale.to(device=device, dtype=dtype) if isinstance(scale, torch.Tensor) else scale
-        if inplace: torch._foreach_mul_(ts, s)
-        else:
-            for i, r in zip(idx, torch._foreach_mul(ts, s)): out[i] = r
-    return out
+        torch._foreach_mul_([tensors[i] for i in idx], scale.to(device=device, dtype=dtype))
+
+def _add_scaled_(targets, tensors, scale):
+    "`targets += scale * tensors` in place; `scale` a number or a 0-dim tensor (kept on the device)."
+    for (device, dtype), idx in _buckets(targets):
+        ts, xs = [targets[i] for i in idx], [tensors[i] for i in idx]
+        if not isinstance(scale, torch.Tensor): torch._foreach_add_(ts, xs, alpha=scale)
+        elif device.type == 'cpu': torch._foreach_addcmul_(ts, xs, [scale.to(dtype=dtype)] * len(ts))  # no temporaries
+        else: torch._foreach_add_(ts, torch._foreach_mul(xs, scale.to(device=device, dtype=dtype)))
 
 # %% ../nbs/00_optim.ipynb #2dff08bd
 def renorm_factor(num, den, gamma0=None, eps=1e-12):
@@ -156,14 +158,14 @@ def first_step(self, zero_grad=False, *, grad_scaler=None):
         if not ps: continue
         if self.normalize: scale = g['rho'] / (tnorm + self.eps)
         else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
-        e = _scaled(gs, scale)
-        if g['adaptive']: torch._foreach_mul_(e, torch._foreach_mul(ps, ps))
-        torch._foreach_add_(ps, e)
+        if g['adaptive']:                       # e = scale * T^2 g with T = |w|
+            gs = torch._foreach_mul(ps, ps)
+            torch._foreach_mul_(gs, [p.grad for p in ps])
+        _add_scaled_(ps, gs, scale)
     self._first = dict(params=params, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
     if zero_grad: self.zero_grad()
 
 @_method_of(SAM)
-@torch.no_grad()
 def _buffer(self, p, name):
     "The persistent buffer `name` of parameter `p` (allocated once, like `p`)."
     st = self.state[p]
@@ -194,7 +196,7 @@ def unperturb(self):
         dist.all_reduce(local)
         gnorm, num = (local / dist.get_world_size()).unbind()
     factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
-    if self.stable and grads: _scaled(grads, factor, inplace=True)
+    if self.stable and grads: _mul_(grads, factor)
     self._record(gnorm, anorm, factor, dot, first['inv_scale'])
 
 @_method_of(SAM)

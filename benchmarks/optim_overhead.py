@@ -1,0 +1,125 @@
+"""Overhead of StableSAM against SAM and SGD: pytorchcv resnet20_cifar10 on CPU, batch 64.
+
+Everything is measured side by side in one process with interleaved rounds (the order rotates every round)
+and summarised by medians, so the printed RATIOS are meaningful on a busy machine; absolute times are not.
+
+    python benchmarks/optim_overhead.py            # default: about 1-2 minutes on 2 cores
+    python benchmarks/optim_overhead.py --rounds 30 --threads 0   # longer, torch's default threads
+
+Prints: full-step time ratios StableSAM/SAM (target <= 1.02) and StableSAM/SGD (target <= 2.05; two
+forward-backward passes make 2.0 the floor), optimizer-only time (first_step + second_step, no passes)
+against the SGD step, and the extra persistent optimizer memory against SGD in bytes (target <= one copy
+of the parameters).
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from pytorchcv.model_provider import get_model
+from torch import nn
+
+from stablesam.optim import SAM, StableSAM, freeze_bn_stats
+
+
+def build(kind, seed=0):
+    """A resnet20 and its optimizer: 'sgd', 'sam' or 'stablesam' (SGD, momentum 0.9, weight decay 5e-4)."""
+    torch.manual_seed(seed)
+    model = get_model('resnet20_cifar10', pretrained=False)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if kind == 'sgd': opt = torch.optim.SGD(model.parameters(), **kw)
+    else: opt = (SAM if kind == 'sam' else StableSAM)(model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    return model, opt
+
+
+def full_step(model, opt, x, y):
+    """One training step: forward-backward (twice for SAM, BatchNorm statistics frozen in the second)."""
+    loss_fn = nn.functional.cross_entropy
+    if isinstance(opt, SAM):
+        loss_fn(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        with freeze_bn_stats(model):
+            loss_fn(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    else:
+        loss_fn(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def optimizer_only(opt):
+    """The optimizer's own work on gradients already in `.grad`: the SGD step, or first_step + second_step."""
+    if isinstance(opt, SAM):
+        opt.first_step()
+        opt.second_step()
+    else: opt.step()
+
+
+def timed(fn, n):
+    """Seconds per call of `fn`, averaged over `n` calls."""
+    t0 = time.perf_counter()
+    for _ in range(n): fn()
+    return (time.perf_counter() - t0) / n
+
+
+def state_bytes(opt):
+    """Bytes of every tensor an optimizer keeps between steps (its own and its base optimizer's state)."""
+    opts = [opt, opt.base_optimizer] if isinstance(opt, SAM) else [opt]
+    return sum(t.numel() * t.element_size() for o in opts for st in o.state.values()
+               for t in st.values() if isinstance(t, torch.Tensor))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--rounds', type=int, default=6, help='interleaved rounds (default 6)')
+    ap.add_argument('--steps', type=int, default=2, help='full training steps per optimizer per round')
+    ap.add_argument('--opt-steps', type=int, default=10, help='optimizer-only steps per optimizer per round')
+    ap.add_argument('--batch', type=int, default=64)
+    ap.add_argument('--threads', type=int, default=1,
+                    help='torch threads (default 1: steadier ratios on a shared machine; 0 leaves torch\'s default)')
+    args = ap.parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
+    kinds = ('sgd', 'sam', 'stablesam')
+    runs = {k: build(k) for k in kinds}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g)
+    for model, opt in runs.values(): full_step(model, opt, x, y)          # warm-up, allocates the state
+    full, only = {k: [] for k in kinds}, {k: [] for k in kinds}
+    t_start = time.perf_counter()
+    for r in range(args.rounds):
+        order = kinds[r % 3:] + kinds[:r % 3]
+        for k in order:
+            model, opt = runs[k]
+            full[k].append(timed(lambda: full_step(model, opt, x, y), args.steps))
+        for k in order:
+            model, opt = runs[k]
+            for p in model.parameters(): p.grad = torch.randn_like(p) * 1e-3
+            only[k].append(timed(lambda: optimizer_only(opt), args.opt_steps))
+            opt.zero_grad()
+    med = lambda xs: statistics.median(xs)
+    n_params = sum(p.numel() for p in runs['sgd'][0].parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in runs['sgd'][0].parameters())
+    print(f"resnet20_cifar10 ({n_params} parameters), batch {args.batch}, CPU, {torch.get_num_threads()} threads, "
+          f"{args.rounds} interleaved rounds x {args.steps} steps ({time.perf_counter() - t_start:.0f}s)")
+    print(f"median full step (s): " + ', '.join(f"{k} {med(full[k]):.4f}" for k in kinds))
+    print(f"full step  StableSAM / SAM = {med(full['stablesam']) / med(full['sam']):.3f}   (target <= 1.02)")
+    print(f"full step  StableSAM / SGD = {med(full['stablesam']) / med(full['sgd']):.3f}   (target <= 2.05, floor 2.0)")
+    print(f"full step        SAM / SGD = {med(full['sam']) / med(full['sgd']):.3f}")
+    print(f"median optimizer-only (ms): " + ', '.join(f"{k} {1e3 * med(only[k]):.3f}" for k in kinds))
+    print(f"optimizer-only  StableSAM / SGD step = {med(only['stablesam']) / med(only['sgd']):.2f}, "
+          f"SAM / SGD step = {med(only['sam']) / med(only['sgd']):.2f}")
+    sgd_bytes = state_bytes(runs['sgd'][1])
+    for k in ('sam', 'stablesam'):
+        extra = state_bytes(runs[k][1]) - sgd_bytes
+        print(f"extra persistent memory {k} vs SGD: {extra} bytes = {extra / param_bytes:.2f} x parameters "
+              f"({param_bytes} bytes)   (target <= 1.00)")
+    model, opt = runs['stablesam']
+    tracked = StableSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, track_alignment=True)
+    full_step(model, tracked, x, y)
+    extra = state_bytes(tracked) - sgd_bytes
+    print(f"extra persistent memory stablesam track_alignment=True vs SGD: {extra} bytes = "
+          f"{extra / param_bytes:.2f} x parameters (opt-in diagnostics)")
+
+
+if __name__ == '__main__':
+    main()
