@@ -61,16 +61,16 @@ def _mix(seed, salt):
 
 # %%
 #| exporti
-def _fake_images(n, num_classes, size, channels, seed, split=0):
+def _fake_images(n, num_classes, size, channels, seed, split=0, contrast=56, noise=40):
     """`n` uint8 images (N, H, W, C) with a per-class smooth template plus noise, and their labels."""
     trng = np.random.default_rng(_mix(seed, 7))
-    coarse = trng.uniform(0, 255, size=(num_classes, 4, 4, channels))
+    coarse = 128 + trng.uniform(-contrast, contrast, size=(num_classes, 4, 4, channels))
     reps = -(-size // 4)
     templates = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
     rng = np.random.default_rng(_mix(seed, 100 + split))
     labels = np.arange(n) % num_classes
     rng.shuffle(labels)
-    images = templates[labels] + rng.normal(0, 40, size=(n, size, size, channels))
+    images = templates[labels] + rng.normal(0, noise, size=(n, size, size, channels))
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
