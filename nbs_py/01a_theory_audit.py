@@ -21,6 +21,24 @@
 # (negative: the measured value exceeds the bound). For vacuous rows it is the largest margin by which
 # the incompatible hypotheses were satisfied together (negative: never).
 
+# %% [markdown]
+# ## Findings at a glance
+#
+# | statement | verdict |
+# |---|---|
+# | Definitions 2 + 4 | **vacuous** read globally (a strongly convex $f$ has no global Lipschitz constant); everything below reads $G$ on a ball holding every point the proofs use |
+# | Lemma 5 | **holds** (tight: equality along eigenvectors) |
+# | Lemmas 6, 7 | **hold** under Assumption 1's *shared* $\xi_t$ (short proof below); Algorithm 1's per-run $\xi_t = \rho/\|\mathbf g\|$ breaks Lemma 6 |
+# | Theorem 8, Remark 9 | **hold** on every instance, with wide margins |
+# | Theorems 10, 17 | **violated** as stated ("any constant $\eta$"): for $2\mu\gamma_0\eta(1+\mu\rho/G) > 1$ the bound turns negative; **hold** for $\eta \le 1/(2\mu\gamma_0(1+\mu\rho/G))$ |
+# | Theorem 11, Table 1 (SAM row) | **violated** at finite $T$ inside $\eta \le \eta_{SAM}$ (same cause, when $\kappa \approx 1$ and $n$ is large); the $T\to\infty$ form and the corrected range **hold** |
+# | Remark 12 | the bound improves with $\rho$ only at fixed $G$; with $G$ certified on a ball that holds the ascent points it **grows** with $\rho$ |
+# | Lemmas 13, 14, Theorems 15, 18, Remark 16, Table 1 (StableSAM row) | **vacuous**: Assumptions 2 and 3 contradict each other (derivation below) |
+# | ... with Assumption 3 dropped | Lemma 13's factor and Theorem 15's bound are **violated**; corrected versions ($\gamma_0$ in the factor, bound $\times 1/\gamma_0$) **hold**, and the corrected bound is never below SAM's, so Remark 16's improvement does not follow |
+# | Remark 19 | the comparisons of bounds **hold**, the clamp gives Assumption 2 with $\gamma_1^2 = \gamma_0$, but Assumption 3 stays infeasible with the certified $\mu$ |
+#
+# The full table is at the end of this page.
+
 # %%
 #| hide
 from fastcore.test import *
@@ -486,7 +504,8 @@ def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
         limit = gen + noise_ball_bound(1, 0.0, m, l, rho, G, eta, g0, g1)
         a = m * rho / G
         settled = np.abs(1 - 2 * m * g0 * eta * (1 + a)) ** T * E0 <= 1e-3 * (limit - gen)
-        parts.append(dict(viol=((mean - Z99 * se) > bound * (1 + 1e-9))[1:].any(0) & ~bad,
+        parts.append(dict(corr=(eta <= noise_ball_lr_max(m, rho, G, g0)) & ~bad,
+                          viol=((mean - Z99 * se) > bound * (1 + 1e-9))[1:].any(0) & ~bad,
                           slack=rel_slack(bound, mean)[1:].min(0), ok=~bad,
                           lviol=(mean[-1] - Z99 * se[-1] > limit * (1 + 1e-9)) & ~bad, lslack=rel_slack(limit, mean[-1]),
                           settled=settled & ~bad))
@@ -506,6 +525,11 @@ def _excess_rows(rng, N, P, T):
         note = f'pool of 24 examples, T={T}, {P} (S, path) draws; checked at every t <= T'
         if (~ok).any(): note += f'; {int((~ok).sum())} excluded (ball of G did not settle)'
         rows.append(make_row(stmt, regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
+        if stmt == 'Theorem 11' and not sxi:
+            rows.append(make_row('Table 1', 'SAM row (= Theorem 11): ' + regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
+            c = r['corr']
+            rows.append(make_row(stmt, 'corrected: eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))); Algorithm 1 SAM, finite T',
+                                 r['viol'][c], r['slack'][c], note + '; the subset of the draws inside the corrected range'))
         rows.append(make_row(stmt, regime + ', T -> infinity', r['lviol'][st], r['lslack'][st],
                              f'{int(st.sum())} of {ok.sum()} instances had settled by T={T}'))
     return rows
@@ -737,7 +761,7 @@ def counterexamples():
     sam = lambda x: x + rho * np.sign(x)
     lhs = abs((v - eta * sam(v)) - (w - eta * sam(w)))
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w)
-    out.append(dict(statement='Lemma 6', regime='Algorithm 1 SAM (per-run xi_t)', rows=('Algorithm 1 SAM',), lhs=lhs, rhs=rhs,
+    out.append(dict(statement='Lemma 6', regime='Algorithm 1 SAM (per-run xi_t)', rows=(('Lemma 6', 'Algorithm 1 SAM'),), lhs=lhs, rhs=rhs,
                     instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, C=1+1e-9, G={G:.4g}, eta=eta_max={eta:.4g}'))
     # Lemma 13 with Assumption 3 dropped: the stated factor ignores gamma_t
     w, v, rho, gam = 1.0, -1.0, 0.1, 0.1
@@ -746,7 +770,7 @@ def counterexamples():
     eta = 0.1 * stablesam_lr_max(1.0, 1.0, rho, G, C, gam)
     lhs = abs((1 - eta * gam * (1 + xi)) * (v - w))
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w)
-    out.append(dict(statement='Lemma 13', regime='Assumptions 1-2, Assumption 3 dropped', rows=('Assumptions 1-2',), lhs=lhs, rhs=rhs,
+    out.append(dict(statement='Lemma 13', regime='Assumptions 1-2, Assumption 3 dropped', rows=(('Lemma 13', 'Assumptions 1-2'),), lhs=lhs, rhs=rhs,
                     instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, xi=rho/G, gamma_t=gamma0=gamma1={gam}, G={G:.4g}, eta={eta:.4g}'))
     # Theorems 10 and 17: one step of size eta = 1/L on f = w^2/2
     for stmt, stable in (('Theorem 10', False), ('Theorem 17', True)):
@@ -757,7 +781,7 @@ def counterexamples():
         G = _G1([w0, w1], rho)
         lhs = 0.5 * w1 ** 2
         rhs = noise_ball_bound(1, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta, gam, gam)
-        out.append(dict(statement=stmt, regime='any constant eta (here eta = 1/L)', rows=('Algorithm 1',), lhs=lhs, rhs=rhs,
+        out.append(dict(statement=stmt, regime='any constant eta (here eta = 1/L)', rows=((stmt, 'Algorithm 1'),), lhs=lhs, rhs=rhs,
                         instance=f'd=n=1, f=w^2/2, w0={w0}, rho={rho}, eta={eta}, T=1, G={G:.4g}'
                                  + (f', gamma0=gamma1={gam:.4g}' if stable else '')))
     # Theorem 15 with Assumption 3 dropped, a shared gamma_t: exact expectation over all 2^T sequences
@@ -774,9 +798,22 @@ def counterexamples():
     lhs = max(np.mean(np.abs(f(w, z) - f(v, z))) for z in (1.0, -1.0))
     rhs = stability_bound(2, 1.0, 1.0, rho, G, gam)
     out.append(dict(statement='Theorem 15', regime='Assumptions 1-2 (gamma_t shared, in [gamma0, gamma1]), Assumption 3 dropped',
-                    rows=('Assumption 3 dropped; shared xi_t; gamma_t any',),
+                    rows=(('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t any'),),
                     lhs=lhs, rhs=rhs, instance=f'd=1, n=2, H=1 shared, S: c=(1,-1), S\': c=(-1,-1), w0=0, rho={rho}, '
                                                f'xi=rho/G, gamma_t={gam}, G={G:.4g}, eta=eta_max={eta:.4g}, T={T}, exact over 2^{T} sequences'))
+    # Theorem 11 (and Table 1's SAM row): the same negative factor, inside eta <= eta_SAM, once n is large
+    w0, rho, n = 1.0, 0.01, 100
+    G0 = _G1([w0, 0.0], rho)
+    eta = sam_lr_max(1.0, 1.0, rho, G0, C)
+    w1 = w0 - eta * (w0 + rho)
+    G = _G1([w0, w1], rho)
+    assert G <= G0 + 1e-12       # the ball used for eta_max holds every point
+    lhs = 0.5 * w1 ** 2
+    rhs = stability_bound(n, 1.0, 1.0, rho, G) + noise_ball_bound(1, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta)
+    out.append(dict(statement='Theorem 11', regime='eta <= eta_SAM, finite T', lhs=lhs, rhs=rhs,
+                    rows=(('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM, finite T'), ('Table 1', 'SAM row')),
+                    instance=f'd=1, population = one example f=w^2/2 (so F_D = F_S = f), n={n}, w0={w0}, rho={rho}, '
+                             f'C=1+1e-9, G={G:.4g}, eta=eta_SAM={eta:.4g}, T=1'))
     for r in out: r['violated'] = bool(r['lhs'] > r['rhs'] * (1 + 1e-9) + 1e-15)
     return out
 
@@ -943,7 +980,7 @@ def verify_all(n_instances=16, seed=0, *, paths=None, steps=None, n_certify=None
     rows = [r for check in checks for r in check()]
     for c in counterexamples():   # each counterexample is one more (violating) instance of its regime
         for r in rows:
-            if r['statement'] == c['statement'] and r['regime'].startswith(c['rows']):
+            if any(r['statement'] == st and r['regime'].startswith(pre) for st, pre in c['rows']):
                 r['note'] = (r['note'] + '; ' if r['note'] else '') + \
                     f"{r['violations']} of {r['instances']} random draws violate; smallest counterexample " \
                     f"(+1 instance): {c['instance']} gives {c['lhs']:.4g} > bound {c['rhs']:.4g}"
