@@ -55,11 +55,14 @@ def optimizer_only(opt):
     else: opt.step()
 
 
-def timed(fn, n):
-    """Seconds per call of `fn`, averaged over `n` calls."""
-    t0 = time.perf_counter()
-    for _ in range(n): fn()
-    return (time.perf_counter() - t0) / n
+def timed(fn, n, repeat=1):
+    """Seconds per call of `fn` (averaged over `n` calls), best of `repeat` such measurements."""
+    best = float('inf')
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n): fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
 
 
 def state_bytes(opt):
@@ -72,7 +75,7 @@ def state_bytes(opt):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rounds', type=int, default=6, help='interleaved rounds (default 6)')
-    ap.add_argument('--steps', type=int, default=2, help='full training steps per optimizer per round')
+    ap.add_argument('--steps', type=int, default=2, help='full training steps per optimizer per round (best is kept)')
     ap.add_argument('--opt-steps', type=int, default=10, help='optimizer-only steps per optimizer per round')
     ap.add_argument('--batch', type=int, default=64)
     ap.add_argument('--threads', type=int, default=1,
@@ -88,26 +91,33 @@ def main(argv=None):
     t_start = time.perf_counter()
     for r in range(args.rounds):
         order = kinds[r % 3:] + kinds[:r % 3]
-        for k in order:
-            model, opt = runs[k]
-            full[k].append(timed(lambda: full_step(model, opt, x, y), args.steps))
+        best = dict.fromkeys(kinds, float('inf'))
+        for _ in range(args.steps):                      # interleaved step by step, best kept
+            for k in order:
+                model, opt = runs[k]
+                best[k] = min(best[k], timed(lambda: full_step(model, opt, x, y), 1))
+        for k in kinds: full[k].append(best[k])
         for k in order:
             model, opt = runs[k]
             for p in model.parameters(): p.grad = torch.randn_like(p) * 1e-3
-            only[k].append(timed(lambda: optimizer_only(opt), args.opt_steps))
+            only[k].append(timed(lambda: optimizer_only(opt), args.opt_steps, repeat=3))
             opt.zero_grad()
-    med = lambda xs: statistics.median(xs)
     n_params = sum(p.numel() for p in runs['sgd'][0].parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in runs['sgd'][0].parameters())
+
+    def ratio(times, a, b):
+        """Median over rounds of the per-round ratio a/b (each round: best of its steps)."""
+        return statistics.median(ta / tb for ta, tb in zip(times[a], times[b]))
+
     print(f"resnet20_cifar10 ({n_params} parameters), batch {args.batch}, CPU, {torch.get_num_threads()} threads, "
-          f"{args.rounds} interleaved rounds x {args.steps} steps ({time.perf_counter() - t_start:.0f}s)")
-    print(f"median full step (s): " + ', '.join(f"{k} {med(full[k]):.4f}" for k in kinds))
-    print(f"full step  StableSAM / SAM = {med(full['stablesam']) / med(full['sam']):.3f}   (target <= 1.02)")
-    print(f"full step  StableSAM / SGD = {med(full['stablesam']) / med(full['sgd']):.3f}   (target <= 2.05, floor 2.0)")
-    print(f"full step        SAM / SGD = {med(full['sam']) / med(full['sgd']):.3f}")
-    print(f"median optimizer-only (ms): " + ', '.join(f"{k} {1e3 * med(only[k]):.3f}" for k in kinds))
-    print(f"optimizer-only  StableSAM / SGD step = {med(only['stablesam']) / med(only['sgd']):.2f}, "
-          f"SAM / SGD step = {med(only['sam']) / med(only['sgd']):.2f}")
+          f"{args.rounds} interleaved rounds, best of {args.steps} steps each ({time.perf_counter() - t_start:.0f}s)")
+    print("median full step (s): " + ', '.join(f"{k} {statistics.median(full[k]):.4f}" for k in kinds))
+    print(f"full step  StableSAM / SAM = {ratio(full, 'stablesam', 'sam'):.3f}   (target <= 1.02)")
+    print(f"full step  StableSAM / SGD = {ratio(full, 'stablesam', 'sgd'):.3f}   (target <= 2.05, floor 2.0)")
+    print(f"full step        SAM / SGD = {ratio(full, 'sam', 'sgd'):.3f}")
+    print("median optimizer-only (ms): " + ', '.join(f"{k} {1e3 * statistics.median(only[k]):.3f}" for k in kinds))
+    print(f"optimizer-only (first_step + second_step incl. the SGD step) / SGD step: "
+          f"StableSAM {ratio(only, 'stablesam', 'sgd'):.2f}, SAM {ratio(only, 'sam', 'sgd'):.2f}")
     sgd_bytes = state_bytes(runs['sgd'][1])
     for k in ('sam', 'stablesam'):
         extra = state_bytes(runs[k][1]) - sgd_bytes
