@@ -262,7 +262,8 @@ def _method_of(cls):
 @torch.no_grad()
 def first_step(self, zero_grad=False, *, grad_scaler=None):
     "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
-    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already perturbed")
+    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already "
+                                                 "perturbed (unperturb() restores them)")
     groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
     params = [p for _, ps, _ in groups for p in ps]
     grads = [d for _, _, gs in groups for d in gs]
@@ -435,7 +436,16 @@ def load_state_dict(self, state_dict):
         if k in sam: setattr(self, k, sam[k])
 
 @_method_of(SAM)
+def __getstate__(self):
+    "Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."
+    return dict(self.__dict__)
+
+@_method_of(SAM)
+def __setstate__(self, state): self.__dict__.update(state)
+
+@_method_of(SAM)
 def __repr__(self):
+    "The variant's flags and the base optimizer."
     flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
     return f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, base={self.base_optimizer!r})"
 
@@ -458,11 +468,11 @@ class StableSAM(SAM):
     def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
 
 class ASAM(SAM):
-    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|`."
+    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs): super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
 
 class StableASAM(SAM):
-    "Adaptive SAM with StableSAM's renormalization."
+    "Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; `renorm_norm='adaptive'` for the authors' code)."
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
         super().__init__(params, base_optimizer, rho, adaptive=True, stable=True, **kwargs)
 
@@ -573,7 +583,9 @@ for k, v in net.state_dict().items(): test_eq(v, before[k])
 # SAM as described by Foret et al. computes the ascent on each replica with that replica's own gradient
 # ("m-sharpness", with $m$ the per-replica batch): the first pass must **not** all-reduce. Wrap the first
 # forward-backward in `first_pass_no_sync(model)` (DDP's `no_sync()`, a no-op for other models); the second
-# pass all-reduces as usual, so every replica steps with the mean of the per-replica surrogate gradients.
+# pass all-reduces as usual, so every replica steps with the mean of the per-replica surrogate gradients. The
+# stable variants average the local $\|g\|$ over the replicas (see `unperturb`), so all replicas apply the same
+# factor and stay identical (tested with two processes in `tests/test_optim_ddp.py`).
 
 # %%
 #| export
@@ -596,7 +608,102 @@ def first_pass_no_sync(model):
 # ```
 
 # %% [markdown]
+# ## Recipes
+#
+# ### Mixed precision with `torch.amp.GradScaler`
+#
+# Scale both losses and pass the scaler to both steps. The renormalization factor is a ratio of two norms of
+# gradients scaled by the same $s$, so it does not depend on $s$; the normalized ascent $g/\|g\|$ does not
+# either, and for the unnormalized (USAM) ascent and the reported norms `first_step` divides $s$ out.
+# `second_step` hands the base step to `grad_scaler.step`, which unscales once and skips the step when a
+# gradient is not finite. A non-finite gradient in the *first* pass makes the ascent, hence the surrogate
+# gradient, non-finite too, so that step is skipped as well; either way the weights are restored from the
+# copy, and the momentum is untouched.
+
+# %%
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+def loss_fn(): return torch.nn.functional.cross_entropy(net(x), y)
+
+opt = StableSAM(net.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+scaler = torch.amp.GradScaler('cpu')                       # 'cuda' on a GPU
+for _ in range(3):
+    with torch.autocast('cpu', dtype=torch.bfloat16): loss = loss_fn()
+    scaler.scale(loss).backward()
+    opt.first_step(zero_grad=True, grad_scaler=scaler)
+    with torch.autocast('cpu', dtype=torch.bfloat16): loss = loss_fn()
+    scaler.scale(loss).backward()
+    opt.second_step(zero_grad=True, grad_scaler=scaler)
+    scaler.update()
+
+before = [p.detach().clone() for p in net.parameters()]
+scaler.scale(loss_fn() * math.inf).backward()              # an overflow in the first pass
+opt.first_step(zero_grad=True, grad_scaler=scaler)
+scaler.scale(loss_fn()).backward()
+opt.second_step(zero_grad=True, grad_scaler=scaler)
+scaler.update()
+test_eq(all(torch.equal(a, b) for a, b in zip(before, net.parameters())), True)
+
+# %% [markdown]
+# ### Gradient clipping
+#
+# Clip the gradient the base optimizer will use, i.e. **after** the renormalization: call `unperturb()`
+# (restore and renormalize), clip, then step the base optimizer. With a scaler, unscale in between:
+# `opt.unperturb(); scaler.unscale_(opt.base_optimizer); clip_grad_norm_(...); scaler.step(opt.base_optimizer);
+# scaler.update()` (the scaler remembers the unscale and never unscales twice). For StableSAM the renormalized
+# gradient has norm $\|g\|$, which is what the clipping sees:
+
+# %%
+loss_fn().backward()
+opt.first_step(zero_grad=True)
+loss_fn().backward()
+opt.unperturb()
+total = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=0.01)
+opt.base_optimizer.step()
+opt.zero_grad()
+test_close(total, opt.last_stats['grad_norm'], eps=1e-5)
+
+
+# %% [markdown]
+# ### Gradient accumulation
+#
+# Accumulate **both** passes over the same micro-batches (each loss divided by their number): the ascent then
+# uses the gradient of the whole batch, and the step equals the one-batch step up to rounding.
+
+# %%
+def accumulated_step(opt, chunks):
+    "One SAM step on a batch given as micro-batches."
+    def accumulate():
+        for xm, ym in chunks: (torch.nn.functional.cross_entropy(net(xm), ym) / len(chunks)).backward()
+    accumulate(); opt.first_step(zero_grad=True)
+    accumulate(); opt.second_step(zero_grad=True)
+
+w_start = [p.detach().clone() for p in net.parameters()]
+opt = StableSAM(net.parameters(), torch.optim.SGD, lr=0.1)
+accumulated_step(opt, list(zip(x.chunk(4), y.chunk(4))))
+w_acc = [p.detach().clone() for p in net.parameters()]
+with torch.no_grad():
+    for p, w in zip(net.parameters(), w_start): p.copy_(w)
+accumulated_step(opt, [(x, y)])
+for p, w in zip(net.parameters(), w_acc): test_close(p, w, eps=1e-6)
+
+# %% [markdown]
+# ### Learning-rate schedulers and resuming
+#
+# A scheduler may be built on the wrapper or on `opt.base_optimizer` (they share the param groups). To resume,
+# save `opt.state_dict()` next to the model's and load both into fresh objects: the base optimizer's momentum
+# or Adam moments, each group's `lr`, `rho` and `adaptive`, and SAM's flags come back, so 5 steps, save, load,
+# 5 steps equals 10 steps (tested in `tests/test_optim.py`). Save between steps, never between `first_step`
+# and `second_step` (the model's weights are perturbed then).
+
+# %% [markdown]
 # ## A factory for the training code
+#
+# `make_optimizer` maps a name to an optimizer with one set of keyword arguments, for configuration files and
+# command lines. `'sgd'` means the base optimizer alone (SGD, or AdamW with `base='adamw'`, which ignores
+# `momentum`); SAM-only arguments (`rho`, `gamma0`, `renorm_norm`, `track_alignment`, ...) are then ignored, and
+# any other keyword goes to the base optimizer.
 
 # %%
 #| export
@@ -655,8 +762,8 @@ def toy_ratios(rho, steps=150, **kw):
 
 fig, ax = plt.subplots(figsize=(8, 3))
 for rho in (0.01, 0.05, 0.2): ax.plot(toy_ratios(rho)[0], label=f'rho={rho}')
-_, f = toy_ratios(0.2, gamma0=0.8)
-ax.plot(f, 'k--', label='rho=0.2, gamma0=0.8 (applied)')
+_, f = toy_ratios(0.2, gamma0=0.3)
+ax.plot(f, 'k--', label='rho=0.2, gamma0=0.3 (applied)')
 ax.set(xlabel='step', ylabel=r'$\|g\|/\|g^{asc}\|$', title='renormalization factor (toy MLP)'); ax.legend(fontsize=8)
 plt.show(); plt.close(fig)
-test_eq(bool(((f >= 0.8 - 1e-6) & (f <= math.sqrt(0.8) + 1e-6)).all()), True)
+test_eq(bool(((f >= 0.3 - 1e-6) & (f <= math.sqrt(0.3) + 1e-6)).all()), True)

@@ -141,7 +141,8 @@ def _method_of(cls):
 @torch.no_grad()
 def first_step(self, zero_grad=False, *, grad_scaler=None):
     "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
-    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already perturbed")
+    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already "
+                                                 "perturbed (unperturb() restores them)")
     groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
     params = [p for _, ps, _ in groups for p in ps]
     grads = [d for _, _, gs in groups for d in gs]
@@ -272,7 +273,16 @@ def load_state_dict(self, state_dict):
         if k in sam: setattr(self, k, sam[k])
 
 @_method_of(SAM)
+def __getstate__(self):
+    "Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."
+    return dict(self.__dict__)
+
+@_method_of(SAM)
+def __setstate__(self, state): self.__dict__.update(state)
+
+@_method_of(SAM)
 def __repr__(self):
+    "The variant's flags and the base optimizer."
     flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
     return f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, base={self.base_optimizer!r})"
 
@@ -282,11 +292,11 @@ class StableSAM(SAM):
     def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
 
 class ASAM(SAM):
-    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|`."
+    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs): super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
 
 class StableASAM(SAM):
-    "Adaptive SAM with StableSAM's renormalization."
+    "Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; `renorm_norm='adaptive'` for the authors' code)."
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
         super().__init__(params, base_optimizer, rho, adaptive=True, stable=True, **kwargs)
 

@@ -243,6 +243,18 @@ def test_state_dict_resume_is_exact(base):
     assert same(weights(net2), straight)
 
 
+def test_deepcopy_keeps_everything():
+    import copy
+    net = make_net()
+    opt = StableSAM(net.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, gamma0=0.4)
+    for b in batches(2): sam_step(opt, net, b)
+    twin = copy.deepcopy(opt)
+    assert twin.gamma0 == 0.4 and twin.param_groups is twin.base_optimizer.param_groups
+    p = twin.param_groups[0]['params'][0]
+    assert p is not net[0].weight and torch.equal(p, net[0].weight)
+    assert torch.equal(twin.base_optimizer.state[p]['momentum_buffer'], opt.base_optimizer.state[net[0].weight]['momentum_buffer'])
+
+
 def test_add_param_group():
     net = make_net()
     opt = StableSAM(net[0].parameters(), torch.optim.SGD, lr=0.1)
