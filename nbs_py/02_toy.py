@@ -1,0 +1,608 @@
+# %%
+#| default_exp toy
+
+# %% [markdown]
+# # toy
+#
+# > Section 5.1 and Figure 4: how often GD, SAM and StableSAM reach a global minimum of a function with a strict saddle, swept at full size in seconds
+
+# %% [markdown]
+# Section 5.1 of the paper runs the optimizers of Algorithm 1 on
+#
+# $$f(x_1, x_2) = \tfrac14 x_1^4 - x_1 x_2 + \tfrac12 x_2^2,$$
+#
+# which has a strict saddle at $(0, 0)$ and two global minima at $(1, 1)$ and $(-1, -1)$. For each of
+# 100 learning rates log-spaced from 0.001 to 0.3 it starts 10,000 runs uniformly in $[-2, 2]^2$ and
+# reports the share that ends at a global minimum (Figure 4), for $\rho \in \{0.05, 0.2, 0.5\}$. A run
+# that stalls at the saddle or blows up counts as a failure.
+#
+# The paper does not say how many iterations it ran or how close to a minimum counts as "converged":
+# our defaults are **1000 steps** and **Euclidean distance at most 0.05** from $(1,1)$ or $(-1,-1)$
+# after the last step, with a non-finite point (overflow) a failure. The ablation below shows what
+# these choices change.
+#
+# Full size is $3\ \rho \times 3$ methods $\times 100$ learning rates $\times 10{,}000$ starts
+# $\times 1000$ steps $= 9\cdot 10^9$ trajectory-steps. `success_rates` runs all the (start, learning
+# rate) pairs of a sweep as one float32 array per coordinate on a "conveyor belt": every 32 steps, runs
+# that overflowed, finished, or provably stopped moving (they sit on a fixed point or a 2-cycle of the
+# floating-point update, bit for bit) leave the belt and new runs take their places, so the arrays stay
+# full and small enough for the CPU cache; two threads run two belts. Every decision it makes is exact
+# for the arithmetic it uses: the float64 belt gives bit-identical final points to a plain Python loop,
+# and the float32 one agrees with float64 everywhere except where SAM's dynamics are chaotic (checked below
+# and in `benchmarks/toy_sweep.py`).
+
+# %%
+#| hide
+from fastcore.test import *
+import time
+import warnings
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+plt.rcParams['figure.dpi'] = 72
+with warnings.catch_warnings():   # no ipywidgets here: tqdm.auto warns once on import, then uses the text bar
+    warnings.simplefilter("ignore"); import tqdm.auto
+
+# %%
+#| export
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm.auto import tqdm
+
+# %% [markdown]
+# ## The function
+
+# %%
+#| export
+MINIMA = ((1., 1.), (-1., -1.))
+SADDLE = (0., 0.)
+
+def toy_loss(x1, x2):
+    "Section 5.1's $f(x_1, x_2) = x_1^4/4 - x_1 x_2 + x_2^2/2$."
+    return x1**4 / 4 - x1 * x2 + x2**2 / 2
+
+def toy_grad(x1, x2):
+    "The closed-form gradient $(x_1^3 - x_2,\\ x_2 - x_1)$ of `toy_loss`."
+    return x1 * x1 * x1 - x2, x2 - x1
+
+
+# %% [markdown]
+# The gradient vanishes exactly at the three critical points and matches finite differences:
+
+# %%
+for p in MINIMA + (SADDLE,): test_eq(toy_grad(*p), (0., 0.))
+test_eq(toy_loss(1., 1.), -0.25)
+_x, _h = np.array([0.7, -1.3]), 1e-6
+_fd = [(toy_loss(*(_x + _h * d)) - toy_loss(*(_x - _h * d))) / (2 * _h) for d in np.eye(2)]
+test_close(_fd, toy_grad(*_x), eps=1e-7)
+
+# %% [markdown]
+# ## The updates of Algorithm 1, one run at a time
+#
+# With $g = \nabla f(w)$: GD steps $w \leftarrow w - \eta g$. SAM (line 4) moves to the ascent point
+# $w^{asc} = w + \rho g / (\|g\| + \epsilon)$, takes the surrogate gradient $g^{asc} = \nabla f(w^{asc})$
+# (line 5) and steps $w \leftarrow w - \eta g^{asc}$ (line 7). StableSAM renormalizes first (line 6):
+# $g^{asc} \leftarrow g^{asc}\, \|g\| / \max(\|g^{asc}\|, \epsilon)$. USAM, as in the authors' code, ascends to
+# $w + \rho g$ instead, and StableUSAM renormalizes that. These are the formulas of `stablesam.optim`,
+# with its $\epsilon = 10^{-12}$: a zero gradient gives no perturbation ($e = 0$) and a zero surrogate
+# gradient no step. `plain_run` is the reference: one Python scalar operation per formula, in the same
+# order as the vectorised code below, so that in the same precision both give the same bits.
+
+# %%
+#| export
+EPS = 1e-12  # stablesam.optim's default eps: ascent rho*g/(||g||+eps), factor ||g||/max(||g_asc||, eps)
+METHODS = {  # method: (ascent step, normalized ascent, renormalized surrogate gradient)
+    "gd": (False, False, False), "sam": (True, True, False), "stablesam": (True, True, True),
+    "usam": (True, False, False), "stableusam": (True, False, True)}
+
+def _check_method(method):
+    "The flags of `method`, or a ValueError naming it."
+    if method not in METHODS: raise ValueError(f"Invalid method: {method!r} (choose from {tuple(METHODS)})")
+    return METHODS[method]
+
+
+# %%
+#| export
+def plain_run(method, x, lr, rho, steps, dtype=np.float64):
+    "Final point of one `method` run from `x = (x1, x2)` after `steps` steps, as a plain scalar loop (the reference)."
+    ascent, normalize, stable = _check_method(method)
+    c = float if np.dtype(dtype) == np.float64 else np.dtype(dtype).type
+    sqrt = math.sqrt if c is float else np.sqrt
+    x1, x2, lr, rho, eps = c(x[0]), c(x[1]), c(lr), c(rho), c(EPS)
+    with np.errstate(all="ignore"):
+        for _ in range(steps):
+            g1, g2 = x1 * x1 * x1 - x2, x2 - x1
+            if ascent:
+                n = sqrt(g1 * g1 + g2 * g2)
+                if normalize:
+                    s = rho / (n + eps)
+                    a1, a2 = s * g1 + x1, s * g2 + x2
+                else: a1, a2 = g1 * rho + x1, g2 * rho + x2
+                g1, g2 = a1 * a1 * a1 - a2, a2 - a1
+                if stable:
+                    f = n / max(sqrt(g1 * g1 + g2 * g2), eps) * lr
+                    g1, g2 = g1 * f, g2 * f
+                else: g1, g2 = g1 * lr, g2 * lr
+            else: g1, g2 = g1 * lr, g2 * lr
+            x1, x2 = x1 - g1, x2 - g2
+            if not (math.isfinite(x1) and math.isfinite(x2)): break
+    return float(x1), float(x2)
+
+
+# %% [markdown]
+# SAM has fixed points that GD does not: a point $w$ at distance $\rho$ from the saddle whose gradient
+# points straight at it, so that the ascent step lands exactly on the saddle, where the surrogate gradient
+# vanishes. With $\rho = 0.5$ they sit at $\pm(0.416, 0.278)$. SAM does not move there; GD does, and so does
+# StableSAM, which rescales the (rounding-sized) surrogate gradient back to the length of $g$.
+
+# %%
+from scipy.optimize import brentq
+def _cross(t):
+    w = 0.5 * np.array([np.cos(t), np.sin(t)]); g = np.array(toy_grad(*w)); return g[0] * w[1] - g[1] * w[0]
+_trap = 0.5 * np.array([np.cos(_t := brentq(_cross, 0.3, 1.)), np.sin(_t)])
+_g = np.array(toy_grad(*_trap))
+test_close(_trap + 0.5 * _g / np.linalg.norm(_g), (0., 0.), eps=1e-12)   # the ascent point is the saddle
+test_close(plain_run("sam", _trap, 0.1, 0.5, 1), _trap, eps=1e-12)
+for _m in ("gd", "stablesam"): assert np.linalg.norm(np.subtract(plain_run(_m, _trap, 0.1, 0.5, 1), _trap)) > 0.01
+test_eq(math.isfinite(plain_run("gd", (3., -3.), 0.3, 0., 100)[0]), False)          # overflow: no exception
+test_fail(lambda: plain_run("adam", (0., 0.), 0.1, 0.1, 1), contains="Invalid method: 'adam'")
+
+
+# %% [markdown]
+# A run *succeeds* when its final point is finite and within `tol` of a global minimum:
+
+# %%
+#| export
+def reached_minimum(x1, x2, tol=0.05):
+    "Whether the points `(x1, x2)` are finite and within Euclidean distance `tol` of $(1,1)$ or $(-1,-1)$."
+    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+    with np.errstate(all="ignore"):
+        d2 = np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2)
+    return np.isfinite(x1) & np.isfinite(x2) & (d2 <= tol * tol)
+
+
+# %%
+test_eq(reached_minimum([1., -1.04, 0., np.inf, np.nan], [1.03, -1., 0., 1., 1.]), [True, True, False, False, False])
+
+
+# %% [markdown]
+# ## All runs at once: the conveyor belt
+#
+# `_advance` is the same update on arrays, one in-place NumPy operation per formula on preallocated
+# buffers (no temporaries). `_belt` keeps at most `width` runs on the belt. Every `block` steps it
+# checks each run: a non-finite point is a failure whatever comes next (overflow turns into NaN and stays
+# there); a run whose state equals its state two steps earlier, bit for bit, repeats that 2-cycle (or
+# fixed point) forever, because the update is a fixed function of $(x_1, x_2, \eta)$ with correctly
+# rounded operations, so its final point is known; a run that has done `steps` steps is finished. These
+# leave; waiting runs fill the free places.
+
+# %%
+#| exporti
+def _advance(x1, x2, lr, rho, n, kind, bufs):
+    "Advance the runs `(x1, x2)` with learning rates `lr` by `n` steps of `kind` in place."
+    ascent, normalize, stable = kind
+    m = x1.size
+    g1, g2, gn, a1, a2 = (b[:m] for b in bufs)
+    rho, eps = x1.dtype.type(rho), x1.dtype.type(EPS)
+    for _ in range(n):
+        np.multiply(x1, x1, out=g1); g1 *= x1; g1 -= x2              # g = grad f(x)
+        np.subtract(x2, x1, out=g2)
+        if ascent:
+            np.multiply(g1, g1, out=gn); np.multiply(g2, g2, out=a1); gn += a1; np.sqrt(gn, out=gn)  # ||g||
+            if normalize:                                              # a = x + rho g / (||g|| + eps)
+                np.add(gn, eps, out=a2); np.divide(rho, a2, out=a2)
+                np.multiply(a2, g1, out=a1); np.multiply(a2, g2, out=a2)
+            else:                                                      # a = x + rho g
+                np.multiply(g1, rho, out=a1); np.multiply(g2, rho, out=a2)
+            a1 += x1; a2 += x2
+            np.multiply(a1, a1, out=g1); g1 *= a1; g1 -= a2            # g_asc = grad f(a)
+            np.subtract(a2, a1, out=g2)
+            if stable:                                                 # lr * ||g|| / max(||g_asc||, eps)
+                np.multiply(g1, g1, out=a1); np.multiply(g2, g2, out=a2); a1 += a2; np.sqrt(a1, out=a1)
+                np.maximum(a1, eps, out=a1); np.divide(gn, a1, out=a1); a1 *= lr
+                g1 *= a1; g2 *= a1
+            else: g1 *= lr; g2 *= lr
+        else: g1 *= lr; g2 *= lr
+        x1 -= g1; x2 -= g2
+
+
+# %%
+#| exporti
+def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, tick):
+    "Final points (float64) of all runs `(x1_all, x2_all, lr_all)`, advanced on one conveyor belt."
+    total = x1_all.size
+    out1, out2 = np.empty(total), np.empty(total)
+    bufs = [np.empty(width, dtype) for _ in range(5)]
+    idx, age = np.empty(0, np.int64), np.empty(0, np.int64)
+    x1, x2, lr = (np.empty(0, dtype) for _ in range(3))
+    nxt = 0
+    with np.errstate(all="ignore"):   # per thread: overflow is an outcome here, not a warning
+        while True:
+            k = min(width - idx.size, total - nxt)
+            if k > 0:                  # refill the free places with waiting runs
+                new = slice(nxt, nxt + k); nxt += k
+                idx = np.concatenate([idx, np.arange(new.start, new.stop)])
+                age = np.concatenate([age, np.zeros(k, np.int64)])
+                x1, x2, lr = (np.concatenate([a, b[new].astype(dtype)]) for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all)))
+            if idx.size == 0: break
+            n = int(min(block, steps - age.max()))
+            if n >= 2:                 # keep the states one and two steps before the end of the block
+                _advance(x1, x2, lr, rho, n - 2, kind, bufs)
+                p1, p2 = x1.copy(), x2.copy()
+                _advance(x1, x2, lr, rho, 1, kind, bufs)
+                q1, q2 = x1.copy(), x2.copy()
+                _advance(x1, x2, lr, rho, 1, kind, bufs)
+                cycle = (x1 == p1) & (x2 == p2)
+            else:
+                _advance(x1, x2, lr, rho, n, kind, bufs)
+                q1, q2, cycle = x1, x2, np.zeros(x1.size, bool)
+            age += n
+            odd = cycle & ((steps - age) % 2 == 1)   # on a 2-cycle: the final point is x or q
+            f1, f2 = np.where(odd, q1, x1), np.where(odd, q2, x2)
+            leave = (age >= steps) | cycle | ~(np.isfinite(x1) & np.isfinite(x2))
+            out1[idx[leave]], out2[idx[leave]] = f1[leave], f2[leave]
+            stay = ~leave
+            idx, age, x1, x2, lr = idx[stay], age[stay], x1[stay], x2[stay], lr[stay]
+            tick(int(leave.sum()))
+    return out1, out2
+
+
+# %%
+#| exporti
+def _check_run(lrs, rho, steps):
+    "`lrs` as a flat float64 array, or a ValueError naming the bad learning rates, `rho` or `steps`."
+    lrs = np.asarray(lrs, np.float64).reshape(-1)
+    bad = ~(np.isfinite(lrs) & (lrs > 0))
+    if bad.any(): raise ValueError(f"Invalid lrs: {lrs[bad]} (must be finite and > 0)")
+    if not (math.isfinite(rho) and rho >= 0): raise ValueError(f"Invalid rho: {rho} (must be finite and >= 0)")
+    if int(steps) != steps or steps < 0: raise ValueError(f"Invalid steps: {steps} (must be an integer >= 0)")
+    return lrs
+
+
+# %%
+#| export
+def default_threads():
+    "Threads for the sweeps: the CPU cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, bar=None):
+    "Final points `(x1, x2)`, each of shape `(len(lrs), len(starts))`, of `method` runs from every start with every learning rate."
+    kind = _check_method(method)
+    starts, lrs = np.asarray(starts, np.float64).reshape(-1, 2), _check_run(lrs, rho, steps)
+    if block < 2 or width < 1: raise ValueError(f"Invalid block/width: {block}/{width} (need block >= 2, width >= 1)")
+    nl, ns = lrs.size, starts.shape[0]
+    x1, x2, lr = np.tile(starts[:, 0], nl), np.tile(starts[:, 1], nl), np.repeat(lrs, ns)
+    threads = max(1, min(threads or default_threads(), x1.size))
+    parts = [np.arange(i, x1.size, threads) for i in range(threads)]   # interleaved: equal work per thread
+    lock = threading.Lock()
+    def tick(k):
+        if bar is not None and k:
+            with lock: bar.update(k)
+    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rho, int(steps), dtype, block, width, tick)
+    if threads == 1: res = [belt(parts[0])]
+    else:
+        with ThreadPoolExecutor(threads) as ex: res = list(ex.map(belt, parts))
+    o1, o2 = np.empty(x1.size), np.empty(x1.size)
+    for p, (a, b) in zip(parts, res): o1[p], o2[p] = a, b
+    return o1.reshape(nl, ns), o2.reshape(nl, ns)
+
+
+# %% [markdown]
+# The belt against the plain loop on a few hundred runs, with a tiny belt (`width=7`, `block=5`, so runs
+# leave and enter all the time, on two threads): in float64 and in float32 the final points are the same
+# bits, so the success rates are equal too.
+
+# %%
+_rng = np.random.default_rng(1)
+_starts, _lrs = _rng.uniform(-2, 2, (12, 2)), [0.003, 0.05, 0.15, 0.3]
+for _m, _rho in [("gd", 0.), ("sam", 0.5), ("stablesam", 0.5), ("usam", 0.2), ("stableusam", 0.2)]:
+    for _dt in (np.float64, np.float32):
+        _b = np.stack(final_points(_m, _starts, _lrs, _rho, 300, dtype=_dt, threads=2, block=5, width=7), -1)
+        _p = np.array([[plain_run(_m, s, lr, _rho, 300, _dt) for s in _starts] for lr in _lrs])
+        _fin = np.isfinite(_p).all(-1)
+        test_eq(np.isfinite(_b).all(-1), _fin)
+        test_eq(_b[_fin], _p[_fin])
+        test_eq(reached_minimum(*np.moveaxis(_b, -1, 0)), reached_minimum(*np.moveaxis(_p, -1, 0)))
+
+
+# %% [markdown]
+# ## Success rates
+
+# %%
+#| export
+def sample_starts(n_starts, seed=0):
+    "`n_starts` starting points uniform on $[-2, 2]^2$, shape `(n_starts, 2)`."
+    if int(n_starts) != n_starts or n_starts < 1: raise ValueError(f"Invalid n_starts: {n_starts} (must be an integer >= 1)")
+    return np.random.default_rng(seed).uniform(-2., 2., (int(n_starts), 2))
+
+def success_rates(method, lrs, rho, *, n_starts=10_000, steps=1000, tol=0.05, seed=0, dtype=np.float32,
+                  threads=None, progress=True):
+    "Share of `n_starts` runs of `method` (uniform starts in $[-2,2]^2$) that end within `tol` of a global minimum, per learning rate."
+    _check_method(method)
+    if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
+    starts, lrs = sample_starts(n_starts, seed), _check_run(lrs, rho, steps)
+    with tqdm(total=lrs.size * starts.shape[0], desc=f"{method} rho={rho}", unit="run", disable=not progress, leave=False) as bar:
+        x1, x2 = final_points(method, starts, lrs, rho, steps, dtype=dtype, threads=threads, bar=bar)
+    return reached_minimum(x1, x2, tol).mean(1)
+
+
+# %%
+_t = time.time()
+_r = success_rates("stablesam", [0.001, 0.03, 0.3], 0.2, n_starts=2000, progress=False)
+print(f"{time.time() - _t:.2f}s", _r)
+assert _r[1] > 0.5 and _r[0] < _r[1]   # the rise at small learning rates
+test_eq(success_rates("sam", [0.03], 0., n_starts=500, progress=False), success_rates("gd", [0.03], 0.7, n_starts=500, progress=False))  # rho = 0: SAM is GD
+test_fail(lambda: success_rates("sam", [0.1, -1.], 0.1), contains="Invalid lrs: [-1.]")
+test_fail(lambda: success_rates("sam", [0.1], -0.1), contains="Invalid rho: -0.1")
+test_fail(lambda: success_rates("sam", [0.1], 0.1, tol=0), contains="Invalid tol: 0")
+test_fail(lambda: success_rates("sam", [0.1], 0.1, n_starts=0), contains="Invalid n_starts: 0")
+
+# %% [markdown]
+# Overflow is an outcome, not a warning: a sweep where nearly everything explodes runs silently.
+
+# %%
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    test_eq(success_rates("sam", [5.], 0.5, n_starts=300, progress=False), [0.])
+
+# %% [markdown]
+# Where the failures end up tells *why* a run failed. `outcome_shares` sorts final points into: at a
+# minimum (success), hovering near one (within `near` but not `tol`: SAM's normalized ascent never lets
+# it settle, it oscillates around the minimum with an amplitude that grows with $\eta\rho$), at the saddle
+# (within `tol` of the origin), diverged (overflow), or elsewhere (still on the way, or on a trap).
+
+# %%
+#| export
+OUTCOMES = ("minimum", "near minimum", "saddle", "diverged", "elsewhere")
+
+def outcome_shares(x1, x2, tol=0.05, near=0.5):
+    "Share of the final points `(x1, x2)` in each of `OUTCOMES`, along the last axis."
+    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+    with np.errstate(all="ignore"):
+        d = np.sqrt(np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2))
+        finite = np.isfinite(x1) & np.isfinite(x2)
+        at_min, near_min = finite & (d <= tol), finite & (d > tol) & (d <= near)
+        saddle = finite & ~at_min & ~near_min & (np.hypot(x1, x2) <= tol)
+    parts = (at_min, near_min, saddle, ~finite, finite & ~at_min & ~near_min & ~saddle)
+    return {k: p.mean(-1) for k, p in zip(OUTCOMES, parts)}
+
+
+# %%
+_sh = outcome_shares([1., 1.2, 0., np.nan, 0.5], [1., 1., 0.01, 0., -2.])
+test_eq({k: float(v) for k, v in _sh.items()}, dict(zip(OUTCOMES, [.2] * 5)))
+
+
+# %% [markdown]
+# ## Figure 4
+#
+# `sweep` computes every (method, $\rho$) curve; GD does not depend on $\rho$, so it runs once. `figure4`
+# draws the contour plot of $f$ and one panel per $\rho$, from a sweep it runs or from rates passed in.
+
+# %%
+#| export
+def paper_lrs(n=100, lo=1e-3, hi=0.3):
+    "The paper's learning rates: `n` values log-spaced from `lo` to `hi`."
+    return np.geomspace(lo, hi, n)
+
+def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000,
+          tol=0.05, seed=0, dtype=np.float32, threads=None, progress=True):
+    "Success rates for every method and `rho`: a dict with `lrs`, `rhos` and, per method, an array `(len(rhos), len(lrs))`."
+    for m in methods: _check_method(m)
+    if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
+    rhos = tuple(float(r) for r in rhos)
+    lrs = [_check_run(paper_lrs() if lrs is None else lrs, r, steps) for r in rhos][0]
+    jobs = [(m, i, r) for m in methods for i, r in enumerate(rhos[:1] if m == "gd" else rhos)]
+    starts = sample_starts(n_starts, seed)
+    out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
+    with tqdm(total=len(jobs) * lrs.size * starts.shape[0], desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
+        for m, i, r in jobs:
+            bar.set_postfix_str(f"{m} rho={r:g}")
+            rate = reached_minimum(*final_points(m, starts, lrs, r, steps, dtype=dtype, threads=threads, bar=bar), tol).mean(1)
+            if m not in out: out[m] = np.empty((len(rhos), lrs.size))
+            if m == "gd": out[m][:] = rate        # the same curve in every panel
+            else: out[m][i] = rate
+    return out
+
+
+# %%
+#| export
+_STYLE = {"gd": ("GD", "k", "-"), "sam": ("SAM", "tab:red", "-"), "stablesam": ("StableSAM", "tab:blue", "-"),
+          "usam": ("USAM", "tab:orange", "--"), "stableusam": ("StableUSAM", "tab:cyan", "--")}
+
+def plot_contour(ax):
+    "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
+    g = np.linspace(-2, 2, 201)
+    X1, X2 = np.meshgrid(g, g)
+    ax.contour(X1, X2, toy_loss(X1, X2), levels=np.linspace(-0.25, 3, 14), cmap="viridis", linewidths=0.8)
+    ax.plot([1, -1], [1, -1], "k+", ms=10, mew=2)
+    ax.plot(0, 0, "kx", ms=6)
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title="(a) $f(x_1, x_2)$", aspect="equal")
+
+def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05, methods=("gd", "sam", "stablesam"),
+            seed=0, rates=None, progress=True, figsize=(10, 2.9)):
+    "Figure 4: contour plot of $f$ and success rate against learning rate, one panel per `rho`; returns `(figure, rates)`."
+    import matplotlib.pyplot as plt
+    if rates is None:
+        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, progress=progress)
+    rhos, lrs = rates["rhos"], rates["lrs"]
+    fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
+    plot_contour(axs[0])
+    for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
+        for m in (m for m in _STYLE if m in rates):
+            label, color, ls = _STYLE[m]
+            ax.plot(lrs, rates[m][i], color=color, ls=ls, lw=1.2, label=label)
+        ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="learning rate", title=f"({chr(98 + i)}) $\\rho = {rho:g}$")
+        if i == 0: ax.set_ylabel("success rate")
+    axs[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{rates['n_starts']:,} starts, {rates['steps']} steps, tol {rates['tol']:g}", fontsize=9)
+    return fig, rates
+
+
+# %% [markdown]
+# ## What the figure says about the paper's claims
+#
+# `claims` reads four statements of Section 5.1 off a sweep and says, with the numbers, whether our
+# curves support them. A difference between two curves counts only beyond twice its binomial standard
+# error.
+
+# %%
+#| export
+def _se(p, n): return np.sqrt(np.maximum(p * (1 - p), 1 / n) / n)
+
+def claims(rates, large_lr=0.1, small_lr=0.01):
+    "The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts with `claim`, `measured`, `verdict`."
+    lrs, rhos, n = rates["lrs"], rates["rhos"], rates["n_starts"]
+    gd, sam, st = rates["gd"], rates["sam"], rates["stablesam"]
+    rows, big, small = [], lrs >= large_lr, lrs <= small_lr
+    best = np.maximum(sam, st)
+    worse = best - gd > 2 * np.sqrt(_se(gd, n) ** 2 + _se(best, n) ** 2)
+    txt = "; ".join(f"rho={r:g}: GD lower at {worse[i].sum()}/{lrs.size} lrs" +
+                    (f" (lr {lrs[worse[i]].min():.3g}-{lrs[worse[i]].max():.3g}, by up to {(best - gd)[i][worse[i]].max():.3f})" if worse[i].any() else "")
+                    for i, r in enumerate(rhos))
+    rows.append(dict(claim="GD always has the highest success rate", measured=txt,
+                     verdict="supported" if not worse.any() else "not at every lr"))
+    if big.any():
+        peak, tail = sam.max(1), sam[:, big].mean(1)
+        fall = [next((lrs[j] for j in range(int(np.argmax(sam[i])), lrs.size) if sam[i, j] < peak[i] / 2), None) for i in range(len(rhos))]
+        txt = "; ".join(f"rho={r:g}: peak {peak[i]:.3f}, mean over lr>={large_lr:g} {tail[i]:.3f}, below half its peak from lr "
+                        + (f"{fall[i]:.3g}" if fall[i] is not None else "never") for i, r in enumerate(rhos))
+        ok = tail < peak / 2
+        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})", measured=txt,
+                         verdict="supported" if ok.all() else ("for some rho" if ok.any() else "not supported")))
+        lo, hi = st[:, big].min(1), st[:, big].max(1)
+        txt = "; ".join(f"rho={r:g}: {lo[i]:.3f}-{hi[i]:.3f} (StableSAM) vs {sam[i, big].min():.3f}-{sam[i, big].max():.3f} (SAM)"
+                        for i, r in enumerate(rhos))
+        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})", measured=txt,
+                         verdict="supported" if (hi - lo <= 0.05).all() else "not supported"))
+    if small.sum() >= 2:
+        curves = [(m, i) for m in ("gd", "sam", "stablesam") for i in range(len(rhos))]
+        a, b = [rates[m][i][small][0] for m, i in curves], [rates[m][i][small][-1] for m, i in curves]
+        rise = [bb - aa > 2 * np.sqrt(_se(aa, n) ** 2 + _se(bb, n) ** 2) for aa, bb in zip(a, b)]
+        txt = (f"from lr {lrs[small][0]:.3g} to {lrs[small][-1]:.3g}: GD {a[0]:.3f}->{b[0]:.3f}; " +
+               "; ".join(f"rho={r:g}: SAM {a[len(rhos) + i]:.3f}->{b[len(rhos) + i]:.3f}, StableSAM {a[2 * len(rhos) + i]:.3f}->{b[2 * len(rhos) + i]:.3f}"
+                         for i, r in enumerate(rhos)))
+        rows.append(dict(claim="the success rate rises with lr for small lr, for every optimizer", measured=txt,
+                         verdict="supported" if all(rise) else "not for every curve"))
+    return rows
+
+def claims_markdown(rows):
+    "The rows of `claims` as a Markdown table."
+    return "\n".join(["| claim (Section 5.1) | our measurement | verdict |", "|---|---|---|"] +
+                     [f"| {r['claim']} | {r['measured']} | **{r['verdict']}** |" for r in rows])
+
+
+# %% [markdown]
+# ### CI size
+#
+# The same code at 25 learning rates and 1,500 starts (a few seconds): this cell runs in the tests.
+
+# %%
+_t = time.time()
+fig, ci = figure4(lrs=paper_lrs(25), n_starts=1500, progress=False)
+plt.show(); plt.close(fig)
+print(f"CI-size Figure 4 in {time.time() - _t:.1f}s")
+ci_claims = claims(ci)
+display(Markdown(claims_markdown(ci_claims)))
+test_eq(len(ci_claims), 4)
+test_fail(lambda: sweep(("gd", "sam"), (0.1, float("nan")), [0.1]), contains="Invalid rho: nan")
+test_eq(ci["gd"][0], ci["gd"][2])                       # GD does not depend on rho
+assert (ci["gd"][0][ci["lrs"] >= 0.05] > 0.97).all()   # GD succeeds from almost every start once lr is moderate
+
+# %% [markdown]
+# ### Full size
+#
+# The paper's size: 100 learning rates, 10,000 starts, 1000 steps, $\rho \in \{0.05, 0.2, 0.5\}$
+# ($9 \cdot 10^9$ trajectory-steps, GD computed once). The cell is flagged `slow` so `nbdev_test` skips it;
+# its stored output comes from `python tools/run_nb.py --run-flagged nbs_py/02_toy.py` (which re-runs it).
+# `benchmarks/toy_sweep.py` times it.
+
+# %%
+#| slow
+_t = time.time()
+fig, full = figure4(progress=False)
+plt.show(); plt.close(fig)
+print(f"full-size Figure 4 in {time.time() - _t:.1f}s on {default_threads()} threads")
+display(Markdown(claims_markdown(claims(full))))
+
+# %% [markdown]
+# ## Why runs fail
+#
+# The outcome of every run at a few learning rates ($\rho = 0.5$ and $0.2$, 2,000 starts, 1000 steps):
+
+# %%
+_lrs = np.array([0.001, 0.01, 0.05, 0.3])
+_starts = sample_starts(2000)
+_rows = []
+for _m, _rho in [("gd", 0.), ("sam", 0.2), ("stablesam", 0.2), ("sam", 0.5), ("stablesam", 0.5)]:
+    _sh = outcome_shares(*final_points(_m, _starts, _lrs, _rho, 1000))
+    for _j, _lr in enumerate(_lrs):
+        _rows.append(f"| {_m} | {_rho:g} | {_lr:g} | " + " | ".join(f"{_sh[k][_j]:.3f}" for k in OUTCOMES) + " |")
+        if _m == "gd" and _lr >= 0.05: assert _sh["minimum"][_j] > 0.97
+display(Markdown("\n".join(["| method | rho | lr | " + " | ".join(OUTCOMES) + " |", "|---|---|---|" + "---|" * len(OUTCOMES)] + _rows)))
+
+# %% [markdown]
+# ## Ablation: number of steps and tolerance
+#
+# The success rate depends on two choices the paper does not state. Left: the number of steps (300, 1000,
+# 3000); right: the tolerance (0.01, 0.05, 0.2) at 1000 steps, from the same final points. $\rho = 0.2$,
+# 25 learning rates, 1,000 starts.
+
+# %%
+_lrs, _starts, _rho = paper_lrs(25), sample_starts(1000), 0.2
+abl = {}
+for _m in ("gd", "sam", "stablesam"):
+    for _s in (300, 1000, 3000):
+        abl[_m, _s] = final_points(_m, _starts, _lrs, _rho, _s)
+fig, axs = plt.subplots(1, 2, figsize=(10, 2.9), constrained_layout=True)
+for _m in ("gd", "sam", "stablesam"):
+    _label, _c, _ = _STYLE[_m]
+    for _s, _ls in zip((300, 1000, 3000), (":", "-", "--")):
+        axs[0].plot(_lrs, reached_minimum(*abl[_m, _s]).mean(1), color=_c, ls=_ls, label=f"{_label}, {_s} steps")
+    for _tol, _ls in zip((0.01, 0.05, 0.2), (":", "-", "--")):
+        axs[1].plot(_lrs, reached_minimum(*abl[_m, 1000], _tol).mean(1), color=_c, ls=_ls, label=f"{_label}, tol {_tol:g}")
+for _ax, _t in zip(axs, ("steps (tol 0.05)", "tolerance (1000 steps)")):
+    _ax.set(xscale="log", xlabel="learning rate", ylabel="success rate", title=f"$\\rho$ = {_rho:g}: {_t}")
+_h = [plt.Line2D([], [], color=_STYLE[m][1], label=_STYLE[m][0]) for m in ("gd", "sam", "stablesam")]
+axs[0].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"{s} steps") for s, l in zip((300, 1000, 3000), (":", "-", "--"))],
+              fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+axs[1].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"tol {t:g}") for t, l in zip((0.01, 0.05, 0.2), (":", "-", "--"))],
+              fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+plt.show(); plt.close(fig)
+_small = _lrs <= 0.003
+# more steps help small learning rates (the runs were not there yet), for every method
+for _m in ("gd", "sam", "stablesam"):
+    assert (reached_minimum(*abl[_m, 3000]).mean(1)[_small] >= reached_minimum(*abl[_m, 300]).mean(1)[_small]).all()
+
+# %% [markdown]
+# ## The same updates as `stablesam.optim`
+#
+# The closed-form updates above must be Algorithm 1 as the optimizer implements it. A two-parameter
+# model, $w = (x_1, x_2)$ as two scalar parameters (so the norms are the optimizer's *global* norms), loss
+# $f(w)$, float64, trained with `SAM` / `StableSAM` / `USAM` / `StableUSAM` around `torch.optim.SGD`
+# (and plain SGD for GD), follows `plain_run` step for step from a few starting points.
+
+# %%
+import torch
+from stablesam.optim import SAM, StableSAM, USAM, StableUSAM
+
+def optim_run(method, x, lr, rho, steps):
+    "Final point of `steps` steps of the `stablesam.optim` optimizer for `method` on $f$."
+    w = [torch.nn.Parameter(torch.tensor(float(v), dtype=torch.float64)) for v in x]
+    loss = lambda: toy_loss(w[0], w[1])
+    if method == "gd": opt = torch.optim.SGD(w, lr=lr)
+    else: opt = {"sam": SAM, "stablesam": StableSAM, "usam": USAM, "stableusam": StableUSAM}[method](w, torch.optim.SGD, rho=rho, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(); loss().backward()
+        if method == "gd": opt.step(); continue
+        opt.first_step(zero_grad=True); loss().backward(); opt.second_step(zero_grad=True)
+    return tuple(p.item() for p in w)
+
+for _x in [(1.5, -0.7), (-0.3, 0.2), (0.05, -1.9)]:
+    for _m in METHODS:
+        for _lr, _rho in [(0.05, 0.2), (0.2, 0.5)]:
+            _o, _p = optim_run(_m, _x, _lr, _rho, 25), plain_run(_m, _x, _lr, _rho, 25)
+            if np.isfinite(_p).all(): test_close(_o, _p, eps=1e-9)
+            else: assert not np.isfinite(_o).all()   # both blew up
