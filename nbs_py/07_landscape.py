@@ -33,11 +33,14 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 import matplotlib.pyplot as plt
+import torch
 from torch import nn
 plt.rcParams['figure.dpi'] = 72
+torch.set_num_threads(1)   # the quick runs below are tiny; one thread is fastest on a shared CI machine
 
 # %%
 #| export
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -622,3 +625,84 @@ plot_norm_ratio({'fake': rec}, ax=axes[0], smooth=3)
 plot_alignment({'fake': rec}, axes=axes[1:])
 plt.tight_layout(); plt.show(); plt.close(fig)
 test_close(_smoothed([1., 2, 3, 4], 2), np.array([1, 1.5, 2.5, 3.5]), eps=1e-12)
+
+
+# %% [markdown]
+# ## The experiments
+#
+# Two entry points run the paper's experiments through `stablesam.train.Trainer` with the callbacks
+# above; a configuration (`TrainConfig`) says how big. `sam_stats_runs` trains once per $\rho$ with
+# SAM, recording `StepStats` with the alignment on (Figures 1 and 3 come from the same runs);
+# `probed_run` trains once (Figure 2: SGD with momentum) with a `HessianProbe` on `n_examples` fixed
+# training examples, taken without augmentation.
+
+# %%
+#| export
+def sam_stats_runs(cfg, rhos=(0.01, 0.05, 0.2), out=None, alignment=True):
+    "Figures 1 and 3: train `cfg` once per rho, each run recording `StepStats`; returns `{'rho=...': StepStats}`."
+    from stablesam.train import Trainer
+    runs = {}
+    for rho in rhos:
+        rec = StepStats(alignment=alignment)
+        run_cfg = dataclasses.replace(cfg, rho=rho, out=None if out is None else str(Path(out) / f'rho{rho:g}'))
+        Trainer(run_cfg, callbacks=[rec]).fit()
+        runs[f'rho={rho:g}'] = rec
+    return runs
+
+
+# %%
+#| export
+def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
+    "Figure 2: train `cfg` with a `HessianProbe` at `epochs` on `n_examples` fixed training examples; returns the probe."
+    from stablesam.data import get_datasets
+    from stablesam.train import Trainer
+    cfg = cfg.resolved()
+    data = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, label_noise=cfg.label_noise,
+                        seed=cfg.seed, augment=False, download=cfg.download)
+    x, y = fixed_batch(data.train, min(n_examples, len(data.train)), seed=cfg.seed)
+    probe = HessianProbe(list(zip(x.split(batch_size), y.split(batch_size))), epochs, **probe_kwargs)
+    Trainer(cfg, callbacks=[probe]).fit()
+    return probe
+
+
+# %% [markdown]
+# ### Quick runs (CI)
+#
+# Small generated CIFAR-100 data (`write_fake_cifar`, 100 classes, 384 training images), LeNet,
+# batch 16, 6 epochs, no augmentation: the same code path as the paper-size runs below, in seconds.
+
+# %%
+from stablesam.data import write_fake_cifar
+from stablesam.train import preset_config, read_metrics
+quick_root = Path(tempfile.mkdtemp())
+write_fake_cifar(quick_root / 'data', n_train=384, n_test=64, num_classes=100)
+quick = dict(dataset='cifar100', data_root=str(quick_root / 'data'), model='lenet', epochs=6, batch_size=16, lr=0.05,
+             label_smoothing=0.0, augment=False, download=False, progress=False, device='cpu')
+runs = sam_stats_runs(preset_config('cifar', optimizer='sam', **quick), out=quick_root / 'figure1')
+for label, rec in runs.items():
+    x, ratio = rec.series('norm_ratio')
+    test_eq(len(ratio), 6 * 24)                      # every step of every epoch
+    m = read_metrics(quick_root / 'figure1' / label.replace('=', ''))
+    test_close(np.mean(ratio[-24:]), m[-1]['norm_ratio'], eps=1e-4)   # agrees with the Trainer's own epoch mean
+    print(f"{label}: train acc {m[-1]['train_acc']:.2f}, last-epoch ||g||/||g_asc|| mean {np.mean(ratio[-24:]):.3f} "
+          f"min {ratio[-24:].min():.3f}, alignment > 0 on {np.mean(rec.series('alignment')[1] > 0):.0%} of steps")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_norm_ratio(runs, ax=ax, smooth=8)
+ax.set_title('Figure 1 (quick run)', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+plot_alignment(runs, axes=axes, smooth=8)
+fig.suptitle('Figure 3 (quick run)', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+
+# %%
+probe = probed_run(preset_config('cifar', optimizer='sgd', **quick, out=str(quick_root / 'figure2')), epochs=[0, 2, 4, 6],
+                   n_examples=128, batch_size=64)
+test_eq([r['epoch'] for r in probe.history], [0, 2, 4, 6])
+test_eq([r['epoch'] for r in read_jsonl(quick_root / 'figure2' / HESSIAN_PROBE)], [0, 2, 4, 6])
+test_eq([m.get('hessian_top_eig') is not None for m in read_metrics(quick_root / 'figure2')], [False, True, False, True, False, True])
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_loss_along(quick_root / 'figure2', ax=ax)
+ax.set_title('Figure 2 (quick run)', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)

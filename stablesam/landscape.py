@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['STEP_STATS', 'STAT_KEYS', 'HESSIAN_PROBE', 'power_iteration', 'hessian_vector_product', 'top_hessian_eig',
            'loss_along', 'fixed_batch', 'model_loss_fn', 'read_jsonl', 'stats_series', 'StepStats', 'HessianProbe',
-           'plot_norm_ratio', 'plot_alignment', 'plot_loss_along']
+           'plot_norm_ratio', 'plot_alignment', 'plot_loss_along', 'sam_stats_runs', 'probed_run']
 
 # %% ../nbs/07_landscape.ipynb #fadb132b
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -300,3 +301,28 @@ def plot_loss_along(probes, ax=None):
     ax.set_xlabel(r'$\alpha$'); ax.set_ylabel(r'$f(w + \alpha e_1)$')
     ax.legend(fontsize=7)
     return ax
+
+# %% ../nbs/07_landscape.ipynb #1702f093
+def sam_stats_runs(cfg, rhos=(0.01, 0.05, 0.2), out=None, alignment=True):
+    "Figures 1 and 3: train `cfg` once per rho, each run recording `StepStats`; returns `{'rho=...': StepStats}`."
+    from stablesam.train import Trainer
+    runs = {}
+    for rho in rhos:
+        rec = StepStats(alignment=alignment)
+        run_cfg = dataclasses.replace(cfg, rho=rho, out=None if out is None else str(Path(out) / f'rho{rho:g}'))
+        Trainer(run_cfg, callbacks=[rec]).fit()
+        runs[f'rho={rho:g}'] = rec
+    return runs
+
+# %% ../nbs/07_landscape.ipynb #94422846
+def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
+    "Figure 2: train `cfg` with a `HessianProbe` at `epochs` on `n_examples` fixed training examples; returns the probe."
+    from stablesam.data import get_datasets
+    from stablesam.train import Trainer
+    cfg = cfg.resolved()
+    data = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, label_noise=cfg.label_noise,
+                        seed=cfg.seed, augment=False, download=cfg.download)
+    x, y = fixed_batch(data.train, min(n_examples, len(data.train)), seed=cfg.seed)
+    probe = HessianProbe(list(zip(x.split(batch_size), y.split(batch_size))), epochs, **probe_kwargs)
+    Trainer(cfg, callbacks=[probe]).fit()
+    return probe
