@@ -243,10 +243,12 @@ class SeededAugment(Dataset):
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
         i, epoch = key
-        in_main = torch.utils.data.get_worker_info() is None
-        with torch.random.fork_rng(devices=[], enabled=in_main):
-            torch.manual_seed(_mix(self.seed, (epoch << 32) + i))
-            return self.dataset[i]
+        gen = torch.default_generator  # the CPU generator that torchvision's random transforms draw from
+        saved = gen.get_state() if torch.utils.data.get_worker_info() is None else None
+        gen.manual_seed(_mix(self.seed, (epoch << 32) + i))
+        try: return self.dataset[i]
+        finally:
+            if saved is not None: gen.set_state(saved)
 
 # %% ../nbs/03_data.ipynb #55d60d6c
 def loader_kwargs(device, workers=None):

@@ -1,0 +1,299 @@
+# %%
+#| default_exp results
+
+# %% [markdown]
+# # results
+#
+# > From run folders to the paper's tables (mean +- std over seeds of the best test accuracy, rho chosen per cell) and training curves
+
+# %% [markdown]
+# Tables 2-4 report, for every model and optimizer, "the mean and the standard deviation of the best
+# accuracy on the test set" over three seeds, after sweeping the perturbation radius $\rho$ (Table 2)
+# or fixing it (Tables 3, 4). This module computes those tables from run folders alone (each holds a
+# `config.json` and a `metrics.jsonl`, see `stablesam.train`), so runs made on GPUs elsewhere can be
+# copied back and tabulated here. For each cell, the runs are grouped by $\rho$; the $\rho$ whose
+# mean best accuracy over seeds is highest is chosen, as the paper tuned $\rho$ per cell, and the cell
+# shows that $\rho$'s mean $\pm$ standard deviation (sample standard deviation, $n-1$; 0 for one seed).
+
+# %%
+#| hide
+from fastcore.test import *
+import tempfile
+import matplotlib.pyplot as plt
+plt.rcParams['figure.dpi'] = 72
+import torch
+torch.set_num_threads(1)  # the tests share a small machine; one thread per notebook avoids oversubscription
+
+# %%
+#| export
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+from stablesam.train import read_metrics
+
+# %%
+#| export
+OPT_ORDER = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
+OPT_LABELS = dict(sgd='SGD', sam='SAM', stablesam='StableSAM', asam='ASAM', stableasam='StableASAM', usam='USAM',
+                  stableusam='StableUSAM')
+MODEL_LABELS = dict(fcn='FCN', lenet='LeNet', resnet20='ResNet-20', resnet56='ResNet-56',
+                    resnext29_32x4d='ResNeXt-29-32x4d', wrn28_10='WRN-28-10', pyramidnet110='PyramidNet-110',
+                    resnet18='ResNet-18', resnet50='ResNet-50', resnet101='ResNet-101', resnet152='ResNet-152',
+                    vit_s32='ViT-S/32')
+DATASET_LABELS = dict(mnist='MNIST', cifar10='CIFAR-10', cifar100='CIFAR-100', imagenet='ImageNet-1k')
+
+def load_runs(runs_dir):
+    """Every run folder under `runs_dir` (a `config.json` with a non-empty `metrics.jsonl`) as a dict."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir(): raise FileNotFoundError(f"No runs folder {runs_dir}")
+    runs = []
+    for cfg_path in sorted(runs_dir.rglob('config.json')):
+        try:
+            cfg, metrics = json.loads(cfg_path.read_text()), read_metrics(cfg_path.parent)
+        except (json.JSONDecodeError, OSError) as e:
+            raise ValueError(f"Unreadable run folder {cfg_path.parent}: {e}") from e
+        if not metrics: continue
+        accs = [m['test_acc'] for m in metrics if m.get('test_acc') is not None and not math.isnan(m['test_acc'])]
+        runs.append(dict(path=str(cfg_path.parent), config=cfg, metrics=metrics, epochs_done=len(metrics),
+                         complete=len(metrics) >= cfg.get('epochs', 0),
+                         best_test_acc=max(accs) if accs else float('nan'), final_test_acc=metrics[-1].get('test_acc')))
+    return runs
+
+
+# %% [markdown]
+# A cell of a table is identified by (dataset, model, label noise, optimizer); its runs differ in
+# $\rho$ and seed. Runs that differ in any other setting (epochs, learning rate, ...) would be mixed
+# in a cell, so `summarize` refuses them unless told which settings to ignore.
+
+# %%
+#| export
+_CELL = ('dataset', 'model', 'label_noise', 'optimizer')
+_IGNORED = ('seed', 'rho', 'out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'versions',
+            'device_name', 'world_size', 'command', 'amp')
+
+def _mean_std(xs):
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+def summarize(runs, metric='best_test_acc'):
+    """One row per table cell: the chosen rho (best mean over seeds) and the mean and std of `metric` at it."""
+    cells = {}
+    for r in runs:
+        c = r['config']
+        key = tuple(c.get(k) for k in _CELL)
+        cells.setdefault(key, []).append(r)
+    rows = []
+    for key, rs in cells.items():
+        others = {json.dumps({k: v for k, v in r['config'].items() if k not in _IGNORED}, sort_keys=True) for r in rs}
+        if len(others) > 1:
+            raise ValueError(f"Runs of cell {dict(zip(_CELL, key))} differ in settings other than rho and seed: "
+                             + ', '.join(r['path'] for r in rs))
+        by_rho = {}
+        for r in rs:
+            rho = None if r['config']['optimizer'] == 'sgd' else r['config']['rho']
+            by_rho.setdefault(rho, {})[r['config']['seed']] = r[metric]
+        stats = {rho: _mean_std(list(seeds.values())) for rho, seeds in by_rho.items()}
+        rho = max(stats, key=lambda k: stats[k][0])
+        mean, std = stats[rho]
+        rows.append(dict(zip(_CELL, key), base=rs[0]['config'].get('base'), rho=rho, n_seeds=len(by_rho[rho]),
+                         seeds=sorted(by_rho[rho]), mean=mean, std=std,
+                         rho_means={('' if k is None else k): v[0] for k, v in sorted(stats.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))}))
+    order = lambda row: (row['dataset'], row['label_noise'], row['model'],
+                         OPT_ORDER.index(row['optimizer']) if row['optimizer'] in OPT_ORDER else 99)
+    return sorted(rows, key=order)
+
+
+# %% [markdown]
+# Synthetic run folders with known accuracies check the selection: SAM's two $\rho$ values have
+# means 0.90 and 0.92, so the cell shows $\rho = 0.1$ with mean 0.92 and the sample standard deviation
+# of (0.91, 0.93).
+
+# %%
+def fake_run(root, name, best, **cfg):
+    d = Path(root) / name; d.mkdir(parents=True)
+    cfg = dict(dict(dataset='cifar10', model='resnet20', label_noise=0.0, optimizer='sam', rho=0.05, seed=0, base='sgd', epochs=2), **cfg)
+    (d / 'config.json').write_text(json.dumps(cfg))
+    (d / 'metrics.jsonl').write_text(''.join(json.dumps(dict(epoch=i + 1, test_acc=a)) + '\n' for i, a in enumerate((best - 0.1, best))))
+
+syn = Path(tempfile.mkdtemp())
+for i, (rho, seed, acc) in enumerate([(0.05, 0, 0.89), (0.05, 1, 0.91), (0.1, 0, 0.91), (0.1, 1, 0.93)]):
+    fake_run(syn, f'sam{i}', acc, rho=rho, seed=seed)
+fake_run(syn, 'sgd0', 0.85, optimizer='sgd', seed=0); fake_run(syn, 'sgd1', 0.87, optimizer='sgd', seed=1)
+rows = summarize(load_runs(syn))
+test_eq([(r['optimizer'], r['rho'], r['n_seeds']) for r in rows], [('sgd', None, 2), ('sam', 0.1, 2)])
+test_close(rows[1]['mean'], 0.92, eps=1e-12)
+test_close(rows[1]['std'], math.sqrt(2) * 0.01, eps=1e-12)
+fake_run(syn, 'odd', 0.5, lr=0.2)
+test_fail(lambda: summarize(load_runs(syn)), contains='differ in settings other than rho and seed')
+
+
+# %% [markdown]
+# ## Tables in the paper's layout
+#
+# Tables 2 and 3: one row per (dataset, model), one column per optimizer in the paper's order,
+# accuracies in percent, the best of each row in bold. Table 4: one row per noise level, one column
+# per (model, optimizer).
+
+# %%
+#| export
+def _fmt(row): return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+
+def _md(header, body):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
+
+def _cells_row(cells):
+    """Formatted cells with the best (highest mean) in bold."""
+    best = max((c['mean'] for c in cells if c), default=None)
+    return ['' if c is None else (f"**{_fmt(c)}**" if c['mean'] == best and sum(1 for x in cells if x) > 1 else _fmt(c)) for c in cells]
+
+def table_markdown(rows):
+    """The paper's table layouts (Tables 2/3 for clean labels, Table 4 for label noise) as Markdown."""
+    out = []
+    clean = [r for r in rows if not r['label_noise']]
+    if clean:
+        opts = [o for o in OPT_ORDER if any(r['optimizer'] == o for r in clean)]
+        bases = sorted({r['base'] for r in clean if r['optimizer'] == 'sgd'})
+        label = lambda o: '/'.join({'sgd': 'SGD', 'adamw': 'AdamW'}.get(b, b) for b in bases) if o == 'sgd' and bases else OPT_LABELS[o]
+        keys = list(dict.fromkeys((r['dataset'], r['model']) for r in clean))
+        body = []
+        for ds, model in keys:
+            cells = [next((r for r in clean if (r['dataset'], r['model'], r['optimizer']) == (ds, model, o)), None) for o in opts]
+            body.append([DATASET_LABELS.get(ds, ds), MODEL_LABELS.get(model, model), *_cells_row(cells)])
+        out.append(_md(['Dataset', 'Model', *map(label, opts)], body))
+    noisy = [r for r in rows if r['label_noise']]
+    if noisy:
+        cols = list(dict.fromkeys((r['dataset'], r['model'], r['optimizer']) for r in sorted(
+            noisy, key=lambda r: (r['model'], OPT_ORDER.index(r['optimizer'])))))
+        body = []
+        for noise in sorted({r['label_noise'] for r in noisy}):
+            cells = [next((r for r in noisy if (r['dataset'], r['model'], r['optimizer'], r['label_noise']) == (*c, noise)), None) for c in cols]
+            body.append([f"{100 * noise:g}%"] + _cells_row(cells))
+        out.append(_md(['Noise level', *(f"{DATASET_LABELS.get(d, d)} {MODEL_LABELS.get(m, m)} {OPT_LABELS[o]}" for d, m, o in cols)], body))
+    return '\n\n'.join(out)
+
+def table_csv(rows):
+    """All cells in long format (one line per cell, with the chosen rho and the mean per rho) as CSV text."""
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow(['dataset', 'model', 'label_noise', 'optimizer', 'base', 'rho', 'n_seeds', 'seeds', 'mean', 'std', 'mean_by_rho'])
+    for r in rows:
+        w.writerow([r['dataset'], r['model'], r['label_noise'], r['optimizer'], r['base'], '' if r['rho'] is None else r['rho'],
+                    r['n_seeds'], ' '.join(map(str, r['seeds'])), f"{r['mean']:.6f}", f"{r['std']:.6f}",
+                    ' '.join(f'{k}:{v:.6f}' for k, v in r['rho_means'].items())])
+    return f.getvalue()
+
+
+# %%
+import shutil; shutil.rmtree(syn / 'odd')
+print(table_markdown(summarize(load_runs(syn))))
+test_eq(table_markdown(summarize(load_runs(syn))).splitlines()[2], '| CIFAR-10 | ResNet-20 | 86.00 ± 1.41 | **92.00 ± 1.41** |')
+test_eq(table_csv(summarize(load_runs(syn))).splitlines()[2].split(',')[:7], ['cifar10', 'resnet20', '0.0', 'sam', 'sgd', '0.1', '2'])
+
+
+# %% [markdown]
+# ## Training curves
+
+# %%
+#| export
+def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
+    """One panel per (dataset, model, label noise): `metric` per epoch, mean over seeds, per optimizer at its chosen rho."""
+    import matplotlib.pyplot as plt
+    rows = rows if rows is not None else summarize(runs)
+    panels = list(dict.fromkeys((r['dataset'], r['model'], r['label_noise']) for r in rows))[:max_panels]
+    fig, axs = plt.subplots(1, max(1, len(panels)), figsize=(min(10, 3.4 * max(1, len(panels))), 3), squeeze=False)
+    for ax, (ds, model, noise) in zip(axs[0], panels):
+        for r in rows:
+            if (r['dataset'], r['model'], r['label_noise']) != (ds, model, noise): continue
+            sel = [x for x in runs if tuple(x['config'].get(k) for k in _CELL) == (ds, model, noise, r['optimizer'])
+                   and (r['rho'] is None or x['config']['rho'] == r['rho'])]
+            n = min(len(x['metrics']) for x in sel)
+            ys = [sum(x['metrics'][i][metric] for x in sel) / len(sel) for i in range(n)]
+            lab = OPT_LABELS.get(r['optimizer'], r['optimizer']) + ('' if r['rho'] is None else f" (rho {r['rho']:g})")
+            ax.plot(range(1, n + 1), ys, label=lab)
+        ax.set_title(f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(model, model)}" + (f", {100 * noise:g}% noise" if noise else ''), fontsize=9)
+        ax.set_xlabel('epoch'); ax.set_ylabel(metric); ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# %% [markdown]
+# ## The `stablesam-results` command
+
+# %%
+#| export
+def main(argv=None):
+    """`stablesam-results RUNS_DIR`: write results.md, results.csv and curves.png and print the Markdown tables."""
+    ap = argparse.ArgumentParser(prog='stablesam-results', description='Tabulate run folders in the paper\'s layout: mean ± '
+                                 'std over seeds of the best test accuracy, rho chosen per cell; plus training curves.')
+    ap.add_argument('runs_dir', help='folder searched recursively for run folders (config.json + metrics.jsonl)')
+    ap.add_argument('--out', default=None, help='where to write results.md, results.csv, curves.png (default: RUNS_DIR)')
+    ap.add_argument('--metric', default='best_test_acc', choices=('best_test_acc', 'final_test_acc'),
+                    help='per-run number tabulated (the paper: the best test accuracy)')
+    ap.add_argument('--no-figure', action='store_true', help='skip the training-curve figure')
+    args = ap.parse_args(argv)
+    try:
+        runs = load_runs(args.runs_dir)
+        if not runs: raise FileNotFoundError(f"No run folders with metrics under {args.runs_dir}")
+        rows = summarize(runs, args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'stablesam-results: error: {e}', file=sys.stderr)
+        return 2
+    out = Path(args.out or args.runs_dir); out.mkdir(parents=True, exist_ok=True)
+    md = table_markdown(rows)
+    (out / 'results.md').write_text(md + '\n'); (out / 'results.csv').write_text(table_csv(rows))
+    if not args.no_figure:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig = plot_curves(runs, rows=rows); fig.savefig(out / 'curves.png', dpi=100); plt.close(fig)
+    print(md)
+    print(f"\n{len(runs)} runs, {len(rows)} cells; wrote {out / 'results.md'}, {out / 'results.csv'}"
+          + ('' if args.no_figure else f", {out / 'curves.png'}"))
+    return 0
+
+
+# %% [markdown]
+# ## A results table from quick runs
+#
+# Quick runs on a fake MNIST (FCN, 3 epochs on 384 examples) through the real training code: SGD,
+# SAM and StableSAM with two $\rho$ values and two seeds, and SAM/StableSAM with 20% and 40% label
+# noise (one seed). The numbers are those of a tiny fake problem, not the paper's; the layout is the paper's.
+
+# %%
+from stablesam.data import write_fake_mnist
+from stablesam.train import Trainer, TrainConfig
+root = Path(tempfile.mkdtemp()); write_fake_mnist(root / 'data', n_train=384, n_test=256)
+base = dict(dataset='mnist', data_root=str(root / 'data'), model='fcn', epochs=3, batch_size=64, lr=0.05, progress=False)
+grid = [dict(optimizer='sgd')] + [dict(optimizer=o, rho=r) for o in ('sam', 'stablesam') for r in (0.05, 0.2)]
+grid += [dict(optimizer=o, label_noise=n) for o in ('sam', 'stablesam') for n in (0.2, 0.4)]
+for seed in (0, 1):
+    for g in grid:
+        if seed and 'label_noise' in g: continue
+        name = '_'.join(f'{k}{v}' for k, v in g.items()) + f'_seed{seed}'
+        Trainer(TrainConfig(**base, **g, seed=seed, out=str(root / 'runs' / name))).fit()
+
+# %%
+test_eq(main([str(root / 'runs')]), 0)
+test_eq(len(list(csv.reader(open(root / 'runs' / 'results.csv')))), 1 + 3 + 4)
+test_eq(len(load_runs(root / 'runs')), 5 * 2 + 4)
+
+# %%
+runs = load_runs(root / 'runs')
+fig = plot_curves(runs, 'test_acc'); plt.show(); plt.close(fig)
+
+# %% [markdown]
+# ## The paper's tables
+#
+# After the full runs of `stablesam.train.sweep('table2')` (and `table3`, `table4`) finish under
+# `runs/`, the tables are one call away (skipped by the tests: it needs those runs):
+
+# %%
+#| gpu
+for table in ('table2', 'table3', 'table4'):
+    main([f'runs/{table}'])
