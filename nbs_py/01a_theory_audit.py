@@ -30,8 +30,8 @@
 # | Lemma 5 | **holds** (tight: equality along eigenvectors) |
 # | Lemmas 6, 7 | **hold** under Assumption 1's *shared* $\xi_t$ (short proof below); Algorithm 1's per-run $\xi_t = \rho/\|\mathbf g\|$ breaks Lemma 6 |
 # | Theorem 8, Remark 9 | **hold** on every instance, with wide margins |
-# | Theorems 10, 17 | **violated** as stated ("any constant $\eta$"): for $2\mu\gamma_0\eta(1+\mu\rho/G) > 1$ the bound turns negative; **hold** for $\eta \le 1/(2\mu\gamma_0(1+\mu\rho/G))$ |
-# | Theorem 11, Table 1 (SAM row) | **violated** at finite $T$ inside $\eta \le \eta_{SAM}$ (same cause, when $\kappa \approx 1$ and $n$ is large); the $T\to\infty$ form and the corrected range **hold** |
+# | Theorems 10, 17 | **violated** as stated ("any constant $\eta$"): for $2\mu\gamma_0\eta(1+\mu\rho/G) > 1$ the bound turns negative; full-batch runs **hold** for $\eta \le 1/(2\mu\gamma_0(1+\mu\rho/G))$; with batch size one Theorem 10 is **violated** even there (StableSAM: no violation found) |
+# | Theorem 11, Table 1 (SAM row) | **violated** at finite $T$ inside $\eta \le \eta_{SAM}$ (same causes: the negative factor when $\kappa \approx 1$ and $n$ is large, and the stochastic step); the $T\to\infty$ form **holds** on every instance |
 # | Remark 12 | the bound improves with $\rho$ only at fixed $G$; with $G$ certified on a ball that holds the ascent points it **grows** with $\rho$ |
 # | Lemmas 13, 14, Theorems 15, 18, Remark 16, Table 1 (StableSAM row) | **vacuous**: Assumptions 2 and 3 contradict each other (derivation below) |
 # | ... with Assumption 3 dropped | Lemma 13's factor and Theorem 15's bound are **violated**; corrected versions ($\gamma_0$ in the factor, bound $\times 1/\gamma_0$) **hold**, and the corrected bound is never below SAM's, so Remark 16's improvement does not follow |
@@ -73,6 +73,16 @@ def rel_slack(bound, measured):
     return (bound - measured) / scale
 
 
+def mean_se(x, axis=-1):
+    "Monte Carlo mean and standard error along `axis` (scaled first, so huge divergent values do not overflow)."
+    scale = np.abs(x).max(axis, keepdims=True)
+    scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+    y = x / scale
+    n = x.shape[axis]
+    se = y.std(axis, ddof=1, keepdims=True) / np.sqrt(n) if n > 1 else np.zeros_like(scale)
+    return (y.mean(axis, keepdims=True) * scale).squeeze(axis), (se * scale).squeeze(axis)
+
+
 def make_row(statement, regime, violated, slack, note='', *, vacuous=False):
     "One audit row from per-instance violation flags and slacks."
     violated, slack = np.atleast_1d(violated), np.atleast_1d(slack)
@@ -88,6 +98,8 @@ r = make_row('Lemma 5', 'x', np.array([False, True]), np.array([0.1, -0.2]))
 test_eq((r['status'], r['instances'], r['violations']), ('violated', 2, 1))
 test_close(r['worst_slack'], -0.2, eps=1e-15)
 test_close(rel_slack(1.0, 3.0), -2 / 3, eps=1e-15)
+m_, se_ = mean_se(np.array([[1.0, 3.0], [1e300, 3e300]]))
+test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12); test_close(se_ / [1.0, 1e300], 1.0, eps=1e-12)
 
 # %% [markdown]
 # ## Drawing instances across each statement's regime
@@ -162,7 +174,7 @@ def _check_lemma5(rng, N):
         flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1)); slacks.append(rel_slack(lhs, rhs).min(-1))
     rows.append(make_row('Lemma 5', 'quadratics, certified mu <= L (incl. mu = L), random v, w',
                          np.concatenate(flags), np.concatenate(slacks),
-                         'tight (slack 0) along eigenvectors: equality for quadratics'))
+                         'tight: equality along eigenvectors (worst slack is rounding, ~1e-15)'))
     flags, slacks = [], []
     for B, n, d in _groups(N):
         A = random_quadratics(1, d, 0.1, 2.0, batch=(B,), seed=rng).H[:, 0]
@@ -333,7 +345,7 @@ def _ball_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T,
         g0 = np.minimum(out['factor_min'][:B], out['factor_min'][B:])
         g1 = np.maximum(out['factor_max'][:B], out['factor_max'][B:])
     diff = np.abs(losses(allq, out['w'][:B]) - losses(allq, out['w'][B:]))      # (B, P, n+1)
-    mean, se = diff.mean(1), diff.std(1, ddof=1) / np.sqrt(P)
+    mean, se = mean_se(diff, 1)
     zi = mean.argmax(-1)
     return dict(mean=mean.max(-1), lower=(mean - Z99 * se).max(-1), se=se[np.arange(B), zi], ok=~bad, n=np.full(B, n),
                 mu=m, L=l, rho=rho, G=G, C=C, eta=eta, gamma0=g0, gamma1=g1)
@@ -396,7 +408,11 @@ for r in rows_st: print(r['statement'], r['status'], r['violations'], round(r['w
 # is negative: the proof multiplies an inequality by it and sums a geometric series that no longer
 # converges, and the bound itself turns negative at odd $t$. A one-line counterexample is
 # $d = n = 1$, $\mu = L = 1$, $\eta = 1$, $T = 1$ (below). The corrected regime
-# $\eta \le 1/(2\mu\gamma_0(1+\mu\rho/G))$ gets its own row.
+# $\eta \le 1/(2\mu\gamma_0(1+\mu\rho/G))$ gets its own row, and it holds for full-batch runs. With
+# batch size one, Theorem 10 fails even there: the proof applies the descent lemma and the
+# Polyak-Lojasiewicz inequality to the mini-batch loss $f_z$ around the minimiser of $F_S$, which is
+# not its minimiser, and then reads the result as a statement about $F_S$. An exact counterexample
+# ($n = 2$, $d = 1$, all $2^{16}$ sampling sequences) is below.
 
 # %%
 #| exporti
@@ -416,9 +432,7 @@ def _convergence_data(rng, N, method, *, batch1, P, T):
         out = run(prob, w0, eta, rho, method, idx=idx, center=ws, risk=lambda w: empirical_risk(fb, w))
         G = max_grad_norm(q, ws, out['radius'] + rho)
         g0, g1 = (out['factor_min'], out['factor_max']) if method == 'stablesam' else (np.ones(B), np.ones(B))
-        risk = out['risk']
-        mean = risk.mean(-1)
-        se = risk.std(-1, ddof=1) / np.sqrt(Pb) if Pb > 1 else np.zeros_like(mean)
+        mean, se = mean_se(out['risk'])
         t = np.arange(T + 1)[:, None]
         bound = noise_ball_bound(t, mean[0], m, l, rho, G, eta, g0, g1)
         viol = ((mean - Z99 * se) > bound + 1e-9 * np.abs(bound) + 1e-300)[1:].any(0)
@@ -439,8 +453,10 @@ def _convergence_rows(rng, N, P, T):
             rows.append(make_row(stmt, f'{alg}, {how}, any eta in [1e-3/L, min(3/mu, 10/L)]', r['viol'], r['slack'],
                                  f'T={T}; checked at every t <= T'))
             c = r['corr']
-            rows.append(make_row(stmt, f'corrected: eta <= {lrname}; {alg}, {how}', r['viol'][c], r['slack'][c],
-                                 f'T={T}; the subset of the draws inside the corrected range'))
+            regime = (f'eta <= {lrname} (the full-batch correction); {alg}, {how}' if batch1
+                      else f'corrected: eta <= {lrname}; {alg}, {how}')
+            rows.append(make_row(stmt, regime, r['viol'][c], r['slack'][c],
+                                 f'T={T}; the subset of the draws inside that range'))
     return rows
 
 
@@ -495,8 +511,7 @@ def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
             bad = need > R * (1 + 1e-9)
             if not bad.any(): break
             R = np.where(bad, 1.1 * need, R)
-        risk = out['risk']
-        mean, se = risk.mean(-1), risk.std(-1, ddof=1) / np.sqrt(P)
+        mean, se = mean_se(out['risk'])
         t = np.arange(T + 1)[:, None]
         nn = np.full(B, n)
         gen = (stability_bound_corrected(nn, m, l, rho, G, g0, g1) if clamp else stability_bound(nn, m, l, rho, G))
@@ -528,8 +543,9 @@ def _excess_rows(rng, N, P, T):
         if stmt == 'Theorem 11' and not sxi:
             rows.append(make_row('Table 1', 'SAM row (= Theorem 11): ' + regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
             c = r['corr']
-            rows.append(make_row(stmt, 'corrected: eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))); Algorithm 1 SAM, finite T',
-                                 r['viol'][c], r['slack'][c], note + '; the subset of the draws inside the corrected range'))
+            rows.append(make_row(stmt, 'eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))) (the full-batch correction of '
+                                 'Theorem 10); Algorithm 1 SAM, batch size 1, finite T',
+                                 r['viol'][c], r['slack'][c], note + '; the subset of the draws inside that range'))
         rows.append(make_row(stmt, regime + ', T -> infinity', r['lviol'][st], r['lslack'][st],
                              f'{int(st.sum())} of {ok.sum()} instances had settled by T={T}'))
     return rows
@@ -739,7 +755,7 @@ for r in rows_c: print(r)
 # ## Smallest counterexamples
 #
 # Each violated row has a one- or two-example instance in dimension one, computed exactly (the
-# expectation in Theorem 15's is an exact average over all $2^T$ sampling sequences). They are kept as
+# expectations of Theorems 10 and 15 are exact averages over all $2^T$ sampling sequences). They are kept as
 # regression tests in `tests/test_theory_audit.py`.
 
 # %%
@@ -801,6 +817,23 @@ def counterexamples():
                     rows=(('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t any'),),
                     lhs=lhs, rhs=rhs, instance=f'd=1, n=2, H=1 shared, S: c=(1,-1), S\': c=(-1,-1), w0=0, rho={rho}, '
                                                f'xi=rho/G, gamma_t={gam}, G={G:.4g}, eta=eta_max={eta:.4g}, T={T}, exact over 2^{T} sequences'))
+    # Theorem 10 with batch size one stays violated inside the full-batch correction: exact over 2^16 sequences
+    T, w0, rho, eta = 16, 1.0, 1.0, 0.01
+    seqs = (np.arange(2 ** T)[:, None] >> np.arange(T)) & 1
+    q = Quadratics(np.ones((2, 1, 1)), np.array([[1.0], [-1.0]]))           # F_S(w) - F* = w^2/2
+    w = np.full(2 ** T, w0)
+    far = abs(w0)
+    for t in range(T):
+        ci = q.c[seqs[:, t], 0]
+        w = w - eta * (w - ci + rho * np.sign(w - ci))
+        far = max(far, np.abs(w).max())
+    G = float(max_grad_norm(q, np.zeros(1), np.array(far + rho)))
+    lhs, rhs = np.mean(0.5 * w ** 2), noise_ball_bound(T, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta)
+    assert eta <= noise_ball_lr_max(1.0, rho, G)
+    out.append(dict(statement='Theorem 10', regime='batch size 1, eta <= 1/(2 mu (1+mu rho/G))', lhs=lhs, rhs=rhs,
+                    rows=(('Theorem 10', 'eta <= 1/(2 mu (1+mu rho/G)) (the full-batch correction)'),),
+                    instance=f'd=1, n=2, f_i=(w-c_i)^2/2, c=(1,-1), w0={w0}, rho={rho}, eta={eta}, G={G:.4g}, T={T}, '
+                             f'exact over 2^{T} sequences'))
     # Theorem 11 (and Table 1's SAM row): the same negative factor, inside eta <= eta_SAM, once n is large
     w0, rho, n = 1.0, 0.01, 100
     G0 = _G1([w0, 0.0], rho)
@@ -814,6 +847,26 @@ def counterexamples():
                     rows=(('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM, finite T'), ('Table 1', 'SAM row')),
                     instance=f'd=1, population = one example f=w^2/2 (so F_D = F_S = f), n={n}, w0={w0}, rho={rho}, '
                              f'C=1+1e-9, G={G:.4g}, eta=eta_SAM={eta:.4g}, T=1'))
+    # Theorem 11 inside that range too: the Theorem 10 instance above as a population, S ~ D^n, exact
+    from scipy.stats import binom
+    n, T, w0, rho, eta = 10_000, 16, 1.0, 1.0, 0.01
+    w, far = np.full(2 ** T, w0), abs(w0)
+    for t in range(T):
+        ci = q.c[seqs[:, t], 0]
+        w = w - eta * (w - ci + rho * np.sign(w - ci))
+        far = max(far, np.abs(w).max())
+    G = float(max_grad_norm(q, np.zeros(1), np.array(far + rho)))            # over the whole population
+    k = np.arange(n + 1); pk = binom.pmf(k, n, 0.5); p = k / n             # k examples of S have c = +1
+    minus = seqs.sum(1)
+    weight = np.array([np.sum(pk * p ** (T - m) * (1 - p) ** m) for m in range(T + 1)])[minus]
+    lhs = np.sum(weight * 0.5 * w ** 2)                                     # E_S E_path F_D(w_T) - F_D*
+    e0 = np.sum(pk * 0.5 * (w0 - (2 * k - n) / n) ** 2)                     # E_S [F_S(w0) - F_S(w_S*)]
+    rhs = stability_bound(n, 1.0, 1.0, rho, G) + noise_ball_bound(T, e0, 1.0, 1.0, rho, G, eta)
+    assert eta <= min(noise_ball_lr_max(1.0, rho, G), sam_lr_max(1.0, 1.0, rho, G, C))
+    out.append(dict(statement='Theorem 11', regime='batch size 1, eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G)))', lhs=lhs,
+                    rhs=rhs, rows=(('Theorem 11', 'eta <= min(eta_SAM'),),
+                    instance=f'd=1, population uniform on c=+1/-1 (f=(w-c)^2/2), n={n}, w0={w0}, rho={rho}, eta={eta}, '
+                             f'G={G:.4g}, T={T}, exact over S (binomial) and 2^{T} sequences'))
     for r in out: r['violated'] = bool(r['lhs'] > r['rhs'] * (1 + 1e-9) + 1e-15)
     return out
 
@@ -865,9 +918,9 @@ def convergence_vs_lr(seed=0, n=4, d=3, mu=1.0, L=1.5, rho=0.05, P=64, T=41, n_l
         out = run(q, w0, etas, rho, method, idx=idx, center=ws, risk=lambda w: empirical_risk(fb, w))
         G = max_grad_norm(q, ws, out['radius'] + rho)
         g0, g1 = (out['factor_min'], out['factor_max']) if method == 'stablesam' else (np.ones(n_lr), np.ones(n_lr))
-        risk = out['risk']
-        res[method] = dict(eta=etas, mean=risk[-1].mean(-1), se=risk[-1].std(-1, ddof=1) / np.sqrt(P),
-                           bound=noise_ball_bound(T, risk[0].mean(-1), m, l, rho, G, etas, g0, g1),
+        mean, se = mean_se(out['risk'])
+        res[method] = dict(eta=etas, mean=mean[-1], se=se[-1],
+                           bound=noise_ball_bound(T, mean[0], m, l, rho, G, etas, g0, g1),
                            lr_max=noise_ball_lr_max(m, rho, G, g0), T=T)
     return res
 

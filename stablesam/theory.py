@@ -134,9 +134,12 @@ def max_grad_norm(q, center, radius, iters=200):
 # %% ../nbs/01_theory.ipynb #6d404125
 def _solve(prob):
     "Solve with Clarabel; fall back to SCS at tight tolerance when Clarabel reports an inaccurate optimum."
+    import warnings
     import cvxpy as cp
-    prob.solve(solver=cp.CLARABEL)
-    if prob.status != cp.OPTIMAL: prob.solve(solver=cp.SCS, eps=1e-9)
+    with warnings.catch_warnings():   # an inaccurate optimum is not accepted anyway: the status is checked
+        warnings.filterwarnings('ignore', message='Solution may be inaccurate')
+        prob.solve(solver=cp.CLARABEL)
+        if prob.status != cp.OPTIMAL: prob.solve(solver=cp.SCS, eps=1e-9)
     if prob.status != cp.OPTIMAL: raise RuntimeError(f"Certificate failed: solver status {prob.status}")
     return prob.value
 
