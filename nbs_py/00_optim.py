@@ -57,6 +57,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
 
@@ -405,7 +406,8 @@ def step(self, closure=None):
     "One full step of Algorithm 1; `closure` computes the loss on the batch and calls `backward()`."
     if closure is None:
         raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
-                           "evaluated twice); or call first_step() and second_step() around your own passes.")
+                           "evaluated twice); or call first_step() and second_step() around your own passes "
+                           "(with a GradScaler: pass grad_scaler= to both, never scaler.step(opt) on the wrapper).")
     closure = torch.enable_grad()(closure)
     self.zero_grad()
     loss = closure()
@@ -554,19 +556,21 @@ test_fail(lambda: opt.step(), contains='needs a closure')
 #
 # The second pass runs the model at the perturbed weights: its BatchNorm running statistics are not the
 # model's. `freeze_bn_stats` snapshots `running_mean`, `running_var` and `num_batches_tracked` of every
-# BatchNorm layer and copies them back in place on exit (exact, and safe to nest).
+# BatchNorm layer and copies them back in place on exit (exact, and safe to nest). A lazy BatchNorm layer not
+# yet initialized on entry has nothing to snapshot and is left alone.
 
 # %%
 #| export
 @contextmanager
 def freeze_bn_stats(model):
     "Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."
-    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, _BatchNorm)
-             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    mods = [m for m in model.modules() if isinstance(m, _BatchNorm) and not any(is_lazy(b) for b in m.buffers())]
+    bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in bufs]
     try: yield model
     finally:
         with torch.no_grad():
-            for buf, copy in saved: buf.copy_(copy)
+            for buf, copy in zip(bufs, saved): buf.copy_(copy)
 
 
 # %%
@@ -651,7 +655,8 @@ test_eq(all(torch.equal(a, b) for a, b in zip(before, net.parameters())), True)
 # Clip the gradient the base optimizer will use, i.e. **after** the renormalization: call `unperturb()`
 # (restore and renormalize), clip, then step the base optimizer. With a scaler, unscale in between:
 # `opt.unperturb(); scaler.unscale_(opt.base_optimizer); clip_grad_norm_(...); scaler.step(opt.base_optimizer);
-# scaler.update()` (the scaler remembers the unscale and never unscales twice). For StableSAM the renormalized
+# scaler.update()` (the scaler remembers the unscale of that optimizer and never unscales twice; always hand it
+# `opt.base_optimizer`, never the wrapper). For StableSAM the renormalized
 # gradient has norm $\|g\|$, which is what the clipping sees:
 
 # %%

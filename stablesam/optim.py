@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
 # %% ../nbs/00_optim.ipynb #64e54287
@@ -242,7 +243,8 @@ def step(self, closure=None):
     "One full step of Algorithm 1; `closure` computes the loss on the batch and calls `backward()`."
     if closure is None:
         raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
-                           "evaluated twice); or call first_step() and second_step() around your own passes.")
+                           "evaluated twice); or call first_step() and second_step() around your own passes "
+                           "(with a GradScaler: pass grad_scaler= to both, never scaler.step(opt) on the wrapper).")
     closure = torch.enable_grad()(closure)
     self.zero_grad()
     loss = closure()
@@ -313,12 +315,13 @@ class StableUSAM(SAM):
 @contextmanager
 def freeze_bn_stats(model):
     "Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."
-    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, _BatchNorm)
-             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    mods = [m for m in model.modules() if isinstance(m, _BatchNorm) and not any(is_lazy(b) for b in m.buffers())]
+    bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in bufs]
     try: yield model
     finally:
         with torch.no_grad():
-            for buf, copy in saved: buf.copy_(copy)
+            for buf, copy in zip(bufs, saved): buf.copy_(copy)
 
 # %% ../nbs/00_optim.ipynb #6f3855c0
 def first_pass_no_sync(model):

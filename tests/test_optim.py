@@ -391,6 +391,9 @@ def test_freeze_bn_stats_exact_nested_and_on_error(momentum):
     assert all(torch.equal(v, snap[k]) for k, v in net.state_dict().items())
     nobn = nn.Sequential(nn.BatchNorm1d(8, track_running_stats=False))
     with freeze_bn_stats(nobn): nobn(torch.randn(4, 8))
+    lazy = nn.Sequential(nn.LazyBatchNorm1d())
+    with freeze_bn_stats(lazy): lazy(torch.randn(4, 8))       # uninitialized on entry: nothing to restore
+    assert lazy[0].num_batches_tracked == 1
 
 
 def test_sam_with_bn_recipe_updates_stats_once_per_step():
