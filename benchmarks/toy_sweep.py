@@ -1,0 +1,103 @@
+"""Time the full Figure 4 sweep (stablesam.toy) and compare it with a straightforward NumPy float64 sweep.
+
+Usage: python benchmarks/toy_sweep.py [--starts 100] [--rounds 2] [--no-full]
+
+The straightforward version is the obvious vectorised code: float64 arrays of shape (learning rates, starts),
+one array expression per formula of Algorithm 1, every run for every step, nothing dropped. It is timed on a
+reduced number of starts, interleaved with the fast sweep on the same size (ratios, not absolute times, are
+what a shared machine can measure); the speedup is also given per trajectory-step against the full-size
+sweep. Both sweeps' rates are compared, curve by curve, against their binomial sampling noise.
+"""
+import argparse
+import time
+
+import numpy as np
+
+from stablesam.toy import EPS, METHODS, default_threads, paper_lrs, reached_minimum, sample_starts, sweep
+
+
+def straightforward_rates(method, lrs, rho, starts, steps=1000, tol=0.05):
+    "Success rate per learning rate: float64, one array expression per formula, all runs for all steps."
+    ascent, normalize, stable = METHODS[method]
+    lr = np.asarray(lrs, np.float64)[:, None]
+    x1 = np.repeat(starts[None, :, 0], lr.shape[0], 0)
+    x2 = np.repeat(starts[None, :, 1], lr.shape[0], 0)
+    with np.errstate(all="ignore"):
+        for _ in range(steps):
+            g1, g2 = x1 ** 3 - x2, x2 - x1
+            if ascent:
+                n = np.sqrt(g1 ** 2 + g2 ** 2)
+                s = rho / (n + EPS) if normalize else rho
+                a1, a2 = x1 + s * g1, x2 + s * g2
+                g1, g2 = a1 ** 3 - a2, a2 - a1
+                if stable:
+                    f = n / np.maximum(np.sqrt(g1 ** 2 + g2 ** 2), EPS)
+                    g1, g2 = f * g1, f * g2
+            x1, x2 = x1 - lr * g1, x2 - lr * g2
+    return reached_minimum(x1, x2, tol).mean(1)
+
+
+def straightforward_sweep(methods, rhos, lrs, n_starts, steps=1000, tol=0.05, seed=0):
+    "The Figure 4 sweep with `straightforward_rates` (GD once, as in `sweep`)."
+    starts = sample_starts(n_starts, seed)
+    out = dict(lrs=lrs, rhos=rhos, n_starts=n_starts)
+    for m in methods:
+        rows = [straightforward_rates(m, lrs, r, starts, steps, tol) for r in (rhos[:1] if m == "gd" else rhos)]
+        out[m] = np.array(rows * len(rhos) if m == "gd" else rows)
+    return out
+
+
+def compare(a, b, n):
+    "Largest |difference| of two sweeps' curves in binomial standard errors, and the largest mean shift in SEs."
+    worst, shift = 0., 0.
+    for m in ("gd", "sam", "stablesam"):
+        for i in range(len(a["rhos"])):
+            p = (a[m][i] + b[m][i]) / 2
+            se = np.sqrt(np.maximum(p * (1 - p), 1 / n) / n)
+            d = a[m][i] - b[m][i]
+            worst = max(worst, float(np.max(np.abs(d) / (np.sqrt(2) * se))))
+            shift = max(shift, float(abs(d.sum()) / (np.sqrt(2) * np.sqrt((se ** 2).sum()))))
+    return worst, shift
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--starts", type=int, default=100, help="starts per learning rate for the reduced comparison")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the reduced comparison")
+    ap.add_argument("--no-full", dest="full", action="store_false", help="skip the full-size sweep")
+    args = ap.parse_args()
+    methods, rhos, lrs, steps = ("gd", "sam", "stablesam"), (0.05, 0.2, 0.5), paper_lrs(), 1000
+    steps_per_sweep = lambda n: (1 + 2 * len(rhos)) * lrs.size * n * steps   # GD once
+    print(f"threads: {default_threads()}")
+
+    if args.full:
+        t = time.perf_counter()
+        full = sweep(methods, rhos, lrs, n_starts=10_000, steps=steps)
+        t_full = time.perf_counter() - t
+        print(f"full Figure 4 (3 rho x 3 methods x 100 lrs x 10,000 starts x {steps} steps, "
+              f"{steps_per_sweep(10_000):.2e} trajectory-steps with GD once): {t_full:.1f} s "
+              f"({t_full / steps_per_sweep(10_000) * 1e9:.2f} ns per trajectory-step)  target < 60 s: "
+              f"{'met' if t_full < 60 else 'MISSED'}")
+        print("  rates at lr = 0.001, 0.01, 0.1, 0.3:", {f"{m} rho={r:g}": np.round(np.interp(np.log([1e-3, 1e-2, 0.1, 0.3]), np.log(lrs), full[m][i]), 3).tolist()
+                                                       for m in methods for i, r in enumerate(rhos) if m != "gd" or i == 0})
+
+    n = args.starts
+    t_fast, t_plain = [], []
+    for k in range(args.rounds):
+        t = time.perf_counter(); fast = sweep(methods, rhos, lrs, n_starts=n, steps=steps, progress=False); t_fast.append(time.perf_counter() - t)
+        t = time.perf_counter(); plain = straightforward_sweep(methods, rhos, lrs, n, steps); t_plain.append(time.perf_counter() - t)
+        print(f"round {k + 1}: reduced sweep ({n} starts, {steps_per_sweep(n):.2e} trajectory-steps): "
+              f"fast {t_fast[-1]:.2f} s, straightforward float64 {t_plain[-1]:.2f} s")
+    tf, tp = min(t_fast), min(t_plain)
+    print(f"speedup at the reduced size (same work): {tp / tf:.1f}x  target >= 20x: {'met' if tp / tf >= 20 else 'MISSED'}")
+    if args.full:
+        per_plain, per_full = tp / steps_per_sweep(n), t_full / steps_per_sweep(10_000)
+        print(f"speedup per trajectory-step, full-size fast vs straightforward: {per_plain / per_full:.1f}x  "
+              f"(straightforward would take about {per_plain * steps_per_sweep(10_000) / 60:.0f} min at full size)")
+    worst, shift = compare(fast, plain, n)
+    print(f"agreement fast (float32) vs straightforward (float64), {n} starts: largest per-lr difference {worst:.2f} SE, "
+          f"largest per-curve mean shift {shift:.2f} SE -> {'same within sampling noise' if worst < 4 and shift < 3 else 'DIFFERENT'}")
+
+
+if __name__ == "__main__":
+    main()
