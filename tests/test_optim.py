@@ -137,6 +137,19 @@ def test_no_host_sync_inside_a_step(monkeypatch):
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in opt.last_stats.values())
 
 
+@pytest.mark.parametrize('cls', [StableSAM, StableASAM, StableUSAM], ids=lambda c: c.__name__)
+def test_runs_on_a_device_without_values(cls):
+    """On the 'meta' device no value can reach the host: the accelerator code path (no CPU fast path) runs whole."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).to('meta')
+    opt = cls(net.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, gamma0=0.5, track_alignment=True,
+              renorm_norm='adaptive')
+    for p in net.parameters(): p.grad = torch.randn_like(p)
+    opt.first_step()
+    for p in net.parameters(): p.grad = torch.randn_like(p)
+    opt.second_step()
+    assert len(opt.last_stats) == 6 and all(v.device.type == 'meta' for v in opt.last_stats.values())
+
+
 def test_persistent_memory_is_one_copy_of_the_parameters():
     net = make_net()
     n = sum(p.numel() for p in net.parameters())
