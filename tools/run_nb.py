@@ -4,6 +4,7 @@ Usage: python tools/run_nb.py nbs_py/00_optim.py [more ...]   (or the .ipynb pat
 Cells flagged with a test flag (settings.ini tst_flags) are executed too unless --skip-flagged.
 """
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -30,7 +31,8 @@ def flagged(cell, flags) -> bool:
 
 
 def run(nb_path: Path, skip_flagged: bool, timeout: int) -> None:
-    """Execute `nb_path` in place with cwd nbs/ (as nbdev_test does)."""
+    """Execute `nb_path` in place with cwd nbs/ (as nbdev_test does); progress bars are off in stored outputs."""
+    os.environ['TQDM_DISABLE'] = '1'  # the kernel inherits it: pages show results, not bar redraws
     nb = nbformat.read(nb_path, as_version=4)
     flags = {'notest', 'slow', 'gpu'}
     skipped = []
