@@ -557,7 +557,8 @@ test_fail(lambda: opt.step(), contains='needs a closure')
 # The second pass runs the model at the perturbed weights: its BatchNorm running statistics are not the
 # model's. `freeze_bn_stats` snapshots `running_mean`, `running_var` and `num_batches_tracked` of every
 # BatchNorm layer and copies them back in place on exit (exact, and safe to nest). A lazy BatchNorm layer not
-# yet initialized on entry has nothing to snapshot and is left alone.
+# yet initialized on entry has nothing to snapshot and is left alone. The backward of the second pass may run
+# inside or after the block.
 
 # %%
 #| export
@@ -568,9 +569,8 @@ def freeze_bn_stats(model):
     bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in bufs]
     try: yield model
-    finally:
-        with torch.no_grad():
-            for buf, copy in zip(bufs, saved): buf.copy_(copy)
+    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers (values unused in training)
+        for buf, copy in zip(bufs, saved): buf.data.copy_(copy)
 
 
 # %%
@@ -622,7 +622,8 @@ def first_pass_no_sync(model):
 # `second_step` hands the base step to `grad_scaler.step`, which unscales once and skips the step when a
 # gradient is not finite. A non-finite gradient in the *first* pass makes the ascent, hence the surrogate
 # gradient, non-finite too, so that step is skipped as well; either way the weights are restored from the
-# copy, and the momentum is untouched.
+# copy, and the momentum is untouched. The second forward then runs at non-finite weights: wrap it in
+# `freeze_bn_stats` (as one should anyway) so that BatchNorm's running statistics are not touched.
 
 # %%
 torch.manual_seed(0)

@@ -319,9 +319,8 @@ def freeze_bn_stats(model):
     bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in bufs]
     try: yield model
-    finally:
-        with torch.no_grad():
-            for buf, copy in zip(bufs, saved): buf.copy_(copy)
+    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers (values unused in training)
+        for buf, copy in zip(bufs, saved): buf.data.copy_(copy)
 
 # %% ../nbs/00_optim.ipynb #6f3855c0
 def first_pass_no_sync(model):
