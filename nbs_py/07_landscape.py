@@ -706,3 +706,112 @@ test_eq([m.get('hessian_top_eig') is not None for m in read_metrics(quick_root /
 fig, ax = plt.subplots(figsize=(6, 3.2))
 plot_loss_along(quick_root / 'figure2', ax=ax)
 ax.set_title('Figure 2 (quick run)', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+
+# %% [markdown]
+# ### Paper-size runs (GPU)
+#
+# Figure 1 and Figure 3: the CIFAR-style ResNet-18 of `stablesam.models` (torchvision's ResNet-18 with a
+# 3x3 stride-1 stem and no max-pooling, as in the SAM literature) on CIFAR-100 for 200 epochs, SAM
+# with $\rho \in \{0.01, 0.05, 0.2\}$, the Table 2 recipe (batch 128, SGD momentum 0.9, lr 0.1
+# cosine, weight decay 5e-4, label smoothing 0.1); 391 steps per epoch, so the curves are smoothed
+# over one epoch. Figure 2: ResNet-20 on CIFAR-100 with SGD (momentum 0.9), same recipe, probed on
+# 1000 fixed training examples at several epochs. The runs resume where they stopped; their folders
+# (`runs/figure1/rho*`, `runs/figure2`) can be copied back and plotted with the same functions.
+
+# %%
+#| gpu
+fig1_cfg = preset_config('cifar', dataset='cifar100', model='resnet18', optimizer='sam', data_root='data', resume=True)
+full_runs = sam_stats_runs(fig1_cfg, rhos=(0.01, 0.05, 0.2), out='runs/figure1')
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_norm_ratio(full_runs, ax=ax, smooth=391)
+ax.set_title('Figure 1: ResNet-18, CIFAR-100, SAM', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+plot_alignment(full_runs, axes=axes, smooth=391)
+fig.suptitle('Figure 3: ResNet-18, CIFAR-100, SAM', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+for label, rec in full_runs.items():
+    a = rec.series('alignment')[1]
+    print(f"{label}: alignment > 0 on {np.mean(a > 0):.2%} of {len(a)} steps")
+
+# %%
+#| gpu
+fig2_cfg = preset_config('cifar', dataset='cifar100', model='resnet20', optimizer='sgd', data_root='data', resume=True,
+                         out='runs/figure2')
+full_probe = probed_run(fig2_cfg, epochs=[1, 10, 50, 100, 150, 200], n_examples=1000, batch_size=250)
+fig, ax = plt.subplots(figsize=(6, 3.2))
+plot_loss_along(full_probe, ax=ax)
+ax.set_title('Figure 2: ResNet-20, CIFAR-100, SGD', fontsize=10); plt.tight_layout(); plt.show(); plt.close(fig)
+
+# %% [markdown]
+# On a GPU, the recorder must not synchronise with the host at a step: with CUDA's sync debug mode
+# set to raise, `after_step` runs on a real SAM step's statistics.
+
+# %%
+#| gpu
+from stablesam.optim import SAM
+net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3)).cuda()
+opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, track_alignment=True)
+xg, yg = torch.randn(32, 10, device='cuda'), torch.randint(0, 3, (32,), device='cuda')
+tr = SimpleNamespace(optimizer=opt, out=None, epoch=0, step=0)
+gpu_rec = StepStats(alignment=True); gpu_rec.before_fit(tr)
+for _ in range(5):
+    F.cross_entropy(net(xg), yg).backward(); opt.first_step(zero_grad=True)
+    F.cross_entropy(net(xg), yg).backward(); opt.second_step(zero_grad=True)
+    tr.step += 1
+    torch.cuda.synchronize(); torch.cuda.set_sync_debug_mode('error')
+    try: gpu_rec.after_step(tr)
+    finally: torch.cuda.set_sync_debug_mode('default')
+tr.epoch = 1; gpu_rec.after_epoch(tr, {'epoch': 1})
+test_eq(len(gpu_rec.history[0]['alignment']), 5)
+
+# %% [markdown]
+# ### Agreement with PyHessian
+#
+# The paper estimates $\mathbf{e}_1$ with PyHessian (Yao et al., 2020). On the same model and batch
+# (a ResNet-20 for CIFAR-100 with BatchNorm statistics from a few forward passes, eval mode, 32 images
+# of the generated data), both power iterations give the same eigenvalue and eigenvector. PyHessian is
+# not a dependency of the package (`pip install pyhessian`), so this cell does not run in CI.
+
+# %%
+#| notest
+from pyhessian import hessian as PyHessian
+from stablesam.data import get_datasets
+from stablesam.models import get_model
+train_set = get_datasets('cifar100', quick_root / 'data', augment=False, download=False).train
+xb, yb = fixed_batch(train_set, 32, seed=0)
+torch.manual_seed(0)
+net = get_model('resnet20', 100).train()
+for bn in net.modules():   # BatchNorm running statistics: the exact average over 256 training images
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm): bn.reset_running_stats(); bn.momentum = None
+with torch.no_grad():
+    for chunk in fixed_batch(train_set, 256, seed=1)[0].split(64): net(chunk)
+net.eval()
+ours, our_vec = top_hessian_eig(model_loss_fn(net, (xb, yb)), net.parameters(), iters=300, tol=1e-5)
+(theirs,), (their_vec,) = PyHessian(net, nn.CrossEntropyLoss(), data=(xb, yb), cuda=False).eigenvalues(maxIter=300, tol=1e-6)
+net.zero_grad(set_to_none=True)   # PyHessian leaves a create_graph gradient in .grad
+cos = abs(float(_dot(our_vec, their_vec))) / float(torch.sqrt(_dot(their_vec, their_vec)))
+print(f"top_hessian_eig {ours:.6f}, PyHessian {theirs:.6f}: relative difference {abs(ours - theirs) / abs(theirs):.1e}, "
+      f"|cos(e1, e1 PyHessian)| = {cos:.6f}")
+test_close(ours, theirs, eps=1e-4 * abs(theirs)); assert cos > 0.999
+
+# %% [markdown]
+# ## Closing note
+#
+# - **Eigen-solver vs exact Hessian.** On small networks (`torch.autograd.functional.hessian` /
+#   `torch.func.hessian`, then `torch.linalg.eigvalsh`) the power iteration at the default `tol=1e-4`
+#   is within 1e-4 relative of the exact top eigenvalue (4.1e-5 on the network above, whose
+#   $\lambda_2/\lambda_1 = 0.92$; below 1e-4 on 20 float64 and 10 float32 random networks and a
+#   Conv-BatchNorm-ReLU network in `tests/test_landscape.py`), and the eigenvector matches to
+#   $|\cos| > 0.99$.
+# - **vs PyHessian** (0.1, the paper's tool; ResNet-20, one batch of 32, both run to tight
+#   tolerances): eigenvalue 38.42977 vs 38.42967, relative difference 2.7e-6, $|\cos(\mathbf{e}_1,
+#   \mathbf{e}_1^{PyHessian})| = 1.000000$.
+# - **Cost.** One Hessian-vector product inside the power iteration (double backward on the retained
+#   gradient graph) costs 2.22x a gradient evaluation (ResNet-20, batch 32, CPU, median of 5
+#   interleaved rounds; `python benchmarks/hvp_cost.py`), within the 2.5x target; a standalone
+#   product that also rebuilds the gradient graph costs 4.3x. The recorder adds no host
+#   synchronisation per step (checked with CUDA's sync debug mode in the GPU cell) and one copy per
+#   epoch.
+# - **Limits.** Power iteration finds the eigenvalue of largest *magnitude*, as PyHessian's does:
+#   with a $\pm\lambda$ pair (random data at initialisation) it converges slowly and warns when
+#   `iters` run out. A BatchNorm network at initialisation has running statistics that do not match
+#   its activations, so its eval-mode Hessian is huge; probe from epoch 1 on for such models.

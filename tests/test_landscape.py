@@ -10,6 +10,15 @@ from torch.func import functional_call
 from stablesam.landscape import hessian_vector_product, loss_along, model_loss_fn, top_hessian_eig
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one CPU thread is fastest (and fair to a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def exact_hessian(model, loss_of_forward, method='autograd'):
     """The Hessian of the loss in the flattened parameters of `model`: torch.autograd.functional.hessian
     (`method='autograd'`) or torch.func.hessian (`'func'`, forward-over-reverse, much faster for many small models)."""
