@@ -10,7 +10,8 @@
 # Section 4 of the paper bounds the expected excess risk of SAM and StableSAM on $\mu$-strongly
 # convex, $L$-smooth, $G$-Lipschitz losses. This notebook builds what is needed to check those
 # claims numerically; the audit itself (`verify_all`, the table and the figures) is in
-# [theory_audit](01a_theory_audit.ipynb).
+# [theory_audit](01c_theory_audit.ipynb) (with the checks in [theory_checks](01a_theory_checks.ipynb) and
+# [theory_runs](01b_theory_runs.ipynb)).
 #
 # * **Problems.** $n$ per-example losses $f(\mathbf w, z_i) = \tfrac12 (\mathbf w - \mathbf c_i)^\top
 #   \mathbf H_i (\mathbf w - \mathbf c_i)$, every $\mathbf H_i$ with a spectrum in $[\mu, L]$ that
@@ -383,7 +384,7 @@ test_close(excess_risk_bound(10, 1., 2., .1, 1., .1),
 
 
 # %% [markdown]
-# Corrections found by the audit (derived in [theory_audit](01a_theory_audit.ipynb)): without
+# Corrections found by the audit (derived in [theory_audit](01c_theory_audit.ipynb)): without
 # Assumption 3, the renormalised step $\eta\gamma_t$ contracts by $1-\gamma_0(1+a)\eta\mu L/(\mu+L)$
 # only, which multiplies Theorem 15's bound by $1/\gamma_0$; and the recursions of Theorems 10 and 17
 # need a non-negative factor, $2\mu\gamma_0\eta(1+a) \le 1$.

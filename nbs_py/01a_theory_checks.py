@@ -1,0 +1,466 @@
+# %%
+#| default_exp theory_checks
+
+# %% [markdown]
+# # theory_checks
+#
+# > The audit's one-step and formula checks: Lemma 5, Lemmas 6-7 and 13-14, the joint infeasibility of Assumptions 2 and 3, the remarks about the bounds, and the certified constants
+
+# %% [markdown]
+# Part one of the numerical audit of Section 4 (the overview, the full table and the figures are in
+# [theory_audit](01c_theory_audit.ipynb); the checks that run many steps are in
+# [theory_runs](01b_theory_runs.ipynb)). Every numbered statement is tested *as written* on the random
+# strongly convex quadratics of [theory](01_theory.ipynb), with the constants certified there, across the
+# whole range of learning rates, radii $\rho$, constants $C$ and factors $\gamma_0, \gamma_1$ the
+# statement admits. Expectations over the sampling sequence are Monte Carlo averages; an instance counts
+# as a violation only when the bound lies below a 99% confidence band of the mean. Where a statement
+# fails or cannot apply, a separate row states the corrected claim and the regime in which it does hold;
+# the original row is never weakened.
+#
+# Each check returns rows: dicts with keys `statement`, `regime`, `status` (`holds`, `violated`,
+# `vacuous`), `instances`, `violations`, `worst_slack`, `note`. `worst_slack` is the smallest relative
+# slack $(\text{bound} - \text{measured}) / \max(|\text{bound}|, |\text{measured}|)$ over the
+# instances (negative: the measured value exceeds the bound). For vacuous rows it is the largest margin
+# by which the incompatible hypotheses were satisfied together (negative: never).
+
+# %%
+#| hide
+from fastcore.test import *
+
+# %%
+#| export
+import numpy as np
+
+from stablesam.theory import (
+    Quadratics, random_quadratics, neighbour, losses, empirical_minimizer, empirical_risk, full_batch,
+    strong_convexity_smoothness, max_grad_norm, certify_mu_L, certify_minimizer, certify_max_grad_norm,
+    coercivity_lower_bound, sgd_lr_max, sam_lr_max, stablesam_lr_max, sam_contraction, stability_bound,
+    noise_ball_bound, excess_risk_bound, assumption3_margin, stablesam_contraction_corrected,
+    stability_bound_corrected, noise_ball_lr_max, sam_direction, run)
+
+# %% [markdown]
+# ## Rows, slack and status
+
+# %%
+#| export
+Z99 = 2.576  # two-sided 99% normal quantile for Monte Carlo bands
+
+
+def rel_slack(bound, measured):
+    "Relative slack `(bound - measured) / max(|bound|, |measured|)` (negative: bound exceeded)."
+    bound, measured = np.asarray(bound, float), np.asarray(measured, float)
+    scale = np.maximum(np.maximum(np.abs(bound), np.abs(measured)), 1e-300)
+    return (bound - measured) / scale
+
+
+def mean_se(x, axis=-1):
+    "Monte Carlo mean and standard error along `axis` (scaled first, so huge divergent values do not overflow)."
+    scale = np.abs(x).max(axis, keepdims=True)
+    scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+    y = x / scale
+    n = x.shape[axis]
+    se = y.std(axis, ddof=1, keepdims=True) / np.sqrt(n) if n > 1 else np.zeros_like(scale)
+    return (y.mean(axis, keepdims=True) * scale).squeeze(axis), (se * scale).squeeze(axis)
+
+
+def make_row(statement, regime, violated, slack, note='', *, vacuous=False):
+    "One audit row from per-instance violation flags and slacks."
+    violated, slack = np.atleast_1d(violated), np.atleast_1d(slack)
+    status = 'vacuous' if vacuous else ('violated' if violated.any() else 'holds')
+    return dict(statement=statement, regime=regime, status=status, instances=int(violated.size),
+                violations=int(violated.sum()),
+                worst_slack=float((np.max if vacuous else np.min)(slack)) if slack.size else float('nan'),
+                note=note)
+
+
+# %%
+r = make_row('Lemma 5', 'x', np.array([False, True]), np.array([0.1, -0.2]))
+test_eq((r['status'], r['instances'], r['violations']), ('violated', 2, 1))
+test_close(r['worst_slack'], -0.2, eps=1e-15)
+test_close(rel_slack(1.0, 3.0), -2 / 3, eps=1e-15)
+m_, se_ = mean_se(np.array([[1.0, 3.0], [1e300, 3e300]]))
+test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12); test_close(se_ / [1.0, 1e300], 1.0, eps=1e-12)
+
+# %% [markdown]
+# ## Drawing instances across each statement's regime
+#
+# Constants are drawn log-uniformly: $\mu \in [0.05, 1]$, condition number $\kappa = L/\mu \in [1, 100]$
+# (one draw in eight exactly $\kappa = 1$), $\rho \in [10^{-3}, 3]$, $C \in (1, 10]$ (including
+# $C \to 1^+$). Learning rates are fractions $u\,\eta_{\max}$ of the statement's own range with
+# $u \in [10^{-3}, 1]$ and one draw in four exactly at $u = 1$, the edge. Sizes cycle through
+# $(n, d) \in \{(2,1), (3,2), (5,3), (8,5)\}$.
+
+# %%
+#| exporti
+SHAPES = ((2, 1), (3, 2), (5, 3), (8, 5))
+
+
+def _loguniform(rng, lo, hi, size): return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
+
+
+def _draw_constants(rng, B):
+    "mu, L, rho, C and a learning-rate fraction u for `B` instances."
+    mu = _loguniform(rng, 0.05, 1.0, B)
+    kappa = np.where(rng.uniform(size=B) < 0.125, 1.0, _loguniform(rng, 1.0, 100.0, B))
+    rho = _loguniform(rng, 1e-3, 3.0, B)
+    C = np.where(rng.uniform(size=B) < 0.2, 1 + 1e-9, 1 + _loguniform(rng, 1e-3, 9.0, B))
+    u = np.where(rng.uniform(size=B) < 0.25, 1.0, _loguniform(rng, 1e-3, 1.0, B))
+    return mu, mu * kappa, rho, C, u
+
+
+def _in_range(rng, lo, hi, size):
+    "Values in `[lo, hi]`, a quarter at each endpoint."
+    v = rng.uniform(size=size)
+    x = lo + (hi - lo) * rng.uniform(size=size)
+    return np.where(v < 0.25, lo, np.where(v < 0.5, hi, x))
+
+
+def _groups(n_instances):
+    "Split `n_instances` over the problem shapes: yields `(B, n, d)`."
+    base, extra = divmod(n_instances, len(SHAPES))
+    for k, (n, d) in enumerate(SHAPES):
+        B = base + (k < extra)
+        if B: yield B, n, d
+
+
+def _cat(*qs):
+    "Stack problems along the batch axis."
+    return Quadratics(np.concatenate([q.H for q in qs]), np.concatenate([q.c for q in qs]))
+
+
+# %% [markdown]
+# ## Lemma 5: coercivity
+#
+# Tested on quadratics with certified $\mu$, $L$ (where it is tight along eigenvectors, including
+# $\mu = L$) and on non-quadratic functions
+# $f(\mathbf w) = \tfrac12\mathbf w^\top\mathbf A\mathbf w + \sum_j \alpha_j \log(1 + e^{\mathbf b_j^\top\mathbf w})$
+# with valid constants $\mu = \lambda_{\min}(\mathbf A)$, $L = \lambda_{\max}(\mathbf A) + \sum_j \alpha_j\|\mathbf b_j\|^2/4$.
+
+# %%
+#| exporti
+def _check_lemma5(rng, N):
+    rows = []
+    mu_all, L_all, *_ = _draw_constants(rng, N)
+    flags, slacks, k = [], [], 0
+    for B, n, d in _groups(N):
+        q = random_quadratics(1, d, mu_all[k:k + B], L_all[k:k + B], batch=(B,), seed=rng); k += B
+        m, l = strong_convexity_smoothness(q.H)
+        v, w = rng.standard_normal((2, B, 64, d))
+        v[:, 0] = w[:, 0] + np.linalg.eigh(q.H[:, 0])[1][..., 0]     # along an extreme eigenvector
+        dv = v - w
+        dg = np.einsum('bij,bpj->bpi', q.H[:, 0], dv)
+        lhs = (dg * dv).sum(-1)
+        rhs = coercivity_lower_bound(m[:, None], l[:, None], (dv ** 2).sum(-1), (dg ** 2).sum(-1))
+        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1)); slacks.append(rel_slack(lhs, rhs).min(-1))
+    rows.append(make_row('Lemma 5', 'quadratics, certified mu <= L (incl. mu = L), random v, w',
+                         np.concatenate(flags), np.concatenate(slacks),
+                         'tight: equality along eigenvectors (worst slack is rounding, ~1e-15)'))
+    flags, slacks = [], []
+    for B, n, d in _groups(N):
+        A = random_quadratics(1, d, 0.1, 2.0, batch=(B,), seed=rng).H[:, 0]
+        bvec, alpha = rng.standard_normal((B, 4, d)), rng.uniform(0.1, 2.0, (B, 4))
+        grad = lambda x: (np.einsum('bij,bpj->bpi', A, x)
+                          + np.einsum('bk,bpk,bkd->bpd', alpha, 1 / (1 + np.exp(-np.einsum('bkd,bpd->bpk', bvec, x))), bvec))
+        m = np.linalg.eigvalsh(A)[:, 0]
+        l = np.linalg.eigvalsh(A)[:, -1] + (alpha * (bvec ** 2).sum(-1)).sum(-1) / 4
+        v, w = 2 * rng.standard_normal((2, B, 64, d))
+        dv, dg = v - w, grad(v) - grad(w)
+        lhs = (dg * dv).sum(-1)
+        rhs = coercivity_lower_bound(m[:, None], l[:, None], (dv ** 2).sum(-1), (dg ** 2).sum(-1))
+        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1)); slacks.append(rel_slack(lhs, rhs).min(-1))
+    rows.append(make_row('Lemma 5', 'non-quadratic (quadratic + softplus terms), valid mu, L',
+                         np.concatenate(flags), np.concatenate(slacks)))
+    return rows
+
+
+# %%
+rows5 = _check_lemma5(np.random.default_rng(0), 16)
+test_eq([r['status'] for r in rows5], ['holds', 'holds'])
+assert rows5[0]['worst_slack'] < 1e-8   # equality is attained: the lemma is tight
+
+
+# %% [markdown]
+# ## One-step lemmas: 6, 7 (SAM) and 13, 14 (StableSAM)
+#
+# A single step from two points $\mathbf w, \mathbf v$, with the same example (Lemmas 6, 13) or two
+# different examples $z, z'$ (Lemmas 7, 14). $G$ is certified on the smallest ball around
+# $\mathbf w, \mathbf v$ that also contains every ascent point of either example (reach $C\rho$ for
+# Assumption 1's $\xi_t \le C\rho/G$, since $\xi_t\|\nabla f\| \le C\rho$; reach $\rho$ for
+# Algorithm 1). Assumption 1 is implemented as written: one $\xi_t \in [\rho/G, C\rho/G]$ shared by both
+# points (the endpoints drawn a quarter of the time each); Lemmas 13-14's $\gamma_t \in [\gamma_0,
+# \gamma_1]$ is likewise shared by both updates.
+#
+# **Why Lemma 6 holds under Assumption 1.** For a quadratic, $\mathbf v_{t+1}-\mathbf w_{t+1} =
+# (\mathbf I - \eta(\mathbf I+\xi\mathbf H)\mathbf H)(\mathbf v_t-\mathbf w_t)$, whose eigenvalues are
+# $1-\eta\lambda(1+\xi\lambda)$, $\lambda\in[\mu, L]$. With $a=\mu\rho/G$, $b=CL\rho/G > a$ and
+# $q = 1-(1+a)\eta\mu L/(\mu+L)$: the lower side $\eta\lambda(1+\xi\lambda) \ge \eta\mu(1+a) \ge (1-q)$
+# always holds, and at the edge $\eta = \eta_{\max}$ the upper side needs
+# $\eta L(1+b) + (1-q) \le 2$, which follows from $\eta L(1+b) \le 2L(1+a)/((\mu+L)(1+b)) < 2L/(\mu+L)$
+# and $1-q < 2\mu L/(\mu+L)^2$ because $L(L+2\mu) < (\mu+L)^2$. The audit confirms it.
+#
+# **Why Algorithm 1 breaks it.** With $\xi_t = \rho/\|\nabla f\|$ per run, two points on either side of
+# a minimiser ascend in opposite directions: $\|\mathbf v_{t+1}-\mathbf w_{t+1}\| \approx 2\eta\lambda\rho$
+# however small $\|\mathbf v_t - \mathbf w_t\|$ is. Assumption 1's shared $\xi_t$ is what makes SAM
+# non-expansive.
+
+# %%
+#| exporti
+def _one_step(rng, N, *, same_example, method, shared_xi, shared_hessian=False, stable_factor='stated'):
+    "Per-instance (violated, slack) of one step of Lemma 6/7 (`sam`) or 13/14 (`stablesam`)."
+    flags, slacks = [], []
+    mu_all, L_all, rho_all, C_all, u_all = _draw_constants(rng, N)
+    k = 0
+    for B, n, d in _groups(N):
+        mu, L, rho, C, u = (x[k:k + B] for x in (mu_all, L_all, rho_all, C_all, u_all)); k += B
+        q = random_quadratics(2, d, mu, L, batch=(B,), shared_hessian=shared_hessian, seed=rng)
+        qw = q[:, :1]
+        qv = qw if same_example else Quadratics(q.H[:, 1:], q.c[:, 1:])
+        m, l = strong_convexity_smoothness(q.H)
+        w = q.c[:, 0] + _loguniform(rng, 1e-3, 3, (B, 1)) * rng.standard_normal((B, d))
+        v = w + _loguniform(rng, 1e-4, 3, (B, 1)) * rng.standard_normal((B, d))
+        center, half = 0.5 * (w + v), 0.5 * np.linalg.norm(w - v, axis=-1)
+        reach = C * rho if shared_xi else rho
+        G = max_grad_norm(q, center, half + reach)
+        g1 = _in_range(rng, 0.05, 0.999, B)
+        g0 = g1 * _in_range(rng, 0.05, 1.0, B)
+        eta = u * (sam_lr_max(m, l, rho, G, C) if method == 'sam' else stablesam_lr_max(m, l, rho, G, C, g1))
+        xi = _in_range(rng, rho / G, C * rho / G, B) if shared_xi else None
+        gam = _in_range(rng, g0, g1, B) if method == 'stablesam' and shared_xi else None
+        dw = sam_direction(qw.H[:, 0], qw.c[:, 0], w, rho, method, xi=xi, gamma=gam)[0]
+        dv = sam_direction(qv.H[:, 0], qv.c[:, 0], v, rho, method, xi=xi, gamma=gam)[0]
+        lhs = np.linalg.norm((v - eta[:, None] * dv) - (w - eta[:, None] * dw), axis=-1)
+        qf = (sam_contraction(m, l, rho, G, eta) if stable_factor == 'stated'
+              else stablesam_contraction_corrected(m, l, rho, G, eta, g0))
+        extra = 0.0 if same_example else 2 * eta * G * (1.0 if method == 'sam' else g1)
+        rhs = qf * 2 * half + extra
+        flags.append(lhs > rhs * (1 + 1e-9)); slacks.append(rel_slack(rhs, lhs))
+    return np.concatenate(flags), np.concatenate(slacks)
+
+
+def _check_one_step(rng, N):
+    A1 = 'Assumption 1 (shared xi_t in [rho/G, C rho/G])'
+    rows = []
+    f, s = _one_step(rng, N, same_example=True, method='sam', shared_xi=True)
+    rows.append(make_row('Lemma 6', f'{A1}, eta <= eta_SAM', f, s))
+    f, s = _one_step(rng, N, same_example=True, method='sam', shared_xi=False)
+    rows.append(make_row('Lemma 6', 'Algorithm 1 SAM (xi_t = rho/||g|| per run; Assumption 1 not met)', f, s,
+                         'outside the hypotheses: per-run ascent directions are not Lipschitz; see counterexample'))
+    f, s = _one_step(rng, N, same_example=False, method='sam', shared_xi=True, shared_hessian=True)
+    rows.append(make_row('Lemma 7', f'{A1}, one shared Hessian, eta <= eta_SAM', f, s))
+    f, s = _one_step(rng, N, same_example=False, method='sam', shared_xi=True)
+    rows.append(make_row('Lemma 7', f'{A1}, per-example Hessians, eta <= eta_SAM', f, s,
+                         'holds because G covers the ascent points of both examples'))
+    f, s = _one_step(rng, N, same_example=False, method='sam', shared_xi=False)
+    rows.append(make_row('Lemma 7', 'Algorithm 1 SAM (Assumption 1 not met)', f, s))
+    A12 = 'Assumptions 1-2 (shared xi_t, shared gamma_t in [gamma0, gamma1]), Assumption 3 dropped'
+    f, s = _one_step(rng, N, same_example=True, method='stablesam', shared_xi=True)
+    rows.append(make_row('Lemma 13', f'{A12}, stated factor', f, s,
+                         'the step eta*gamma_t < eta contracts less than the stated factor (no gamma in it)'))
+    f, s = _one_step(rng, N, same_example=True, method='stablesam', shared_xi=True, stable_factor='corrected')
+    rows.append(make_row('Lemma 13', f'corrected: factor 1 - gamma0 (1 + mu rho/G) eta mu L/(mu+L); {A12}', f, s))
+    f, s = _one_step(rng, N, same_example=False, method='stablesam', shared_xi=True)
+    rows.append(make_row('Lemma 14', f'{A12}, stated factor', f, s))
+    f, s = _one_step(rng, N, same_example=False, method='stablesam', shared_xi=True, stable_factor='corrected')
+    rows.append(make_row('Lemma 14', f'corrected: factor with gamma0 (as Lemma 13); {A12}', f, s))
+    return rows
+
+
+# %%
+rows_1 = _check_one_step(np.random.default_rng(0), 24)
+st = {(r['statement'], r['regime'][:20]): r['status'] for r in rows_1}
+test_eq(rows_1[0]['status'], 'holds'); test_eq(rows_1[2]['status'], 'holds'); test_eq(rows_1[6]['status'], 'holds')
+
+
+# %% [markdown]
+# ## Assumptions 2 and 3 cannot hold together: Lemmas 13-14, Theorems 15 and 18, Remark 16
+#
+# **Derivation.** Let $\mathbf g = \nabla f(\mathbf w_t)$ and let $\mathbf H_t$ be the (locally constant,
+# Assumption 1) Hessian. The ascent point is $\mathbf w_t + \xi_t\mathbf g$ with $\xi_t \ge \rho/G$
+# (Algorithm 1 has $\xi_t = \rho/\|\mathbf g\|$ and $\|\mathbf g\| \le G$; Assumption 1 asks
+# $\xi_t \ge \rho/G$ directly), so
+# $$\|\nabla f(\mathbf w_t^{asc})\| \ \ge\ \langle \mathbf g + \xi_t\mathbf H_t\mathbf g, \mathbf g\rangle/\|\mathbf g\|
+#   \ \ge\ (1 + \xi_t\sigma_{\min}(\mathbf H_t))\|\mathbf g\| ,\qquad
+#   \gamma_t \le \frac{1}{1 + \rho\,\sigma_{\min}(\mathbf H_t)/G}.$$
+# Assumption 2 needs $\gamma_0 \le \gamma_t$, hence $\sigma_{\min}(\mathbf H_t) \le \frac G\rho\frac{1-\gamma_0}{\gamma_0}$,
+# while Assumption 3 needs $\sigma_{\min}(\mathbf H_t) \ge \frac G\rho\frac{1-\gamma_0}{\gamma_0} + \frac{\mu}{\gamma_0}$,
+# strictly larger because $\mu > 0$. No instance, $\rho$, $\gamma_0$ or valid $\mu$ satisfies both: every
+# statement that assumes both (Lemmas 13, 14, Theorem 15, hence Theorem 18, Remark 16 and Table 1's
+# StableSAM row) is **vacuous**. (With the certified, tight $\mu = \min_t\sigma_{\min}(\mathbf H_t)$ Assumption 3
+# alone already fails, since it asks $\sigma_{\min} > \mu/\gamma_0 > \mu$.) Remark 19's clamp makes $\gamma_t \ge \gamma_0$
+# artificially, which escapes the first half of the argument but not the second with the tight $\mu$.
+#
+# **Numerical check.** Runs of Algorithm 1 StableSAM (batch size one) record, at every step, $\gamma_t$
+# and $\sigma_{\min}$ of the sampled example's Hessian. Per path, $\gamma_0 = \min_t\gamma_t$ is the best
+# constant of Assumption 2; Assumption 3's margin is then evaluated with the certified $\mu$ and with
+# $\mu \to 0$ (the most favourable valid constant), and the key inequality
+# $\gamma_t(1+\rho\sigma_{\min}(\mathbf H_t)/G) \le 1$ is checked at every step.
+
+# %%
+#| exporti
+def _assumption23_data(rng, N, P, T, clamp=None):
+    "Per instance: best Assumption-3 margins (certified mu, mu -> 0) and max of gamma_t (1 + rho s_min/G)."
+    mu_all, L_all, rho_all, _, _ = _draw_constants(rng, N)
+    parts, k = [], 0
+    for B, n, d in _groups(N):
+        mu, L, rho = mu_all[k:k + B], L_all[k:k + B], rho_all[k:k + B]; k += B
+        q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
+        ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
+        smin = np.linalg.eigvalsh(q.H)[..., 0]                                     # (B, n)
+        eta = _loguniform(rng, 1e-3, 1.0, B) * stablesam_lr_max(m, l, rho, l * 10, 1.0, 1.0)
+        w = np.broadcast_to((ws + _loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)))[:, None], (B, P, d)).copy()
+        bi = np.arange(B)[:, None]
+        gam, lam, far, gn = [], [], np.linalg.norm(w - ws[:, None], axis=-1), []
+        for t in range(T):
+            i = rng.integers(0, n, (B, P))
+            step, e_len, f = sam_direction(q.H[bi, i], q.c[bi, i], w, rho[:, None], 'stablesam', gamma0=clamp)
+            ratio = sam_direction(q.H[bi, i], q.c[bi, i], w, rho[:, None], 'sam')[2]
+            gam.append(f); lam.append(smin[bi, i]); gn.append(ratio)
+            w = w - eta[:, None, None] * step
+            far = np.maximum(far, np.linalg.norm(w - ws[:, None], axis=-1))
+        gam, lam, ratio = np.array(gam), np.array(lam), np.array(gn)
+        G = max_grad_norm(q, ws, far.max(-1) + rho)
+        g0 = gam.min(0)                                                            # (B, P)
+        lmin = lam.min(0)
+        tight = assumption3_margin(lmin, m[:, None], rho[:, None], G[:, None], g0) / lmin
+        loose = assumption3_margin(lmin, 0.0, rho[:, None], G[:, None], g0) / lmin
+        key = (ratio * (1 + rho[None, :, None] * lam / G[None, :, None])).max((0, 2))
+        parts.append(dict(tight=tight.max(-1), loose=loose.max(-1), key=key))
+    return {k_: np.concatenate([p[k_] for p in parts]) for k_ in parts[0]}
+
+
+def _vacuity_rows(rng, N, P, T):
+    r = _assumption23_data(rng, N, P, T)
+    feas = (r['loose'] >= 0) | (r['tight'] >= 0)
+    note = (f"Assumptions 2+3 jointly infeasible (derivation in the notebook); best normalised A3 margin "
+            f"{r['tight'].max():.3g} (certified mu), {r['loose'].max():.3g} (mu -> 0); "
+            f"max gamma_t(1 + rho s_min/G) = {r['key'].max():.6f} <= 1")
+    rows = [make_row(s, 'as stated: Assumptions 1, 2 and 3', feas, np.maximum(r['tight'], r['loose']), note, vacuous=True)
+            for s in ('Lemma 13', 'Lemma 14', 'Theorem 15', 'Theorem 18', 'Remark 16')]
+    rows.append(make_row('Table 1', 'StableSAM row (= Theorem 18)', feas, np.maximum(r['tight'], r['loose']), note, vacuous=True))
+    rc = _assumption23_data(rng, N, P, T, clamp=0.9)
+    rows.append(make_row('Remark 19', 'Assumption 3 under the clamp gamma_t in [gamma0, sqrt(gamma0)], certified mu',
+                         rc['tight'] >= 0, rc['tight'],
+                         f"gamma0 = 0.9; best normalised margin {rc['tight'].max():.3g}; with mu -> 0 instead: "
+                         f"{int((rc['loose'] >= 0).sum())} of {rc['loose'].size} instances feasible", vacuous=True))
+    return rows
+
+
+# %%
+rows_v = _vacuity_rows(np.random.default_rng(0), 16, 16, 30)
+for r in rows_v: print(r['statement'], r['status'], r['instances'], r['violations'], round(r['worst_slack'], 3), r['note'][:150])
+test_eq(sum(r['violations'] for r in rows_v), 0)
+
+
+# %% [markdown]
+# ## Statements about the bounds themselves: Remarks 9, 12, 16, 19 and Table 1's learning rates
+#
+# These compare formulas, so they are evaluated on random constants; Remark 12's claim that the bound
+# (hence generalisation) improves with $\rho$ is also evaluated with $G$ certified for each $\rho$ on a
+# ball that must contain the ascent points, so it grows with $\rho$.
+
+# %%
+#| exporti
+def _bound_rows(rng, N):
+    mu, L, rho, C, u = _draw_constants(rng, N)
+    G = _loguniform(rng, 1e-2, 1e2, N) * np.maximum(mu, L * rho)
+    n = rng.integers(2, 100, N)
+    g1 = _in_range(rng, 0.05, 0.999, N); g0 = g1 * _in_range(rng, 0.05, 1.0, N)
+    eta = u * sam_lr_max(mu, L, rho, G, C)
+    rows = []
+    r1, r2 = sam_lr_max(mu, L, rho, G, C), sgd_lr_max(mu, L)
+    rows.append(make_row('Remark 9', "SAM's range eta_SAM = 2/(mu+L) (1+a)/(1+b)^2 < SGD's 2/(mu+L)",
+                         r1 >= r2, rel_slack(r2, r1), f'median eta_SAM/eta_SGD = {np.median(r1 / r2):.3g}'))
+    sam_b = excess_risk_bound(n, mu, L, rho, G, eta)
+    sgd_b = excess_risk_bound(n, mu, L, 0.0, G, eta)
+    rows.append(make_row('Remark 12', 'SAM bound = SGD bound / (1 + mu rho/G) < SGD bound (same G, eta)',
+                         sam_b >= sgd_b, rel_slack(sgd_b, sam_b)))
+    # Remark 12: monotone in rho, with G certified per rho
+    flags, slacks = [], []
+    for B, nn, d in _groups(N):
+        q = random_quadratics(nn, d, mu[:B], L[:B], batch=(B,), seed=rng)
+        ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
+        R0 = np.linalg.norm(q.c - ws[:, None], axis=-1).max(-1)
+        rhos = np.logspace(-3, 1, 25)
+        Gs = np.stack([max_grad_norm(q, ws, R0 + r) for r in rhos])               # (25, B)
+        b = stability_bound(nn, m, l, rhos[:, None], Gs)
+        flags.append((np.diff(b, axis=0) > 1e-12 * b[1:]).any(0)); slacks.append(rel_slack(b[:-1], b[1:]).min(0))
+    rows.append(make_row('Remark 12', 'eps_gen bound decreases with rho when G is certified on a ball that holds the ascent points',
+                         np.concatenate(flags), np.concatenate(slacks),
+                         'G grows with rho (ball radius R0 + rho), so G^2/(1 + mu rho/G) grows: larger rho loosens the bound'))
+    st, sm = stability_bound_corrected(n, mu, L, rho, G, g0, g1), stability_bound(n, mu, L, rho, G)
+    rows.append(make_row('Remark 16', 'claimed reduction, with the corrected Theorem 15: gamma1/gamma0 x SAM bound < SAM bound',
+                         st >= sm, rel_slack(sm, st), 'gamma1/gamma0 >= 1: the corrected bound is never below SAM\'s'))
+    gg = g1
+    eq = excess_risk_bound(n, mu, L, rho, G, eta, gg, gg)
+    rows.append(make_row('Remark 19', 'gamma0 = gamma1 < 1: Theorem 18 bound < Theorem 11 bound', eq >= sam_b, rel_slack(sam_b, eq)))
+    c0 = g0; c1 = np.sqrt(c0)
+    cl = excess_risk_bound(n, mu, L, rho, G, eta, c0, c1)
+    rows.append(make_row('Remark 19', 'gamma1^2 <= gamma0 (clamp to [gamma0, sqrt(gamma0)]): Theorem 18 bound <= Theorem 11 bound',
+                         cl > sam_b * (1 + 1e-12), rel_slack(sam_b, cl)))
+    s1 = stablesam_lr_max(mu, L, rho, G, C, g1)
+    rows.append(make_row('Table 1', 'learning-rate ranges: eta_SAM <= eta_SGD and eta_SAM < eta_StableSAM = eta_SAM/gamma1',
+                         (r1 > r2) | (s1 <= r1), np.minimum(rel_slack(r2, r1), rel_slack(s1, r1)),
+                         f'eta_StableSAM exceeds eta_SGD in {int((s1 > r2).sum())} of {N} draws'))
+    return rows
+
+
+def _clamp_rows(rng, N, P, T):
+    flags, slacks = [], []
+    for gamma0 in (0.1, 0.5, 0.9):
+        r = _convergence_clamp(rng, N, P, T, gamma0)
+        flags.append((r[0] < gamma0 - 1e-15) | (r[1] > np.sqrt(gamma0) + 1e-15))
+        slacks.append(np.minimum(r[0] - gamma0, np.sqrt(gamma0) - r[1]))
+    return [make_row('Remark 19', 'the clamp keeps gamma_t in [gamma0, sqrt(gamma0)] (Assumption 2 with gamma1^2 = gamma0)',
+                     np.concatenate(flags), np.concatenate(slacks), 'Algorithm 1 StableSAM with gamma0 in {0.1, 0.5, 0.9}')]
+
+
+def _convergence_clamp(rng, N, P, T, gamma0):
+    q = random_quadratics(3, 2, _loguniform(rng, 0.05, 1, N), 1.0, batch=(N,), seed=rng)
+    w0 = np.broadcast_to(rng.standard_normal((N, 1, 2)), (N, P, 2))
+    out = run(q, w0, 0.5, _loguniform(rng, 1e-3, 3, N), 'stablesam', idx=rng.integers(0, 3, (T, N, P)), gamma0=gamma0)
+    return out['factor_min'], out['factor_max']
+
+
+# %%
+rows_b = _bound_rows(np.random.default_rng(0), 32) + _clamp_rows(np.random.default_rng(0), 8, 8, 20)
+for r in rows_b: print(r['statement'], r['status'], r['instances'], r['violations'], round(r['worst_slack'], 3), r['regime'][:60])
+
+
+# %% [markdown]
+# ## Constants: cvxpy against numpy, and the global reading of $G$
+#
+# On a subset of instances, $\mu$, $L$ (SDPs), $\mathbf w^*$ (QP) and $G$ (S-lemma SDPs) from cvxpy are
+# compared with the numpy fast path; the relative gap must stay below $10^{-5}$ (solver tolerance).
+# And Definitions 2 and 4 read globally: $G(R)/R \ge \mu$ on every ball $B(\mathbf w^*, R)$, so no finite
+# $G$ exists on $\mathbb R^d$.
+
+# %%
+#| exporti
+def _constant_rows(rng, n_certify):
+    gaps = []
+    for k in range(n_certify):
+        n, d = SHAPES[k % len(SHAPES)]
+        q = random_quadratics(n, d, _loguniform(rng, 0.05, 1, 1), _loguniform(rng, 1, 20, 1), batch=(1,), seed=rng)
+        ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
+        R = np.array([_loguniform(rng, 0.1, 5, 1)[0]])
+        G = max_grad_norm(q, ws, R)
+        mc, lc = certify_mu_L(q.H[0])
+        wc = certify_minimizer(q[0])
+        Gc = certify_max_grad_norm(q[0], ws[0], R[0])
+        gaps.append(max(abs(mc - m[0]) / m[0], abs(lc - l[0]) / l[0],
+                        np.linalg.norm(wc - ws[0]) / max(1.0, np.linalg.norm(ws[0])), abs(Gc - G[0]) / G[0]))
+    gaps = np.array(gaps)
+    rows = [make_row('Constants', 'cvxpy (SDP for mu, L; QP for w*; S-lemma SDP for G) vs numpy', gaps > 1e-5, 1e-5 - gaps,
+                     f'largest relative gap {gaps.max():.2e}; slack = 1e-5 - gap')]
+    q = random_quadratics(4, 3, 0.2, 5.0, batch=(16,), seed=rng)
+    ws, (m, _) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
+    ratios = np.stack([max_grad_norm(q, ws, np.full(16, R)) / R for R in np.logspace(0, 6, 7)])
+    rows.append(make_row('Definitions 2+4', 'mu-strongly convex and G-Lipschitz on all of R^d', ratios.min(0) < m,
+                         m - ratios.min(0), 'G(R)/R >= mu on every ball (R up to 1e6): no global G exists; '
+                         'G is read on a ball holding every point the proofs use', vacuous=True))
+    return rows
+
+
+# %%
+rows_c = _constant_rows(np.random.default_rng(0), 2)
+for r in rows_c: print(r)
