@@ -675,7 +675,9 @@ test_close(total, opt.last_stats['grad_norm'], eps=1e-5)
 # ### Gradient accumulation
 #
 # Accumulate **both** passes over the same micro-batches (each loss divided by their number): the ascent then
-# uses the gradient of the whole batch, and the step equals the one-batch step up to rounding.
+# uses the gradient of the whole batch, and the step equals the one-batch step up to rounding. Under DDP, run
+# every first-pass micro-batch inside `first_pass_no_sync(model)` and every second-pass one but the last inside
+# `model.no_sync()`, so that only the last backward all-reduces.
 
 # %%
 def accumulated_step(opt, chunks):
