@@ -35,7 +35,7 @@
 # | Theorem 11, Table 1 (SAM row) | **violated** at finite $T$ inside $\eta \le \eta_{SAM}$ (same causes: the negative factor when $\kappa \approx 1$ and $n$ is large, and the stochastic step); the $T\to\infty$ form **holds** on every instance |
 # | Remark 12 | the bound improves with $\rho$ only at fixed $G$; with $G$ certified on a ball that holds the ascent points it **grows** with $\rho$ |
 # | Lemmas 13, 14, Theorems 15, 18, Remark 16, Table 1 (StableSAM row) | **vacuous**: Assumptions 2 and 3 contradict each other (derivation below) |
-# | ... with Assumption 3 dropped | Lemma 13's factor and Theorem 15's bound are **violated**; corrected versions ($\gamma_0$ in the factor, bound $\times 1/\gamma_0$) **hold**, and the corrected bound is never below SAM's, so Remark 16's improvement does not follow |
+# | ... with Assumption 3 dropped | Lemmas 13-14's factor and Theorem 15's bound are **violated**; corrected versions ($\gamma_0$ in the factor, bound $\times 1/\gamma_0$) **hold**, and the corrected bound is never below SAM's, so Remark 16's improvement does not follow |
 # | Remark 19 | the comparisons of bounds **hold**, the clamp gives Assumption 2 with $\gamma_1^2 = \gamma_0$, but Assumption 3 stays infeasible with the certified $\mu$ |
 #
 # The full table is at the end of this page.
@@ -101,6 +101,17 @@ def counterexamples():
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w)
     out.append(dict(statement='Lemma 13', regime='Assumptions 1-2, Assumption 3 dropped', rows=(('Lemma 13', 'Assumptions 1-2'),), lhs=lhs, rhs=rhs,
                     instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, xi=rho/G, gamma_t=gamma0=gamma1={gam}, G={G:.4g}, eta={eta:.4g}'))
+    # Lemma 14 likewise: two examples c = 0 and c' = 0.1 with the same Hessian
+    cz, cz2 = 0.0, 0.1
+    G = _G1([w, v], C * rho, c=(cz, cz2))
+    xi = rho / G
+    eta = 0.1 * stablesam_lr_max(1.0, 1.0, rho, G, C, gam)
+    k = eta * gam * (1 + xi)
+    lhs = abs((v - k * (v - cz2)) - (w - k * (w - cz)))
+    rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w) + 2 * eta * gam * G
+    out.append(dict(statement='Lemma 14', regime='Assumptions 1-2, Assumption 3 dropped', rows=(('Lemma 14', 'Assumptions 1-2'),),
+                    lhs=lhs, rhs=rhs, instance=f"d=1, f=(w-c)^2/2 with c={cz} (S) and c'={cz2} (S'), w={w}, v={v}, rho={rho}, "
+                                               f"xi=rho/G, gamma_t=gamma0=gamma1={gam}, G={G:.4g}, eta={eta:.4g}"))
     # Theorems 10 and 17: one step of size eta = 1/L on f = w^2/2
     for stmt, stable in (('Theorem 10', False), ('Theorem 17', True)):
         w0, rho, eta = 1.0, 0.01, 1.0

@@ -50,6 +50,17 @@ def counterexamples():
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w)
     out.append(dict(statement='Lemma 13', regime='Assumptions 1-2, Assumption 3 dropped', rows=(('Lemma 13', 'Assumptions 1-2'),), lhs=lhs, rhs=rhs,
                     instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, xi=rho/G, gamma_t=gamma0=gamma1={gam}, G={G:.4g}, eta={eta:.4g}'))
+    # Lemma 14 likewise: two examples c = 0 and c' = 0.1 with the same Hessian
+    cz, cz2 = 0.0, 0.1
+    G = _G1([w, v], C * rho, c=(cz, cz2))
+    xi = rho / G
+    eta = 0.1 * stablesam_lr_max(1.0, 1.0, rho, G, C, gam)
+    k = eta * gam * (1 + xi)
+    lhs = abs((v - k * (v - cz2)) - (w - k * (w - cz)))
+    rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w) + 2 * eta * gam * G
+    out.append(dict(statement='Lemma 14', regime='Assumptions 1-2, Assumption 3 dropped', rows=(('Lemma 14', 'Assumptions 1-2'),),
+                    lhs=lhs, rhs=rhs, instance=f"d=1, f=(w-c)^2/2 with c={cz} (S) and c'={cz2} (S'), w={w}, v={v}, rho={rho}, "
+                                               f"xi=rho/G, gamma_t=gamma0=gamma1={gam}, G={G:.4g}, eta={eta:.4g}"))
     # Theorems 10 and 17: one step of size eta = 1/L on f = w^2/2
     for stmt, stable in (('Theorem 10', False), ('Theorem 17', True)):
         w0, rho, eta = 1.0, 0.01, 1.0
