@@ -244,13 +244,17 @@ def plot_contour(ax):
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title="(a) $f(x_1, x_2)$", aspect="equal")
 
 def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05, methods=("gd", "sam", "stablesam"),
-            seed=0, rates=None, progress=True, figsize=(10, 2.9)):
+            seed=0, rates=None, axs=None, threads=None, progress=True, figsize=(10, 2.9)):
     "Figure 4: contour plot of $f$ and success rate against learning rate, one panel per `rho`; returns `(figure, rates)`."
     import matplotlib.pyplot as plt
     if rates is None:
-        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, progress=progress)
+        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, threads=threads, progress=progress)
     rhos, lrs = rates["rhos"], rates["lrs"]
-    fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
+    if axs is None: fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
+    else:
+        axs = np.asarray(axs).ravel()
+        if axs.size != len(rhos) + 1: raise ValueError(f"Invalid axs: {axs.size} axes for {len(rhos)} rhos (need {len(rhos) + 1})")
+        fig = axs[0].figure
     plot_contour(axs[0])
     for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
         for m in (m for m in _STYLE if m in rates):

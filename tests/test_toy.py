@@ -130,3 +130,14 @@ def test_outcome_shares_sum_to_one():
     sh = outcome_shares(x1, x2)
     np.testing.assert_allclose(sum(sh[k] for k in OUTCOMES), 1.0)
     np.testing.assert_array_equal(sh["minimum"], reached_minimum(x1, x2).mean(1))
+
+
+def test_figure4_into_given_axes():
+    import matplotlib.pyplot as plt
+    rates = sweep(("gd", "sam"), (0.1,), [0.01, 0.1], n_starts=20, steps=20, progress=False)
+    fig, axs = plt.subplots(2, 1)
+    got, _ = figure4(rates=rates, axs=axs)
+    assert got is fig and axs[1].get_title().endswith("$\\rho = 0.1$")
+    with pytest.raises(ValueError, match="Invalid axs: 3 axes for 1 rhos"):
+        figure4(rates=rates, axs=plt.subplots(1, 3)[1])
+    plt.close("all")
