@@ -158,7 +158,7 @@ def table_markdown(rows):
     clean = [r for r in rows if not r['label_noise']]
     if clean:
         opts = [o for o in OPT_ORDER if any(r['optimizer'] == o for r in clean)]
-        bases = sorted({r['base'] for r in clean if r['optimizer'] == 'sgd'})
+        bases = sorted({r['base'] for r in clean if r['optimizer'] == 'sgd'}, key=lambda b: (b != 'sgd', b))
         label = lambda o: '/'.join({'sgd': 'SGD', 'adamw': 'AdamW'}.get(b, b) for b in bases) if o == 'sgd' and bases else OPT_LABELS[o]
         keys = list(dict.fromkeys((r['dataset'], r['model']) for r in clean))
         body = []

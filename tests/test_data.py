@@ -1,0 +1,99 @@
+"""Datasets through the real loading code on generated files: formats, label noise, subsets, errors."""
+import numpy as np
+import pytest
+import torch
+
+from stablesam.data import (EpochSampler, SeededAugment, get_datasets, noisy_labels, write_fake_cifar,
+                            write_fake_imagefolder, write_fake_mnist)
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp('data')
+    write_fake_mnist(r, n_train=200, n_test=50)
+    write_fake_cifar(r, n_train=1000, n_test=100)
+    write_fake_cifar(r, n_train=300, n_test=100, num_classes=100)
+    write_fake_imagefolder(r / 'imagenet', n_train=9, n_test=6, num_classes=3, image_size=40)
+    return r
+
+
+@pytest.mark.parametrize('frac', [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+def test_label_noise_exact_fraction(root, frac):
+    clean = get_datasets('cifar10', root, seed=5).train.targets
+    d = get_datasets('cifar10', root, label_noise=frac, seed=5)
+    assert (d.train.targets != clean).sum().item() == round(frac * 1000)
+    assert torch.equal(d.train.targets, get_datasets('cifar10', root, label_noise=frac, seed=5).train.targets)
+    assert torch.equal(d.test.targets, get_datasets('cifar10', root, seed=5).test.targets)  # test labels untouched
+    if 0 < frac < 1: assert not torch.equal(d.train.targets, get_datasets('cifar10', root, label_noise=frac, seed=6).train.targets)
+    # the label an item returns is the noisy one
+    i = int(torch.nonzero(d.train.targets != clean)[0]) if frac else 0
+    assert d.train[i][1] == int(d.train.targets[i])
+
+
+def test_label_noise_on_subset_and_odd_sizes():
+    y = torch.arange(7) % 3
+    assert (noisy_labels(y, 0.5, 3, seed=0) != y).sum().item() == round(3.5)
+    assert noisy_labels(y, 0.5, 3, seed=0).max() < 3
+
+
+def test_formats(root):
+    m = get_datasets('mnist', root)
+    assert (len(m.train), len(m.test), m.num_classes, m.in_channels, m.image_size) == (200, 50, 10, 1, 28)
+    assert tuple(m.train[0][0].shape) == (1, 28, 28)
+    c = get_datasets('cifar100', root)
+    assert (len(c.train), c.num_classes) == (300, 100)
+    im = get_datasets('imagenet', root / 'imagenet')
+    assert (len(im.train), len(im.test), im.num_classes) == (9, 6, 3)
+    assert tuple(im.train[0][0].shape) == tuple(im.test[0][0].shape) == (3, 224, 224)
+
+
+def test_augmentation_cifar_and_reproducible_seeding(root):
+    d = get_datasets('cifar10', root)
+    aug = SeededAugment(d.train, seed=0)
+    a, b = aug[(3, 0)][0], aug[(3, 0)][0]
+    assert torch.equal(a, b)
+    views = {aug[(3, e)][0].sum().item() for e in range(8)}  # crops/flips differ between epochs
+    assert len(views) > 1
+    plain = get_datasets('cifar10', root, augment=False).train
+    assert torch.equal(plain[3][0], plain[3][0])
+
+
+def test_subset_seeded(root):
+    a = get_datasets('cifar10', root, train_subset=100, seed=1).train
+    b = get_datasets('cifar10', root, train_subset=100, seed=1).train
+    assert len(a) == 100 and torch.equal(a.indices, b.indices)
+
+
+def test_sampler_shards_are_a_partition():
+    full = EpochSampler(10, seed=3).order()
+    shards = [EpochSampler(10, seed=3, rank=r, world_size=2).order() for r in range(2)]
+    assert torch.equal(torch.stack(shards, 1).flatten(), full)
+
+
+def test_missing_data_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / 'cifar-10-batches-py')):
+        get_datasets('cifar10', tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match='MNIST idx files'):
+        get_datasets('mnist', tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match='train/<class>'):
+        get_datasets('imagenet', tmp_path)
+
+
+def test_real_cifar_checksums_still_checked(root, tmp_path):
+    """Only folders marked by write_fake_cifar skip torchvision's MD5 check."""
+    write_fake_cifar(tmp_path, n_train=10, n_test=10)
+    (tmp_path / 'cifar-10-batches-py' / 'FAKE_DATA').unlink()
+    with pytest.raises(FileNotFoundError, match='cifar-10-batches-py'):
+        get_datasets('cifar10', tmp_path, download=False)
+
+
+@pytest.mark.parametrize('kw, msg', [(dict(name='svhn'), "Unknown dataset: 'svhn'"),
+                                     (dict(label_noise=1.5), 'Invalid label noise fraction: 1.5'),
+                                     (dict(label_noise=-0.1), 'Invalid label noise fraction: -0.1'),
+                                     (dict(train_subset=0), 'Invalid train_subset: 0')])
+def test_bad_input(root, kw, msg):
+    kw = dict(dict(name='cifar10'), **kw)
+    with pytest.raises(ValueError, match=msg.replace('(', r'\(')):
+        get_datasets(kw.pop('name'), root, **kw)
+    with pytest.raises(ValueError, match='num_classes'):
+        write_fake_cifar(root, num_classes=20)

@@ -1,0 +1,214 @@
+"""The training engine end to end: the CLI on generated MNIST/CIFAR files, exact resume after a kill,
+reproducibility, mixed precision, DDP with two gloo processes, and clear errors for bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablesam.data import write_fake_cifar, write_fake_mnist
+from stablesam.train import (Trainer, TrainConfig, comparable, load_checkpoint, main, read_metrics, save_checkpoint,
+                             sweep)
+
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp('data')
+    write_fake_mnist(r, n_train=256, n_test=128)
+    write_fake_cifar(r, n_train=128, n_test=64)
+    return r
+
+
+def cli(*args, check=True, timeout=300):
+    p = subprocess.run([sys.executable, '-c', 'import sys; from stablesam.train import main; sys.exit(main())', *map(str, args)],
+                       capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check: assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+MNIST = ['--dataset', 'mnist', '--model', 'fcn', '--batch-size', '64', '--lr', '0.05', '--label-smoothing', '0',
+         '--no-progress']
+
+
+def test_cli_mnist_end_to_end(root, tmp_path):
+    p = cli(*MNIST, '--data-root', root, '--optimizer', 'stablesam', '--epochs', '2', '--out', tmp_path / 'run')
+    assert 'done: 2 epochs' in p.stdout
+    cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert (cfg['optimizer'], cfg['epochs'], cfg['dataset']) == ('stablesam', 2, 'mnist')
+    assert cfg['versions']['torch'] == torch.__version__ and cfg['device'] == 'cpu'
+    ms = read_metrics(tmp_path / 'run')
+    assert [m['epoch'] for m in ms] == [1, 2]
+    for key in ('train_loss', 'train_acc', 'test_loss', 'test_acc', 'lr', 'time', 'renorm_factor', 'norm_ratio'):
+        assert all(math.isfinite(m[key]) for m in ms), key
+    assert ms[1]['train_loss'] < ms[0]['train_loss']
+    assert (tmp_path / 'run' / 'checkpoint.pt').exists()
+    assert not [f for f in (tmp_path / 'run').iterdir() if '.tmp' in f.name]
+
+
+def test_cli_cifar_quick_preset(root, tmp_path):
+    assert main(['--preset', 'cifar', '--optimizer', 'stableasam', '--data-root', str(root), '--quick',
+                 '--out', str(tmp_path / 'q'), '--no-progress']) == 0
+    cfg = json.loads((tmp_path / 'q' / 'config.json').read_text())
+    assert (cfg['model'], cfg['rho'], cfg['label_smoothing'], cfg['weight_decay'], cfg['epochs'], cfg['batch_size']) == \
+        ('resnet20', 0.5, 0.1, 5e-4, 1, 64)
+    assert len(read_metrics(tmp_path / 'q')) == 1
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as e: main(['--help'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for flag in ('--dataset', '--data-root', '--model', '--optimizer', '--rho', '--lr', '--epochs', '--batch-size',
+                 '--weight-decay', '--label-smoothing', '--label-noise', '--seed', '--out', '--resume', '--amp',
+                 '--preset', '--quick', '--sweep'):
+        assert flag in out, flag
+
+
+def test_sweep_prints_commands(capsys):
+    assert main(['--sweep', 'table4', '--seeds', '0', '--out', 'R']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 * 2 * 2 and all(l.startswith('stablesam-train --preset label-noise') for l in out)
+    assert len(sweep('table2', seeds=(0,))) == 2 * 5 * 21
+
+
+def test_resume_after_kill_matches_uninterrupted(root, tmp_path):
+    """SIGKILL a CLI run after its first checkpoint, resume it: the metrics equal an uninterrupted run's."""
+    args = [*MNIST, '--data-root', root, '--optimizer', 'sam', '--epochs', '3', '--schedule', 'cosine']
+    assert main([*map(str, args), '--out', str(tmp_path / 'full')]) == 0
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from stablesam.train import main; sys.exit(main())',
+                             *map(str, args), '--out', str(tmp_path / 'part')], env=ENV)
+    ckpt = tmp_path / 'part' / 'checkpoint.pt'
+    t0 = time.time()
+    while not ckpt.exists() and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert main([*map(str, args), '--out', str(tmp_path / 'part'), '--resume']) == 0
+    assert comparable(read_metrics(tmp_path / 'part')) == comparable(read_metrics(tmp_path / 'full'))
+
+
+def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path):
+    """ResNet-20 (BatchNorm, momentum, cosine schedule, random crops): stopped after epoch 1 and resumed = straight run."""
+    kw = dict(dataset='cifar10', data_root=str(root), model='resnet20', optimizer='stablesam', epochs=2, batch_size=32,
+              train_subset=64, test_subset=32, progress=False)
+    full = Trainer(TrainConfig(**kw)).fit()
+
+    class Kill:
+        def after_epoch(self, trainer, metrics):
+            if trainer.epoch == 2: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(**kw, out=str(tmp_path / 'r')), callbacks=[Kill()]).fit()
+    assert len(read_metrics(tmp_path / 'r')) == 1
+    resumed = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
+    assert comparable(resumed) == comparable(full)
+
+
+def test_same_seed_same_metrics_other_seed_differs(root):
+    kw = dict(dataset='mnist', data_root=str(root), model='lenet', optimizer='stablesam', epochs=1, batch_size=64,
+              progress=False)
+    a, b = (comparable(Trainer(TrainConfig(**kw)).fit()) for _ in range(2))
+    assert a == b
+    assert a != comparable(Trainer(TrainConfig(**kw, seed=1)).fit())
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_amp_on_cpu(root, amp):
+    t = Trainer(TrainConfig(dataset='mnist', data_root=str(root), model='fcn', optimizer='stablesam', epochs=1,
+                            batch_size=64, amp=amp, progress=False))
+    m = t.fit()[0]
+    assert (t.scaler is not None) == (amp == 'fp16')
+    assert math.isfinite(m['train_loss']) and math.isfinite(m['renorm_factor'])
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+from stablesam.train import Trainer, TrainConfig
+root, out = sys.argv[1:]
+kw = dict(dataset='mnist', data_root=root, model='fcn', batch_size=64, lr=0.05, label_smoothing=0.0, augment=False,
+          progress=False)
+Trainer(TrainConfig(**kw, optimizer='sgd', epochs=2, out=out + '/sgd')).fit()
+t = Trainer(TrainConfig(**kw, optimizer='stablesam', epochs=1, out=out + '/stable'))
+t.fit()
+flat = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+both = [torch.zeros_like(flat) for _ in range(2)]
+dist.all_gather(both, flat)
+if dist.get_rank() == 0: json.dump(dict(max_diff=(both[0] - both[1]).abs().max().item()), open(out + '/replicas.json', 'w'))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_two_gloo_processes(root, tmp_path):
+    """Under torchrun (2 gloo processes): SGD follows the single-process run with the same global batch (the
+    sharding, batch split and metric reduction are right); StableSAM (per-replica ascent) keeps replicas identical."""
+    script = tmp_path / 'ddp.py'
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script),
+           str(root), str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(ENV, STABLESAM_BACKEND='gloo'), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    single = Trainer(TrainConfig(dataset='mnist', data_root=str(root), model='fcn', batch_size=64, lr=0.05,
+                                 label_smoothing=0.0, augment=False, progress=False, optimizer='sgd', epochs=2)).fit()
+    ddp = read_metrics(tmp_path / 'sgd')
+    assert json.loads((tmp_path / 'sgd' / 'config.json').read_text())['world_size'] == 2
+    assert len(ddp) == 2
+    for a, b in zip(single, ddp):
+        for k in ('train_loss', 'train_acc', 'test_loss', 'test_acc'):
+            assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
+    m = read_metrics(tmp_path / 'stable')[0]
+    assert math.isfinite(m['renorm_factor']) and m['renorm_factor'] > 0
+    assert json.loads((tmp_path / 'replicas.json').read_text())['max_diff'] == 0
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--model', 'resnet21'], "Unknown model: 'resnet21' (choose from fcn, lenet"),
+    (['--optimizer', 'adam'], "Unknown optimizer: 'adam'"),
+    (['--dataset', 'svhn'], "Unknown dataset: 'svhn'"),
+    (['--lr', '-1'], 'Invalid lr: -1.0'),
+    (['--rho', 'nan'], 'Invalid rho: nan'),
+    (['--label-noise', '1.5'], 'Invalid label_noise: 1.5'),
+    (['--epochs', '0'], 'Invalid epochs: 0'),
+    (['--preset', 'cifar', '--batch-size', '0'], 'Invalid batch_size: 0'),
+])
+def test_bad_input(args, msg, capsys):
+    assert main([*args, '--no-progress']) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bad_number_syntax(capsys):
+    with pytest.raises(SystemExit) as e: main(['--lr', 'fast'])
+    assert e.value.code == 2 and "invalid lr: 'fast'" in capsys.readouterr().err
+
+
+def test_missing_data_error_names_folder(tmp_path, capsys):
+    assert main(['--dataset', 'cifar10', '--data-root', str(tmp_path), '--no-download', '--quick', '--no-progress']) == 2
+    assert str(tmp_path / 'cifar-10-batches-py') in capsys.readouterr().err
+
+
+def test_run_folder_errors(root, tmp_path, capsys):
+    args = [*MNIST, '--data-root', str(root), '--epochs', '1', '--train-subset', '64', '--out', str(tmp_path / 'r')]
+    assert main(args) == 0
+    assert main(args) == 2 and 'already holds a run' in capsys.readouterr().err
+    assert main([*args, '--resume', '--lr', '0.2']) == 2
+    assert 'lr: 0.05 in the checkpoint, 0.2 now' in capsys.readouterr().err
+    assert main([*args, '--resume']) == 0  # finished run: nothing to do
+    (tmp_path / 'r' / 'checkpoint.pt').write_bytes(b'garbage')
+    assert main([*args, '--resume']) == 2
+    assert f"Cannot read checkpoint {tmp_path / 'r' / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
+def test_checkpoint_is_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self): return (print, ('pwned',))
+    torch.save({'format': 'stablesam-checkpoint', 'x': Evil()}, tmp_path / 'evil.pt')
+    with pytest.raises(RuntimeError, match='Cannot read checkpoint'):
+        load_checkpoint(tmp_path / 'evil.pt')
+    save_checkpoint(tmp_path / 'ok.pt', {'format': 'other'})
+    with pytest.raises(RuntimeError, match='not a stablesam training checkpoint'):
+        load_checkpoint(tmp_path / 'ok.pt')
