@@ -202,6 +202,14 @@ assert rows5[0]['worst_slack'] < 1e-8   # equality is attained: the lemma is tig
 # a minimiser ascend in opposite directions: $\|\mathbf v_{t+1}-\mathbf w_{t+1}\| \approx 2\eta\lambda\rho$
 # however small $\|\mathbf v_t - \mathbf w_t\|$ is. Assumption 1's shared $\xi_t$ is what makes SAM
 # non-expansive.
+#
+# **Lemmas 13-14 without Assumption 3.** StableSAM's step is $\eta\gamma_t$, so the eigenvalues become
+# $1-\eta\gamma_t\lambda(1+\xi\lambda)$. The upper side is as above because
+# $\eta\gamma_t \le \eta\gamma_1 \le \eta_{\max}^{SAM}$, but the lower side only gives
+# $\eta\gamma_t\lambda(1+\xi\lambda) \ge \gamma_0\eta\mu(1+a)$: the factor is
+# $1-\gamma_0(1+a)\eta\mu L/(\mu+L)$, not the stated one without $\gamma$. (Assumption 3 was meant to
+# restore the lower side, and it cannot hold; see below.) Unrolling as in Theorem 8 multiplies
+# Theorem 15's bound by $1/\gamma_0$.
 
 # %%
 #| exporti
