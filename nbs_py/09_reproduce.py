@@ -11,7 +11,7 @@
 # download or a GPU. `stablesam-reproduce --quick --out DIR` runs three of the package's experiments on
 # embedded defaults and writes what they produce into `DIR`:
 #
-# 1. the numerical audit of Section 4 ([theory](01a_theory_audit.ipynb)) at CI size: `audit.md`;
+# 1. the numerical audit of Section 4 ([theory](01c_theory_audit.ipynb)) at CI size: `audit.md`;
 # 2. the toy experiment of Section 5.1 ([toy](02_toy.ipynb)), Figure 4 at reduced size: `figure4.png`;
 # 3. SGD, SAM and StableSAM trained by the [training engine](05_train.ipynb) on a small synthetic
 #    classification task (images written in the real MNIST file format, so the real loading code runs):

@@ -84,7 +84,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | paper | what | notebook | runs on |
 # |---|---|---|---|
 # | Algorithm 1, Remark 19 | SAM, StableSAM, ASAM, StableASAM, USAM, StableUSAM | [optim](00_optim.ipynb) | CPU |
-# | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb) | CPU |
+# | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb), [audit](01c_theory_audit.ipynb) | CPU |
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
 # | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN), GPU |
 # | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb) | GPU (quick on CPU) |
