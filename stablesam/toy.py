@@ -102,7 +102,7 @@ def _advance(x1, x2, lr, rho, n, kind, bufs):
         x1 -= g1; x2 -= g2
 
 # %% ../nbs/02_toy.ipynb #c40ed201
-def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, tick):
+def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, period, tick):
     "Final points (float64) of all runs `(x1_all, x2_all, lr_all)`, advanced on one conveyor belt."
     total = x1_all.size
     out1, out2 = np.empty(total), np.empty(total)
@@ -120,19 +120,20 @@ def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, tick):
                 x1, x2, lr = (np.concatenate([a, b[new].astype(dtype)]) for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all)))
             if idx.size == 0: break
             n = int(min(block, steps - age.max()))
-            if n >= 2:                 # keep the states one and two steps before the end of the block
-                _advance(x1, x2, lr, rho, n - 2, kind, bufs)
-                p1, p2 = x1.copy(), x2.copy()
+            p = min(period, n)         # keep the last p + 1 states of the block: s[0] (p steps back) ... s[p] = x
+            _advance(x1, x2, lr, rho, n - p, kind, bufs)
+            s1, s2 = np.empty((p + 1, x1.size), dtype), np.empty((p + 1, x1.size), dtype)
+            s1[0], s2[0] = x1, x2
+            for j in range(1, p + 1):
                 _advance(x1, x2, lr, rho, 1, kind, bufs)
-                q1, q2 = x1.copy(), x2.copy()
-                _advance(x1, x2, lr, rho, 1, kind, bufs)
-                cycle = (x1 == p1) & (x2 == p2)
-            else:
-                _advance(x1, x2, lr, rho, n, kind, bufs)
-                q1, q2, cycle = x1, x2, np.zeros(x1.size, bool)
+                s1[j], s2[j] = x1, x2
             age += n
-            odd = cycle & ((steps - age) % 2 == 1)   # on a 2-cycle: the final point is x or q
-            f1, f2 = np.where(odd, q1, x1), np.where(odd, q2, x2)
+            cyc = np.zeros(x1.size, np.int64)   # the smallest period c <= p with x == s[p - c], bit for bit
+            for c in range(p, 0, -1):
+                cyc[(s1[p - c] == x1) & (s2[p - c] == x2)] = c
+            cycle = cyc > 0
+            at = np.where(cycle, p - cyc + (steps - age) % np.maximum(cyc, 1), p)   # on a cycle: where it ends
+            f1, f2 = np.take_along_axis(s1, at[None], 0)[0], np.take_along_axis(s2, at[None], 0)[0]
             leave = (age >= steps) | cycle | ~(np.isfinite(x1) & np.isfinite(x2))
             out1[idx[leave]], out2[idx[leave]] = f1[leave], f2[leave]
             stay = ~leave
@@ -155,11 +156,13 @@ def default_threads():
     "Threads for the sweeps: the CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, bar=None):
-    "Final points `(x1, x2)`, each of shape `(len(lrs), len(starts))`, of `method` runs from every start with every learning rate."
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, period=2,
+                 bar=None):
+    "Final points `(x1, x2)`, each `(len(lrs), len(starts))`, of `method` runs from every start with every learning rate."
     kind = _check_method(method)
     starts, lrs = np.asarray(starts, np.float64).reshape(-1, 2), _check_run(lrs, rho, steps)
-    if block < 2 or width < 1: raise ValueError(f"Invalid block/width: {block}/{width} (need block >= 2, width >= 1)")
+    if not (1 <= period < block and width >= 1):
+        raise ValueError(f"Invalid block/width/period: {block}/{width}/{period} (need 1 <= period < block, width >= 1)")
     nl, ns = lrs.size, starts.shape[0]
     x1, x2, lr = np.tile(starts[:, 0], nl), np.tile(starts[:, 1], nl), np.repeat(lrs, ns)
     threads = max(1, min(threads or default_threads(), x1.size))
@@ -168,7 +171,7 @@ def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, thre
     def tick(k):
         if bar is not None and k:
             with lock: bar.update(k)
-    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rho, int(steps), dtype, block, width, tick)
+    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rho, int(steps), dtype, block, width, period, tick)
     if threads == 1: res = [belt(parts[0])]
     else:
         with ThreadPoolExecutor(threads) as ex: res = list(ex.map(belt, parts))
@@ -184,7 +187,7 @@ def sample_starts(n_starts, seed=0):
 
 def success_rates(method, lrs, rho, *, n_starts=10_000, steps=1000, tol=0.05, seed=0, dtype=np.float32,
                   threads=None, progress=True):
-    "Share of `n_starts` runs of `method` (uniform starts in $[-2,2]^2$) that end within `tol` of a global minimum, per learning rate."
+    "Per learning rate, the share of `n_starts` runs of `method` (starts uniform in $[-2,2]^2$) ending within `tol` of a minimum."
     _check_method(method)
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     starts, lrs = sample_starts(n_starts, seed), _check_run(lrs, rho, steps)
@@ -236,9 +239,9 @@ _STYLE = {"gd": ("GD", "k", "-"), "sam": ("SAM", "tab:red", "-"), "stablesam": (
 
 def plot_contour(ax):
     "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
-    g = np.linspace(-2, 2, 201)
+    g = np.linspace(-2, 2, 101)
     X1, X2 = np.meshgrid(g, g)
-    ax.contour(X1, X2, toy_loss(X1, X2), levels=np.linspace(-0.25, 3, 14), cmap="viridis", linewidths=0.8)
+    ax.contour(X1, X2, toy_loss(X1, X2), levels=np.linspace(-0.25, 3, 10), cmap="viridis", linewidths=0.8)
     ax.plot([1, -1], [1, -1], "k+", ms=10, mew=2)
     ax.plot(0, 0, "kx", ms=6)
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title="(a) $f(x_1, x_2)$", aspect="equal")
@@ -253,7 +256,8 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
     if axs is None: fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
     else:
         axs = np.asarray(axs).ravel()
-        if axs.size != len(rhos) + 1: raise ValueError(f"Invalid axs: {axs.size} axes for {len(rhos)} rhos (need {len(rhos) + 1})")
+        if axs.size != len(rhos) + 1:
+            raise ValueError(f"Invalid axs: {axs.size} axes for {len(rhos)} rhos (need {len(rhos) + 1})")
         fig = axs[0].figure
     plot_contour(axs[0])
     for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
@@ -272,37 +276,41 @@ def _se(p, n): return np.sqrt(np.maximum(p * (1 - p), 1 / n) / n)
 def claims(rates, large_lr=0.1, small_lr=0.01):
     "The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts with `claim`, `measured`, `verdict`."
     lrs, rhos, n = rates["lrs"], rates["rhos"], rates["n_starts"]
-    gd, sam, st = rates["gd"], rates["sam"], rates["stablesam"]
-    rows, big, small = [], lrs >= large_lr, lrs <= small_lr
-    best = np.maximum(sam, st)
-    worse = best - gd > 2 * np.sqrt(_se(gd, n) ** 2 + _se(best, n) ** 2)
-    txt = "; ".join(f"rho={r:g}: GD lower at {worse[i].sum()}/{lrs.size} lrs" +
-                    (f" (lr {lrs[worse[i]].min():.3g}-{lrs[worse[i]].max():.3g}, by up to {(best - gd)[i][worse[i]].max():.3f})" if worse[i].any() else "")
-                    for i, r in enumerate(rhos))
-    rows.append(dict(claim="GD always has the highest success rate", measured=txt,
-                     verdict="supported" if not worse.any() else "not at every lr"))
+    big, small = lrs >= large_lr, lrs <= small_lr
+    def above(a, b): return a - b > 2 * np.sqrt(_se(a, n) ** 2 + _se(b, n) ** 2)   # beyond noise
+    def span(x): return f"{x.min():.3f}-{x.max():.3f}"
+    gd_txt, gd_ok, sam_txt, sam_ok, st_txt, st_ok, rise_txt, rise_ok = [], [], [], [], [], [], [], []
+    for i, r in enumerate(rhos):
+        gd, sam, st = rates["gd"][i], rates["sam"][i], rates["stablesam"][i]
+        best = np.maximum(sam, st)
+        worse = above(best, gd)
+        gd_ok.append(not worse.any())
+        gd_txt.append(f"rho={r:g}: GD lower at {worse.sum()}/{lrs.size} lrs" + (
+            f" (lr {lrs[worse].min():.3g}-{lrs[worse].max():.3g}, by up to {(best - gd)[worse].max():.3f})" if worse.any() else ""))
+        if big.any():
+            peak, after = sam.max(), np.arange(lrs.size) >= np.argmax(sam)
+            below = after & (sam < peak / 2)
+            sam_ok.append(sam[big].mean() < peak / 2)
+            sam_txt.append(f"rho={r:g}: peak {peak:.3f}, mean over lr>={large_lr:g} {sam[big].mean():.3f}, below half its peak "
+                           + (f"from lr {lrs[below][0]:.3g}" if below.any() else "never"))
+            st_ok.append(np.ptp(st[big]) <= 0.05)
+            st_txt.append(f"rho={r:g}: {span(st[big])} (StableSAM) vs {span(sam[big])} (SAM)")
+        if small.sum() >= 2:
+            j, k = np.flatnonzero(small)[[0, -1]]
+            rise_ok += [above(c[k], c[j]) for c in ((gd,) if i == 0 else ()) + (sam, st)]
+            rise_txt.append((f"GD {gd[j]:.3f}->{gd[k]:.3f}; " if i == 0 else "") +
+                            f"rho={r:g}: SAM {sam[j]:.3f}->{sam[k]:.3f}, StableSAM {st[j]:.3f}->{st[k]:.3f}")
+    rows = [dict(claim="GD always has the highest success rate", measured="; ".join(gd_txt),
+                 verdict="supported" if all(gd_ok) else "not at every lr")]
     if big.any():
-        peak, tail = sam.max(1), sam[:, big].mean(1)
-        fall = [next((lrs[j] for j in range(int(np.argmax(sam[i])), lrs.size) if sam[i, j] < peak[i] / 2), None) for i in range(len(rhos))]
-        txt = "; ".join(f"rho={r:g}: peak {peak[i]:.3f}, mean over lr>={large_lr:g} {tail[i]:.3f}, below half its peak from lr "
-                        + (f"{fall[i]:.3g}" if fall[i] is not None else "never") for i, r in enumerate(rhos))
-        ok = tail < peak / 2
-        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})", measured=txt,
-                         verdict="supported" if ok.all() else ("for some rho" if ok.any() else "not supported")))
-        lo, hi = st[:, big].min(1), st[:, big].max(1)
-        txt = "; ".join(f"rho={r:g}: {lo[i]:.3f}-{hi[i]:.3f} (StableSAM) vs {sam[i, big].min():.3f}-{sam[i, big].max():.3f} (SAM)"
-                        for i, r in enumerate(rhos))
-        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})", measured=txt,
-                         verdict="supported" if (hi - lo <= 0.05).all() else "not supported"))
+        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})", measured="; ".join(sam_txt),
+                         verdict="supported" if all(sam_ok) else ("for some rho" if any(sam_ok) else "not supported")))
+        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})", measured="; ".join(st_txt),
+                         verdict="supported" if all(st_ok) else "not supported"))
     if small.sum() >= 2:
-        curves = [(m, i) for m in ("gd", "sam", "stablesam") for i in range(len(rhos))]
-        a, b = [rates[m][i][small][0] for m, i in curves], [rates[m][i][small][-1] for m, i in curves]
-        rise = [bb - aa > 2 * np.sqrt(_se(aa, n) ** 2 + _se(bb, n) ** 2) for aa, bb in zip(a, b)]
-        txt = (f"from lr {lrs[small][0]:.3g} to {lrs[small][-1]:.3g}: GD {a[0]:.3f}->{b[0]:.3f}; " +
-               "; ".join(f"rho={r:g}: SAM {a[len(rhos) + i]:.3f}->{b[len(rhos) + i]:.3f}, StableSAM {a[2 * len(rhos) + i]:.3f}->{b[2 * len(rhos) + i]:.3f}"
-                         for i, r in enumerate(rhos)))
-        rows.append(dict(claim="the success rate rises with lr for small lr, for every optimizer", measured=txt,
-                         verdict="supported" if all(rise) else "not for every curve"))
+        rows.append(dict(claim="the success rate rises with lr for small lr, for every optimizer",
+                         measured=f"from lr {lrs[small][0]:.3g} to {lrs[small][-1]:.3g}: " + "; ".join(rise_txt),
+                         verdict="supported" if all(rise_ok) else "not for every curve"))
     return rows
 
 def claims_markdown(rows):

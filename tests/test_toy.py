@@ -23,7 +23,7 @@ def test_belt_gives_the_plain_loops_bits(method, dtype, n, steps):
     starts, lrs = sample_starts(n, seed=3), [0.002, 0.04, 0.12, 0.3]
     want = _plain(method, starts, lrs, RHO[method], steps, dtype)
     fin = np.isfinite(want).all(-1)
-    for kw in (dict(threads=1), dict(threads=2, block=3, width=5), dict(threads=3, block=8, width=64)):
+    for kw in (dict(threads=1), dict(threads=2, block=3, width=5), dict(threads=3, block=8, width=64, period=5)):
         got = np.stack(final_points(method, starts, lrs, RHO[method], steps, dtype=dtype, **kw), -1)
         np.testing.assert_array_equal(np.isfinite(got).all(-1), fin)
         np.testing.assert_array_equal(got[fin], want[fin])
@@ -54,11 +54,21 @@ def test_deterministic_and_independent_of_threads():
     assert not np.array_equal(r[0], success_rates("stablesam", lrs, 0.5, n_starts=300, steps=200, seed=1, progress=False))
 
 
-@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 7])
 def test_few_steps(steps):
     starts = np.array([[1.0, 1.0], [1.5, -0.5], [-1.02, -1.0]])
-    got = np.stack(final_points("sam", starts, [0.1], 0.2, steps, dtype=np.float64), -1)[0]
-    np.testing.assert_array_equal(got, [plain_run("sam", s, 0.1, 0.2, steps) for s in starts])
+    for period in (1, 2, 4):
+        got = np.stack(final_points("sam", starts, [0.1], 0.2, steps, dtype=np.float64, block=5, period=period), -1)[0]
+        np.testing.assert_array_equal(got, [plain_run("sam", s, 0.1, 0.2, steps) for s in starts])
+
+
+def test_cycles_leave_with_the_right_final_point():
+    "Runs on long exact cycles (SAM, rho = 0.2, large lr) leave early and still end where the plain loop ends."
+    starts, lrs = sample_starts(30, seed=7), [0.05, 0.3]
+    for steps in (600, 601, 603):
+        want = _plain("sam", starts, lrs, 0.2, steps, np.float32)
+        got = np.stack(final_points("sam", starts, lrs, 0.2, steps, period=16, block=20), -1)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_overflow_is_silent_failure():
@@ -85,7 +95,8 @@ def test_zero_gradient_means_no_perturbation():
     (lambda: success_rates("sam", [0.1], 0.1, steps=2.5), "Invalid steps: 2.5"),
     (lambda: success_rates("sam", [0.1], 0.1, tol=-0.1), "Invalid tol: -0.1"),
     (lambda: success_rates("sam", [0.1], 0.1, n_starts=0), "Invalid n_starts: 0"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width: 1/16384"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width/period: 1/16384/2"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, period=0), "Invalid block/width/period: 32/16384/0"),
     (lambda: sweep(("gd", "lion"), (0.1,), [0.1]), "Invalid method: 'lion'"),
 ])
 def test_bad_input(call, msg):
