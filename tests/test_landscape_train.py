@@ -5,15 +5,7 @@ import torch
 from stablesam.data import write_fake_cifar
 from stablesam.landscape import HESSIAN_PROBE, STEP_STATS, HessianProbe, StepStats, read_jsonl
 from stablesam.train import TrainConfig, Trainer, comparable
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one CPU thread is fastest (and fair to a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_landscape import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 
 @pytest.fixture(scope='module')
