@@ -300,6 +300,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.model = model.to(self.device)
+        if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
         self.net = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
@@ -448,7 +449,7 @@ class Trainer:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             dev = torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else platform.processor() or 'cpu'
-            write_json(self.out / 'config.json', dict(self.cfg.to_dict(), versions=_versions(), device=str(self.device),
+            write_json(self.out / 'config.json', dict(self.cfg.to_dict(), versions=_versions(), device_used=str(self.device),
                                                       device_name=dev, world_size=self.world_size, command=sys.argv))
 
     def _save(self):
@@ -511,8 +512,8 @@ def comparable(history):
 
 
 # %%
-cifar = dict(dataset='cifar10', data_root=str(root), model='resnet20', optimizer='stablesam', epochs=3, batch_size=64,
-             train_subset=128, progress=False)
+cifar = dict(dataset='cifar10', data_root=str(root), model='resnet20', optimizer='stablesam', epochs=3, batch_size=32,
+             train_subset=64, test_subset=64, progress=False)
 full = Trainer(TrainConfig(**cifar, out=str(root / 'full'))).fit()
 class Kill:
     def after_epoch(self, trainer, metrics):

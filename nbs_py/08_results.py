@@ -74,7 +74,7 @@ def load_runs(runs_dir):
 #| export
 _CELL = ('dataset', 'model', 'label_noise', 'optimizer')
 _IGNORED = ('seed', 'rho', 'out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'versions',
-            'device_name', 'world_size', 'command', 'amp')
+            'device_name', 'device_used', 'world_size', 'command', 'amp')
 
 def _mean_std(xs):
     m = sum(xs) / len(xs)

@@ -43,7 +43,7 @@ def test_cli_mnist_end_to_end(root, tmp_path):
     assert 'done: 2 epochs' in p.stdout
     cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
     assert (cfg['optimizer'], cfg['epochs'], cfg['dataset']) == ('stablesam', 2, 'mnist')
-    assert cfg['versions']['torch'] == torch.__version__ and cfg['device'] == 'cpu'
+    assert cfg['versions']['torch'] == torch.__version__ and cfg['device_used'] == 'cpu'
     ms = read_metrics(tmp_path / 'run')
     assert [m['epoch'] for m in ms] == [1, 2]
     for key in ('train_loss', 'train_acc', 'test_loss', 'test_acc', 'lr', 'time', 'renorm_factor', 'norm_ratio'):
@@ -107,6 +107,13 @@ def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path):
     assert len(read_metrics(tmp_path / 'r')) == 1
     resumed = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
     assert comparable(resumed) == comparable(full)
+
+
+def test_loader_workers_do_not_change_results(root):
+    """Persistent worker processes draw the same augmentation as the main process (seeded per example)."""
+    kw = dict(dataset='cifar10', data_root=str(root), model='lenet', optimizer='sgd', epochs=2, batch_size=32,
+              train_subset=64, test_subset=32, progress=False)
+    assert comparable(Trainer(TrainConfig(**kw, workers=0)).fit()) == comparable(Trainer(TrainConfig(**kw, workers=2)).fit())
 
 
 def test_same_seed_same_metrics_other_seed_differs(root):
