@@ -806,11 +806,13 @@ test_close(ours, theirs, eps=1e-4 * abs(theirs)); assert cos > 0.999
 #   tolerances): eigenvalue 38.42977 vs 38.42967, relative difference 2.7e-6, $|\cos(\mathbf{e}_1,
 #   \mathbf{e}_1^{PyHessian})| = 1.000000$.
 # - **Cost.** One Hessian-vector product inside the power iteration (double backward on the retained
-#   gradient graph) costs 2.22x a gradient evaluation (ResNet-20, batch 32, CPU, median of 5
-#   interleaved rounds; `python benchmarks/hvp_cost.py`), within the 2.5x target; a standalone
-#   product that also rebuilds the gradient graph costs 4.3x. The recorder adds no host
-#   synchronisation per step (checked with CUDA's sync debug mode in the GPU cell) and one copy per
-#   epoch.
+#   gradient graph) costs about 2.5x a gradient evaluation on a CPU: medians of interleaved rounds
+#   2.22x (ResNet-20, batch 32, 5 rounds), 2.53x (batch 32, 7 rounds) and 2.53x (batch 64, 9 rounds)
+#   with `python benchmarks/hvp_cost.py --threads 1` on a shared 2-core machine, so at the edge of the
+#   2.5x target; a standalone product that also rebuilds the gradient graph costs 4.2-4.5x, and
+#   forward-over-reverse (`torch.func.jvp` of `torch.func.grad`) 5.7x, so the retained graph is the
+#   cheapest of the three. The recorder adds no host synchronisation per step (checked with CUDA's
+#   sync debug mode in the GPU cell) and one copy per epoch.
 # - **Limits.** Power iteration finds the eigenvalue of largest *magnitude*, as PyHessian's does:
 #   with a $\pm\lambda$ pair (random data at initialisation) it converges slowly and warns when
 #   `iters` run out. A BatchNorm network at initialisation has running statistics that do not match
