@@ -22,14 +22,15 @@
 # these choices change.
 #
 # Full size is $3\ \rho \times 3$ methods $\times 100$ learning rates $\times 10{,}000$ starts
-# $\times 1000$ steps $= 9\cdot 10^9$ trajectory-steps. `success_rates` runs all the (start, learning
-# rate) pairs of a sweep as one float32 array per coordinate on a "conveyor belt": every 32 steps, runs
-# that overflowed, finished, or provably stopped moving (they sit on a fixed point or a 2-cycle of the
-# floating-point update, bit for bit) leave the belt and new runs take their places, so the arrays stay
-# full and small enough for the CPU cache; two threads run two belts. Every decision it makes is exact
-# for the arithmetic it uses: the float64 belt gives bit-identical final points to a plain Python loop,
-# and the float32 one agrees with float64 everywhere except where SAM's dynamics are chaotic (checked below
-# and in `benchmarks/toy_sweep.py`).
+# $\times 1000$ steps $= 9\cdot 10^9$ trajectory-steps (GD does not depend on $\rho$: $7 \cdot 10^9$ to
+# compute). `final_points` runs all the (start, learning rate, $\rho$) runs of a method as one float32
+# array per coordinate on a "conveyor belt": every 32 steps, runs that overflowed, finished, or provably
+# stopped moving (they sit on a fixed point or a 2-cycle of the floating-point update, bit for bit) leave
+# the belt and new runs take their places, so the arrays stay full and small enough for the CPU cache; two
+# threads run two belts. Every decision it makes is exact for the arithmetic it uses: the float64 belt
+# gives bit-identical final points to a plain Python loop, and the float32 one agrees with float64
+# everywhere except where SAM's dynamics are chaotic (checked below, in `tests/test_toy.py` and in
+# `benchmarks/toy_sweep.py`).
 
 # %%
 #| hide
@@ -182,11 +183,11 @@ test_eq(reached_minimum([1., -1.04, 0., np.inf, np.nan], [1.03, -1., 0., 1., 1.]
 # %%
 #| exporti
 def _advance(x1, x2, lr, rho, n, kind, bufs):
-    "Advance the runs `(x1, x2)` with learning rates `lr` by `n` steps of `kind` in place."
+    "Advance the runs `(x1, x2)` with learning rates `lr` and radii `rho` (arrays) by `n` steps of `kind` in place."
     ascent, normalize, stable = kind
     m = x1.size
     g1, g2, gn, a1, a2 = (b[:m] for b in bufs)
-    rho, eps = x1.dtype.type(rho), x1.dtype.type(EPS)
+    eps = x1.dtype.type(EPS)
     for _ in range(n):
         np.multiply(x1, x1, out=g1); g1 *= x1; g1 -= x2              # g = grad f(x)
         np.subtract(x2, x1, out=g2)
@@ -211,13 +212,13 @@ def _advance(x1, x2, lr, rho, n, kind, bufs):
 
 # %%
 #| exporti
-def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, period, tick):
-    "Final points (float64) of all runs `(x1_all, x2_all, lr_all)`, advanced on one conveyor belt."
+def _belt(kind, x1_all, x2_all, lr_all, rho_all, steps, dtype, block, width, period, tick):
+    "Final points (float64) of all runs `(x1_all, x2_all, lr_all, rho_all)`, advanced on one conveyor belt."
     total = x1_all.size
     out1, out2 = np.empty(total), np.empty(total)
     bufs = [np.empty(width, dtype) for _ in range(5)]
     idx, age = np.empty(0, np.int64), np.empty(0, np.int64)
-    x1, x2, lr = (np.empty(0, dtype) for _ in range(3))
+    x1, x2, lr, rho = (np.empty(0, dtype) for _ in range(4))
     nxt = 0
     with np.errstate(all="ignore"):   # per thread: overflow is an outcome here, not a warning
         while True:
@@ -226,7 +227,8 @@ def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, period,
                 new = slice(nxt, nxt + k); nxt += k
                 idx = np.concatenate([idx, np.arange(new.start, new.stop)])
                 age = np.concatenate([age, np.zeros(k, np.int64)])
-                x1, x2, lr = (np.concatenate([a, b[new].astype(dtype)]) for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all)))
+                x1, x2, lr, rho = (np.concatenate([a, b[new].astype(dtype)])
+                                   for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all), (rho, rho_all)))
             if idx.size == 0: break
             n = int(min(block, steps - age.max()))
             p = min(period, n)         # keep the last p + 1 states of the block: s[0] (p steps back) ... s[p] = x
@@ -246,7 +248,7 @@ def _belt(kind, x1_all, x2_all, lr_all, rho, steps, dtype, block, width, period,
             leave = (age >= steps) | cycle | ~(np.isfinite(x1) & np.isfinite(x2))
             out1[idx[leave]], out2[idx[leave]] = f1[leave], f2[leave]
             stay = ~leave
-            idx, age, x1, x2, lr = idx[stay], age[stay], x1[stay], x2[stay], lr[stay]
+            idx, age, x1, x2, lr, rho = idx[stay], age[stay], x1[stay], x2[stay], lr[stay], rho[stay]
             tick(int(leave.sum()))
     return out1, out2
 
@@ -271,26 +273,30 @@ def default_threads():
 
 def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, period=2,
                  bar=None):
-    "Final points `(x1, x2)`, each `(len(lrs), len(starts))`, of `method` runs from every start with every learning rate."
+    "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
     kind = _check_method(method)
-    starts, lrs = np.asarray(starts, np.float64).reshape(-1, 2), _check_run(lrs, rho, steps)
+    rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one belt for all, a leading axis
+    shape = () if rhos.ndim == 0 else (rhos.size,)
+    starts, rhos = np.asarray(starts, np.float64).reshape(-1, 2), rhos.reshape(-1)
+    lrs = [_check_run(lrs, float(r), steps) for r in rhos][0]
     if not (1 <= period < block and width >= 1):
         raise ValueError(f"Invalid block/width/period: {block}/{width}/{period} (need 1 <= period < block, width >= 1)")
-    nl, ns = lrs.size, starts.shape[0]
-    x1, x2, lr = np.tile(starts[:, 0], nl), np.tile(starts[:, 1], nl), np.repeat(lrs, ns)
+    nr, nl, ns = rhos.size, lrs.size, starts.shape[0]
+    x1, x2 = np.tile(starts[:, 0], nr * nl), np.tile(starts[:, 1], nr * nl)
+    lr, rr = np.tile(np.repeat(lrs, ns), nr), np.repeat(rhos, nl * ns)
     threads = max(1, min(threads or default_threads(), x1.size))
     parts = [np.arange(i, x1.size, threads) for i in range(threads)]   # interleaved: equal work per thread
     lock = threading.Lock()
     def tick(k):
         if bar is not None and k:
             with lock: bar.update(k)
-    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rho, int(steps), dtype, block, width, period, tick)
+    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rr[p], int(steps), dtype, block, width, period, tick)
     if threads == 1: res = [belt(parts[0])]
     else:
         with ThreadPoolExecutor(threads) as ex: res = list(ex.map(belt, parts))
     o1, o2 = np.empty(x1.size), np.empty(x1.size)
     for p, (a, b) in zip(parts, res): o1[p], o2[p] = a, b
-    return o1.reshape(nl, ns), o2.reshape(nl, ns)
+    return o1.reshape(shape + (nl, ns)), o2.reshape(shape + (nl, ns))
 
 
 # %% [markdown]
@@ -398,16 +404,14 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     rhos = tuple(float(r) for r in rhos)
     lrs = [_check_run(paper_lrs() if lrs is None else lrs, r, steps) for r in rhos][0]
-    jobs = [(m, i, r) for m in methods for i, r in enumerate(rhos[:1] if m == "gd" else rhos)]
     starts = sample_starts(n_starts, seed)
     out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
-    with tqdm(total=len(jobs) * lrs.size * starts.shape[0], desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
-        for m, i, r in jobs:
-            bar.set_postfix_str(f"{m} rho={r:g}")
-            rate = reached_minimum(*final_points(m, starts, lrs, r, steps, dtype=dtype, threads=threads, bar=bar), tol).mean(1)
-            if m not in out: out[m] = np.empty((len(rhos), lrs.size))
-            if m == "gd": out[m][:] = rate        # the same curve in every panel
-            else: out[m][i] = rate
+    total = sum(lrs.size * starts.shape[0] * (1 if m == "gd" else len(rhos)) for m in methods)
+    with tqdm(total=total, desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
+        for m in methods:             # all radii of a method on one belt; GD once, the same curve in every panel
+            bar.set_postfix_str(m)
+            x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads, bar=bar)
+            out[m] = np.broadcast_to(reached_minimum(x1, x2, tol).mean(-1), (len(rhos), lrs.size)).copy()
     return out
 
 

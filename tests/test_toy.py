@@ -152,3 +152,12 @@ def test_figure4_into_given_axes():
     with pytest.raises(ValueError, match="Invalid axs: 3 axes for 1 rhos"):
         figure4(rates=rates, axs=plt.subplots(1, 3)[1])
     plt.close("all")
+
+
+def test_several_radii_on_one_belt_equal_separate_runs():
+    starts, lrs, rhos = sample_starts(50, seed=2), [0.01, 0.1, 0.3], [0.05, 0.5]
+    for m in ("sam", "stableusam"):
+        together = np.stack(final_points(m, starts, lrs, rhos, 300), -1)
+        assert together.shape == (2, 3, 50, 2)
+        for i, r in enumerate(rhos):
+            np.testing.assert_array_equal(together[i], np.stack(final_points(m, starts, lrs, r, 300), -1))
