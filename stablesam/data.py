@@ -208,6 +208,9 @@ def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augm
     ttrain, ttest = get_transforms(name, True, augment), get_transforms(name, False)
     if name == 'imagenet':
         train, test = _imagefolder(root, 'train', ttrain), _imagefolder(root, 'val', ttest)
+        if train.class_to_idx != test.class_to_idx:
+            raise ValueError(f"ImageNet folders disagree: {root / 'train'} has {len(train.classes)} classes, "
+                             f"{root / 'val'} has {len(test.classes)} (val must be sorted into the same class folders)")
         num_classes, in_channels, size = len(train.classes), 3, 224
     else:
         train = _torchvision(name, root, True, ttrain, download)
