@@ -1,7 +1,8 @@
 """Sync a notebook from its nbs_py/ script, execute it in a fresh kernel to store outputs, clean it.
 
 Usage: python tools/run_nb.py nbs_py/00_optim.py [more ...]   (or the .ipynb paths)
-Cells flagged with a test flag (settings.ini tst_flags) are executed too unless --skip-flagged.
+Cells flagged with a test flag (settings.ini tst_flags: long GPU/CPU runs) are not executed unless
+--run-flagged is given; a skipped flagged cell keeps the outputs it had stored, if its source is unchanged.
 """
 import argparse
 import os
@@ -46,10 +47,12 @@ def run(nb_path: Path, skip_flagged: bool, timeout: int) -> None:
     t0 = time.time()
     NotebookClient(nb, timeout=timeout, kernel_name='python3',
                    resources={'metadata': {'path': str(nb_path.parent)}}).execute()
+    stored = {c.source: c for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == 'code'}
     for i, src in skipped:
+        old = stored.get(src)
         nb.cells[i].source = src
-        nb.cells[i].outputs = []
-        nb.cells[i].execution_count = None
+        nb.cells[i].outputs = old.outputs if old is not None else []
+        nb.cells[i].execution_count = old.execution_count if old is not None else None
     nbformat.write(nb, nb_path)
     print(f'{nb_path.relative_to(ROOT)} executed in {time.time() - t0:.1f}s')
 
@@ -58,9 +61,8 @@ def main() -> None:
     """Parse arguments and sync, run and clean each notebook."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('paths', nargs='+', type=Path)
-    ap.add_argument('--skip-flagged', action='store_true', default=True,
-                    help='do not run cells flagged notest/slow/gpu (default)')
-    ap.add_argument('--run-flagged', dest='skip_flagged', action='store_false')
+    ap.add_argument('--run-flagged', dest='skip_flagged', action='store_false', default=True,
+                    help='also run the cells flagged notest/slow/gpu (by default they keep their stored outputs)')
     ap.add_argument('--timeout', type=int, default=1800, help='per-cell timeout in seconds')
     args = ap.parse_args()
     for p in args.paths:
