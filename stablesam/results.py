@@ -132,6 +132,7 @@ def table_csv(rows):
 def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
     """One panel per (dataset, model, label noise): `metric` per epoch, mean over seeds, per optimizer at its chosen rho."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     rows = rows if rows is not None else summarize(runs)
     panels = list(dict.fromkeys((r['dataset'], r['model'], r['label_noise']) for r in rows))[:max_panels]
     fig, axs = plt.subplots(1, max(1, len(panels)), figsize=(min(10, 3.4 * max(1, len(panels))), 3), squeeze=False)
@@ -146,6 +147,7 @@ def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
             ax.plot(range(1, n + 1), ys, label=lab)
         ax.set_title(f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(model, model)}" + (f", {100 * noise:g}% noise" if noise else ''), fontsize=9)
         ax.set_xlabel('epoch'); ax.set_ylabel(metric); ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
@@ -171,9 +173,7 @@ def main(argv=None):
     md = table_markdown(rows)
     (out / 'results.md').write_text(md + '\n'); (out / 'results.csv').write_text(table_csv(rows))
     if not args.no_figure:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # headless: matplotlib falls back to the Agg backend by itself
         fig = plot_curves(runs, rows=rows); fig.savefig(out / 'curves.png', dpi=100); plt.close(fig)
     print(md)
     print(f"\n{len(runs)} runs, {len(rows)} cells; wrote {out / 'results.md'}, {out / 'results.csv'}"
