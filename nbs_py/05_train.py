@@ -680,12 +680,12 @@ _HELP = dict(
 def build_parser():
     """The argument parser of `stablesam-train`."""
     ap = argparse.ArgumentParser(prog='stablesam-train', description='Train an image classifier with SGD or a SAM '
-        'variant (StableSAM: Algorithm 1 of the paper), writing a run folder.', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        'variant (StableSAM: Algorithm 1 of the paper), writing a run folder.')
     ap.add_argument('--preset', choices=list(PRESETS), default=None,
                     help='the paper\'s hyperparameters: ' + '; '.join(f"{k}: {v['help']}" for k, v in PRESETS.items()))
     ap.add_argument('--sweep', choices=TABLES, default=None, help='print the commands of a table\'s runs (--seeds, --out '
                     'as the runs folder, --data-root) one a line, and exit')
-    ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds of --sweep')
+    ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds of --sweep (default: 0 1 2)')
     for f in dataclasses.fields(TrainConfig):
         flag = '--' + f.name.replace('_', '-')
         if f.type is bool:
