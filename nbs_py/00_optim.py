@@ -11,6 +11,9 @@
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 import matplotlib.pyplot as plt
+
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 
 # %% [markdown]

@@ -44,6 +44,10 @@
 #| hide
 from fastcore.test import *
 import matplotlib.pyplot as plt
+from IPython.display import Markdown
+
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 
 # %%
@@ -391,7 +395,6 @@ test_eq(st('Theorem 10', 'corrected'), 'holds')
 print(f'{len(rows)} rows in {ci_seconds:.1f}s')
 
 # %%
-from IPython.display import Markdown
 Markdown(audit_table(rows))
 
 # %%

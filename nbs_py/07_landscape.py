@@ -35,6 +35,9 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
+
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 torch.set_num_threads(1)   # the quick runs below are tiny; one thread is fastest on a shared CI machine
 
@@ -178,6 +181,9 @@ def top_hessian_eig(loss_fn, params, iters=100, tol=1e-4, seed=0):
 #| hide
 from torch.func import functional_call
 
+
+# %%
+#| hide
 def exact_hessian(model, loss_of_output):
     "The exact Hessian of `loss_of_output(model(...))` in the flattened parameters of `model` (small models only)."
     names, shapes = zip(*[(n, p.shape) for n, p in model.named_parameters()])
@@ -674,6 +680,8 @@ def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
 # %%
 from stablesam.data import write_fake_cifar
 from stablesam.train import preset_config, read_metrics
+
+# %%
 quick_root = Path(tempfile.mkdtemp())
 write_fake_cifar(quick_root / 'data', n_train=384, n_test=64, num_classes=100)
 quick = dict(dataset='cifar100', data_root=str(quick_root / 'data'), model='lenet', epochs=6, batch_size=16, lr=0.1,
@@ -747,6 +755,7 @@ ax.set_title('Figure 2: ResNet-20, CIFAR-100, SGD', fontsize=10); plt.tight_layo
 
 # %%
 #| gpu
+#| eval: false
 from stablesam.optim import SAM
 net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3)).cuda()
 opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, track_alignment=True)
@@ -773,6 +782,7 @@ test_eq(len(gpu_rec.history[0]['alignment']), 5)
 
 # %%
 #| notest
+#| eval: false
 from pyhessian import hessian as PyHessian
 from stablesam.data import get_datasets
 from stablesam.models import get_model

@@ -36,11 +36,12 @@ from pathlib import Path
 # %%
 #| hide
 import tempfile
-
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq
 from IPython.display import Image, display
 
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 
 # %% [markdown]
