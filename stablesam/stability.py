@@ -6,7 +6,7 @@
 __all__ = ['PANELS', 'COLORS', 'SCHEDULES', 'DEFAULT_MODELS', 'Neighbours', 'neighbouring_indices', 'neighbouring_subsets',
            'param_distance', 'stability_record', 'append_jsonl', 'read_jsonl', 'curves', 'plot_stability', 'summarize',
            'format_summary', 'stability_config', 'train_pair', 'in_memory', 'load_stability_data', 'check_run',
-           'run_stability', 'stability_parser', 'main']
+           'run_stability', 'stability_parser', 'main', 'verdict']
 
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
@@ -279,3 +279,23 @@ def main(argv=None) -> dict:
     print(table)
     print(f"wrote {out / 'stability.jsonl'}, {out / 'stability.png'}, {out / 'summary.md'}")
     return summary
+
+# %% ../nbs/06_stability.ipynb #bb72e014
+def verdict(results: dict) -> dict:
+    "Counts over settings (`results`: setting -> records) of the paper's reading at the last epoch."
+    out = dict(settings=len(results), sgd_farthest=0, stablesam_closest=0, stablesam_below_sam=0,
+               paired_seeds=0, paired_stablesam_below_sam=0, corr=[])
+    for recs in results.values():
+        sm = summarize(recs)
+        d = {o: s['param_distance_mean'] for o, s in sm.items()}
+        if {'sgd', 'sam', 'stablesam'} <= set(d):
+            out['sgd_farthest'] += d['sgd'] == max(d.values())
+            out['stablesam_closest'] += d['stablesam'] == min(d.values())
+            out['stablesam_below_sam'] += d['stablesam'] < d['sam']
+            last = {(r['optimizer'], r['seed']): r['param_distance'] for r in recs if r['epoch'] == sm['sam']['epoch']}
+            seeds = sorted({s for o, s in last if o == 'sam'} & {s for o, s in last if o == 'stablesam'})
+            out['paired_seeds'] += len(seeds)
+            out['paired_stablesam_below_sam'] += sum(last['stablesam', s] < last['sam', s] for s in seeds)
+        trained = [r for r in recs if r['epoch'] > 0]
+        out['corr'].append(float(np.corrcoef([r['param_distance'] for r in trained], [r['gen_error'] for r in trained])[0, 1]))
+    return out

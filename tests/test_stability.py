@@ -12,6 +12,15 @@ from stablesam.stability import (Neighbours, check_run, main, neighbouring_indic
                                  read_jsonl, stability_config, summarize, train_pair)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """The tiny models here run fastest on one thread (and CI's two cores are shared); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize('n', [2, 3, 17, 1000])
 def test_neighbouring_indices(n):
     for seed in range(10):
