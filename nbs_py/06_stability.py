@@ -25,6 +25,7 @@
 
 # %%
 #| hide
+import copy
 import tempfile
 from pathlib import Path
 
@@ -38,7 +39,6 @@ torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI
 # %%
 #| export
 import argparse
-import copy
 import dataclasses
 import json
 import math

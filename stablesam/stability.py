@@ -10,7 +10,6 @@ __all__ = ['PANELS', 'COLORS', 'SCHEDULES', 'DEFAULT_MODELS', 'Neighbours', 'nei
 
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
-import copy
 import dataclasses
 import json
 import math
