@@ -479,7 +479,8 @@ class Trainer:
 
 # %% [markdown]
 # A quick run: FCN on a small fake MNIST with StableSAM, no label smoothing, constant learning rate.
-# It learns, it records the renormalization factor, and the same seed gives the same metrics.
+# It learns, it records the renormalization factor, and the same seed gives the same metrics (on a CPU,
+# with the same number of threads: the thread count changes the order of floating-point sums).
 
 # %%
 from stablesam.data import write_fake_mnist, write_fake_cifar

@@ -19,6 +19,15 @@ from stablesam.train import (Trainer, TrainConfig, comparable, load_checkpoint, 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Float results on CPU depend on the thread count: in-process runs use one thread, like the subprocesses."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def root(tmp_path_factory):
     r = tmp_path_factory.mktemp('data')
