@@ -335,7 +335,7 @@ print(format_summary(sm))
 # | `cosine` | cosine decay | 0 | Figure 7 |
 #
 # The paper does not state the learning rate, batch size or $\rho$ of this experiment; our defaults
-# are lr 0.01, batch 128, $\rho = 0.05$ (the paper's CIFAR value), all settable.
+# are lr 0.01, batch 128, $\rho = 0.05$ (the value of the paper's Tables 3 and 4 for SAM), all settable.
 
 # %%
 #| export
