@@ -214,6 +214,7 @@ def test_run_folder_errors(root, tmp_path, capsys):
     assert main([*args, '--resume', '--lr', '0.2']) == 2
     assert 'lr: 0.05 in the checkpoint, 0.2 now' in capsys.readouterr().err
     assert main([*args, '--resume']) == 0  # finished run: nothing to do
+    assert main(['--out', str(tmp_path / 'r'), '--resume', '--no-progress']) == 0  # settings come from config.json
     (tmp_path / 'r' / 'checkpoint.pt').write_bytes(b'garbage')
     assert main([*args, '--resume']) == 2
     assert f"Cannot read checkpoint {tmp_path / 'r' / 'checkpoint.pt'}" in capsys.readouterr().err
