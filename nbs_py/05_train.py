@@ -786,7 +786,7 @@ plt.tight_layout(); plt.show(); plt.close(fig)
 #
 # `benchmarks/train_throughput.py` times `Trainer.train_step` for SGD and StableSAM on ResNet-20 with
 # batch 128, interleaving rounds in one process. On the shared 2-core development machine (noisy,
-# under load from other jobs; absolute numbers will be re-measured on a quiet machine) it printed
-# 98.3 images/s for SGD and 41.6 images/s for StableSAM with one thread (ratio 0.42), and 26.8 vs 12.2
-# images/s with two threads (ratio 0.45). StableSAM runs two forward-backward passes per step, so 0.5 is
-# the ceiling of the ratio.
+# under load from other jobs; absolute numbers will be re-measured on a quiet machine), with one thread
+# and 5 rounds of 3 steps, it printed 147.7 images/s for SGD and 68.3 images/s for StableSAM (ratio 0.463,
+# time ratio 2.16); under heavier load earlier 98.3 vs 41.6 (0.42) with one thread and 26.8 vs 12.2 (0.45)
+# with two. StableSAM runs two forward-backward passes per step, so 0.5 is the ceiling of the ratio.
