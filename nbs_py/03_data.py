@@ -341,6 +341,9 @@ test_eq(get_datasets('cifar10', tmp, train_subset=30).train.targets.shape, (30,)
 # %%
 #| hide
 import matplotlib.pyplot as plt
+
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 
 # %%

@@ -26,8 +26,11 @@ from fastcore.test import *
 import tempfile
 from pathlib import Path
 import matplotlib.pyplot as plt
-plt.rcParams['figure.dpi'] = 72
 import torch
+
+# %%
+#| hide
+plt.rcParams['figure.dpi'] = 72
 torch.set_num_threads(1)  # the tests share a small machine; one thread per notebook avoids oversubscription
 
 # %%
@@ -484,6 +487,8 @@ class Trainer:
 
 # %%
 from stablesam.data import write_fake_mnist, write_fake_cifar
+
+# %%
 root = Path(tempfile.mkdtemp())
 write_fake_mnist(root, n_train=512, n_test=256); write_fake_cifar(root, n_train=256, n_test=128)
 quick = dict(dataset='mnist', data_root=str(root), model='fcn', optimizer='stablesam', lr=0.05, epochs=4, batch_size=64,

@@ -20,8 +20,11 @@
 from fastcore.test import *
 import tempfile
 import matplotlib.pyplot as plt
-plt.rcParams['figure.dpi'] = 72
 import torch
+
+# %%
+#| hide
+plt.rcParams['figure.dpi'] = 72
 torch.set_num_threads(1)  # the tests share a small machine; one thread per notebook avoids oversubscription
 
 # %%
@@ -190,7 +193,10 @@ def table_csv(rows):
 
 
 # %%
-import shutil; shutil.rmtree(syn / 'odd')
+import shutil
+
+# %%
+shutil.rmtree(syn / 'odd')
 print(table_markdown(summarize(load_runs(syn))))
 test_eq(table_markdown(summarize(load_runs(syn))).splitlines()[2], '| CIFAR-10 | ResNet-20 | 86.00 ± 1.41 | **92.00 ± 1.41** |')
 test_eq(table_csv(summarize(load_runs(syn))).splitlines()[2].split(',')[:7], ['cifar10', 'resnet20', '0.0', 'sam', 'sgd', '0.1', '2'])
@@ -268,6 +274,8 @@ def main(argv=None):
 # %%
 from stablesam.data import write_fake_mnist
 from stablesam.train import Trainer, TrainConfig
+
+# %%
 root = Path(tempfile.mkdtemp()); write_fake_mnist(root / 'data', n_train=384, n_test=256)
 base = dict(dataset='mnist', data_root=str(root / 'data'), model='fcn', epochs=3, batch_size=64, lr=0.05, progress=False)
 grid = [dict(optimizer='sgd')] + [dict(optimizer=o, rho=r) for o in ('sam', 'stablesam') for r in (0.05, 0.2)]
