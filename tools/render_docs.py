@@ -42,7 +42,7 @@ def front_matter(nb) -> dict:
     return {}
 
 
-def render_page(nb_path: Path) -> str:
+def render_page(nb_path: Path, mathjax_url: str | None = None) -> str:
     """HTML for one processed notebook, with its front matter shown as title and subtitle."""
     nb = nbformat.read(nb_path, as_version=4)
     fm = front_matter(nb)
@@ -50,11 +50,13 @@ def render_page(nb_path: Path) -> str:
     if fm.get('description'):
         head += f"<div class='description'>{escape(fm['description'])}</div>\n"
     nb.cells = [nbformat.v4.new_markdown_cell(head)] + [c for c in nb.cells if c.cell_type != 'raw']
-    html, _ = HTMLExporter(template_name='lab').from_notebook_node(nb)
+    kw = dict(mathjax_url=mathjax_url) if mathjax_url else {}
+    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True, **kw)
+    html, _ = exporter.from_notebook_node(nb)
     return html
 
 
-def render_all(out: Path = OUT) -> dict:
+def render_all(out: Path = OUT, mathjax_url: str | None = None) -> dict:
     """Process and render every notebook; return {page name: html path}."""
     proc = process_notebooks()
     out.mkdir(exist_ok=True)
@@ -63,15 +65,18 @@ def render_all(out: Path = OUT) -> dict:
         if nb_path.name.startswith('_'):
             continue
         dest = out / (nb_path.stem + '.html')
-        dest.write_text(render_page(nb_path))
+        dest.write_text(render_page(nb_path, mathjax_url))
         pages[nb_path.stem] = dest
     return pages
 
 
 def main() -> None:
     """Render the docs pages and list them."""
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    for name, path in render_all().items():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument('--mathjax-url', help='MathJax script to typeset with (default: nbconvert\'s CDN copy); '
+                    'offline, e.g. file:///PATH/node_modules/mathjax/MathJax.js?config=TeX-AMS_CHTML-full from `npm install mathjax@2` (nbconvert configures MathJax 2)')
+    args = ap.parse_args()
+    for name, path in render_all(mathjax_url=args.mathjax_url).items():
         print(f'{name}: {path.relative_to(ROOT)}')
 
 
