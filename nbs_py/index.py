@@ -79,6 +79,26 @@ assert final < 0.69, final  # it learns the random labels a little
 test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, True)
 
 # %% [markdown]
+# ## The paper's GPU experiments
+#
+# One run of Table 2 (CIFAR, 200 epochs) on one GPU, with bf16 autocast:
+#
+# ```sh
+# stablesam-train --preset cifar --dataset cifar100 --model resnet56 --optimizer stablesam --rho 0.05 \
+#     --amp bf16 --data-root data --out runs/table2/cifar100/resnet56/stablesam_rho0.05/seed0
+# ```
+#
+# CIFAR and MNIST download into `--data-root` on first use; ImageNet-1k is read from an ImageFolder tree
+# (`train/`, `val/`) there. Several GPUs or nodes: the same command under
+# `torchrun --nproc_per_node=8 "$(which stablesam-train)" ...` (each replica perturbs with its own gradient, as SAM
+# does). A killed run continues exactly with `--resume`. The whole grid of a table, as command lines for a
+# job scheduler: `stablesam-train --sweep table2` (Table 3: `table3`, Table 4: `table4`), and
+# `stablesam-results runs/table2` builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell)
+# as Markdown and CSV with the training curves. The figures: `stablesam-stability` (Figures 5-7) and the
+# flagged cells of the [landscape](07_landscape.ipynb) notebook (Figures 1-3). `stablesam-train --quick`
+# runs the same code on a tiny subset for one epoch, on a CPU.
+
+# %% [markdown]
 # ## What the package reproduces
 #
 # | paper | what | notebook | runs on |
