@@ -487,7 +487,7 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
-def main(argv=None) -> dict:
+def main(argv=None) -> None:
     "The `stablesam-stability` command: run, write stability.jsonl, stability.png and summary.md, print the summary."
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
@@ -508,12 +508,10 @@ def main(argv=None) -> dict:
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)
     fig.savefig(out / 'stability.png', dpi=100); plt.close(fig)
-    summary = summarize(records)
-    table = format_summary(summary)
+    table = format_summary(summarize(records))
     (out / 'summary.md').write_text(f"# {title}\n\n{table}\n")
     print(table)
     print(f"wrote {out / 'stability.jsonl'}, {out / 'stability.png'}, {out / 'summary.md'}")
-    return summary
 
 
 # %% [markdown]
@@ -646,9 +644,9 @@ for schedule in SCHEDULES:
 
 # %%
 #| slow
-summary = main(['--dataset', 'mnist', '--model', 'fcn', '--data-root', '../data', '--subset', '10000',
-                '--epochs', '60', '--schedule', 'constant', '--seeds', '0', '1', '2', '--device', 'cpu',
-                '--out', '../runs/stability/fcn-constant-cpu'])
+main(['--dataset', 'mnist', '--model', 'fcn', '--data-root', '../data', '--subset', '10000',
+      '--epochs', '60', '--schedule', 'constant', '--seeds', '0', '1', '2', '--device', 'cpu',
+      '--out', '../runs/stability/fcn-constant-cpu'])
 fig = plot_stability(read_jsonl('../runs/stability/fcn-constant-cpu/stability.jsonl'),
                      'fcn on MNIST (first 10,000 images), constant lr, 3 seeds'); plt.show(); plt.close(fig)
 

@@ -251,7 +251,7 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
-def main(argv=None) -> dict:
+def main(argv=None) -> None:
     "The `stablesam-stability` command: run, write stability.jsonl, stability.png and summary.md, print the summary."
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
@@ -272,12 +272,10 @@ def main(argv=None) -> dict:
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)
     fig.savefig(out / 'stability.png', dpi=100); plt.close(fig)
-    summary = summarize(records)
-    table = format_summary(summary)
+    table = format_summary(summarize(records))
     (out / 'summary.md').write_text(f"# {title}\n\n{table}\n")
     print(table)
     print(f"wrote {out / 'stability.jsonl'}, {out / 'stability.png'}, {out / 'summary.md'}")
-    return summary
 
 # %% ../nbs/06_stability.ipynb #bb72e014
 def verdict(results: dict) -> dict:

@@ -1,14 +1,15 @@
 """Stability experiment (Section 5.2): neighbouring sets, the distance, the CLI end to end, bad input."""
 import copy
 import dataclasses
-import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
-from stablesam.stability import (Neighbours, check_run, main, neighbouring_indices, neighbouring_subsets, param_distance,
+from stablesam.stability import (Neighbours, check_run, format_summary, main, neighbouring_indices, neighbouring_subsets, param_distance,
                                  read_jsonl, stability_config, summarize, train_pair)
 
 
@@ -92,9 +93,9 @@ def test_identical_sets_never_drift(tmp_path):
 def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     writer(tmp_path / 'data', 48, 24)
     out = tmp_path / 'out'
-    summary = main(['--dataset', dataset, '--data-root', str(tmp_path / 'data'), '--optimizers', 'sgd', 'stablesam',
+    assert main(['--dataset', dataset, '--data-root', str(tmp_path / 'data'), '--optimizers', 'sgd', 'stablesam',
                     '--epochs', '2', '--seeds', '0', '1', '--subset', '40', '--batch-size', '13', '--lr', '0.05',
-                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu'])
+                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) is None   # console scripts sys.exit() the result
     recs = read_jsonl(out / 'stability.jsonl')
     assert len(recs) == 2 * 2 * 3                                   # optimizers x seeds x (epochs 0..2)
     assert {(r['optimizer'], r['seed'], r['epoch']) for r in recs} == \
@@ -109,10 +110,10 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
             first = next(q for q in recs if (q['optimizer'], q['seed'], q['epoch']) == (r['optimizer'], r['seed'], 0))
             assert r['lr'] < first['lr']                                # cosine schedule decays
     assert (out / 'stability.png').stat().st_size > 1000
-    assert summary == summarize(recs) and set(summary) == {'sgd', 'stablesam'}
-    assert 'stablesam' in (out / 'summary.md').read_text()
-    assert 'stability.jsonl' in capsys.readouterr().out
-    json.dumps(summary)
+    table = format_summary(summarize(recs))
+    assert table in (out / 'summary.md').read_text()
+    printed = capsys.readouterr().out
+    assert table in printed and 'stability.jsonl' in printed
 
 
 @pytest.mark.parametrize('args,message', [
@@ -155,3 +156,16 @@ def test_bad_arguments_in_python():
         neighbouring_indices(1)
     with pytest.raises(ValueError, match='Invalid subset: 1'):
         neighbouring_subsets(LabelledView([(0, 0)] * 5, targets=[0] * 5), subset=1)
+
+
+def test_console_script_exit_status(tmp_path):
+    """The installed `stablesam-stability` entry point exits 0 on success and 2 on bad input."""
+    write_fake_mnist(tmp_path / 'data', 24, 12)
+    args = ['--data-root', str(tmp_path / 'data'), '--no-download', '--epochs', '1', '--seeds', '0', '--optimizers', 'sgd',
+            '--batch-size', '8', '--device', 'cpu', '--quiet', '--out', str(tmp_path / 'out')]
+    code = 'import sys; from stablesam.stability import main; sys.exit(main())'
+    ok = subprocess.run([sys.executable, '-c', code] + args, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / 'out' / 'stability.png').exists()
+    bad = subprocess.run([sys.executable, '-c', code] + args + ['--schedule', 'step'], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'step'" in bad.stderr
