@@ -23,14 +23,13 @@
 #
 # Full size is $3\ \rho \times 3$ methods $\times 100$ learning rates $\times 10{,}000$ starts
 # $\times 1000$ steps $= 9\cdot 10^9$ trajectory-steps (GD does not depend on $\rho$: $7 \cdot 10^9$ to
-# compute). `final_points` runs all the (start, learning rate, $\rho$) runs of a method as one float32
-# array per coordinate on a "conveyor belt": every 32 steps, runs that overflowed, finished, or provably
-# stopped moving (they sit on a fixed point or a 2-cycle of the floating-point update, bit for bit) leave
-# the belt and new runs take their places, so the arrays stay full and small enough for the CPU cache; two
-# threads run two belts. Every decision it makes is exact for the arithmetic it uses: the float64 belt
-# gives bit-identical final points to a plain Python loop, and the float32 one agrees with float64
-# everywhere except where SAM's dynamics are chaotic (checked below, in `tests/test_toy.py` and in
-# `benchmarks/toy_sweep.py`).
+# compute). `final_points` runs them in a numba kernel: on each CPU core a "conveyor belt" advances 64 runs
+# side by side (SIMD), one `plain_run` formula at a time in float32; every 32 steps, runs that overflowed,
+# finished, or provably stopped moving (they sit on a fixed point or a 2-cycle of the floating-point update,
+# bit for bit) leave the belt and waiting runs take their lanes. Every decision it makes is exact for the
+# arithmetic it uses: in float64 the kernel gives bit-identical final points to a plain Python loop, in
+# float32 to the same loop in float32, and float32 agrees with float64 everywhere except where SAM's
+# dynamics are chaotic (checked below, in `tests/test_toy.py` and in `benchmarks/toy_sweep.py`).
 
 # %%
 #| hide
@@ -47,10 +46,10 @@ with warnings.catch_warnings():   # no ipywidgets here: tqdm.auto warns once on 
 #| export
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
+from numba import literally, njit, prange
 from tqdm.auto import tqdm
 
 # %% [markdown]
@@ -90,7 +89,7 @@ test_close(_fd, toy_grad(*_x), eps=1e-7)
 # $w + \rho g$ instead, and StableUSAM renormalizes that. These are the formulas of `stablesam.optim`,
 # with its $\epsilon = 10^{-12}$: a zero gradient gives no perturbation ($e = 0$) and a zero surrogate
 # gradient no step. `plain_run` is the reference: one Python scalar operation per formula, in the same
-# order as the vectorised code below, so that in the same precision both give the same bits.
+# order as the compiled kernel below, so that in the same precision both give the same bits.
 
 # %%
 #| export
@@ -170,87 +169,115 @@ test_eq(reached_minimum([1., -1.04, 0., np.inf, np.nan], [1.03, -1., 0., 1., 1.]
 
 
 # %% [markdown]
-# ## All runs at once: the conveyor belt
+# ## All runs at once: a compiled conveyor belt
 #
-# `_advance` is the same update on arrays, one in-place NumPy operation per formula on preallocated
-# buffers (no temporaries). `_belt` keeps at most `width` runs on the belt. Every `block` steps it
-# checks each run: a non-finite point is a failure whatever comes next (overflow turns into NaN and stays
-# there); a run whose state equals its state two steps earlier, bit for bit, repeats that 2-cycle (or
-# fixed point) forever, because the update is a fixed function of $(x_1, x_2, \eta)$ with correctly
-# rounded operations, so its final point is known; a run that has done `steps` steps is finished. These
-# leave; waiting runs fill the free places.
+# A run is a chain of about 20 dependent floating-point operations per step (two of them a square root
+# and a division), so one run at a time leaves the CPU waiting on each result: a numba loop over
+# trajectories, each with its own scalar loop, measured about 28 ns per SAM step. Many independent runs
+# side by side keep it busy. `_step` advances `width` runs (*lanes*) by one step, one formula per line in
+# `plain_run`'s order, so numba/LLVM turns it into SIMD instructions (8 float32 lanes per instruction
+# here) and, with `fastmath=False`, every operation stays a correctly rounded IEEE operation: the same
+# bits as `plain_run`. A lane whose run has done its `steps` steps keeps its point (a select, not
+# arithmetic) until the belt stops.
 
 # %%
 #| exporti
-def _advance(x1, x2, lr, rho, n, kind, bufs):
-    "Advance the runs `(x1, x2)` with learning rates `lr` and radii `rho` (arrays) by `n` steps of `kind` in place."
-    ascent, normalize, stable = kind
-    m = x1.size
-    g1, g2, gn, a1, a2 = (b[:m] for b in bufs)
-    eps = x1.dtype.type(EPS)
-    for _ in range(n):
-        np.multiply(x1, x1, out=g1); g1 *= x1; g1 -= x2              # g = grad f(x)
-        np.subtract(x2, x1, out=g2)
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
+    "One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."
+    literally(ascent); literally(normalize); literally(stable)
+    for j in range(x1.size):
+        y1, y2 = x1[j], x2[j]
+        g1 = y1 * y1 * y1 - y2
+        g2 = y2 - y1
         if ascent:
-            np.multiply(g1, g1, out=gn); np.multiply(g2, g2, out=a1); gn += a1; np.sqrt(gn, out=gn)  # ||g||
-            if normalize:                                              # a = x + rho g / (||g|| + eps)
-                np.add(gn, eps, out=a2); np.divide(rho, a2, out=a2)
-                np.multiply(a2, g1, out=a1); np.multiply(a2, g2, out=a2)
-            else:                                                      # a = x + rho g
-                np.multiply(g1, rho, out=a1); np.multiply(g2, rho, out=a2)
-            a1 += x1; a2 += x2
-            np.multiply(a1, a1, out=g1); g1 *= a1; g1 -= a2            # g_asc = grad f(a)
-            np.subtract(a2, a1, out=g2)
-            if stable:                                                 # lr * ||g|| / max(||g_asc||, eps)
-                np.multiply(g1, g1, out=a1); np.multiply(g2, g2, out=a2); a1 += a2; np.sqrt(a1, out=a1)
-                np.maximum(a1, eps, out=a1); np.divide(gn, a1, out=a1); a1 *= lr
-                g1 *= a1; g2 *= a1
-            else: g1 *= lr; g2 *= lr
-        else: g1 *= lr; g2 *= lr
-        x1 -= g1; x2 -= g2
+            n = math.sqrt(g1 * g1 + g2 * g2)
+            if normalize:
+                s = rho[j] / (n + eps)
+                a1 = s * g1 + y1
+                a2 = s * g2 + y2
+            else:
+                a1 = g1 * rho[j] + y1
+                a2 = g2 * rho[j] + y2
+            g1 = a1 * a1 * a1 - a2
+            g2 = a2 - a1
+            if stable:
+                f = n / max(math.sqrt(g1 * g1 + g2 * g2), eps) * lr[j]
+                g1 = g1 * f
+                g2 = g2 * f
+            else:
+                g1 = g1 * lr[j]
+                g2 = g2 * lr[j]
+        else:
+            g1 = g1 * lr[j]
+            g2 = g2 * lr[j]
+        on = t <= left[j]
+        x1[j] = y1 - g1 if on else y1
+        x2[j] = y2 - g2 if on else y2
 
+
+# %% [markdown]
+# `_belt` is one thread's conveyor belt. It runs `block` steps at a time, recording the last `period` + 1
+# states, then looks at each lane: a run that has done its `steps` steps is finished; a non-finite point
+# is a failure whatever comes next (overflow turns into NaN and stays there); a run whose state equals its
+# state $c \le$ `period` steps earlier, bit for bit, repeats that $c$-cycle (or fixed point) forever,
+# because the update is a fixed function of the state with correctly rounded operations, so its final
+# point is the recorded state the cycle will be in after the remaining steps. Those runs leave and the
+# next waiting runs take their lanes, so the lanes stay busy with runs that still move. `_sweep` runs one
+# belt per thread (`prange`), belt `b` taking runs `b, b + belts, ...`, so every belt gets the same mix.
 
 # %%
 #| exporti
-def _belt(kind, x1_all, x2_all, lr_all, rho_all, steps, dtype, block, width, period, tick):
-    "Final points (float64) of all runs `(x1_all, x2_all, lr_all, rho_all)`, advanced on one conveyor belt."
-    total = x1_all.size
-    out1, out2 = np.empty(total), np.empty(total)
-    bufs = [np.empty(width, dtype) for _ in range(5)]
-    idx, age = np.empty(0, np.int64), np.empty(0, np.int64)
-    x1, x2, lr, rho = (np.empty(0, dtype) for _ in range(4))
-    nxt = 0
-    with np.errstate(all="ignore"):   # per thread: overflow is an outcome here, not a warning
-        while True:
-            k = min(width - idx.size, total - nxt)
-            if k > 0:                  # refill the free places with waiting runs
-                new = slice(nxt, nxt + k); nxt += k
-                idx = np.concatenate([idx, np.arange(new.start, new.stop)])
-                age = np.concatenate([age, np.zeros(k, np.int64)])
-                x1, x2, lr, rho = (np.concatenate([a, b[new].astype(dtype)])
-                                   for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all), (rho, rho_all)))
-            if idx.size == 0: break
-            n = int(min(block, steps - age.max()))
-            p = min(period, n)         # keep the last p + 1 states of the block: s[0] (p steps back) ... s[p] = x
-            _advance(x1, x2, lr, rho, n - p, kind, bufs)
-            s1, s2 = np.empty((p + 1, x1.size), dtype), np.empty((p + 1, x1.size), dtype)
-            s1[0], s2[0] = x1, x2
-            for j in range(1, p + 1):
-                _advance(x1, x2, lr, rho, 1, kind, bufs)
-                s1[j], s2[j] = x1, x2
-            age += n
-            cyc = np.zeros(x1.size, np.int64)   # the smallest period c <= p with x == s[p - c], bit for bit
-            for c in range(p, 0, -1):
-                cyc[(s1[p - c] == x1) & (s2[p - c] == x2)] = c
-            cycle = cyc > 0
-            at = np.where(cycle, p - cyc + (steps - age) % np.maximum(cyc, 1), p)   # on a cycle: where it ends
-            f1, f2 = np.take_along_axis(s1, at[None], 0)[0], np.take_along_axis(s2, at[None], 0)[0]
-            leave = (age >= steps) | cycle | ~(np.isfinite(x1) & np.isfinite(x2))
-            out1[idx[leave]], out2[idx[leave]] = f1[leave], f2[leave]
-            stay = ~leave
-            idx, age, x1, x2, lr, rho = idx[stay], age[stay], x1[stay], x2[stay], lr[stay], rho[stay]
-            tick(int(leave.sum()))
-    return out1, out2
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
+    "Final points of the runs `first, first + stride, ...` of `(x1_all, x2_all, lr_all, rho_all)`, `width` lanes at a time."
+    literally(ascent); literally(normalize); literally(stable)
+    dt = x1_all.dtype
+    x1, x2, lr, rho = np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt)
+    s1, s2 = np.zeros((period + 1, width), dt), np.zeros((period + 1, width), dt)   # the last period + 1 states
+    left, run = np.zeros(width, np.int32), np.full(width, -1, np.int64)
+    nxt, busy = np.int64(first), 0
+    while True:
+        for j in range(width):            # free lanes take waiting runs
+            if run[j] < 0 and nxt < x1_all.size:
+                run[j], x1[j], x2[j], lr[j], rho[j], left[j] = nxt, x1_all[nxt], x2_all[nxt], lr_all[nxt], rho_all[nxt], steps
+                nxt += stride
+                busy += 1
+        if busy == 0: return
+        for t in range(1, block + 1):
+            _step(x1, x2, lr, rho, left, np.int32(t), eps, ascent, normalize, stable)
+            if t >= block - period: s1[t - block + period], s2[t - block + period] = x1, x2
+        for j in range(width):
+            i = run[j]
+            if i < 0: continue
+            left[j] -= block
+            done = left[j] <= 0 or not (math.isfinite(x1[j]) and math.isfinite(x2[j]))
+            if done: out1[i], out2[i] = x1[j], x2[j]
+            else:
+                for c in range(1, period + 1):   # the smallest c with state == state c steps back
+                    if s1[period - c, j] == x1[j] and s2[period - c, j] == x2[j]:
+                        k = period - c + left[j] % c   # where the cycle is after the remaining steps
+                        out1[i], out2[i] = s1[k, j], s2[k, j]
+                        done = True
+                        break
+            if done:
+                run[j] = -1
+                busy -= 1
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _sweep(x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, belts, out1, out2):
+    "Final points of all runs `(x1, x2, lr, rho)` into `(out1, out2)`, on `belts` belts in parallel."
+    for b in prange(belts):   # constant flags: numba compiles one belt per method, without the other branches
+        if not ascent:
+            _belt(b, belts, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
+        elif normalize and stable:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
+        elif normalize:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
+        elif stable:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
+        else:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
 
 
 # %%
@@ -261,9 +288,15 @@ def _check_run(lrs, rho, steps):
     bad = ~(np.isfinite(lrs) & (lrs > 0))
     if bad.any(): raise ValueError(f"Invalid lrs: {lrs[bad]} (must be finite and > 0)")
     if not (math.isfinite(rho) and rho >= 0): raise ValueError(f"Invalid rho: {rho} (must be finite and >= 0)")
-    if int(steps) != steps or steps < 0: raise ValueError(f"Invalid steps: {steps} (must be an integer >= 0)")
+    if int(steps) != steps or not 0 <= steps < 2**31:
+        raise ValueError(f"Invalid steps: {steps} (must be an integer, 0 <= steps < 2**31)")
     return lrs
 
+
+# %% [markdown]
+# `final_points` lays out every (start, learning rate, $\rho$) run of a method and feeds them to `_sweep`
+# in chunks of `chunk` runs, updating the progress bar after each. The first call for a method and a
+# dtype compiles the kernel (a few seconds); numba caches it in `__pycache__` for later processes.
 
 # %%
 #| export
@@ -271,50 +304,53 @@ def default_threads():
     "Threads for the sweeps: the CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, period=2,
-                 bar=None):
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=64, period=2,
+                 chunk=65536, bar=None):
     "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
-    kind = _check_method(method)
-    rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one belt for all, a leading axis
+    ascent, normalize, stable = _check_method(method)
+    rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one sweep for all, a leading axis
     shape = () if rhos.ndim == 0 else (rhos.size,)
     starts, rhos = np.asarray(starts, np.float64).reshape(-1, 2), rhos.reshape(-1)
     lrs = [_check_run(lrs, float(r), steps) for r in rhos][0]
-    if not (1 <= period < block and width >= 1):
-        raise ValueError(f"Invalid block/width/period: {block}/{width}/{period} (need 1 <= period < block, width >= 1)")
+    if not (1 <= period < block and width >= 1 and chunk >= 1):
+        raise ValueError(f"Invalid block/width/period/chunk: {block}/{width}/{period}/{chunk} "
+                         "(need 1 <= period < block, width >= 1, chunk >= 1)")
+    if np.dtype(dtype) not in (np.float32, np.float64): raise ValueError(f"Invalid dtype: {dtype} (float32 or float64)")
+    dt = np.dtype(dtype).type
     nr, nl, ns = rhos.size, lrs.size, starts.shape[0]
-    x1, x2 = np.tile(starts[:, 0], nr * nl), np.tile(starts[:, 1], nr * nl)
-    lr, rr = np.tile(np.repeat(lrs, ns), nr), np.repeat(rhos, nl * ns)
-    threads = max(1, min(threads or default_threads(), x1.size))
-    parts = [np.arange(i, x1.size, threads) for i in range(threads)]   # interleaved: equal work per thread
-    lock = threading.Lock()
-    def tick(k):
-        if bar is not None and k:
-            with lock: bar.update(k)
-    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rr[p], int(steps), dtype, block, width, period, tick)
-    if threads == 1: res = [belt(parts[0])]
-    else:
-        with ThreadPoolExecutor(threads) as ex: res = list(ex.map(belt, parts))
-    o1, o2 = np.empty(x1.size), np.empty(x1.size)
-    for p, (a, b) in zip(parts, res): o1[p], o2[p] = a, b
-    return o1.reshape(shape + (nl, ns)), o2.reshape(shape + (nl, ns))
+    x1, x2 = np.tile(starts[:, 0], nr * nl).astype(dt), np.tile(starts[:, 1], nr * nl).astype(dt)
+    lr, rr = np.tile(np.repeat(lrs, ns), nr).astype(dt), np.repeat(rhos, nl * ns).astype(dt)
+    o1, o2 = np.empty_like(x1), np.empty_like(x2)
+    threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for i in range(0, x1.size, chunk):
+            c = slice(i, i + chunk)
+            _sweep(x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS), block, period, width,
+                   min(threads, o1[c].size), o1[c], o2[c])
+            if bar is not None: bar.update(o1[c].size)
+    finally: numba.set_num_threads(before)
+    return o1.astype(np.float64).reshape(shape + (nl, ns)), o2.astype(np.float64).reshape(shape + (nl, ns))
 
 
 # %% [markdown]
-# The belt against the plain loop on a few hundred runs, with a tiny belt (`width=7`, `block=5`, so runs
-# leave and enter all the time, on two threads): in float64 and in float32 the final points are the same
-# bits, so the success rates are equal too.
+# The kernel against the plain loop on a few hundred runs, with a tiny belt (`width=7`, `block=5`, so runs
+# leave and enter all the time, on two threads, in small chunks): in float64 and in float32 the final points
+# are the same bits, so the success rates are equal too.
 
 # %%
 _rng = np.random.default_rng(1)
 _starts, _lrs = _rng.uniform(-2, 2, (12, 2)), [0.003, 0.05, 0.15, 0.3]
 for _m, _rho in [("gd", 0.), ("sam", 0.5), ("stablesam", 0.5), ("usam", 0.2), ("stableusam", 0.2)]:
     for _dt in (np.float64, np.float32):
-        _b = np.stack(final_points(_m, _starts, _lrs, _rho, 300, dtype=_dt, threads=2, block=5, width=7), -1)
+        _b = np.stack(final_points(_m, _starts, _lrs, _rho, 300, dtype=_dt, threads=2, block=5, width=7, chunk=20), -1)
         _p = np.array([[plain_run(_m, s, lr, _rho, 300, _dt) for s in _starts] for lr in _lrs])
         _fin = np.isfinite(_p).all(-1)
         test_eq(np.isfinite(_b).all(-1), _fin)
         test_eq(_b[_fin], _p[_fin])
         test_eq(reached_minimum(*np.moveaxis(_b, -1, 0)), reached_minimum(*np.moveaxis(_p, -1, 0)))
+test_fail(lambda: final_points("gd", _starts, _lrs, 0., dtype=np.float16), contains="Invalid dtype")
 
 
 # %% [markdown]
@@ -408,7 +444,7 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
     total = sum(lrs.size * starts.shape[0] * (1 if m == "gd" else len(rhos)) for m in methods)
     with tqdm(total=total, desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
-        for m in methods:             # all radii of a method on one belt; GD once, the same curve in every panel
+        for m in methods:             # all radii of a method in one final_points call; GD once, the same curve in every panel
             bar.set_postfix_str(m)
             x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads, bar=bar)
             out[m] = np.broadcast_to(reached_minimum(x1, x2, tol).mean(-1), (len(rhos), lrs.size)).copy()

@@ -10,10 +10,10 @@ __all__ = ['MINIMA', 'SADDLE', 'EPS', 'METHODS', 'OUTCOMES', 'toy_loss', 'toy_gr
 # %% ../nbs/02_toy.ipynb #f9734586
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
+from numba import literally, njit, prange
 from tqdm.auto import tqdm
 
 # %% ../nbs/02_toy.ipynb #8ae40f20
@@ -74,73 +74,90 @@ def reached_minimum(x1, x2, tol=0.05):
     return np.isfinite(x1) & np.isfinite(x2) & (d2 <= tol * tol)
 
 # %% ../nbs/02_toy.ipynb #a6f3b9e2
-def _advance(x1, x2, lr, rho, n, kind, bufs):
-    "Advance the runs `(x1, x2)` with learning rates `lr` and radii `rho` (arrays) by `n` steps of `kind` in place."
-    ascent, normalize, stable = kind
-    m = x1.size
-    g1, g2, gn, a1, a2 = (b[:m] for b in bufs)
-    eps = x1.dtype.type(EPS)
-    for _ in range(n):
-        np.multiply(x1, x1, out=g1); g1 *= x1; g1 -= x2              # g = grad f(x)
-        np.subtract(x2, x1, out=g2)
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
+    "One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."
+    literally(ascent); literally(normalize); literally(stable)
+    for j in range(x1.size):
+        y1, y2 = x1[j], x2[j]
+        g1 = y1 * y1 * y1 - y2
+        g2 = y2 - y1
         if ascent:
-            np.multiply(g1, g1, out=gn); np.multiply(g2, g2, out=a1); gn += a1; np.sqrt(gn, out=gn)  # ||g||
-            if normalize:                                              # a = x + rho g / (||g|| + eps)
-                np.add(gn, eps, out=a2); np.divide(rho, a2, out=a2)
-                np.multiply(a2, g1, out=a1); np.multiply(a2, g2, out=a2)
-            else:                                                      # a = x + rho g
-                np.multiply(g1, rho, out=a1); np.multiply(g2, rho, out=a2)
-            a1 += x1; a2 += x2
-            np.multiply(a1, a1, out=g1); g1 *= a1; g1 -= a2            # g_asc = grad f(a)
-            np.subtract(a2, a1, out=g2)
-            if stable:                                                 # lr * ||g|| / max(||g_asc||, eps)
-                np.multiply(g1, g1, out=a1); np.multiply(g2, g2, out=a2); a1 += a2; np.sqrt(a1, out=a1)
-                np.maximum(a1, eps, out=a1); np.divide(gn, a1, out=a1); a1 *= lr
-                g1 *= a1; g2 *= a1
-            else: g1 *= lr; g2 *= lr
-        else: g1 *= lr; g2 *= lr
-        x1 -= g1; x2 -= g2
+            n = math.sqrt(g1 * g1 + g2 * g2)
+            if normalize:
+                s = rho[j] / (n + eps)
+                a1 = s * g1 + y1
+                a2 = s * g2 + y2
+            else:
+                a1 = g1 * rho[j] + y1
+                a2 = g2 * rho[j] + y2
+            g1 = a1 * a1 * a1 - a2
+            g2 = a2 - a1
+            if stable:
+                f = n / max(math.sqrt(g1 * g1 + g2 * g2), eps) * lr[j]
+                g1 = g1 * f
+                g2 = g2 * f
+            else:
+                g1 = g1 * lr[j]
+                g2 = g2 * lr[j]
+        else:
+            g1 = g1 * lr[j]
+            g2 = g2 * lr[j]
+        on = t <= left[j]
+        x1[j] = y1 - g1 if on else y1
+        x2[j] = y2 - g2 if on else y2
 
 # %% ../nbs/02_toy.ipynb #c40ed201
-def _belt(kind, x1_all, x2_all, lr_all, rho_all, steps, dtype, block, width, period, tick):
-    "Final points (float64) of all runs `(x1_all, x2_all, lr_all, rho_all)`, advanced on one conveyor belt."
-    total = x1_all.size
-    out1, out2 = np.empty(total), np.empty(total)
-    bufs = [np.empty(width, dtype) for _ in range(5)]
-    idx, age = np.empty(0, np.int64), np.empty(0, np.int64)
-    x1, x2, lr, rho = (np.empty(0, dtype) for _ in range(4))
-    nxt = 0
-    with np.errstate(all="ignore"):   # per thread: overflow is an outcome here, not a warning
-        while True:
-            k = min(width - idx.size, total - nxt)
-            if k > 0:                  # refill the free places with waiting runs
-                new = slice(nxt, nxt + k); nxt += k
-                idx = np.concatenate([idx, np.arange(new.start, new.stop)])
-                age = np.concatenate([age, np.zeros(k, np.int64)])
-                x1, x2, lr, rho = (np.concatenate([a, b[new].astype(dtype)])
-                                   for a, b in ((x1, x1_all), (x2, x2_all), (lr, lr_all), (rho, rho_all)))
-            if idx.size == 0: break
-            n = int(min(block, steps - age.max()))
-            p = min(period, n)         # keep the last p + 1 states of the block: s[0] (p steps back) ... s[p] = x
-            _advance(x1, x2, lr, rho, n - p, kind, bufs)
-            s1, s2 = np.empty((p + 1, x1.size), dtype), np.empty((p + 1, x1.size), dtype)
-            s1[0], s2[0] = x1, x2
-            for j in range(1, p + 1):
-                _advance(x1, x2, lr, rho, 1, kind, bufs)
-                s1[j], s2[j] = x1, x2
-            age += n
-            cyc = np.zeros(x1.size, np.int64)   # the smallest period c <= p with x == s[p - c], bit for bit
-            for c in range(p, 0, -1):
-                cyc[(s1[p - c] == x1) & (s2[p - c] == x2)] = c
-            cycle = cyc > 0
-            at = np.where(cycle, p - cyc + (steps - age) % np.maximum(cyc, 1), p)   # on a cycle: where it ends
-            f1, f2 = np.take_along_axis(s1, at[None], 0)[0], np.take_along_axis(s2, at[None], 0)[0]
-            leave = (age >= steps) | cycle | ~(np.isfinite(x1) & np.isfinite(x2))
-            out1[idx[leave]], out2[idx[leave]] = f1[leave], f2[leave]
-            stay = ~leave
-            idx, age, x1, x2, lr, rho = idx[stay], age[stay], x1[stay], x2[stay], lr[stay], rho[stay]
-            tick(int(leave.sum()))
-    return out1, out2
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
+    "Final points of the runs `first, first + stride, ...` of `(x1_all, x2_all, lr_all, rho_all)`, `width` lanes at a time."
+    literally(ascent); literally(normalize); literally(stable)
+    dt = x1_all.dtype
+    x1, x2, lr, rho = np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt)
+    s1, s2 = np.zeros((period + 1, width), dt), np.zeros((period + 1, width), dt)   # the last period + 1 states
+    left, run = np.zeros(width, np.int32), np.full(width, -1, np.int64)
+    nxt, busy = np.int64(first), 0
+    while True:
+        for j in range(width):            # free lanes take waiting runs
+            if run[j] < 0 and nxt < x1_all.size:
+                run[j], x1[j], x2[j], lr[j], rho[j], left[j] = nxt, x1_all[nxt], x2_all[nxt], lr_all[nxt], rho_all[nxt], steps
+                nxt += stride
+                busy += 1
+        if busy == 0: return
+        for t in range(1, block + 1):
+            _step(x1, x2, lr, rho, left, np.int32(t), eps, ascent, normalize, stable)
+            if t >= block - period: s1[t - block + period], s2[t - block + period] = x1, x2
+        for j in range(width):
+            i = run[j]
+            if i < 0: continue
+            left[j] -= block
+            done = left[j] <= 0 or not (math.isfinite(x1[j]) and math.isfinite(x2[j]))
+            if done: out1[i], out2[i] = x1[j], x2[j]
+            else:
+                for c in range(1, period + 1):   # the smallest c with state == state c steps back
+                    if s1[period - c, j] == x1[j] and s2[period - c, j] == x2[j]:
+                        k = period - c + left[j] % c   # where the cycle is after the remaining steps
+                        out1[i], out2[i] = s1[k, j], s2[k, j]
+                        done = True
+                        break
+            if done:
+                run[j] = -1
+                busy -= 1
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _sweep(x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, belts, out1, out2):
+    "Final points of all runs `(x1, x2, lr, rho)` into `(out1, out2)`, on `belts` belts in parallel."
+    for b in prange(belts):   # constant flags: numba compiles one belt per method, without the other branches
+        if not ascent:
+            _belt(b, belts, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
+        elif normalize and stable:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
+        elif normalize:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
+        elif stable:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
+        else:
+            _belt(b, belts, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
 
 # %% ../nbs/02_toy.ipynb #9fc53c64
 def _check_run(lrs, rho, steps):
@@ -149,7 +166,8 @@ def _check_run(lrs, rho, steps):
     bad = ~(np.isfinite(lrs) & (lrs > 0))
     if bad.any(): raise ValueError(f"Invalid lrs: {lrs[bad]} (must be finite and > 0)")
     if not (math.isfinite(rho) and rho >= 0): raise ValueError(f"Invalid rho: {rho} (must be finite and >= 0)")
-    if int(steps) != steps or steps < 0: raise ValueError(f"Invalid steps: {steps} (must be an integer >= 0)")
+    if int(steps) != steps or not 0 <= steps < 2**31:
+        raise ValueError(f"Invalid steps: {steps} (must be an integer, 0 <= steps < 2**31)")
     return lrs
 
 # %% ../nbs/02_toy.ipynb #c2502160
@@ -157,32 +175,34 @@ def default_threads():
     "Threads for the sweeps: the CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=16384, period=2,
-                 bar=None):
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=64, period=2,
+                 chunk=65536, bar=None):
     "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
-    kind = _check_method(method)
-    rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one belt for all, a leading axis
+    ascent, normalize, stable = _check_method(method)
+    rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one sweep for all, a leading axis
     shape = () if rhos.ndim == 0 else (rhos.size,)
     starts, rhos = np.asarray(starts, np.float64).reshape(-1, 2), rhos.reshape(-1)
     lrs = [_check_run(lrs, float(r), steps) for r in rhos][0]
-    if not (1 <= period < block and width >= 1):
-        raise ValueError(f"Invalid block/width/period: {block}/{width}/{period} (need 1 <= period < block, width >= 1)")
+    if not (1 <= period < block and width >= 1 and chunk >= 1):
+        raise ValueError(f"Invalid block/width/period/chunk: {block}/{width}/{period}/{chunk} "
+                         "(need 1 <= period < block, width >= 1, chunk >= 1)")
+    if np.dtype(dtype) not in (np.float32, np.float64): raise ValueError(f"Invalid dtype: {dtype} (float32 or float64)")
+    dt = np.dtype(dtype).type
     nr, nl, ns = rhos.size, lrs.size, starts.shape[0]
-    x1, x2 = np.tile(starts[:, 0], nr * nl), np.tile(starts[:, 1], nr * nl)
-    lr, rr = np.tile(np.repeat(lrs, ns), nr), np.repeat(rhos, nl * ns)
-    threads = max(1, min(threads or default_threads(), x1.size))
-    parts = [np.arange(i, x1.size, threads) for i in range(threads)]   # interleaved: equal work per thread
-    lock = threading.Lock()
-    def tick(k):
-        if bar is not None and k:
-            with lock: bar.update(k)
-    def belt(p): return _belt(kind, x1[p], x2[p], lr[p], rr[p], int(steps), dtype, block, width, period, tick)
-    if threads == 1: res = [belt(parts[0])]
-    else:
-        with ThreadPoolExecutor(threads) as ex: res = list(ex.map(belt, parts))
-    o1, o2 = np.empty(x1.size), np.empty(x1.size)
-    for p, (a, b) in zip(parts, res): o1[p], o2[p] = a, b
-    return o1.reshape(shape + (nl, ns)), o2.reshape(shape + (nl, ns))
+    x1, x2 = np.tile(starts[:, 0], nr * nl).astype(dt), np.tile(starts[:, 1], nr * nl).astype(dt)
+    lr, rr = np.tile(np.repeat(lrs, ns), nr).astype(dt), np.repeat(rhos, nl * ns).astype(dt)
+    o1, o2 = np.empty_like(x1), np.empty_like(x2)
+    threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for i in range(0, x1.size, chunk):
+            c = slice(i, i + chunk)
+            _sweep(x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS), block, period, width,
+                   min(threads, o1[c].size), o1[c], o2[c])
+            if bar is not None: bar.update(o1[c].size)
+    finally: numba.set_num_threads(before)
+    return o1.astype(np.float64).reshape(shape + (nl, ns)), o2.astype(np.float64).reshape(shape + (nl, ns))
 
 # %% ../nbs/02_toy.ipynb #4f22bd27
 def sample_starts(n_starts, seed=0):
@@ -230,7 +250,7 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
     total = sum(lrs.size * starts.shape[0] * (1 if m == "gd" else len(rhos)) for m in methods)
     with tqdm(total=total, desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
-        for m in methods:             # all radii of a method on one belt; GD once, the same curve in every panel
+        for m in methods:             # all radii of a method in one final_points call; GD once, the same curve in every panel
             bar.set_postfix_str(m)
             x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads, bar=bar)
             out[m] = np.broadcast_to(reached_minimum(x1, x2, tol).mean(-1), (len(rhos), lrs.size)).copy()

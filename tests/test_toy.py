@@ -18,12 +18,12 @@ def _plain(method, starts, lrs, rho, steps, dtype):
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("dtype,n,steps", [(np.float64, 40, 401), (np.float32, 12, 400)])
-def test_belt_gives_the_plain_loops_bits(method, dtype, n, steps):
-    "Dropping, refilling and threads change nothing: the belt's final points are the plain loop's, bit for bit."
+def test_kernel_gives_the_plain_loops_bits(method, dtype, n, steps):
+    "Lanes, refilling, chunks and threads change nothing: the kernel's final points are the plain loop's, bit for bit."
     starts, lrs = sample_starts(n, seed=3), [0.002, 0.04, 0.12, 0.3]
     want = _plain(method, starts, lrs, RHO[method], steps, dtype)
     fin = np.isfinite(want).all(-1)
-    for kw in (dict(threads=1), dict(threads=2, block=3, width=5), dict(threads=3, block=8, width=64, period=5)):
+    for kw in (dict(threads=1), dict(threads=2, block=3, width=5, chunk=37), dict(threads=3, block=8, width=64, period=5)):
         got = np.stack(final_points(method, starts, lrs, RHO[method], steps, dtype=dtype, **kw), -1)
         np.testing.assert_array_equal(np.isfinite(got).all(-1), fin)
         np.testing.assert_array_equal(got[fin], want[fin])
@@ -95,8 +95,11 @@ def test_zero_gradient_means_no_perturbation():
     (lambda: success_rates("sam", [0.1], 0.1, steps=2.5), "Invalid steps: 2.5"),
     (lambda: success_rates("sam", [0.1], 0.1, tol=-0.1), "Invalid tol: -0.1"),
     (lambda: success_rates("sam", [0.1], 0.1, n_starts=0), "Invalid n_starts: 0"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width/period: 1/16384/2"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, period=0), "Invalid block/width/period: 32/16384/0"),
+    (lambda: success_rates("sam", [0.1], 0.1, steps=2**31), "Invalid steps: 2147483648"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width/period/chunk: 1/64/2/65536"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, period=0), "Invalid block/width/period/chunk: 32/64/0/65536"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, chunk=0), "Invalid block/width/period/chunk: 32/64/2/0"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, dtype=np.int32), "Invalid dtype"),
     (lambda: sweep(("gd", "lion"), (0.1,), [0.1]), "Invalid method: 'lion'"),
 ])
 def test_bad_input(call, msg):
@@ -154,7 +157,7 @@ def test_figure4_into_given_axes():
     plt.close("all")
 
 
-def test_several_radii_on_one_belt_equal_separate_runs():
+def test_several_radii_in_one_sweep_equal_separate_runs():
     starts, lrs, rhos = sample_starts(50, seed=2), [0.01, 0.1, 0.3], [0.05, 0.5]
     for m in ("sam", "stableusam"):
         together = np.stack(final_points(m, starts, lrs, rhos, 300), -1)
