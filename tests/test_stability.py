@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
-from stablesam.stability import (Neighbours, check_run, format_summary, main, neighbouring_indices, neighbouring_subsets, param_distance,
+from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args, neighbouring_indices, neighbouring_subsets, param_distance,
                                  read_jsonl, stability_config, summarize, train_pair)
 
 
@@ -169,3 +169,10 @@ def test_console_script_exit_status(tmp_path):
     assert (tmp_path / 'out' / 'stability.png').exists()
     bad = subprocess.run([sys.executable, '-c', code] + args + ['--schedule', 'step'], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'step'" in bad.stderr
+
+
+def test_cpu_size_preset():
+    args = parse_args(['--cpu-size'])
+    assert (args.subset, args.device, args.epochs, args.seeds) == (CPU_SUBSET, 'cpu', 60, [0, 1, 2])
+    assert parse_args(['--cpu-size', '--subset', '500']).subset == 500
+    assert parse_args([]).subset is None and parse_args([]).device == 'auto'
