@@ -76,12 +76,12 @@ def _fake_images(n, num_classes, size, channels, seed, split=0, contrast=56, noi
 
 # %%
 #| export
-def write_fake_mnist(root, n_train=256, n_test=128, seed=0):
-    """Write a small MNIST (28x28 grey, 10 classes) as the IDX files torchvision reads, in `root`/MNIST/raw."""
+def write_fake_mnist(root, n_train=256, n_test=128, seed=0, noise=40):
+    """Write a small MNIST (28x28 grey, 10 classes; pixel noise std `noise` sets how hard) as the IDX files torchvision reads, in `root`/MNIST/raw."""
     raw = Path(root) / 'MNIST' / 'raw'
     raw.mkdir(parents=True, exist_ok=True)
     for split, n, k in (('train', n_train, 0), ('t10k', n_test, 1)):
-        x, y = _fake_images(n, 10, 28, 1, seed, split=k)
+        x, y = _fake_images(n, 10, 28, 1, seed, split=k, noise=noise)
         _write_idx(raw / f'{split}-images-idx3-ubyte', x[..., 0])
         _write_idx(raw / f'{split}-labels-idx1-ubyte', y)
     return Path(root)

@@ -28,11 +28,12 @@
 import copy
 import tempfile
 from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 from fastcore.test import test_close, test_eq, test_fail, test_ne
 
+# %%
+#| hide
 plt.rcParams['figure.dpi'] = 72
 torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI shares its 2 cores
 
@@ -538,6 +539,8 @@ def main(argv=None) -> None:
 #| hide
 from stablesam.data import write_fake_cifar, write_fake_mnist
 
+# %%
+#| hide
 tmp = Path(tempfile.mkdtemp())
 write_fake_mnist(tmp, 192, 96, seed=0)   # real on-disk formats, with a learnable class signal
 write_fake_cifar(tmp, 128, 64, seed=0)
