@@ -23,8 +23,8 @@
 #
 # Full size is $3\ \rho \times 3$ methods $\times 100$ learning rates $\times 10{,}000$ starts
 # $\times 1000$ steps $= 9\cdot 10^9$ trajectory-steps (GD does not depend on $\rho$: $7 \cdot 10^9$ to
-# compute). `final_points` runs them in a numba kernel: on each CPU core a "conveyor belt" advances 64 runs
-# side by side (SIMD), one `plain_run` formula at a time in float32; every 32 steps, runs that overflowed,
+# compute). `final_points` runs them in a numba kernel: on each CPU core a "conveyor belt" advances 128 runs
+# side by side (SIMD), one `plain_run` formula at a time in float32; every 64 steps, runs that overflowed,
 # finished, or provably stopped moving (they sit on a fixed point or a 2-cycle of the floating-point update,
 # bit for bit) leave the belt and waiting runs take their lanes. Every decision it makes is exact for the
 # arithmetic it uses: in float64 the kernel gives bit-identical final points to a plain Python loop, in
@@ -47,9 +47,10 @@ with warnings.catch_warnings():   # no ipywidgets here: tqdm.auto warns once on 
 import math
 import os
 
-import numba
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import literally, njit, prange
+from numba import literally, njit
 from tqdm.auto import tqdm
 
 # %% [markdown]
@@ -223,8 +224,10 @@ def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
 # state $c \le$ `period` steps earlier, bit for bit, repeats that $c$-cycle (or fixed point) forever,
 # because the update is a fixed function of the state with correctly rounded operations, so its final
 # point is the recorded state the cycle will be in after the remaining steps. Those runs leave and the
-# next waiting runs take their lanes, so the lanes stay busy with runs that still move. `_sweep` runs one
-# belt per thread (`prange`), belt `b` taking runs `b, b + belts, ...`, so every belt gets the same mix.
+# next waiting runs take their lanes, so the lanes stay busy with runs that still move. `final_points`
+# runs one belt per thread (`_sweep` releases the GIL), belt `b` of `B` taking runs `b, b + B, ...`, so
+# every belt gets the same mix. (Plain threads rather than numba's `prange`: a `parallel=True` wrapper
+# doubled the compile time, to about 20 s per dtype, for the same speed.)
 
 # %%
 #| exporti
@@ -264,20 +267,20 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
                 run[j] = -1
                 busy -= 1
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _sweep(x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, belts, out1, out2):
-    "Final points of all runs `(x1, x2, lr, rho)` into `(out1, out2)`, on `belts` belts in parallel."
-    for b in prange(belts):   # constant flags: numba compiles one belt per method, without the other branches
-        if not ascent:
-            _belt(b, belts, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
-        elif normalize and stable:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
-        elif normalize:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
-        elif stable:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
-        else:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
+    "`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."
+    if not ascent:   # constant flags: numba compiles one belt per method, without the other branches
+        _belt(first, stride, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
+    elif normalize and stable:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
+    elif normalize:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
+    elif stable:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
+    else:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
 
 
 # %%
@@ -294,8 +297,8 @@ def _check_run(lrs, rho, steps):
 
 
 # %% [markdown]
-# `final_points` lays out every (start, learning rate, $\rho$) run of a method and feeds them to `_sweep`
-# in chunks of `chunk` runs, updating the progress bar after each. The first call for a method and a
+# `final_points` lays out every (start, learning rate, $\rho$) run of a method and feeds them to the
+# belts in chunks of `chunk` runs, updating the progress bar after each. The first call for a method and a
 # dtype compiles the kernel (a few seconds); numba caches it in `__pycache__` for later processes.
 
 # %%
@@ -304,7 +307,7 @@ def default_threads():
     "Threads for the sweeps: the CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=64, period=2,
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=64, width=128, period=2,
                  chunk=65536, bar=None):
     "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
     ascent, normalize, stable = _check_method(method)
@@ -321,16 +324,14 @@ def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, thre
     x1, x2 = np.tile(starts[:, 0], nr * nl).astype(dt), np.tile(starts[:, 1], nr * nl).astype(dt)
     lr, rr = np.tile(np.repeat(lrs, ns), nr).astype(dt), np.repeat(rhos, nl * ns).astype(dt)
     o1, o2 = np.empty_like(x1), np.empty_like(x2)
-    threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    threads = max(1, min(threads or default_threads(), x1.size))
+    with ThreadPoolExecutor(threads) as ex:
         for i in range(0, x1.size, chunk):
             c = slice(i, i + chunk)
-            _sweep(x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS), block, period, width,
-                   min(threads, o1[c].size), o1[c], o2[c])
+            def belt(b): _sweep(b, threads, x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS),
+                               block, period, width, o1[c], o2[c])
+            list(ex.map(belt, range(threads)))
             if bar is not None: bar.update(o1[c].size)
-    finally: numba.set_num_threads(before)
     return o1.astype(np.float64).reshape(shape + (nl, ns)), o2.astype(np.float64).reshape(shape + (nl, ns))
 
 

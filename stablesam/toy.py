@@ -11,9 +11,10 @@ __all__ = ['MINIMA', 'SADDLE', 'EPS', 'METHODS', 'OUTCOMES', 'toy_loss', 'toy_gr
 import math
 import os
 
-import numba
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import literally, njit, prange
+from numba import literally, njit
 from tqdm.auto import tqdm
 
 # %% ../nbs/02_toy.ipynb #8ae40f20
@@ -144,20 +145,20 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
                 run[j] = -1
                 busy -= 1
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _sweep(x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, belts, out1, out2):
-    "Final points of all runs `(x1, x2, lr, rho)` into `(out1, out2)`, on `belts` belts in parallel."
-    for b in prange(belts):   # constant flags: numba compiles one belt per method, without the other branches
-        if not ascent:
-            _belt(b, belts, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
-        elif normalize and stable:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
-        elif normalize:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
-        elif stable:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
-        else:
-            _belt(b, belts, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
+    "`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."
+    if not ascent:   # constant flags: numba compiles one belt per method, without the other branches
+        _belt(first, stride, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
+    elif normalize and stable:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, True, True, eps, block, period, width, out1, out2)
+    elif normalize:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, True, False, eps, block, period, width, out1, out2)
+    elif stable:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, False, True, eps, block, period, width, out1, out2)
+    else:
+        _belt(first, stride, x1, x2, lr, rho, steps, True, False, False, eps, block, period, width, out1, out2)
 
 # %% ../nbs/02_toy.ipynb #9fc53c64
 def _check_run(lrs, rho, steps):
@@ -175,7 +176,7 @@ def default_threads():
     "Threads for the sweeps: the CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=32, width=64, period=2,
+def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=64, width=128, period=2,
                  chunk=65536, bar=None):
     "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
     ascent, normalize, stable = _check_method(method)
@@ -192,16 +193,14 @@ def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, thre
     x1, x2 = np.tile(starts[:, 0], nr * nl).astype(dt), np.tile(starts[:, 1], nr * nl).astype(dt)
     lr, rr = np.tile(np.repeat(lrs, ns), nr).astype(dt), np.repeat(rhos, nl * ns).astype(dt)
     o1, o2 = np.empty_like(x1), np.empty_like(x2)
-    threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    threads = max(1, min(threads or default_threads(), x1.size))
+    with ThreadPoolExecutor(threads) as ex:
         for i in range(0, x1.size, chunk):
             c = slice(i, i + chunk)
-            _sweep(x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS), block, period, width,
-                   min(threads, o1[c].size), o1[c], o2[c])
+            def belt(b): _sweep(b, threads, x1[c], x2[c], lr[c], rr[c], int(steps), ascent, normalize, stable, dt(EPS),
+                               block, period, width, o1[c], o2[c])
+            list(ex.map(belt, range(threads)))
             if bar is not None: bar.update(o1[c].size)
-    finally: numba.set_num_threads(before)
     return o1.astype(np.float64).reshape(shape + (nl, ns)), o2.astype(np.float64).reshape(shape + (nl, ns))
 
 # %% ../nbs/02_toy.ipynb #4f22bd27

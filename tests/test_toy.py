@@ -96,9 +96,9 @@ def test_zero_gradient_means_no_perturbation():
     (lambda: success_rates("sam", [0.1], 0.1, tol=-0.1), "Invalid tol: -0.1"),
     (lambda: success_rates("sam", [0.1], 0.1, n_starts=0), "Invalid n_starts: 0"),
     (lambda: success_rates("sam", [0.1], 0.1, steps=2**31), "Invalid steps: 2147483648"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width/period/chunk: 1/64/2/65536"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, period=0), "Invalid block/width/period/chunk: 32/64/0/65536"),
-    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, chunk=0), "Invalid block/width/period/chunk: 32/64/2/0"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, block=1), "Invalid block/width/period/chunk: 1/128/2/65536"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, period=0), "Invalid block/width/period/chunk: 64/128/0/65536"),
+    (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, chunk=0), "Invalid block/width/period/chunk: 64/128/2/0"),
     (lambda: final_points("sam", [[0, 0]], [0.1], 0.1, dtype=np.int32), "Invalid dtype"),
     (lambda: sweep(("gd", "lion"), (0.1,), [0.1]), "Invalid method: 'lion'"),
 ])
