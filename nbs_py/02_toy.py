@@ -178,8 +178,9 @@ test_eq(reached_minimum([1., -1.04, 0., np.inf, np.nan], [1.03, -1., 0., 1., 1.]
 # side by side keep it busy. `_step` advances `width` runs (*lanes*) by one step, one formula per line in
 # `plain_run`'s order, so numba/LLVM turns it into SIMD instructions (8 float32 lanes per instruction
 # here) and, with `fastmath=False`, every operation stays a correctly rounded IEEE operation: the same
-# bits as `plain_run`. A lane whose run has done its `steps` steps keeps its point (a select, not
-# arithmetic) until the belt stops.
+# bits as `plain_run`. (`error_model="numpy"` drops Python's zero-division check, which would block SIMD;
+# no denominator here can be zero, they are at least $\epsilon$.) A lane whose run has done its `steps`
+# steps keeps its point (a select, not arithmetic) until the belt stops.
 
 # %%
 #| exporti
@@ -298,8 +299,8 @@ def _check_run(lrs, rho, steps):
 
 # %% [markdown]
 # `final_points` lays out every (start, learning rate, $\rho$) run of a method and feeds them to the
-# belts in chunks of `chunk` runs, updating the progress bar after each. The first call for a method and a
-# dtype compiles the kernel (a few seconds); numba caches it in `__pycache__` for later processes.
+# belts in chunks of `chunk` runs, updating the progress bar after each. The first call in a dtype compiles
+# the kernel for all methods (about 10 s); numba caches it in `__pycache__` for later processes.
 
 # %%
 #| export
