@@ -10,13 +10,7 @@ from torch.func import functional_call
 from stablesam.landscape import hessian_vector_product, loss_along, model_loss_fn, top_hessian_eig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one CPU thread is fastest (and fair to a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def exact_hessian(model, loss_of_forward, method='autograd'):

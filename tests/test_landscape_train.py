@@ -5,7 +5,8 @@ import torch
 from stablesam.data import write_fake_cifar
 from stablesam.landscape import HESSIAN_PROBE, STEP_STATS, HessianProbe, StepStats, read_jsonl
 from stablesam.train import TrainConfig, Trainer, comparable
-from test_landscape import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

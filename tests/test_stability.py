@@ -13,13 +13,7 @@ from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summa
                                  read_jsonl, stability_config, summarize, train_pair)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The tiny models here run fastest on one thread (and CI's two cores are shared); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.mark.parametrize('n', [2, 3, 17, 1000])

@@ -19,13 +19,7 @@ from stablesam.train import (Trainer, TrainConfig, comparable, load_checkpoint, 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Float results on CPU depend on the thread count: in-process runs use one thread, like the subprocesses."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
