@@ -5,6 +5,7 @@ second pass is all-reduced, the stable factor uses the replica-average of the lo
 replicas end every step with identical weights equal to a single-process reference.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -85,6 +86,10 @@ def worker(rank, init_file):
             assert not torch.equal(flat(perturbed[0]), flat(perturbed[1])), 'the replicas did perturb differently'
     finally:
         dist.destroy_process_group()
+    # Gloo's worker threads can abort a process at interpreter finalization after a successful run (a torch
+    # teardown race): a worker that passed leaves without finalizing.
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed not available')
