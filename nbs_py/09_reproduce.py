@@ -50,18 +50,19 @@ plt.rcParams['figure.dpi'] = 72
 # Each stage has a quick and a full size. The quick sizes keep the whole job to a few minutes on two CPU
 # cores; the full ones are the paper's (Figure 4: 100 learning rates, 10,000 starts, 1000 steps) or the
 # audit's full size (200 instances per statement). `est_s` is the wall time each stage took on two
-# CPU cores when we measured it, used for the estimate printed before a full run.
+# CPU cores when we measured it (the toy's includes numba compiling its kernel on a first run; the stability
+# run's is the stability notebook's estimate for the CPU size), used for the estimate printed before a run.
 
 # %%
 #| export
 SIZES = {
-    'quick': dict(audit=dict(n_instances=16, est_s=40),
-                  toy=dict(n_lrs=24, n_starts=1000, steps=1000, est_s=10),
-                  compare=dict(epochs=6, n_train=2048, n_test=512, est_s=40)),
-    'full': dict(audit=dict(n_instances=200, est_s=300),
-                 toy=dict(n_lrs=100, n_starts=10_000, steps=1000, est_s=90),
-                 compare=dict(epochs=15, n_train=8192, n_test=2048, est_s=300),
-                 stability=dict(est_s=3000)),
+    'quick': dict(audit=dict(n_instances=16, est_s=5),
+                  toy=dict(n_lrs=24, n_starts=1000, steps=1000, est_s=20),
+                  compare=dict(epochs=6, n_train=2048, n_test=512, est_s=15)),
+    'full': dict(audit=dict(n_instances=200, est_s=25),
+                 toy=dict(n_lrs=100, n_starts=10_000, steps=1000, est_s=25),
+                 compare=dict(epochs=15, n_train=8192, n_test=2048, est_s=150),
+                 stability=dict(est_s=2500)),
 }
 COMPARED = ('sgd', 'sam', 'stablesam')
 
@@ -165,6 +166,10 @@ def estimate(stages):
     "The expected wall time of `stages` on two CPU cores, in seconds."
     return sum(s['est_s'] for _, s in stages)
 
+def duration(seconds):
+    "`seconds` as a short human-readable duration."
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
 
 # %%
 #| export
@@ -192,7 +197,7 @@ def _report(out, quick, results, timings, errors, total):
         lines += ['']
     if 'compare' in results:
         lines += ['## SGD, SAM and StableSAM on synthetic data with 40% label noise', '', '![test accuracy](comparison.png)', '',
-                  f"Run folders in `runs/` ({timings['compare']:.0f} s); best test accuracy (clean test labels):", '',
+                  f"Run folders in `runs/` ({timings['compare']:.0f} s); best test accuracy on clean test labels, one seed:", '',
                   (Path(out) / 'comparison.md').read_text(), '']
     if 'stability' in results:
         lines += ['## Section 5.2: algorithmic stability (FCN on MNIST)', '',
@@ -215,7 +220,7 @@ def reproduce(out, quick=True, data_root='data', seed=0, stages=None):
     if stages is not None: todo = [(n, s) for n, s in todo if n in stages]
     results, timings, errors, t0 = {}, {}, {}, time.time()
     for i, (name, size) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {name} (about {size['est_s'] / 60:.1f} min)", flush=True)
+        print(f"[{i}/{len(todo)}] {name} (about {duration(size['est_s'])})", flush=True)
         t = time.time()
         try: results[name] = STAGES[name](out, seed=seed, data_root=data_root, **size)
         except Exception: errors[name] = traceback.format_exc(limit=3)
@@ -277,7 +282,7 @@ def main(argv=None):
     todo = plan(args.quick, args.data_root)
     if args.stages: todo = [(n, s) for n, s in todo if n in args.stages]
     print(f"stablesam-reproduce ({'quick' if args.quick else 'full'}): {', '.join(n for n, _ in todo)}; "
-          f"expected about {estimate(todo) / 60:.0f} min on 2 CPU cores", flush=True)
+          f"expected about {duration(estimate(todo))} on 2 CPU cores", flush=True)
     if not args.quick and not mnist_present(args.data_root):
         print(f"(no MNIST in {args.data_root}: the stability stage is skipped; put the MNIST files under "
               f"{args.data_root}/MNIST/raw to include it)", flush=True)
