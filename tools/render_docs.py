@@ -7,6 +7,7 @@ PATH for `nbdev_proc_nbs`, which only checks that the program exists before proc
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import nbformat
 import yaml
 from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 PROC, OUT = ROOT / '_proc', ROOT / '_docs_html'
@@ -42,6 +44,26 @@ def front_matter(nb) -> dict:
     return {}
 
 
+QUARTO_ATTRS = re.compile(r'\{(?:target|style|\.)[^{}]*\}')
+
+
+def quarto_cell(cell):
+    """A cell as Quarto shows it: `#|` options applied (`echo: false` hides the code, `output: asis` shows
+    Markdown output as page content) and removed from the code shown; Quarto link attributes dropped."""
+    if cell.cell_type != 'code':
+        return cell
+    lines = cell.source.splitlines()
+    opts = dict(ln.strip()[2:].strip().partition(':')[::2] for ln in lines if ln.strip().startswith('#|'))
+    opts = {k.strip(): v.strip() for k, v in opts.items()}
+    if opts.get('echo') == 'false' and opts.get('output') == 'asis':
+        md = [''.join(o['data']['text/markdown']) for o in cell.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+        return nbformat.v4.new_markdown_cell(QUARTO_ATTRS.sub('', '\n'.join(md)))
+    cell.source = '\n'.join(ln for ln in lines if not ln.strip().startswith('#|'))
+    if opts.get('echo') == 'false':
+        cell.metadata.setdefault('tags', []).append('remove_input')
+    return cell
+
+
 def render_page(nb_path: Path, mathjax_url: str | None = None) -> str:
     """HTML for one processed notebook, with its front matter shown as title and subtitle."""
     nb = nbformat.read(nb_path, as_version=4)
@@ -49,9 +71,10 @@ def render_page(nb_path: Path, mathjax_url: str | None = None) -> str:
     head = f"# {fm.get('title', nb_path.stem)}\n\n"
     if fm.get('description'):
         head += f"<div class='description'>{escape(fm['description'])}</div>\n"
-    nb.cells = [nbformat.v4.new_markdown_cell(head)] + [c for c in nb.cells if c.cell_type != 'raw']
+    nb.cells = [nbformat.v4.new_markdown_cell(head)] + [quarto_cell(c) for c in nb.cells if c.cell_type != 'raw']
     kw = dict(mathjax_url=mathjax_url) if mathjax_url else {}
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True, **kw)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True), enabled=True)
     html, _ = exporter.from_notebook_node(nb)
     return html
 
