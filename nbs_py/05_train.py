@@ -242,10 +242,18 @@ def write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + '\n'))
 
+def append_jsonl(path, record):
+    """Append `record` as one JSON line to `path` (a long run that stops keeps what it wrote)."""
+    with open(path, 'a') as f: f.write(json.dumps(record) + '\n')
+
+def read_jsonl(path):
+    """The JSON objects of a JSON-lines file, one per non-empty line."""
+    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
+
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts)."""
     p = Path(run_dir) / 'metrics.jsonl'
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    return read_jsonl(p) if p.exists() else []
 
 def _versions():
     import torchvision

@@ -41,7 +41,6 @@ torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI
 #| export
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -52,6 +51,7 @@ import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets
+from stablesam.train import append_jsonl, read_jsonl
 
 
 # %% [markdown]
@@ -211,23 +211,9 @@ r = stability_record('sgd', 0, 3, 0.01, dict(loss=0.2, acc=0.95), dict(loss=0.5,
 test_close(r['gen_error'], 0.3, eps=1e-12); test_close(r['acc_gap'], 0.05, eps=1e-12)
 test_close(r['gen_error_prime'], 0.2, eps=1e-12); test_eq(r['lr'], 0.1)
 
-
 # %% [markdown]
-# Records go to a JSON-lines file, one object per line, appended as they come so that a long run that
-# is stopped keeps what it measured:
-
-# %%
-#| export
-def append_jsonl(path, record: dict) -> None:
-    "Append `record` as one JSON line to `path`."
-    with open(path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-
-def read_jsonl(path) -> list[dict]:
-    "The records of a JSON-lines file."
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
+# Records go to a JSON-lines file, one object per line, appended as they come (the training engine's
+# `append_jsonl`) so that a long run that is stopped keeps what it measured:
 
 # %%
 with tempfile.TemporaryDirectory() as d:

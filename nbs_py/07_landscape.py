@@ -52,6 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stablesam.train import append_jsonl, read_jsonl
+
 
 # %% [markdown]
 # ## The top eigenpair of the Hessian
@@ -358,11 +360,6 @@ test_fail(lambda: fixed_batch(ds, 33), contains="Invalid n: 33")
 STEP_STATS = 'step_stats.jsonl'
 STAT_KEYS = ('grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment', 'cosine')
 
-def read_jsonl(path):
-    "The JSON objects of a `.jsonl` file, one per non-empty line."
-    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
-
-
 def stats_series(rows, key):
     "`(x, values)` of statistic `key` over all steps of `rows` (epoch lines of `step_stats.jsonl`); x in epochs."
     xs, vs = [], []
@@ -417,7 +414,7 @@ class StepStats:
         self.history.append(row)
         for k, v in zip(self.keys, values): metrics[f'{k}_min'] = min(v)
         if self.path is not None:
-            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+            append_jsonl(self.path, row)
 
     def series(self, key):
         "The recorded values of `key` over all steps and their position in epochs (see `stats_series`)."
@@ -509,7 +506,7 @@ class HessianProbe:
         row = dict(epoch=epoch, step=trainer.step, **self.probe(trainer.model, trainer.device))
         self.history.append(row)
         if self.path is not None:
-            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+            append_jsonl(self.path, row)
         return row
 
     def before_fit(self, trainer):

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['STEP_STATS', 'STAT_KEYS', 'HESSIAN_PROBE', 'power_iteration', 'hessian_vector_product', 'top_hessian_eig',
-           'loss_along', 'fixed_batch', 'model_loss_fn', 'read_jsonl', 'stats_series', 'StepStats', 'HessianProbe',
-           'plot_norm_ratio', 'plot_alignment', 'plot_loss_along', 'sam_stats_runs', 'probed_run']
+           'loss_along', 'fixed_batch', 'model_loss_fn', 'stats_series', 'StepStats', 'HessianProbe', 'plot_norm_ratio',
+           'plot_alignment', 'plot_loss_along', 'sam_stats_runs', 'probed_run']
 
 # %% ../nbs/07_landscape.ipynb #fadb132b
 import dataclasses
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .train import append_jsonl, read_jsonl
 
 # %% ../nbs/07_landscape.ipynb #a0f26c54
 def _dot(xs, ys):
@@ -127,11 +129,6 @@ def model_loss_fn(model, batches, criterion=F.cross_entropy):
 STEP_STATS = 'step_stats.jsonl'
 STAT_KEYS = ('grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment', 'cosine')
 
-def read_jsonl(path):
-    "The JSON objects of a `.jsonl` file, one per non-empty line."
-    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
-
-
 def stats_series(rows, key):
     "`(x, values)` of statistic `key` over all steps of `rows` (epoch lines of `step_stats.jsonl`); x in epochs."
     xs, vs = [], []
@@ -184,7 +181,7 @@ class StepStats:
         self.history.append(row)
         for k, v in zip(self.keys, values): metrics[f'{k}_min'] = min(v)
         if self.path is not None:
-            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+            append_jsonl(self.path, row)
 
     def series(self, key):
         "The recorded values of `key` over all steps and their position in epochs (see `stats_series`)."
@@ -215,7 +212,7 @@ class HessianProbe:
         row = dict(epoch=epoch, step=trainer.step, **self.probe(trainer.model, trainer.device))
         self.history.append(row)
         if self.path is not None:
-            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+            append_jsonl(self.path, row)
         return row
 
     def before_fit(self, trainer):

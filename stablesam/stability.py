@@ -4,14 +4,13 @@
 
 # %% auto #0
 __all__ = ['PANELS', 'COLORS', 'SCHEDULES', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Neighbours', 'neighbouring_indices',
-           'neighbouring_subsets', 'param_distance', 'stability_record', 'append_jsonl', 'read_jsonl', 'curves',
-           'plot_stability', 'summarize', 'format_summary', 'stability_config', 'train_pair', 'in_memory',
-           'load_stability_data', 'check_run', 'run_stability', 'stability_parser', 'parse_args', 'main', 'verdict']
+           'neighbouring_subsets', 'param_distance', 'stability_record', 'curves', 'plot_stability', 'summarize',
+           'format_summary', 'stability_config', 'train_pair', 'in_memory', 'load_stability_data', 'check_run',
+           'run_stability', 'stability_parser', 'parse_args', 'main', 'verdict']
 
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .data import LabelledView, get_datasets
+from .train import append_jsonl, read_jsonl
 
 # %% ../nbs/06_stability.ipynb #537c1fec
 class Neighbours(NamedTuple):
@@ -78,17 +78,6 @@ def stability_record(optimizer: str, seed: int, epoch: int, distance: float,
                 acc_gap_prime=train_prime['acc'] - test_prime['acc'],
                 train_loss=train['loss'], test_loss=test['loss'], train_acc=train['acc'], test_acc=test['acc'],
                 **extra)
-
-# %% ../nbs/06_stability.ipynb #ebdbbe1b
-def append_jsonl(path, record: dict) -> None:
-    "Append `record` as one JSON line to `path`."
-    with open(path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-
-def read_jsonl(path) -> list[dict]:
-    "The records of a JSON-lines file."
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 # %% ../nbs/06_stability.ipynb #c4c6fed6
 PANELS = (('param_distance', 'normalised distance'), ('gen_error', 'generalisation error'),

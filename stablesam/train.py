@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['AMP_MODES', 'SCHEDULES', 'CHECKPOINT', 'PRESETS', 'TABLE2_MODELS', 'RHO_GRID', 'TABLE_OPTIMIZERS', 'TABLES',
            'TrainConfig', 'dist_info', 'resolve_device', 'save_checkpoint', 'load_checkpoint', 'write_json',
-           'read_metrics', 'Trainer', 'comparable', 'preset_config', 'sweep', 'sweep_commands', 'build_parser',
-           'config_from_args', 'main']
+           'append_jsonl', 'read_jsonl', 'read_metrics', 'Trainer', 'comparable', 'preset_config', 'sweep',
+           'sweep_commands', 'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/05_train.ipynb #adc4a9e0
 import argparse
@@ -168,10 +168,18 @@ def write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + '\n'))
 
+def append_jsonl(path, record):
+    """Append `record` as one JSON line to `path` (a long run that stops keeps what it wrote)."""
+    with open(path, 'a') as f: f.write(json.dumps(record) + '\n')
+
+def read_jsonl(path):
+    """The JSON objects of a JSON-lines file, one per non-empty line."""
+    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
+
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts)."""
     p = Path(run_dir) / 'metrics.jsonl'
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    return read_jsonl(p) if p.exists() else []
 
 def _versions():
     import torchvision

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from stablesam.data import write_fake_cifar
-from stablesam.landscape import HESSIAN_PROBE, STEP_STATS, HessianProbe, StepStats, read_jsonl
-from stablesam.train import TrainConfig, Trainer, comparable
+from stablesam.landscape import HESSIAN_PROBE, STEP_STATS, HessianProbe, StepStats
+from stablesam.train import TrainConfig, Trainer, comparable, read_jsonl
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

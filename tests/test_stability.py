@@ -10,7 +10,8 @@ from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
 from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args, neighbouring_indices, neighbouring_subsets, param_distance,
-                                 read_jsonl, stability_config, summarize, train_pair)
+                                 stability_config, summarize, train_pair)
+from stablesam.train import read_jsonl
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
