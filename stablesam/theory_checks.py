@@ -77,6 +77,14 @@ def _groups(n_instances):
         if B: yield B, n, d
 
 
+def _grouped_constants(rng, N):
+    "Draw the constants of `N` instances (`_draw_constants`), then yield `(B, n, d, (mu, L, rho, C, u))` per shape group."
+    consts, k = _draw_constants(rng, N), 0
+    for B, n, d in _groups(N):
+        yield B, n, d, tuple(x[k:k + B] for x in consts)
+        k += B
+
+
 def _cat(*qs):
     "Stack problems along the batch axis."
     return Quadratics(np.concatenate([q.H for q in qs]), np.concatenate([q.c for q in qs]))
@@ -84,10 +92,9 @@ def _cat(*qs):
 # %% ../nbs/01a_theory_checks.ipynb #db391216
 def _check_lemma5(rng, N):
     rows = []
-    mu_all, L_all, *_ = _draw_constants(rng, N)
-    flags, slacks, k = [], [], 0
-    for B, n, d in _groups(N):
-        q = random_quadratics(1, d, mu_all[k:k + B], L_all[k:k + B], batch=(B,), seed=rng); k += B
+    flags, slacks = [], []
+    for B, n, d, (mu, L, *_) in _grouped_constants(rng, N):
+        q = random_quadratics(1, d, mu, L, batch=(B,), seed=rng)
         m, l = strong_convexity_smoothness(q.H)
         v, w = rng.standard_normal((2, B, 64, d))
         v[:, 0] = w[:, 0] + np.linalg.eigh(q.H[:, 0])[1][..., 0]     # along an extreme eigenvector
@@ -120,10 +127,7 @@ def _check_lemma5(rng, N):
 def _one_step(rng, N, *, same_example, method, shared_xi, shared_hessian=False, stable_factor='stated'):
     "Per-instance (violated, slack) of one step of Lemma 6/7 (`sam`) or 13/14 (`stablesam`)."
     flags, slacks = [], []
-    mu_all, L_all, rho_all, C_all, u_all = _draw_constants(rng, N)
-    k = 0
-    for B, n, d in _groups(N):
-        mu, L, rho, C, u = (x[k:k + B] for x in (mu_all, L_all, rho_all, C_all, u_all)); k += B
+    for B, n, d, (mu, L, rho, C, u) in _grouped_constants(rng, N):
         q = random_quadratics(2, d, mu, L, batch=(B,), shared_hessian=shared_hessian, seed=rng)
         qw = q[:, :1]
         qv = qw if same_example else Quadratics(q.H[:, 1:], q.c[:, 1:])
@@ -179,10 +183,8 @@ def _check_one_step(rng, N):
 # %% ../nbs/01a_theory_checks.ipynb #50f83eb6
 def _assumption23_data(rng, N, P, T, clamp=None):
     "Per instance: best Assumption-3 margins (certified mu, mu -> 0) and max of gamma_t (1 + rho s_min/G)."
-    mu_all, L_all, rho_all, _, _ = _draw_constants(rng, N)
-    parts, k = [], 0
-    for B, n, d in _groups(N):
-        mu, L, rho = mu_all[k:k + B], L_all[k:k + B], rho_all[k:k + B]; k += B
+    parts = []
+    for B, n, d, (mu, L, rho, _, _) in _grouped_constants(rng, N):
         q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
         ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
         smin = np.linalg.eigvalsh(q.H)[..., 0]                                     # (B, n)

@@ -16,7 +16,7 @@ from .theory import (
     stability_bound_corrected, noise_ball_lr_max, sam_direction, run)
 
 from .theory_checks import Z99, SHAPES, mean_se, rel_slack, make_row, _loguniform, _draw_constants, \
-    _in_range, _groups, _cat
+    _in_range, _groups, _grouped_constants, _cat
 
 # %% ../nbs/01b_theory_runs.ipynb #decebc7a
 def _ball_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
@@ -106,10 +106,8 @@ def _stability_rows(rng, N, P, T):
 # %% ../nbs/01b_theory_runs.ipynb #fdec7557
 def _convergence_data(rng, N, method, *, batch1, P, T):
     "Runs of Algorithm 1 with any learning rate; per-instance measured risks, bounds and constants."
-    mu_all, L_all, rho_all, _, _ = _draw_constants(rng, N)
-    out_parts, k = [], 0
-    for B, n, d in _groups(N):
-        mu, L, rho = mu_all[k:k + B], L_all[k:k + B], rho_all[k:k + B]; k += B
+    out_parts = []
+    for B, n, d, (mu, L, rho, _, _) in _grouped_constants(rng, N):
         q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
         fb, ws = full_batch(q), empirical_minimizer(q)
         m, l = strong_convexity_smoothness(q.H)
@@ -149,10 +147,8 @@ def _convergence_rows(rng, N, P, T):
 
 # %% ../nbs/01b_theory_runs.ipynb #358c7ea5
 def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
-    mu_all, L_all, rho_all, C_all, u_all = _draw_constants(rng, N)
-    parts, k = [], 0
-    for B, n, d in _groups(N):
-        mu, L, rho, C, u = (x[k:k + B] for x in (mu_all, L_all, rho_all, C_all, u_all)); k += B
+    parts = []
+    for B, n, d, (mu, L, rho, C, u) in _grouped_constants(rng, N):
         if method == 'sgd': rho = np.zeros(B)
         pool = random_quadratics(M, d, mu, L, batch=(B,), seed=rng)
         fD, wD = full_batch(pool), empirical_minimizer(pool)
