@@ -444,3 +444,42 @@ def loader_kwargs(device, workers=None):
 # %%
 test_eq(loader_kwargs('cpu'), dict(num_workers=0, pin_memory=False))
 test_eq(loader_kwargs('cuda', 4)['persistent_workers'], True)
+
+
+# %% [markdown]
+# ## In memory
+#
+# MNIST, CIFAR-10/100 and any subset of them fit in memory. `decode` turns a dataset into two tensors
+# once (a view of tensors already in memory is sliced, not iterated), so that a training loop can take a
+# batch by index slicing instead of calling `__getitem__` and collating per image. The tensors are the
+# very ones the DataLoader would have collated: without augmentation the batches are bit-identical.
+# `in_memory` wraps them back into a `LabelledView`, the type every other part of the package takes.
+
+# %%
+#| export
+def decode(dataset, batch_size=1024):
+    """`dataset` as two tensors (inputs, labels), decoded once; a `LabelledView` of tensors is sliced, not iterated."""
+    from torch.utils.data import DataLoader, TensorDataset
+    if isinstance(dataset, LabelledView) and isinstance(dataset.base, TensorDataset):
+        return dataset.base.tensors[0][dataset.indices], dataset.targets
+    if len(dataset) == 0: raise ValueError("decode needs a non-empty dataset")
+    xs, ys = zip(*DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    return torch.cat(xs), torch.cat(ys).long()
+
+def in_memory(dataset, batch_size=1024):
+    """`dataset` decoded once into tensors, as a `LabelledView` (valid where items never change: no augmentation)."""
+    from torch.utils.data import TensorDataset
+    x, y = decode(dataset, batch_size)
+    return LabelledView(TensorDataset(x, y), targets=y)
+
+
+# %%
+d = get_datasets('cifar10', tmp, augment=False, label_noise=0.2)
+x, y = decode(d.train)
+test_eq(x.shape, (len(d.train), 3, 32, 32)); test_eq(y, d.train.targets)
+test_eq(x[5], d.train[5][0])
+m = in_memory(d.train)
+test_eq(m[5][0], d.train[5][0]); test_eq(m.targets, d.train.targets)
+sub = LabelledView(m, [3, 1, 4])
+test_eq(decode(sub)[0], torch.stack([d.train[i][0] for i in (3, 1, 4)]))
+test_eq(decode(LabelledView(m.base, torch.tensor([2, 0]), targets=torch.tensor([7, 7])))[1], torch.tensor([7, 7]))

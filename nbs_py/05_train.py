@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from stablesam.data import DATASETS, EpochSampler, SeededAugment, get_datasets, loader_kwargs
+from stablesam.data import DATASETS, EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs
 from stablesam.models import MODELS, get_model
 from stablesam.optim import BASES, OPTIMIZERS, first_pass_no_sync, freeze_bn_stats, is_sam, make_optimizer
 
@@ -102,6 +102,7 @@ class TrainConfig:
     device: str = 'auto'
     download: bool = True
     progress: bool = True
+    in_memory: bool = True
 
     def to_dict(self):
         """All settings as a JSON-ready dict."""
@@ -206,9 +207,10 @@ def _autocast(device, amp):
 # %%
 #| export
 CHECKPOINT = 'checkpoint.pt'
+EVAL_BATCH = 1024  # evaluation batch of in-memory datasets (no autograd, so large batches are cheap)
 _FORMAT = 'stablesam-checkpoint'
 # settings that may differ between a run and its resumption (they do not change the results)
-_RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root')
+_RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory')
 
 def _atomic_write(path, write):
     """Call `write(tmp_path)` then rename the temporary file onto `path`."""
@@ -245,6 +247,10 @@ def write_json(path, obj):
 def append_jsonl(path, record):
     """Append `record` as one JSON line to `path` (a long run that stops keeps what it wrote)."""
     with open(path, 'a') as f: f.write(json.dumps(record) + '\n')
+
+def write_jsonl(path, records):
+    """Write `records` as a JSON-lines file, atomically (replaces what was there)."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in records)))
 
 def read_jsonl(path):
     """The JSON objects of a JSON-lines file, one per non-empty line."""
@@ -326,6 +332,7 @@ class Trainer:
         self.loader_kwargs = loader_kwargs(self.device, cfg.workers)
         self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=cfg.batch_size // self.world_size,
                                        sampler=self.sampler, **self.loader_kwargs)
+        self.train_tensors = self._to_device(decode(self.data.train)) if self.in_memory(train=True) else None
         self.epoch, self.step, self.history, self._eval_loaders = 0, 0, [], {}
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.out = Path(cfg.out) if cfg.out and self.rank == 0 else None
@@ -374,6 +381,24 @@ class Trainer:
         self.step += 1
         return out.detach(), loss.detach()
 
+    def in_memory(self, train=False):
+        """Whether batches come from tensors decoded once: datasets that fit in memory, items without random augmentation."""
+        cfg = self.cfg
+        random_items = train and cfg.augment and cfg.dataset != 'mnist'  # MNIST has no augmentation
+        return cfg.in_memory and cfg.dataset != 'imagenet' and not random_items
+
+    def _to_device(self, tensors):
+        return tuple(t.to(self.device) for t in tensors)
+
+    def batches(self):
+        """This epoch's training batches on the device, in `EpochSampler` order (slices of the in-memory tensors, or the DataLoader's)."""
+        if self.train_tensors is None:
+            nb = self.loader_kwargs['pin_memory']
+            for x, y in self.train_loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+            return
+        (x, y), order, size = self.train_tensors, self.sampler.order().to(self.device), self.train_loader.batch_size
+        for idx in order.split(size): yield x[idx], y[idx]
+
     def _reduce(self, *tensors):
         """Sum device tensors over processes and return them as Python floats (one host sync)."""
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in tensors])
@@ -389,9 +414,7 @@ class Trainer:
         bar = tqdm(total=len(self.train_loader), desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
                    disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
         t0 = last = time.perf_counter()
-        nb = self.loader_kwargs['pin_memory']
-        for x, y in self.train_loader:
-            x, y = x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        for x, y in self.batches():
             out, loss = self.train_step(x, y)
             loss_sum += loss.double() * len(y); correct += (out.argmax(1) == y).sum(); count += len(y); nsteps += 1
             if self.sam:
@@ -422,10 +445,13 @@ class Trainer:
         key = id(dataset)
         if key not in self._eval_loaders:
             part = Subset(dataset, range(self.rank, len(dataset), self.world_size)) if self.world_size > 1 else dataset
-            self._eval_loaders[key] = (dataset, DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs))
-        loader = self._eval_loaders[key][1]
+            if self.in_memory(): batches = self._to_device(decode(part))
+            else: batches = DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs)
+            self._eval_loaders[key] = (dataset, batches)  # the dataset is kept so that its id stays unique
+        batches = self._eval_loaders[key][1]
+        if isinstance(batches, tuple): batches = zip(batches[0].split(EVAL_BATCH), batches[1].split(EVAL_BATCH))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device); correct = torch.zeros_like(loss_sum); count = 0
-        for x, y in loader:
+        for x, y in batches:
             x, y = x.to(self.device), y.to(self.device)
             with _autocast(self.device, self.cfg.amp): out = self.model(x)
             loss_sum += F.cross_entropy(out.float(), y, reduction='sum').double(); correct += (out.argmax(1) == y).sum(); count += len(y)
@@ -466,7 +492,7 @@ class Trainer:
     def _save(self):
         if self.out is None: return
         save_checkpoint(self.out / CHECKPOINT, self.state())
-        _atomic_write(self.out / 'metrics.jsonl', lambda tmp: Path(tmp).write_text(''.join(json.dumps(m) + '\n' for m in self.history)))
+        write_jsonl(self.out / 'metrics.jsonl', self.history)
 
     def fit(self):
         """Train the remaining epochs, evaluating after each and writing the run folder; returns the per-epoch metrics."""

@@ -41,7 +41,9 @@ torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI
 #| export
 import argparse
 import dataclasses
+import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -50,8 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stablesam.data import LabelledView, get_datasets
-from stablesam.train import append_jsonl, read_jsonl
+from stablesam.data import LabelledView, get_datasets, in_memory
+from stablesam.train import append_jsonl, read_jsonl, write_json, write_jsonl
 
 
 # %% [markdown]
@@ -392,13 +394,6 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None) -
 
 # %%
 #| export
-def in_memory(dataset, batch_size: int = 1024) -> LabelledView:
-    "`dataset` decoded once into tensors (valid because Section 5.2 uses no augmentation: items never change)."
-    from torch.utils.data import DataLoader, TensorDataset
-    xs, ys = zip(*DataLoader(dataset, batch_size=batch_size, shuffle=False))
-    x, y = torch.cat(xs), torch.cat(ys)
-    return LabelledView(TensorDataset(x, y), targets=y)
-
 def load_stability_data(cfg: TrainConfig):
     "The `DataBundle` for `cfg`: all examples, without augmentation, decoded once into memory (Section 5.2)."
     data = get_datasets(cfg.dataset, cfg.data_root, augment=False, download=cfg.download)
@@ -414,23 +409,32 @@ def check_run(optimizers, seeds, subset=None) -> None:
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 2):
         raise ValueError(f"Invalid subset: {subset} (at least 2 examples)")
 
+def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
+    "The records of the (optimizer, seed) pairs that reached epoch `epochs`, in their order (a partial pair is dropped)."
+    done = {(r['optimizer'], r['seed']) for r in records if r['epoch'] == epochs}
+    return [r for r in records if (r['optimizer'], r['seed']) in done]
+
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
-                  subset: int | None = None, data=None, jsonl=None, progress: bool = True) -> list[dict]:
+                  subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False) -> list[dict]:
     "Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."
     from tqdm.auto import tqdm
     check_run(optimizers, seeds, subset)
     if data is None: data = load_stability_data(cfg)
-    if jsonl is not None: Path(jsonl).parent.mkdir(parents=True, exist_ok=True); Path(jsonl).write_text('')
     records = []
-    bar = tqdm(total=len(optimizers) * len(seeds) * cfg.epochs, desc='stability', disable=not progress)
+    if jsonl is not None:
+        jsonl = Path(jsonl); jsonl.parent.mkdir(parents=True, exist_ok=True)
+        if resume and jsonl.exists(): records = finished_pairs(read_jsonl(jsonl), cfg.epochs)
+        write_jsonl(jsonl, records)  # a resumed run keeps the finished pairs and retrains the rest
+    done = {(r['optimizer'], r['seed']) for r in records}
+    todo = [(int(seed), opt) for seed in seeds for opt in optimizers if (opt, int(seed)) not in done]
+    bar = tqdm(total=len(todo) * cfg.epochs, desc='stability', disable=not progress)
     def on_record(rec):
         if jsonl is not None: append_jsonl(jsonl, rec)
         if rec['epoch'] > 0:
             bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
-    for seed in seeds:
-        _, _, neighbours = neighbouring_subsets(data.train, seed=int(seed), subset=subset)
-        for opt in optimizers:
-            records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=int(seed)), data, neighbours, on_record)
+    for seed, opt in todo:
+        _, _, neighbours = neighbouring_subsets(data.train, seed=seed, subset=subset)
+        records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=seed), data, neighbours, on_record)
     bar.close()
     return records
 
@@ -477,6 +481,8 @@ def stability_parser() -> argparse.ArgumentParser:
                         'default 60 epochs and seeds 0 1 2 the MNIST FCN setting takes about 40 minutes on one core')
     p.add_argument('--no-download', action='store_true', help='never try to download the dataset')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run in --out: keep its finished (optimizer, seed) pairs, retrain the others')
     return p
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -488,29 +494,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 def main(argv=None) -> None:
-    "The `stablesam-stability` command: run, write stability.jsonl, stability.png and summary.md, print the summary."
-    import matplotlib
+    "The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."
+    import matplotlib, platform, time
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     p, args = stability_parser(), parse_args(argv)
+    out = Path(args.out)
     try:
         check_run(args.optimizers, args.seeds, args.subset)
         cfg = stability_config(args.dataset, args.model, args.schedule, data_root=args.data_root, lr=args.lr,
                                rho=args.rho, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                                download=not args.no_download)
+        if (out / 'records.jsonl').exists() and not args.resume:
+            raise ValueError(f"{out / 'records.jsonl'} exists: pass --resume to continue that run, or choose another --out")
         data = load_stability_data(cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e))
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / 'config.json').read_text()).get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
+    n_train = len(data.train) if args.subset is None else min(len(data.train), args.subset)
+    config = dict(vars(args), n_train=n_train - 1, n_test=len(data.test), command=['stablesam-stability', *(sys.argv[1:] if argv is None else argv)],
+                  machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t0 = time.perf_counter()
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data,
-                            jsonl=out / 'stability.jsonl', progress=not args.quiet)
+                            jsonl=out / 'records.jsonl', progress=not args.quiet, resume=args.resume)
+    write_json(out / 'config.json', dict(config, wall_time_s=previous + time.perf_counter() - t0))
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)
     fig.savefig(out / 'stability.png', dpi=100); plt.close(fig)
     table = format_summary(summarize(records))
     (out / 'summary.md').write_text(f"# {title}\n\n{table}\n")
     print(table)
-    print(f"wrote {out / 'stability.jsonl'}, {out / 'stability.png'}, {out / 'summary.md'}")
+    print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'stability.png'}, {out / 'summary.md'}")
 
 
 # %% [markdown]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['FAKE_MARKER', 'DATASETS', 'write_fake_mnist', 'write_fake_cifar', 'write_fake_imagefolder', 'get_transforms',
            'noisy_labels', 'LabelledView', 'DataBundle', 'get_datasets', 'EpochSampler', 'SeededAugment',
-           'loader_kwargs']
+           'loader_kwargs', 'decode', 'in_memory']
 
 # %% ../nbs/03_data.ipynb #26935437
 import gzip
@@ -262,3 +262,19 @@ def loader_kwargs(device, workers=None):
     kw = dict(num_workers=workers, pin_memory=cuda)
     if workers > 0: kw.update(persistent_workers=True, prefetch_factor=4)
     return kw
+
+# %% ../nbs/03_data.ipynb #577ed637
+def decode(dataset, batch_size=1024):
+    """`dataset` as two tensors (inputs, labels), decoded once; a `LabelledView` of tensors is sliced, not iterated."""
+    from torch.utils.data import DataLoader, TensorDataset
+    if isinstance(dataset, LabelledView) and isinstance(dataset.base, TensorDataset):
+        return dataset.base.tensors[0][dataset.indices], dataset.targets
+    if len(dataset) == 0: raise ValueError("decode needs a non-empty dataset")
+    xs, ys = zip(*DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    return torch.cat(xs), torch.cat(ys).long()
+
+def in_memory(dataset, batch_size=1024):
+    """`dataset` decoded once into tensors, as a `LabelledView` (valid where items never change: no augmentation)."""
+    from torch.utils.data import TensorDataset
+    x, y = decode(dataset, batch_size)
+    return LabelledView(TensorDataset(x, y), targets=y)

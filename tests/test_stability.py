@@ -91,7 +91,7 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     assert main(['--dataset', dataset, '--data-root', str(tmp_path / 'data'), '--optimizers', 'sgd', 'stablesam',
                     '--epochs', '2', '--seeds', '0', '1', '--subset', '40', '--batch-size', '13', '--lr', '0.05',
                     '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) is None   # console scripts sys.exit() the result
-    recs = read_jsonl(out / 'stability.jsonl')
+    recs = read_jsonl(out / 'records.jsonl')
     assert len(recs) == 2 * 2 * 3                                   # optimizers x seeds x (epochs 0..2)
     assert {(r['optimizer'], r['seed'], r['epoch']) for r in recs} == \
         {(o, s, e) for o in ('sgd', 'stablesam') for s in (0, 1) for e in range(3)}
@@ -108,7 +108,7 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     table = format_summary(summarize(recs))
     assert table in (out / 'summary.md').read_text()
     printed = capsys.readouterr().out
-    assert table in printed and 'stability.jsonl' in printed
+    assert table in printed and 'records.jsonl' in printed
 
 
 @pytest.mark.parametrize('args,message', [
