@@ -455,8 +455,9 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
 
 # %%
 #| export
-_STYLE = {"gd": ("GD", "k", "-"), "sam": ("SAM", "tab:red", "-"), "stablesam": ("StableSAM", "tab:blue", "-"),
-          "usam": ("USAM", "tab:orange", "--"), "stableusam": ("StableUSAM", "tab:cyan", "--")}
+from stablesam.style import optimizer_style
+
+_DRAWN = ("gd", "sam", "stablesam", "usam", "stableusam")  # the methods Figure 4 draws, in legend order
 
 def plot_contour(ax):
     "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
@@ -482,9 +483,9 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
         fig = axs[0].figure
     plot_contour(axs[0])
     for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
-        for m in (m for m in _STYLE if m in rates):
-            label, color, ls = _STYLE[m]
-            ax.plot(lrs, rates[m][i], color=color, ls=ls, lw=1.2, label=label)
+        for m in (m for m in _DRAWN if m in rates):
+            st = optimizer_style(m)
+            ax.plot(lrs, rates[m][i], color=st.color, ls=st.linestyle, lw=1.2, label=st.label)
         ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="learning rate", title=f"({chr(98 + i)}) $\\rho = {rho:g}$")
         if i == 0: ax.set_ylabel("success rate")
     axs[1].legend(fontsize=8, loc="lower right")
@@ -613,14 +614,14 @@ for _m in ("gd", "sam", "stablesam"):
         abl[_m, _s] = final_points(_m, _starts, _lrs, _rho, _s)
 fig, axs = plt.subplots(1, 2, figsize=(10, 2.9), constrained_layout=True)
 for _m in ("gd", "sam", "stablesam"):
-    _label, _c, _ = _STYLE[_m]
+    _label, _c = optimizer_style(_m).label, optimizer_style(_m).color
     for _s, _ls in zip((300, 1000, 3000), (":", "-", "--")):
         axs[0].plot(_lrs, reached_minimum(*abl[_m, _s]).mean(1), color=_c, ls=_ls, label=f"{_label}, {_s} steps")
     for _tol, _ls in zip((0.01, 0.05, 0.2), (":", "-", "--")):
         axs[1].plot(_lrs, reached_minimum(*abl[_m, 1000], _tol).mean(1), color=_c, ls=_ls, label=f"{_label}, tol {_tol:g}")
 for _ax, _t in zip(axs, ("steps (tol 0.05)", "tolerance (1000 steps)")):
     _ax.set(xscale="log", xlabel="learning rate", ylabel="success rate", title=f"$\\rho$ = {_rho:g}: {_t}")
-_h = [plt.Line2D([], [], color=_STYLE[m][1], label=_STYLE[m][0]) for m in ("gd", "sam", "stablesam")]
+_h = [plt.Line2D([], [], color=optimizer_style(m).color, label=optimizer_style(m).label) for m in ("gd", "sam", "stablesam")]
 axs[0].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"{s} steps") for s, l in zip((300, 1000, 3000), (":", "-", "--"))],
               fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
 axs[1].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"tol {t:g}") for t, l in zip((0.01, 0.05, 0.2), (":", "-", "--"))],

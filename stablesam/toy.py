@@ -256,8 +256,9 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     return out
 
 # %% ../nbs/02_toy.ipynb #41cd2cf8
-_STYLE = {"gd": ("GD", "k", "-"), "sam": ("SAM", "tab:red", "-"), "stablesam": ("StableSAM", "tab:blue", "-"),
-          "usam": ("USAM", "tab:orange", "--"), "stableusam": ("StableUSAM", "tab:cyan", "--")}
+from .style import optimizer_style
+
+_DRAWN = ("gd", "sam", "stablesam", "usam", "stableusam")  # the methods Figure 4 draws, in legend order
 
 def plot_contour(ax):
     "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
@@ -283,9 +284,9 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
         fig = axs[0].figure
     plot_contour(axs[0])
     for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
-        for m in (m for m in _STYLE if m in rates):
-            label, color, ls = _STYLE[m]
-            ax.plot(lrs, rates[m][i], color=color, ls=ls, lw=1.2, label=label)
+        for m in (m for m in _DRAWN if m in rates):
+            st = optimizer_style(m)
+            ax.plot(lrs, rates[m][i], color=st.color, ls=st.linestyle, lw=1.2, label=st.label)
         ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="learning rate", title=f"({chr(98 + i)}) $\\rho = {rho:g}$")
         if i == 0: ax.set_ylabel("success rate")
     axs[1].legend(fontsize=8, loc="lower right")
