@@ -57,6 +57,7 @@ test_eq(len({s.color for k, s in OPTIMIZER_STYLES.items() if k != 'gd'}), len(OP
 test_eq(optimizer_style('lion'), OptimizerStyle('lion', 'tab:gray', ':', '.'))
 test_eq(plot_kwargs('sam'), dict(label='SAM', color='tab:blue', linestyle='-'))
 
+
 # %% [markdown]
 # Recorded quantities and the axis label each is plotted under. Accuracies are recorded as fractions
 # and plotted in percent: `scale` is the factor from the record to the axis.
