@@ -239,6 +239,35 @@ def _targets(ds):
     return torch.as_tensor(ds.targets)
 
 
+# %% [markdown]
+# A validation split is held out from the *training* set (never from the test set), so that a
+# hyperparameter or an epoch can be chosen without looking at the test set. `validation_split` draws
+# it with its own seed; the two views point into the same base dataset, with the same (possibly noisy)
+# labels the training set has.
+
+# %%
+#| export
+def validation_split(dataset, n_val, seed=0):
+    """Views (train, val) of `dataset`: `n_val` items drawn with `seed` held out for validation, the rest (in order) for training."""
+    n = len(dataset)
+    if isinstance(n_val, bool) or int(n_val) != n_val or not 0 < n_val < n:
+        raise ValueError(f"Invalid validation split: {n_val} (between 1 and {n - 1} of the {n} training examples)")
+    view = dataset if isinstance(dataset, LabelledView) else LabelledView(dataset)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, 0x7a1)))
+    val, train = perm[:int(n_val)], perm[int(n_val):].sort().values
+    return tuple(LabelledView(view.base, view.indices[i], view.targets[i]) for i in (train, val))
+
+
+# %%
+_base = LabelledView(list(zip(range(10), range(10))), targets=torch.arange(10) % 3)
+_tr, _va = validation_split(_base, 3, seed=1)
+test_eq(sorted(_tr.indices.tolist() + _va.indices.tolist()), list(range(10)))
+test_eq(_va.targets, _va.indices % 3)
+test_eq(validation_split(_base, 3, seed=1)[1].indices, _va.indices)
+assert not torch.equal(validation_split(_base, 3, seed=2)[1].indices, _va.indices)
+test_fail(lambda: validation_split(_base, 10), contains='between 1 and 9')
+
+
 # %%
 #| export
 @dataclass

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['FAKE_MARKER', 'DATASETS', 'write_fake_mnist', 'write_fake_cifar', 'write_fake_imagefolder', 'get_transforms',
-           'noisy_labels', 'LabelledView', 'DataBundle', 'get_datasets', 'EpochSampler', 'SeededAugment',
-           'loader_kwargs', 'decode', 'in_memory']
+           'noisy_labels', 'LabelledView', 'validation_split', 'DataBundle', 'get_datasets', 'EpochSampler',
+           'SeededAugment', 'loader_kwargs', 'decode', 'in_memory']
 
 # %% ../nbs/03_data.ipynb #26935437
 import gzip
@@ -148,6 +148,17 @@ def _targets(ds):
     """The labels of a torchvision dataset (or a `LabelledView`) as a tensor."""
     if isinstance(ds, LabelledView): return ds.targets
     return torch.as_tensor(ds.targets)
+
+# %% ../nbs/03_data.ipynb #3979db91
+def validation_split(dataset, n_val, seed=0):
+    """Views (train, val) of `dataset`: `n_val` items drawn with `seed` held out for validation, the rest (in order) for training."""
+    n = len(dataset)
+    if isinstance(n_val, bool) or int(n_val) != n_val or not 0 < n_val < n:
+        raise ValueError(f"Invalid validation split: {n_val} (between 1 and {n - 1} of the {n} training examples)")
+    view = dataset if isinstance(dataset, LabelledView) else LabelledView(dataset)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, 0x7a1)))
+    val, train = perm[:int(n_val)], perm[int(n_val):].sort().values
+    return tuple(LabelledView(view.base, view.indices[i], view.targets[i]) for i in (train, val))
 
 # %% ../nbs/03_data.ipynb #97f7561f
 @dataclass
