@@ -37,18 +37,28 @@ import math
 import sys
 from pathlib import Path
 
+from stablesam.style import OPTIMIZER_STYLES, optimizer_style, quantity
 from stablesam.train import read_metrics
 
 # %%
 #| export
-OPT_ORDER = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
-OPT_LABELS = dict(sgd='SGD', sam='SAM', stablesam='StableSAM', asam='ASAM', stableasam='StableASAM', usam='USAM',
-                  stableusam='StableUSAM')
+OPT_ORDER = tuple(k for k in OPTIMIZER_STYLES if k != 'gd')  # table columns in the package's order (stablesam.style)
 MODEL_LABELS = dict(fcn='FCN', lenet='LeNet', resnet20='ResNet-20', resnet56='ResNet-56',
                     resnext29_32x4d='ResNeXt-29-32x4d', wrn28_10='WRN-28-10', pyramidnet110='PyramidNet-110',
                     resnet18='ResNet-18', resnet50='ResNet-50', resnet101='ResNet-101', resnet152='ResNet-152',
                     vit_s32='ViT-S/32')
 DATASET_LABELS = dict(mnist='MNIST', cifar10='CIFAR-10', cifar100='CIFAR-100', imagenet='ImageNet-1k')
+
+def _finite(v): return isinstance(v, (int, float)) and math.isfinite(v)
+
+def run_scores(metrics):
+    """A run's numbers under both protocols: best test accuracy; best validation accuracy and the test accuracy at its epoch."""
+    tested = [m for m in metrics if _finite(m.get('test_acc'))]
+    validated = [m for m in tested if _finite(m.get('val_acc'))]
+    pick = max(validated, key=lambda m: (m['val_acc'], -m['epoch'])) if validated else None
+    return dict(best_test_acc=max((m['test_acc'] for m in tested), default=float('nan')),
+                best_val_acc=pick['val_acc'] if pick else None, held_out_test_acc=pick['test_acc'] if pick else None,
+                held_out_epoch=pick['epoch'] if pick else None)
 
 def load_runs(runs_dir):
     """Every run folder under `runs_dir` (a `config.json` with a non-empty `metrics.jsonl`) as a dict."""
@@ -61,10 +71,9 @@ def load_runs(runs_dir):
         except (json.JSONDecodeError, OSError) as e:
             raise ValueError(f"Unreadable run folder {cfg_path.parent}: {e}") from e
         if not metrics: continue
-        accs = [m['test_acc'] for m in metrics if m.get('test_acc') is not None and not math.isnan(m['test_acc'])]
         runs.append(dict(path=str(cfg_path.parent), config=cfg, metrics=metrics, epochs_done=len(metrics),
-                         complete=len(metrics) >= cfg.get('epochs', 0),
-                         best_test_acc=max(accs) if accs else float('nan'), final_test_acc=metrics[-1].get('test_acc')))
+                         complete=len(metrics) >= cfg.get('epochs', 0), final_test_acc=metrics[-1].get('test_acc'),
+                         **run_scores(metrics)))
     return runs
 
 
@@ -83,8 +92,15 @@ def _mean_std(xs):
     m = sum(xs) / len(xs)
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
-def summarize(runs, metric='best_test_acc'):
-    """One row per table cell: the chosen rho (best mean over seeds) and the mean and std of `metric` at it."""
+PROTOCOLS = {'paper': 'best test accuracy over epochs, rho chosen per cell by mean test accuracy (the paper\'s; selects on the test set)',
+             'held-out': 'rho and epoch chosen on the validation split (--val-split), test accuracy read once at them'}
+
+def summarize(runs, metric='best_test_acc', protocol='paper'):
+    """One row per table cell: the chosen rho and the mean and std over seeds at it, under `protocol` ('paper' or 'held-out')."""
+    if protocol not in PROTOCOLS: raise ValueError(f"Unknown protocol: {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    if protocol == 'held-out':
+        missing = [r['path'] for r in runs if r['best_val_acc'] is None]
+        if missing: raise ValueError(f"The held-out protocol needs val_acc in metrics.jsonl (train with --val-split N); missing in: {', '.join(missing[:3])}")
     cells = {}
     for r in runs:
         c = r['config']
@@ -96,15 +112,16 @@ def summarize(runs, metric='best_test_acc'):
         if len(others) > 1:
             raise ValueError(f"Runs of cell {dict(zip(_CELL, key))} differ in settings other than rho and seed: "
                              + ', '.join(r['path'] for r in rs))
-        by_rho = {}
+        by_rho, chooser = {}, {}
         for r in rs:
             rho = None if r['config']['optimizer'] == 'sgd' else r['config']['rho']
-            by_rho.setdefault(rho, {})[r['config']['seed']] = r[metric]
+            by_rho.setdefault(rho, {})[r['config']['seed']] = r[metric] if protocol == 'paper' else r['held_out_test_acc']
+            chooser.setdefault(rho, []).append(r[metric] if protocol == 'paper' else r['best_val_acc'])
         stats = {rho: _mean_std(list(seeds.values())) for rho, seeds in by_rho.items()}
-        rho = max(stats, key=lambda k: stats[k][0])
+        rho = max(chooser, key=lambda k: sum(chooser[k]) / len(chooser[k]))
         mean, std = stats[rho]
         rows.append(dict(zip(_CELL, key), base=rs[0]['config'].get('base'), rho=rho, n_seeds=len(by_rho[rho]),
-                         seeds=sorted(by_rho[rho]), mean=mean, std=std,
+                         seeds=sorted(by_rho[rho]), mean=mean, std=std, protocol=protocol,
                          rho_means={('' if k is None else k): v[0] for k, v in sorted(stats.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))}))
     order = lambda row: (row['dataset'], row['label_noise'], row['model'],
                          OPT_ORDER.index(row['optimizer']) if row['optimizer'] in OPT_ORDER else 99)
@@ -133,6 +150,24 @@ test_close(rows[1]['mean'], 0.92, eps=1e-12)
 test_close(rows[1]['std'], math.sqrt(2) * 0.01, eps=1e-12)
 fake_run(syn, 'odd', 0.5, lr=0.2)
 test_fail(lambda: summarize(load_runs(syn)), contains='differ in settings other than rho and seed')
+test_fail(lambda: summarize(load_runs(syn), protocol='held-out'), contains='--val-split')
+
+# %% [markdown]
+# The held-out protocol reads the same runs differently: $\rho$ and the epoch are chosen on the
+# validation accuracy (`--val-split N` holds N training images out), and the test accuracy is read once
+# at that epoch. In the synthetic runs below the validation set prefers $\rho = 0.05$ and the first
+# epoch, while the test set would pick $\rho = 0.1$ and the second: the two protocols disagree, as they can.
+
+# %%
+ho = Path(tempfile.mkdtemp())
+for rho, seed, (v1, v2), (t1, t2) in [(0.05, 0, (0.80, 0.70), (0.88, 0.90)), (0.05, 1, (0.82, 0.72), (0.86, 0.90)),
+                                     (0.1, 0, (0.70, 0.75), (0.85, 0.95)), (0.1, 1, (0.70, 0.74), (0.85, 0.93))]:
+    d = ho / f'sam{rho}_{seed}'; d.mkdir()
+    (d / 'config.json').write_text(json.dumps(dict(dataset='mnist', model='fcn', label_noise=0.0, optimizer='sam', rho=rho, seed=seed, base='sgd', epochs=2)))
+    (d / 'metrics.jsonl').write_text(''.join(json.dumps(dict(epoch=e, val_acc=v, test_acc=t)) + '\n' for e, v, t in ((1, v1, t1), (2, v2, t2))))
+paper, held = summarize(load_runs(ho)), summarize(load_runs(ho), protocol='held-out')
+test_eq((paper[0]['rho'], held[0]['rho']), (0.1, 0.05))
+test_close(paper[0]['mean'], 0.94, eps=1e-12); test_close(held[0]['mean'], 0.87, eps=1e-12)
 
 
 # %% [markdown]
@@ -144,7 +179,7 @@ test_fail(lambda: summarize(load_runs(syn)), contains='differ in settings other 
 
 # %%
 #| export
-def _fmt(row): return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+def _fmt(row): return f"{100 * row['mean']:.2f}" + (f" ± {100 * row['std']:.2f}" if row['n_seeds'] > 1 else " (1 seed)")
 
 def _md(header, body):
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
@@ -162,7 +197,7 @@ def table_markdown(rows):
     if clean:
         opts = [o for o in OPT_ORDER if any(r['optimizer'] == o for r in clean)]
         bases = sorted({r['base'] for r in clean if r['optimizer'] == 'sgd'}, key=lambda b: (b != 'sgd', b))
-        label = lambda o: '/'.join({'sgd': 'SGD', 'adamw': 'AdamW'}.get(b, b) for b in bases) if o == 'sgd' and bases else OPT_LABELS[o]
+        label = lambda o: '/'.join({'sgd': 'SGD', 'adamw': 'AdamW'}.get(b, b) for b in bases) if o == 'sgd' and bases else optimizer_style(o).label
         keys = list(dict.fromkeys((r['dataset'], r['model']) for r in clean))
         body = []
         for ds, model in keys:
@@ -177,8 +212,10 @@ def table_markdown(rows):
         for noise in sorted({r['label_noise'] for r in noisy}):
             cells = [next((r for r in noisy if (r['dataset'], r['model'], r['optimizer'], r['label_noise']) == (*c, noise)), None) for c in cols]
             body.append([f"{100 * noise:g}%"] + _cells_row(cells))
-        out.append(_md(['Noise level', *(f"{DATASET_LABELS.get(d, d)} {MODEL_LABELS.get(m, m)} {OPT_LABELS[o]}" for d, m, o in cols)], body))
-    return '\n\n'.join(out)
+        out.append(_md(['Noise level', *(f"{DATASET_LABELS.get(d, d)} {MODEL_LABELS.get(m, m)} {optimizer_style(o).label}" for d, m, o in cols)], body))
+    protocols = sorted({r.get('protocol', 'paper') for r in rows})
+    note = ' '.join(f"Protocol {p}: {PROTOCOLS[p]}; mean ± std over seeds, in %." for p in protocols)
+    return '\n\n'.join(out + [note]) if out else ''
 
 def table_csv(rows):
     """All cells in long format (one line per cell, with the chosen rho and the mean per rho) as CSV text."""
@@ -200,6 +237,7 @@ shutil.rmtree(syn / 'odd')
 print(table_markdown(summarize(load_runs(syn))))
 test_eq(table_markdown(summarize(load_runs(syn))).splitlines()[2], '| CIFAR-10 | ResNet-20 | 86.00 ± 1.41 | **92.00 ± 1.41** |')
 test_eq(table_csv(summarize(load_runs(syn))).splitlines()[2].split(',')[:7], ['cifar10', 'resnet20', '0.0', 'sam', 'sgd', '0.1', '2'])
+assert 'Protocol held-out' in table_markdown(held) and 'Protocol paper' in table_markdown(paper)
 
 
 # %% [markdown]
@@ -220,11 +258,11 @@ def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
             sel = [x for x in runs if tuple(x['config'].get(k) for k in _CELL) == (ds, model, noise, r['optimizer'])
                    and (r['rho'] is None or x['config']['rho'] == r['rho'])]
             n = min(len(x['metrics']) for x in sel)
-            ys = [sum(x['metrics'][i][metric] for x in sel) / len(sel) for i in range(n)]
-            lab = OPT_LABELS.get(r['optimizer'], r['optimizer']) + ('' if r['rho'] is None else f" (rho {r['rho']:g})")
-            ax.plot(range(1, n + 1), ys, label=lab)
+            ys = [quantity(metric).scale * sum(x['metrics'][i][metric] for x in sel) / len(sel) for i in range(n)]
+            lab = optimizer_style(r['optimizer']).label + ('' if r['rho'] is None else f" (rho {r['rho']:g})")
+            ax.plot(range(1, n + 1), ys, label=lab, color=optimizer_style(r['optimizer']).color)
         ax.set_title(f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(model, model)}" + (f", {100 * noise:g}% noise" if noise else ''), fontsize=9)
-        ax.set_xlabel('epoch'); ax.set_ylabel(metric); ax.legend(fontsize=7)
+        ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(quantity(metric).label); ax.legend(fontsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
@@ -243,12 +281,14 @@ def main(argv=None):
     ap.add_argument('--out', default=None, help='where to write results.md, results.csv, curves.png (default: RUNS_DIR)')
     ap.add_argument('--metric', default='best_test_acc', choices=('best_test_acc', 'final_test_acc'),
                     help='per-run number tabulated (the paper: the best test accuracy)')
+    ap.add_argument('--protocol', default='paper', choices=list(PROTOCOLS),
+                    help='paper: best test accuracy, rho by test (default); held-out: rho and epoch chosen on the validation split')
     ap.add_argument('--no-figure', action='store_true', help='skip the training-curve figure')
     args = ap.parse_args(argv)
     try:
         runs = load_runs(args.runs_dir)
         if not runs: raise FileNotFoundError(f"No run folders with metrics under {args.runs_dir}")
-        rows = summarize(runs, args.metric)
+        rows = summarize(runs, args.metric, args.protocol)
     except (FileNotFoundError, ValueError) as e:
         print(f'stablesam-results: error: {e}', file=sys.stderr)
         return 2

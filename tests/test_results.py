@@ -42,7 +42,7 @@ def test_cli_writes_markdown_csv_figure(runs, capsys):
     assert main([str(runs)]) == 0
     md = (runs / 'results.md').read_text()
     assert '| CIFAR-100 | ResNet-56 | 76.00 ± 1.00 | **77.00 ± 1.00** |' in md
-    assert '| 20% | 94.00 ± 0.00 |' in md and 'CIFAR-10' not in md.split('Noise level')[0].replace('CIFAR-100', '')
+    assert '| 20% | 94.00 (1 seed) |' in md and '± 0.00' not in md and 'CIFAR-10' not in md.split('Noise level')[0].replace('CIFAR-100', '')
     rows = list(csv.DictReader(open(runs / 'results.csv')))
     assert len(rows) == 4 and {r['optimizer'] for r in rows} == {'sam', 'stablesam'}
     assert (runs / 'curves.png').stat().st_size > 1000

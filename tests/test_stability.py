@@ -10,7 +10,7 @@ from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
 from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args, neighbouring_indices, neighbouring_subsets, param_distance,
-                                 stability_config, summarize, train_pair)
+                                 stability_config, stability_summary, train_pair)
 from stablesam.train import read_jsonl
 
 
@@ -105,7 +105,7 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
             first = next(q for q in recs if (q['optimizer'], q['seed'], q['epoch']) == (r['optimizer'], r['seed'], 0))
             assert r['lr'] < first['lr']                                # cosine schedule decays
     assert (out / 'stability.png').stat().st_size > 1000
-    table = format_summary(summarize(recs))
+    table = format_summary(stability_summary(recs))
     assert table in (out / 'summary.md').read_text()
     printed = capsys.readouterr().out
     assert table in printed and 'records.jsonl' in printed
