@@ -612,6 +612,7 @@ fig = stability_figure({'FCN, generated MNIST-format data': quick['fcn', 'consta
                        'Quick run of Figure 5 (constant lr): code check on generated data, not a finding')
 plt.show(); plt.close(fig)
 
+
 # %% [markdown]
 # ## Verdicts in numbers
 #
