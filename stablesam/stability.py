@@ -225,8 +225,9 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
         if jsonl is not None: append_jsonl(jsonl, rec)
         if rec['epoch'] > 0:
             bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
-    for seed, opt in todo:
-        _, _, neighbours = neighbouring_subsets(data.train, seed=seed, subset=subset)
+    n = len(data.train) if subset is None else min(len(data.train), int(subset))
+    for seed, opt in todo:   # train_pair builds the two views: the pair is drawn here, once per seed
+        neighbours = neighbouring_indices(n, seed)
         records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=seed), data, neighbours, on_record)
     bar.close()
     return records
