@@ -135,6 +135,7 @@ test_close(rel_slack(1.0, 3.0), -2 / 3, eps=1e-15)
 m_, se_ = mean_se(np.array([[1.0, 3.0], [1e300, 3e300]]))
 test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12); test_close(se_ / [1.0, 1e300], 1.0, eps=1e-12)
 
+
 # %% [markdown]
 # ## How large an audit is
 #
@@ -226,6 +227,7 @@ test_eq([B for B, n, d in shape_groups(10)], [3, 3, 2, 2])
 mu_, L_, rho_, C_, u_ = draw_constants(np.random.default_rng(0), 400)
 assert (L_ >= mu_).all() and (C_ > 1).all() and (u_ <= 1).all() and (u_ == 1).mean() > 0.15
 test_eq(sum(B for B, *_ in grouped_constants(np.random.default_rng(0), 9)), 9)
+
 
 # %% [markdown]
 # ## Lemma 5: coercivity
@@ -375,6 +377,7 @@ test_eq(audit_rows(rows_1, 'Lemma 13', 'corrected')[0]['status'], 'holds')
 assert audit_rows(rows_1, 'Lemma 6', 'Algorithm 1')[0]['status'] in ('holds', 'outside')
 Markdown(audit_table(rows_1))
 
+
 # %% [markdown]
 # ## Assumptions 2 and 3 cannot hold together: Lemmas 13-14, Theorems 15 and 18, Remark 16
 #
@@ -454,6 +457,7 @@ def check_assumptions23(rng, size):
 rows_v = check_assumptions23(np.random.default_rng(0), AuditSize(16, paths=16, steps=30))
 test_eq({r['status'] for r in rows_v}, {'vacuous'})
 Markdown(audit_table(rows_v, columns=('statement', 'regime', 'status', 'instances', 'worst_slack')))
+
 
 # %% [markdown]
 # ## Statements about the bounds themselves: Remarks 9, 12, 16, 19 and Table 1's learning rates
@@ -538,6 +542,7 @@ test_eq(audit_rows(rows_b, 'Remark 16')[0]['status'], 'does not follow')
 test_eq(audit_rows(rows_b, 'Remark 12', 'eps_gen')[0]['status'], 'does not follow')
 test_eq(audit_rows(rows_b, 'Remark 19', 'the clamp')[0]['status'], 'holds')
 Markdown(audit_table(rows_b, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack')))
+
 
 # %% [markdown]
 # ## Constants: cvxpy against numpy, and the global reading of $G$

@@ -11,15 +11,15 @@ import numpy as np
 from .theory import (
     Quadratics, random_quadratics, neighbour, losses, empirical_minimizer, empirical_risk, full_batch,
     strong_convexity_smoothness, max_grad_norm, sgd_lr_max, sam_lr_max, stablesam_lr_max, stability_bound,
-    noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, run)
-from .theory_checks import (
-    AuditSize, Z99, mean_se, rel_slack, make_row, loguniform, draw_constants, in_range, shape_groups, grouped_constants,
-    stack_problems, audit_rows, audit_table)
+    noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, run, all_sequences)
+from stablesam.theory_checks import (
+    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants, in_range, shape_groups, grouped_constants,
+    stack_problems)
 
 # %% ../nbs/01b_theory_runs.ipynb #decebc7a
 def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
-               problem=None):
-    "Coupled runs on neighbouring sets `S`, `S'` (same sampling), with the ball of G settled by fixed-point iteration."
+                 problem=None, exact=False):
+    "Coupled runs on neighbouring sets `S`, `S'` (same sampling; `exact`: all n^T sequences), the ball of G settled by fixed-point iteration."
     mu, L, rho, C, u = consts
     if method == 'sgd': rho = np.zeros(B)
     if problem is None:
@@ -31,7 +31,8 @@ def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, 
     ws = empirical_minimizer(q)
     w0 = ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)) if problem is None else ws + 1.0
     Bn = B if problem is None else 1
-    idx = np.broadcast_to(rng.integers(0, n, (T, Bn, P)), (T, B, P))
+    if exact: P = n ** T                          # every sampling sequence once: the mean over paths is exact
+    idx = np.broadcast_to(all_sequences(n, T)[:, None] if exact else rng.integers(0, n, (T, Bn, P)), (T, B, P))
     vx, vg = (np.broadcast_to(in_range(rng, 0.0, 1.0, (T, Bn, P)), (T, B, P)) for _ in range(2))
     g1 = in_range(rng, 0.05, 0.999, B); g0 = g1 * in_range(rng, 0.05, 1.0, B)
     if gammas is not None: g0, g1 = (np.broadcast_to(g, (B,)).copy() for g in gammas)
@@ -58,6 +59,7 @@ def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, 
         g1 = np.maximum(out['factor_max'][:B], out['factor_max'][B:])
     diff = np.abs(losses(allq, out['w'][:B]) - losses(allq, out['w'][B:]))      # (B, P, n+1)
     mean, se = mean_se(diff, 1)
+    se = 0 * se if exact else se
     zi = mean.argmax(-1)
     return dict(mean=mean.max(-1), lower=(mean - Z99 * se).max(-1), se=se[np.arange(B), zi], ok=~bad, n=np.full(B, n),
                 mu=m, L=l, rho=rho, G=G, C=C, eta=eta, gamma0=g0, gamma1=g1)
