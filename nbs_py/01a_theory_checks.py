@@ -113,6 +113,11 @@ def audit_rows(rows, statement, regime=''):
     return found
 
 
+def status_counts(rows):
+    "How many rows carry each status, in the order of `AUDIT_STATUSES`: one phrase ('30 holds, 9 violated, ...')."
+    return ', '.join(f"{sum(r['status'] == s for r in rows)} {s}" for s in AUDIT_STATUSES)
+
+
 def audit_table(rows, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack', 'note')):
     "The audit rows as a Markdown table, every cell in full."
     fmt = lambda k, v: f'{v:.3g}' if k == 'worst_slack' else str(v).replace('|', '\\|')
@@ -130,6 +135,7 @@ test_eq(make_row('Remark 12', 'z', [False], [0.5], fails_as='does not follow')['
 test_fail(lambda: make_row('Lemma 5', 'x', [True], [0.0], fails_as='wrong'), contains='Invalid fails_as')
 test_eq(vacuity_row('Lemma 13', 'A2+A3', [False, False], [-1.0, -0.5])['worst_slack'], -0.5)
 test_fail(lambda: vacuity_row('Lemma 13', 'A2+A3', [True], [0.1]), contains='not vacuous')
+test_eq(status_counts([r]), '0 holds, 1 violated, 0 vacuous, 0 outside, 0 does not follow')
 test_eq(audit_rows([r], 'Lemma 5')[0], r); test_fail(lambda: audit_rows([r], 'Lemma 6'), contains='No audit row')
 test_close(rel_slack(1.0, 3.0), -2 / 3, eps=1e-15)
 m_, se_ = mean_se(np.array([[1.0, 3.0], [1e300, 3e300]]))

@@ -72,8 +72,8 @@ from stablesam.theory import (
     stability_bound, noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, sam_direction, run,
     all_sequences, run_all_sequences)
 from stablesam.theory_checks import (
-    AuditSize, SHAPES, mean_se, rel_slack, loguniform, audit_rows, audit_table, check_constants, check_lemma5,
-    check_one_step, check_assumptions23, check_bound_remarks, check_clamp)
+    AuditSize, SHAPES, mean_se, rel_slack, loguniform, audit_rows, audit_table, check_constants,
+    check_lemma5, check_one_step, check_assumptions23, check_bound_remarks, check_clamp)
 from stablesam.theory_runs import coupled_runs, check_stability, check_convergence, check_excess_risk
 
 

@@ -22,8 +22,8 @@ from .theory import (
     stability_bound, noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, sam_direction, run,
     all_sequences, run_all_sequences)
 from .theory_checks import (
-    AuditSize, SHAPES, mean_se, rel_slack, loguniform, audit_rows, audit_table, check_constants, check_lemma5,
-    check_one_step, check_assumptions23, check_bound_remarks, check_clamp)
+    AuditSize, SHAPES, mean_se, rel_slack, loguniform, audit_rows, audit_table, check_constants,
+    check_lemma5, check_one_step, check_assumptions23, check_bound_remarks, check_clamp)
 from .theory_runs import coupled_runs, check_stability, check_convergence, check_excess_risk
 
 # %% ../nbs/01c_theory_audit.ipynb #6e10d0a7
