@@ -103,8 +103,9 @@ def check_stability(rng, size):
         if gmode == 'shared': note += "; the algorithm's own factor, shared as Lemmas 13-14 write it: the main StableSAM result"
         if gmode == 'free':
             note += (f"; includes {int(r['corner'].sum())} draws at the degenerate corner mu = L, gamma_t = gamma0 = gamma1 = 0.01 "
-                     f"imposed, eta = eta_max (so eta gamma_t (1 + xi_t L) L = 1: each step lands on the sampled minimiser); "
-                     f"{int((failed & ok & r['corner']).sum())} of the {int((failed & ok).sum())} failing draws are corner draws")
+                     f"imposed, eta = eta_max (so eta gamma_t (1 + xi_t L) L = 1: each step lands on the sampled minimiser)")
+            if (failed & ok).any():
+                note += f"; {int((failed & ok & r['corner']).sum())} of the {int((failed & ok).sum())} failing draws are corner draws"
         if (~ok).any(): note += f'; {int((~ok).sum())} instances excluded (ball of G did not settle)'
         rows.append(make_row(stmt, regime, failed[ok], rel_slack(bound, r['mean'])[ok], note, fails_as=fails))
     return rows
