@@ -71,7 +71,7 @@ from stablesam.theory import (
     strong_convexity_smoothness, max_grad_norm, sgd_lr_max, sam_lr_max, stablesam_lr_max, sam_contraction,
     stability_bound, noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, sam_direction, run,
     all_sequences, run_all_sequences)
-from stablesam.theory_checks import (
+from stablesam.theory_checks import (  # audit_table is re-exported: `stablesam.theory_audit.audit_table` is public
     AuditSize, SHAPES, mean_se, rel_slack, loguniform, audit_rows, audit_table, check_constants,
     check_lemma5, check_one_step, check_assumptions23, check_bound_remarks, check_clamp)
 from stablesam.theory_runs import coupled_runs, check_stability, check_convergence, check_excess_risk
