@@ -532,14 +532,30 @@ test_eq(o2['factor_min'][2:], o2['factor_min'][:2])
 
 
 # %% [markdown]
-# The audit itself lives in `stablesam.theory_audit`; `verify_all`, `audit_table` and `counterexamples`
-# are also reachable from here, imported on first use.
+# `run_all_sequences` is the exact-path helper: `run` on every one of the $n^T$ sampling sequences
+# of batch size one (all with probability $n^{-T}$), so a mean over the path axis is the exact
+# expectation over the sampling. The audit's smallest counterexamples use it instead of Monte Carlo paths.
 
 # %%
 #| export
-def __getattr__(name):
-    "Lazy access to the audit (`verify_all`, `audit_table`, `counterexamples`) from `stablesam.theory`."
-    if name in ('verify_all', 'audit_table', 'counterexamples'):
-        from stablesam import theory_audit
-        return getattr(theory_audit, name)
-    raise AttributeError(f"module 'stablesam.theory' has no attribute {name!r}")
+def all_sequences(n, T):
+    "Every sampling sequence of `T` steps over `n` examples: an index array of shape `(T, n**T)`."
+    return (np.arange(n ** T)[None, :] // n ** np.arange(T)[:, None]) % n
+
+
+def run_all_sequences(q, w0, eta, rho, method='sam', *, T, **kwargs):
+    "`run` from `w0` (shape `batch + (d,)`) on all `n**T` sampling sequences: the path axis is exact."
+    S = q.n ** T
+    idx = np.broadcast_to(all_sequences(q.n, T).reshape((T,) + (1,) * len(q.batch_shape) + (S,)),
+                          (T,) + q.batch_shape + (S,))
+    w = np.broadcast_to(np.asarray(w0, float)[..., None, :], q.batch_shape + (S, q.d))
+    return run(q, w, eta, rho, method, idx=idx, **kwargs)
+
+
+# %%
+test_eq(all_sequences(2, 3).T.tolist(), [[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]])
+# the exact expectation of one SGD step on two examples is the full-batch step
+q2e = random_quadratics(2, 2, 0.5, 2.0, batch=(3,), seed=4)
+ex = run_all_sequences(q2e, np.ones((3, 2)), 0.3, 0.0, 'sgd', T=1)
+fb2 = full_batch(q2e)
+test_close(ex['w'].mean(-2), run(fb2, np.ones((3, 1, 2)), 0.3, 0.0, 'sgd', T=1)['w'][:, 0], eps=1e-12)

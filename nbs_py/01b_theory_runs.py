@@ -14,6 +14,8 @@
 # %%
 #| hide
 from fastcore.test import *
+from IPython.display import Markdown
+from stablesam.theory_checks import AuditSize, audit_rows, audit_table
 
 # %%
 #| export
@@ -21,13 +23,11 @@ import numpy as np
 
 from stablesam.theory import (
     Quadratics, random_quadratics, neighbour, losses, empirical_minimizer, empirical_risk, full_batch,
-    strong_convexity_smoothness, max_grad_norm, certify_mu_L, certify_minimizer, certify_max_grad_norm,
-    coercivity_lower_bound, sgd_lr_max, sam_lr_max, stablesam_lr_max, sam_contraction, stability_bound,
-    noise_ball_bound, excess_risk_bound, assumption3_margin, stablesam_contraction_corrected,
-    stability_bound_corrected, noise_ball_lr_max, sam_direction, run)
-
-from stablesam.theory_checks import Z99, SHAPES, mean_se, rel_slack, make_row, _loguniform, _draw_constants, \
-    _in_range, _groups, _grouped_constants, _cat
+    strong_convexity_smoothness, max_grad_norm, sgd_lr_max, sam_lr_max, stablesam_lr_max, stability_bound,
+    noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, run, all_sequences)
+from stablesam.theory_checks import (
+    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants, in_range, shape_groups, grouped_constants,
+    stack_problems)
 
 
 # %% [markdown]
@@ -41,12 +41,20 @@ from stablesam.theory_checks import Z99, SHAPES, mean_se, rel_slack, make_row, _
 # of every example; because the learning-rate range and Assumption 1's $\xi_t$ depend on $G$, the
 # radius is found by a fixed-point iteration (run, measure, enlarge, re-run); an instance whose ball
 # does not settle in six rounds is excluded and counted in the note.
+#
+# Theorem 15 (Assumption 3 dropped) is run two ways. With the algorithm's own factor $\gamma_t$ (the run
+# on $S$'s, applied to both runs, as Lemmas 13-14 write one $\gamma_t$): these rows are the main
+# StableSAM result, and they hold. With $\gamma_t$ *any* shared sequence in $[\gamma_0, \gamma_1]$, the
+# draws include a degenerate corner ($\mu = L$, $\gamma_t = 0.01$ imposed, $\eta = \eta_{\max}$, so
+# $\eta\gamma_t(1+\xi_t L)L = 1$ and every step lands on the sampled example's minimiser); the note says
+# how many of the failing draws are corner draws, and [theory_audit](01c_theory_audit.ipynb) searches
+# for a non-degenerate counterexample.
 
 # %%
-#| exporti
-def _ball_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
-               problem=None):
-    "Coupled runs on neighbouring sets with the ball of G settled by fixed-point iteration."
+#| export
+def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
+                 problem=None, exact=False):
+    "Coupled runs on neighbouring sets `S`, `S'` (same sampling; `exact`: all n^T sequences), the ball of G settled by fixed-point iteration."
     mu, L, rho, C, u = consts
     if method == 'sgd': rho = np.zeros(B)
     if problem is None:
@@ -56,15 +64,16 @@ def _ball_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T,
     allq = Quadratics(np.concatenate([q.H, q2.H[:, :1]], 1), np.concatenate([q.c, q2.c[:, :1]], 1))
     m, l = strong_convexity_smoothness(allq.H)
     ws = empirical_minimizer(q)
-    w0 = ws + _loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)) if problem is None else ws + 1.0
+    w0 = ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)) if problem is None else ws + 1.0
     Bn = B if problem is None else 1
-    idx = np.broadcast_to(rng.integers(0, n, (T, Bn, P)), (T, B, P))
-    vx, vg = (np.broadcast_to(_in_range(rng, 0.0, 1.0, (T, Bn, P)), (T, B, P)) for _ in range(2))
-    g1 = _in_range(rng, 0.05, 0.999, B); g0 = g1 * _in_range(rng, 0.05, 1.0, B)
+    if exact: P = n ** T                          # every sampling sequence once: the mean over paths is exact
+    idx = np.broadcast_to(all_sequences(n, T)[:, None] if exact else rng.integers(0, n, (T, Bn, P)), (T, B, P))
+    vx, vg = (np.broadcast_to(in_range(rng, 0.0, 1.0, (T, Bn, P)), (T, B, P)) for _ in range(2))
+    g1 = in_range(rng, 0.05, 0.999, B); g0 = g1 * in_range(rng, 0.05, 1.0, B)
     if gammas is not None: g0, g1 = (np.broadcast_to(g, (B,)).copy() for g in gammas)
     reach = (C * rho if shared_xi else rho)
     R = np.maximum(np.linalg.norm(w0 - ws, axis=-1), np.linalg.norm(allq.c - ws[:, None], axis=-1).max(-1)) + reach
-    two = _cat(q, q2)
+    two = stack_problems(q, q2)
     dup = lambda a: None if a is None else np.concatenate([a, a], axis=1 if np.ndim(a) == 3 else 0)
     for _ in range(6):
         G = max_grad_norm(allq, ws, R)
@@ -85,53 +94,63 @@ def _ball_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T,
         g1 = np.maximum(out['factor_max'][:B], out['factor_max'][B:])
     diff = np.abs(losses(allq, out['w'][:B]) - losses(allq, out['w'][B:]))      # (B, P, n+1)
     mean, se = mean_se(diff, 1)
+    se = 0 * se if exact else se
     zi = mean.argmax(-1)
     return dict(mean=mean.max(-1), lower=(mean - Z99 * se).max(-1), se=se[np.arange(B), zi], ok=~bad, n=np.full(B, n),
                 mu=m, L=l, rho=rho, G=G, C=C, eta=eta, gamma0=g0, gamma1=g1)
 
 
-def _stability_rows(rng, N, P, T):
-    "Rows for Theorem 8, Remark 9 (SGD) and Theorem 15 (Assumption 3 dropped)."
+def check_stability(rng, size):
+    "Uniform stability: Theorem 8, Remark 9 (SGD) and Theorem 15 with Assumption 3 dropped."
+    N, P, T = size.instances, size.paths, size.steps
     A12 = 'Assumption 3 dropped; shared xi_t'
-    cases = [('Theorem 8', 'Assumption 1 (shared xi_t), eta <= eta_SAM, batch size 1', 'sam', True, None, 'sam', 'stated'),
-             ('Theorem 8', 'Algorithm 1 SAM (xi_t per run; Assumption 1 not met), eta <= eta_SAM', 'sam', False, None, 'sam', 'stated'),
-             ('Remark 9', 'SGD (Hardt et al.): eps_gen <= 2G^2(mu+L)/(n mu L), eta <= 2/(mu+L)', 'sgd', False, None, 'sgd', 'stated'),
-             ('Theorem 15', f'{A12}; gamma_t = renormalisation factor of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'stated'),
-             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'corrected'),
-             ('Theorem 15', f'{A12}; gamma_t any shared sequence in [gamma0, gamma1] (Assumption 2)', 'stablesam', True, 'free', 'stablesam', 'stated'),
-             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t any shared sequence in [gamma0, gamma1]', 'stablesam', True, 'free', 'stablesam', 'corrected'),
-             ('Theorem 15', 'Algorithm 1 StableSAM (xi_t, gamma_t per run; Assumptions 1, 3 not met), tight gamma0, gamma1', 'stablesam', False, 'own', 'stablesam', 'stated')]
+    cases = [('Theorem 8', 'Assumption 1 (shared xi_t), eta <= eta_SAM, batch size 1', 'sam', True, None, 'sam', 'stated', 'violated'),
+             ('Theorem 8', 'Algorithm 1 SAM (xi_t per run; Assumption 1 not met), eta <= eta_SAM', 'sam', False, None, 'sam', 'stated', 'outside'),
+             ('Remark 9', 'SGD (Hardt et al.): eps_gen <= 2G^2(mu+L)/(n mu L), eta <= 2/(mu+L)', 'sgd', False, None, 'sgd', 'stated', 'violated'),
+             ('Theorem 15', f'{A12}; gamma_t = renormalisation factor of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'stated', 'violated'),
+             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'corrected', 'violated'),
+             ('Theorem 15', f'{A12}; gamma_t any shared sequence in [gamma0, gamma1] (Assumption 2)', 'stablesam', True, 'free', 'stablesam', 'stated', 'violated'),
+             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t any shared sequence in [gamma0, gamma1]', 'stablesam', True, 'free', 'stablesam', 'corrected', 'violated'),
+             ('Theorem 15', 'Algorithm 1 StableSAM (xi_t, gamma_t per run; Assumptions 1, 3 not met), tight gamma0, gamma1', 'stablesam', False, 'own', 'stablesam', 'stated', 'outside')]
     rows, data = [], {}
-    for stmt, regime, method, sxi, gmode, lr, kind in cases:
+    for stmt, regime, method, sxi, gmode, lr, kind, fails in cases:
         key = (method, sxi, gmode, lr)
         if key not in data:
-            consts = _draw_constants(rng, N)
+            consts = draw_constants(rng, N)
             parts, k = [], 0
-            for B, n, d in _groups(N):
+            for B, n, d in shape_groups(N):
                 cs = tuple(x[k:k + B].copy() for x in consts)
                 edge = dict()
                 if k == 0 and gmode == 'free':   # the corner of the regime: mu = L, edge learning rate, small gamma
                     cs[1][:] = cs[0]; cs[3][:] = 1 + 1e-9; cs[4][:] = 1.0
                     edge = dict(gammas=(0.01, 0.01), shared_hessian=True)
-                parts.append(_ball_runs(rng, B, n, d, cs, method, shared_xi=sxi, gamma_mode=gmode, lr=lr, P=P, T=T,
-                                        **({'shared_hessian': bool(k % 2)} | edge))); k += B
+                part = coupled_runs(rng, B, n, d, cs, method, shared_xi=sxi, gamma_mode=gmode, lr=lr, P=P, T=T,
+                                    **({'shared_hessian': bool(k % 2)} | edge))
+                parts.append(part | dict(corner=np.full(B, bool(edge)))); k += B
             data[key] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         r = data[key]
         if kind == 'corrected':
             bound = stability_bound_corrected(r['n'], r['mu'], r['L'], r['rho'], r['G'], r['gamma0'], r['gamma1'])
         else:
             bound = stability_bound(r['n'], r['mu'], r['L'], r['rho'], r['G'], r['gamma1'] if method == 'stablesam' else 1.0)
-        ok = r['ok']
+        ok, failed = r['ok'], r['lower'] > bound * (1 + 1e-9)
         note = f"T={T}, {P} paths; eps = max over S u S' of E|f(w_T,z)-f(v_T,z)|"
-        if gmode == 'free': note += '; includes the corner mu = L, gamma0 = gamma1 = 0.01, eta = eta_max'
+        if gmode == 'shared': note += "; the algorithm's own factor, shared as Lemmas 13-14 write it: the main StableSAM result"
+        if gmode == 'free':
+            note += (f"; includes {int(r['corner'].sum())} draws at the degenerate corner mu = L, gamma_t = gamma0 = gamma1 = 0.01 "
+                     f"imposed, eta = eta_max (so eta gamma_t (1 + xi_t L) L = 1: each step lands on the sampled minimiser)")
+            if (failed & ok).any():
+                note += f"; {int((failed & ok & r['corner']).sum())} of the {int((failed & ok).sum())} failing draws are corner draws"
         if (~ok).any(): note += f'; {int((~ok).sum())} instances excluded (ball of G did not settle)'
-        rows.append(make_row(stmt, regime, (r['lower'] > bound * (1 + 1e-9))[ok], rel_slack(bound, r['mean'])[ok], note))
+        rows.append(make_row(stmt, regime, failed[ok], rel_slack(bound, r['mean'])[ok], note, fails_as=fails))
     return rows
 
 
 # %%
-rows_st = _stability_rows(np.random.default_rng(0), 8, 16, 40)
-for r in rows_st: print(r['statement'], r['status'], r['violations'], round(r['worst_slack'], 3), r['regime'][:70])
+rows_st = check_stability(np.random.default_rng(0), AuditSize(8, paths=16, steps=40))
+test_eq(audit_rows(rows_st, 'Theorem 8', 'Assumption 1')[0]['status'], 'holds')
+test_eq({r['status'] for r in audit_rows(rows_st, 'Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t = ')}, {'holds'})
+Markdown(audit_table(rows_st, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack')))
 
 
 # %% [markdown]
@@ -154,17 +173,17 @@ for r in rows_st: print(r['statement'], r['status'], r['violations'], round(r['w
 # ($n = 2$, $d = 1$, all $2^{16}$ sampling sequences) is below.
 
 # %%
-#| exporti
-def _convergence_data(rng, N, method, *, batch1, P, T):
+#| export
+def convergence_data(rng, N, method, *, batch1, P, T):
     "Runs of Algorithm 1 with any learning rate; per-instance measured risks, bounds and constants."
     out_parts = []
-    for B, n, d, (mu, L, rho, _, _) in _grouped_constants(rng, N):
+    for B, n, d, (mu, L, rho, _, _) in grouped_constants(rng, N):
         q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
         fb, ws = full_batch(q), empirical_minimizer(q)
         m, l = strong_convexity_smoothness(q.H)
         eta = np.exp(rng.uniform(np.log(1e-3 / l), np.log(np.minimum(3 / m, 10 / l))))
         Pb = P if batch1 else 1
-        w0 = np.broadcast_to((ws + _loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)))[:, None], (B, Pb, d))
+        w0 = np.broadcast_to((ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)))[:, None], (B, Pb, d))
         prob, idx = (q, rng.integers(0, n, (T, B, Pb))) if batch1 else (fb, np.zeros((T, B, 1), int))
         out = run(prob, w0, eta, rho, method, idx=idx, center=ws, risk=lambda w: empirical_risk(fb, w))
         G = max_grad_norm(q, ws, out['radius'] + rho)
@@ -179,13 +198,14 @@ def _convergence_data(rng, N, method, *, batch1, P, T):
     return {k_: np.concatenate([p[k_] for p in out_parts]) for k_ in out_parts[0]}
 
 
-def _convergence_rows(rng, N, P, T):
-    rows = []
+def check_convergence(rng, size):
+    "Theorems 10 and 17 (noise ball), full batch and batch size one, any eta and the corrected range."
+    N, P, T, rows = size.instances, size.paths, size.steps, []
     for stmt, method, lrname in (('Theorem 10', 'sam', '1/(2 mu (1+mu rho/G))'),
                                  ('Theorem 17', 'stablesam', '1/(2 mu gamma0 (1+mu rho/G))')):
         alg = 'Algorithm 1 ' + ('SAM' if method == 'sam' else 'StableSAM, tight gamma0, gamma1')
         for batch1 in (False, True):
-            r = _convergence_data(rng, N, method, batch1=batch1, P=P, T=T)
+            r = convergence_data(rng, N, method, batch1=batch1, P=P, T=T)
             how = f'batch size 1, {P} paths' if batch1 else 'full batch (f = F_S)'
             rows.append(make_row(stmt, f'{alg}, {how}, any eta in [1e-3/L, min(3/mu, 10/L)]', r['viol'], r['slack'],
                                  f'T={T}; checked at every t <= T'))
@@ -198,8 +218,9 @@ def _convergence_rows(rng, N, P, T):
 
 
 # %%
-rows_cv = _convergence_rows(np.random.default_rng(0), 16, 16, 40)
-for r in rows_cv: print(r['statement'], r['status'], r['instances'], r['violations'], round(r['worst_slack'], 3), r['regime'][:60])
+rows_cv = check_convergence(np.random.default_rng(0), AuditSize(16, paths=16, steps=40))
+test_eq(audit_rows(rows_cv, 'Theorem 10', 'corrected')[0]['status'], 'holds')
+Markdown(audit_table(rows_cv, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack')))
 
 
 # %% [markdown]
@@ -214,10 +235,11 @@ for r in rows_cv: print(r['statement'], r['status'], r['instances'], r['violatio
 # of the noise term.
 
 # %%
-#| exporti
-def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
+#| export
+def excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
+    "Runs on training sets drawn from a finite population: per-instance excess-risk flags and slacks (finite T and the limit)."
     parts = []
-    for B, n, d, (mu, L, rho, C, u) in _grouped_constants(rng, N):
+    for B, n, d, (mu, L, rho, C, u) in grouped_constants(rng, N):
         if method == 'sgd': rho = np.zeros(B)
         pool = random_quadratics(M, d, mu, L, batch=(B,), seed=rng)
         fD, wD = full_batch(pool), empirical_minimizer(pool)
@@ -225,11 +247,11 @@ def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
         Sidx = rng.integers(0, M, (B, P, n))
         j = rng.integers(0, n, (T, B, P))
         pidx = np.take_along_axis(np.broadcast_to(Sidx[None], (T, B, P, n)), j[..., None], -1)[..., 0]
-        w0 = ws0 = wD + _loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d))
+        w0 = ws0 = wD + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d))
         bi = np.arange(B)[:, None, None]
         qS = Quadratics(pool.H[bi, Sidx], pool.c[bi, Sidx])                       # batch (B, P)
         E0 = empirical_risk(full_batch(qS), np.broadcast_to(w0[:, None, None], (B, P, 1, d)))[..., 0].mean(-1)
-        vx = _in_range(rng, 0.0, 1.0, (T, B, P))
+        vx = in_range(rng, 0.0, 1.0, (T, B, P))
         g0 = np.full(B, clamp) if clamp else np.ones(B)
         g1 = np.sqrt(g0)
         reach = C * rho if shared_xi else rho
@@ -262,15 +284,16 @@ def _excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
     return {k_: np.concatenate([p[k_] for p in parts]) for k_ in parts[0]}
 
 
-def _excess_rows(rng, N, P, T):
-    rows = []
+def check_excess_risk(rng, size):
+    "Theorems 11, 18 and Table 1: expected excess risk at every t <= T and as T -> infinity."
+    N, P, T, rows = size.instances, size.paths, size.steps, []
     cases = [('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM', 'sam', False, 'sam', None),
              ('Theorem 11', 'Assumption 1 (xi_t in [rho/G, C rho/G]), eta <= eta_SAM', 'sam', True, 'sam', None),
              ('Table 1', 'SGD row (Hardt et al.), eta <= 2/(mu+L)', 'sgd', False, 'sgd', None),
              ('Theorem 18', 'corrected (Thm 15 x 1/gamma0, Thm 17 with eta <= 1/(2 mu gamma0(1+a))): '
               'Algorithm 1 StableSAM with Remark 19 clamp gamma0 = 0.5', 'stablesam', False, 'stablesam', 0.5)]
     for stmt, regime, method, sxi, lr, clamp in cases:
-        r = _excess_data(rng, N, method, shared_xi=sxi, lr=lr, P=P, T=T, clamp=clamp)
+        r = excess_data(rng, N, method, shared_xi=sxi, lr=lr, P=P, T=T, clamp=clamp)
         ok, st = r['ok'], r['settled']
         note = f'pool of 24 examples, T={T}, {P} (S, path) draws; checked at every t <= T'
         if (~ok).any(): note += f'; {int((~ok).sum())} excluded (ball of G did not settle)'
@@ -287,5 +310,6 @@ def _excess_rows(rng, N, P, T):
 
 
 # %%
-rows_ex = _excess_rows(np.random.default_rng(0), 8, 16, 40)
-for r in rows_ex: print(r['statement'], r['status'], r['instances'], r['violations'], round(r['worst_slack'], 3), r['regime'][:60])
+rows_ex = check_excess_risk(np.random.default_rng(0), AuditSize(8, paths=16, steps=40))
+test_eq(audit_rows(rows_ex, 'Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM, T -> infinity')[0]['status'], 'holds')
+Markdown(audit_table(rows_ex, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack')))

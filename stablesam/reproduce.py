@@ -30,11 +30,10 @@ COMPARED = ('sgd', 'sam', 'stablesam')
 def run_audit(out, n_instances=16, seed=0, **_):
     "Run the Section 4 audit (`verify_all`) and write `audit.md`; returns the rows."
     from stablesam.theory_audit import audit_table, verify_all
+    from stablesam.theory_checks import status_counts
     rows = verify_all(n_instances=n_instances, seed=seed, progress=True)
-    counts = {s: sum(r['status'] == s for r in rows) for s in ('holds', 'violated', 'vacuous')}
     text = (f"# Section 4 audit ({n_instances} instances per statement, seed {seed})\n\n"
-            f"{counts['holds']} rows hold, {counts['violated']} are violated, {counts['vacuous']} are vacuous.\n\n"
-            + audit_table(rows) + '\n')
+            f"{len(rows)} rows: {status_counts(rows)}.\n\n" + audit_table(rows) + '\n')
     (Path(out) / 'audit.md').write_text(text)
     return rows
 
@@ -111,11 +110,12 @@ def _report(out, quick, results, timings, errors, total):
              f"Wall time {total:.0f} s on this machine. Each section links the notebook that explains it.", '']
     if 'audit' in results:
         rows = results['audit']
-        counts = {s: sum(r['status'] == s for r in rows) for s in ('holds', 'violated', 'vacuous')}
+        from stablesam.theory_checks import status_counts
         lines += ['## Section 4: theory audit', '',
-                  f"{len(rows)} rows: {counts['holds']} hold, {counts['violated']} violated, {counts['vacuous']} vacuous "
-                  f"([table](audit.md), {timings['audit']:.0f} s). Violated rows:", '']
-        lines += [f"- {r['statement']} ({r['regime']})" for r in rows if r['status'] == 'violated'] or ['- none']
+                  f"{len(rows)} rows: {status_counts(rows)} ([table](audit.md), {timings['audit']:.0f} s). "
+                  "Violated or outside rows:", '']
+        lines += [f"- {r['statement']} ({r['regime']}): {r['status']}" for r in rows
+                  if r['status'] in ('violated', 'outside')] or ['- none']
         lines += ['']
     if 'toy' in results:
         rates = results['toy']

@@ -8,7 +8,7 @@ __all__ = ['METHODS', 'Quadratics', 'random_spectra', 'random_quadratics', 'neig
            'certify_minimizer', 'certify_max_grad_norm', 'coercivity_lower_bound', 'sgd_lr_max', 'sam_lr_max',
            'stablesam_lr_max', 'sam_contraction', 'stability_bound', 'noise_ball_bound', 'excess_risk_bound',
            'assumption3_margin', 'stablesam_contraction_corrected', 'stability_bound_corrected', 'noise_ball_lr_max',
-           'sam_direction', 'run']
+           'sam_direction', 'run', 'all_sequences', 'run_all_sequences']
 
 # %% ../nbs/01_theory.ipynb #e329c3a1
 from dataclasses import dataclass
@@ -305,9 +305,15 @@ def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None,
     return out
 
 # %% ../nbs/01_theory.ipynb #e617e5b9
-def __getattr__(name):
-    "Lazy access to the audit (`verify_all`, `audit_table`, `counterexamples`) from `stablesam.theory`."
-    if name in ('verify_all', 'audit_table', 'counterexamples'):
-        from stablesam import theory_audit
-        return getattr(theory_audit, name)
-    raise AttributeError(f"module 'stablesam.theory' has no attribute {name!r}")
+def all_sequences(n, T):
+    "Every sampling sequence of `T` steps over `n` examples: an index array of shape `(T, n**T)`."
+    return (np.arange(n ** T)[None, :] // n ** np.arange(T)[:, None]) % n
+
+
+def run_all_sequences(q, w0, eta, rho, method='sam', *, T, **kwargs):
+    "`run` from `w0` (shape `batch + (d,)`) on all `n**T` sampling sequences: the path axis is exact."
+    S = q.n ** T
+    idx = np.broadcast_to(all_sequences(q.n, T).reshape((T,) + (1,) * len(q.batch_shape) + (S,)),
+                          (T,) + q.batch_shape + (S,))
+    w = np.broadcast_to(np.asarray(w0, float)[..., None, :], q.batch_shape + (S, q.d))
+    return run(q, w, eta, rho, method, idx=idx, **kwargs)
