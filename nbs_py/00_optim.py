@@ -187,6 +187,10 @@ test_eq(renorm_factor(torch.tensor(0.), torch.tensor(0.)), torch.tensor(0.))    
 # Inputs are checked when the optimizer is built, with a message that names the bad value.
 
 # %%
+#| export
+ASCENTS = ('global', 'local')   # the ascent semantics under DistributedDataParallel (see the distributed page)
+
+# %%
 #| exporti
 RENORM_NORMS = ('plain', 'adaptive')
 
@@ -807,7 +811,6 @@ for p, w in zip(net.parameters(), w_acc): test_close(p, w, eps=1e-6)
 #| export
 OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
 BASES = ('sgd', 'adamw')
-ASCENTS = ('global', 'local')   # the distributed ascent semantics (see the distributed page)
 _VARIANTS = dict(sam=SAM, stablesam=StableSAM, asam=ASAM, stableasam=StableASAM, usam=USAM, stableusam=StableUSAM)
 _SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
 
