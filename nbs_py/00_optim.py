@@ -464,11 +464,13 @@ def _average_(tensors):
 #
 # `step(closure)` runs the whole of Algorithm 1: the closure must compute the loss on the current batch and
 # call `backward()` (zeroing the gradients first is harmless: `step` zeroes them too); it is called twice and
-# the first loss is returned. `step()` without a closure finishes a step begun with `first_step`: while the
-# weights are perturbed (after the second backward) it is `second_step()`, and after `unperturb()` it is the
-# base step. That is how training frameworks call an optimizer (Hugging Face's `Trainer`, accelerate,
-# Lightning's `opt.step()`, `GradScaler.step(opt)`), see [the framework recipes](00b_frameworks.ipynb).
-# Without a pending `first_step` it is an error, and `zero_grad()` drops a pending base step. `state_dict()` is the base optimizer's state dict (param groups with their
+# the first loss is returned. `step()` finishes a step begun with `first_step`: while the weights are
+# perturbed (after the second backward) it is `second_step()`, and after `unperturb()` it is the base step. That
+# is how training frameworks call an optimizer (Hugging Face's `Trainer` and accelerate call `step()`,
+# `GradScaler.step(opt)` too; Lightning passes a closure that only runs its hooks: a closure given while a step
+# is pending is called once, as any torch optimizer calls it, and must not call `backward()`); see
+# [the framework recipes](00b_frameworks.ipynb). Without a pending `first_step`, `step()` with no closure is an
+# error, and `zero_grad()` drops a pending base step. `state_dict()` is the base optimizer's state dict (param groups with their
 # `rho`/`adaptive`, momentum or Adam moments) plus a `'sam'` entry with the flags; `load_state_dict` restores
 # both and keeps the param groups shared.
 
@@ -476,10 +478,13 @@ def _average_(tensors):
 #| exporti
 @_method_of(SAM)
 def step(self, closure=None):
-    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`); without, finish `first_step`'s."
+    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`), or finish `first_step`'s step."
+    if self._first is not None or self._restored:
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        if self._first is not None: self.second_step()
+        else: self._base_step()
+        return loss
     if closure is None:
-        if self._first is not None: return self.second_step()
-        if self._restored: return self._base_step()
         raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
                            "evaluated twice); or call first_step() and second_step() around your own passes "
                            "(step() without a closure finishes a step begun with first_step()).")

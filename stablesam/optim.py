@@ -300,10 +300,13 @@ def _average_(tensors):
 # %% ../nbs/00_optim.ipynb #748f2886
 @_method_of(SAM)
 def step(self, closure=None):
-    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`); without, finish `first_step`'s."
+    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`), or finish `first_step`'s step."
+    if self._first is not None or self._restored:
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        if self._first is not None: self.second_step()
+        else: self._base_step()
+        return loss
     if closure is None:
-        if self._first is not None: return self.second_step()
-        if self._restored: return self._base_step()
         raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
                            "evaluated twice); or call first_step() and second_step() around your own passes "
                            "(step() without a closure finishes a step begun with first_step()).")
