@@ -63,13 +63,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
+try: from torch.distributed.tensor import DTensor
+except ImportError: DTensor = ()          # torch.distributed unavailable or torch < 2.4: no FSDP2 shards to handle
+
 
 # %% [markdown]
 # ## The pieces
 #
 # Every norm is a global $L_2$ norm over a list of tensors. It must stay on the device (a `.item()` in an
 # optimizer step stalls a GPU), use the multi-tensor `torch._foreach_*` kernels, and accumulate in float32 or
-# wider even for half-precision parameters.
+# wider even for half-precision parameters. Under FSDP2 (`fully_shard`) parameters and gradients are DTensors
+# and each process holds one shard: the optimizer works on the local shards in place (`_local`), and a norm
+# adds the shards' squared norms over the processes that hold them (`_shard_groups`: the mesh dimensions on
+# which the tensor is sharded; a replicated dimension is counted once). The result is one replicated scalar.
 
 # %%
 #| exporti
@@ -85,17 +91,47 @@ def _acc_dtype(dtype):
 
 
 # %%
-#| export
-def global_norm(tensors, device=None):
-    "Global L2 norm of a list of tensors as a 0-dim tensor (float32 or wider), without host sync."
-    if not tensors: return torch.zeros((), device=device)
-    device = tensors[0].device if device is None else device
-    parts = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm([tensors[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
-             for (_, dtype), idx in _buckets(tensors)]
+#| exporti
+def _local(t):
+    "The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."
+    return t.to_local() if isinstance(t, DTensor) else t
+
+def _shard_groups(t):
+    "The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."
+    if not isinstance(t, DTensor): return ()
+    if any(pl.is_partial() for pl in t.placements): raise RuntimeError("SAM needs reduced gradients, got a Partial DTensor")
+    return tuple(t.device_mesh.get_group(i) for i, pl in enumerate(t.placements) if pl.is_shard())
+
+def _stack_norm(parts, device):
+    "The L2 norm of the stacked 0-dim norms `parts`, on `device`, in their widest dtype."
     if len(parts) == 1: return parts[0].to(device)
     acc = parts[0].dtype
     for n in parts[1:]: acc = torch.promote_types(acc, n.dtype)
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=acc) for n in parts]))
+
+def _norm(tensors, groups, device):
+    "L2 norm of local `tensors` whose squares add up over the parallel `groups` (tuples of process groups)."
+    if not tensors: return torch.zeros((), device=device)
+    parts = []
+    for key in dict.fromkeys(groups):
+        ts = [t for t, k in zip(tensors, groups) if k == key]
+        n = _stack_norm([torch.linalg.vector_norm(torch.stack(torch._foreach_norm([ts[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
+                         for (_, dtype), idx in _buckets(ts)], device)
+        if key:
+            n = n.square()
+            for group in key: dist.all_reduce(n, group=group)
+            n = n.sqrt()
+        parts.append(n)
+    return _stack_norm(parts, device)
+
+
+# %%
+#| export
+def global_norm(tensors, device=None):
+    "Global L2 norm of a list of tensors (DTensor shards too) as a 0-dim tensor (float32 or wider), without host sync."
+    if not tensors: return torch.zeros((), device=device)
+    device = _local(tensors[0]).device if device is None else device
+    return _norm([_local(t) for t in tensors], [_shard_groups(t) for t in tensors], device)
 
 
 # %%
@@ -151,6 +187,10 @@ test_eq(renorm_factor(torch.tensor(0.), torch.tensor(0.)), torch.tensor(0.))    
 # Inputs are checked when the optimizer is built, with a message that names the bad value.
 
 # %%
+#| export
+ASCENTS = ('global', 'local')   # the ascent semantics under DistributedDataParallel (see the distributed page)
+
+# %%
 #| exporti
 RENORM_NORMS = ('plain', 'adaptive')
 
@@ -159,8 +199,9 @@ def _check_rho(rho):
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
         raise ValueError(f"Invalid rho: {rho} (a finite number >= 0)")
 
-def _check_settings(gamma0, renorm_norm, eps):
-    "Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or a non-positive `eps`."
+def _check_settings(gamma0, renorm_norm, eps, ascent='global'):
+    "Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or `ascent`, or a non-positive `eps`."
+    if ascent not in ASCENTS: raise ValueError(f"Invalid ascent: {ascent!r} (choose from {ASCENTS})")
     if gamma0 is not None and not (isinstance(gamma0, (int, float)) and 0 < gamma0 < 1):
         raise ValueError(f"Invalid gamma0: {gamma0} (Remark 19 needs 0 < gamma0 < 1, or None for no clamp)")
     if renorm_norm not in RENORM_NORMS:
@@ -199,12 +240,12 @@ def _grads_of(params):
 class SAM(Optimizer):
     "Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."
     def __init__(self, params, base_optimizer, rho=0.05, *, adaptive=False, stable=False, normalize=True,
-                 gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, sync_norms=None,
+                 gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, ascent="global",
                  **base_kwargs):
         _check_rho(rho)
-        _check_settings(gamma0, renorm_norm, eps)
+        _check_settings(gamma0, renorm_norm, eps, ascent)
         self.stable, self.normalize, self.gamma0, self.renorm_norm = bool(stable), bool(normalize), gamma0, renorm_norm
-        self.eps, self.track_alignment, self.sync_norms = eps, bool(track_alignment), sync_norms
+        self.eps, self.track_alignment, self.ascent = eps, bool(track_alignment), ascent
         defaults = dict(rho=rho, adaptive=bool(adaptive))
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs: raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
@@ -217,7 +258,7 @@ class SAM(Optimizer):
         else: raise TypeError(f"Invalid base_optimizer: {base_optimizer!r} (a torch.optim.Optimizer class or instance)")
         self.param_groups = self.base_optimizer.param_groups
         self.defaults = {**self.base_optimizer.defaults, **defaults}
-        self.last_stats, self._first = {}, None
+        self.last_stats, self._first, self._restored = {}, None, False
 
     def add_param_group(self, param_group):
         "Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."
@@ -268,34 +309,46 @@ def first_step(self, zero_grad=False, *, grad_scaler=None):
     "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
     if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already "
                                                  "perturbed (unperturb() restores them)")
-    groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
+    groups, owners, keys = self._local_groups()
+    if self.ascent == 'local' and any(keys): raise RuntimeError("ascent='local' needs whole parameters on every "
+                                                               "replica; FSDP shards them: use ascent='global'")
     params = [p for _, ps, _ in groups for p in ps]
     grads = [d for _, _, gs in groups for d in gs]
     device = params[0].device if params else None
     inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
-    gnorm = global_norm(grads, device)
+    gnorm = _norm(grads, keys, device)
     adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
     tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)] if adaptive else grads
-    tnorm = global_norm(tgrads, device) if adaptive else gnorm
-    backups = [self._buffer(p, 'w') for p in params]
+    tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
+    backups = [self._buffer(p, 'w') for p in owners]
     if params: torch._foreach_copy_(backups, params)
-    if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in params], grads)
+    if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
     for g, ps, gs in groups:
         if not ps: continue
         if self.normalize: scale = g['rho'] / (tnorm + self.eps)
         else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
         if g['adaptive']:                       # e = scale * T^2 g with T = |w|
-            gs = torch._foreach_mul(ps, ps)
-            torch._foreach_mul_(gs, [p.grad for p in ps])
+            gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)
         _add_scaled_(ps, gs, scale)
-    self._first = dict(params=params, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
+    self._first = dict(owners=owners, params=params, keys=keys, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
+    self._restored = False
     if zero_grad: self.zero_grad()
 
 @_method_of(SAM)
+def _local_groups(self):
+    "Per param group (group, local params with a gradient, their local gradients); those params; their shard groups."
+    groups, owners = [], []
+    for g in self.param_groups:
+        ps, gs = _grads_of(g['params'])
+        groups.append((g, [_local(p) for p in ps], [_local(d) for d in gs]))
+        owners += ps
+    return groups, owners, [_shard_groups(p) for p in owners]
+
+@_method_of(SAM)
 def _buffer(self, p, name):
-    "The persistent buffer `name` of parameter `p` (allocated once, like `p`)."
+    "The persistent buffer `name` of parameter `p`, allocated once like its local part (a shard under FSDP)."
     st = self.state[p]
-    if name not in st: st[name] = torch.empty_like(p, memory_format=torch.preserve_format)
+    if name not in st: st[name] = torch.empty_like(_local(p), memory_format=torch.preserve_format)
     return st[name]
 
 
@@ -311,11 +364,11 @@ show_doc(SAM.first_step)
 # parameter that had a gradient only in the first pass is restored all the same; one that has a gradient only
 # in the second pass was never moved, and is renormalized and stepped like the others.
 #
-# Under DistributedDataParallel with the first pass kept local (see `first_pass_no_sync`), each replica's
-# $\|g\|$ is its own, while $g^{asc}$ is all-reduced; the stable variants then average the local norms over
-# the replicas (one scalar all-reduce) so that every replica applies the same factor and the replicas stay
-# identical. `sync_norms=None` does this whenever `torch.distributed` is initialized with more than one
-# process.
+# With `ascent="local"` (m-sharpness under DistributedDataParallel, see
+# [distributed](00a_distributed.ipynb)) both passes ran without all-reduce: $g_i$ and $g^{asc}_i$ are the
+# replica's own, the factor $\|g_i\|/\|g^{asc}_i\|$ is the replica's own, and `unperturb` averages the
+# *renormalized* gradients over the processes (one all-reduce per dtype) so that every replica steps with the
+# same mean. With the default `ascent="global"` the gradients in `.grad` are already the global ones.
 
 # %%
 #| exporti
@@ -325,35 +378,37 @@ def unperturb(self):
     "Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient in `.grad`."
     if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
     first, self._first = self._first, None
-    groups = [(g, *_grads_of(g['params'])) for g in self.param_groups]
+    groups, owners, keys = self._local_groups()
     grads = [d for _, _, gs in groups for d in gs]
     device = first['gnorm'].device
-    anorm = global_norm(grads, device)
+    anorm = _norm(grads, keys, device)
     num, den = first['gnorm'], anorm
     if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
         num = first['tnorm']
-        den = global_norm([torch.mul(p.abs(), d) if g['adaptive'] else d
-                           for g, ps, gs in groups for p, d in zip(ps, gs)], device)
-    dot = self._dot(first['params']) if self.track_alignment else None
+        den = _norm([torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)], keys, device)
+    dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
     if first['params']: torch._foreach_copy_(first['params'], first['backups'])
-    gnorm = first['gnorm']
-    if self.stable and self._syncing():
-        local = torch.stack([gnorm, num.to(gnorm.dtype)])
-        dist.all_reduce(local)
-        gnorm, num = (local / dist.get_world_size()).unbind()
     factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
     if self.stable and grads: _mul_(grads, factor)
-    self._record(gnorm, anorm, factor, dot, first['inv_scale'])
+    if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
+    self._restored = True
+    self._record(first['gnorm'], anorm, factor, dot, first['inv_scale'])
 
 @_method_of(SAM)
 @torch.no_grad()
 def second_step(self, zero_grad=False, *, grad_scaler=None):
     "Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."
     self.unperturb()
+    self._base_step(grad_scaler)
+    if zero_grad: self.zero_grad()
+
+@_method_of(SAM)
+def _base_step(self, grad_scaler=None):
+    "Line 7: the base optimizer's step with the (renormalized) gradient in `.grad`."
     if grad_scaler is None: self.base_optimizer.step()
     else: grad_scaler.step(self.base_optimizer)
+    self._restored = False
     self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
-    if zero_grad: self.zero_grad()
 
 
 # %%
@@ -368,13 +423,17 @@ show_doc(SAM.second_step)
 # %%
 #| exporti
 @_method_of(SAM)
-def _dot(self, params):
-    "<g_asc, g> over `params` that have a gradient in both passes (needs the stored copy of g)."
-    pairs = [(p.grad, self.state[p]['g']) for p in params if p.grad is not None]
-    if not pairs: return torch.zeros((), device=params[0].device if params else None)
-    prods = torch._foreach_mul([a for a, _ in pairs], [b for _, b in pairs])
-    dev = pairs[0][0].device
-    return torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev) for t in prods]).sum()
+def _dot(self, params, keys):
+    "<g_asc, g> over `params` that have a gradient in both passes (needs the stored copy of g), summed over shards."
+    pairs = [(_local(p.grad), self.state[p]['g'], k) for p, k in zip(params, keys) if p.grad is not None]
+    if not pairs: return torch.zeros((), device=_local(params[0]).device if params else None)
+    prods = torch._foreach_mul([a for a, _, _ in pairs], [b for _, b, _ in pairs])
+    dev, parts = pairs[0][0].device, []
+    for key in dict.fromkeys(k for _, _, k in pairs):
+        part = torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev) for t, (_, _, k) in zip(prods, pairs) if k == key]).sum()
+        for group in key: dist.all_reduce(part, group=group)
+        parts.append(part)
+    return torch.stack(parts).sum()
 
 @_method_of(SAM)
 def _record(self, gnorm, anorm, factor, dot, inv_scale):
@@ -386,11 +445,18 @@ def _record(self, gnorm, anorm, factor, dot, inv_scale):
         if inv_scale is not None: dot = dot * inv_scale ** 2
         self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
 
-@_method_of(SAM)
-def _syncing(self):
-    "Whether the stable factor's numerator is averaged over distributed replicas."
-    if self.sync_norms is not None: return bool(self.sync_norms)
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def _world():
+    "The number of processes of the default process group (1 without torch.distributed)."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def _average_(tensors):
+    "Average `tensors` in place over the processes of the default group: one all-reduce per (device, dtype)."
+    for _, idx in _buckets(tensors):
+        ts = [tensors[i] for i in idx]
+        flat = torch._utils._flatten_dense_tensors(ts)
+        dist.all_reduce(flat)
+        flat.div_(_world())
+        torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
 
 
 # %% [markdown]
@@ -398,7 +464,13 @@ def _syncing(self):
 #
 # `step(closure)` runs the whole of Algorithm 1: the closure must compute the loss on the current batch and
 # call `backward()` (zeroing the gradients first is harmless: `step` zeroes them too); it is called twice and
-# the first loss is returned. `state_dict()` is the base optimizer's state dict (param groups with their
+# the first loss is returned. `step()` finishes a step begun with `first_step`: while the weights are
+# perturbed (after the second backward) it is `second_step()`, and after `unperturb()` it is the base step. That
+# is how training frameworks call an optimizer (Hugging Face's `Trainer` and accelerate call `step()`,
+# `GradScaler.step(opt)` too; Lightning passes a closure that only runs its hooks: a closure given while a step
+# is pending is called once, as any torch optimizer calls it, and must not call `backward()`); see
+# [the framework recipes](00b_frameworks.ipynb). Without a pending `first_step`, `step()` with no closure is an
+# error, and `zero_grad()` drops a pending base step. `state_dict()` is the base optimizer's state dict (param groups with their
 # `rho`/`adaptive`, momentum or Adam moments) plus a `'sam'` entry with the flags; `load_state_dict` restores
 # both and keeps the param groups shared.
 
@@ -406,11 +478,16 @@ def _syncing(self):
 #| exporti
 @_method_of(SAM)
 def step(self, closure=None):
-    "One full step of Algorithm 1; `closure` computes the loss on the batch and calls `backward()`."
+    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`), or finish `first_step`'s step."
+    if self._first is not None or self._restored:
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        if self._first is not None: self.second_step()
+        else: self._base_step()
+        return loss
     if closure is None:
         raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
                            "evaluated twice); or call first_step() and second_step() around your own passes "
-                           "(with a GradScaler: pass grad_scaler= to both, never scaler.step(opt) on the wrapper).")
+                           "(step() without a closure finishes a step begun with first_step()).")
     closure = torch.enable_grad()(closure)
     self.zero_grad()
     loss = closure()
@@ -419,7 +496,13 @@ def step(self, closure=None):
     self.second_step()
     return loss
 
-_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'sync_norms')
+_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
+
+@_method_of(SAM)
+def zero_grad(self, set_to_none=True):
+    "Zero the gradients of every parameter (dropping a base step left pending by `unperturb`)."
+    self._restored = False
+    super(SAM, self).zero_grad(set_to_none)
 
 @_method_of(SAM)
 def state_dict(self):
@@ -433,7 +516,8 @@ def load_state_dict(self, state_dict):
     "Restore the base optimizer's state and SAM's settings; the param groups stay shared."
     sd = dict(state_dict)
     sam = sd.pop('sam', {})
-    _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm), sam.get('eps', self.eps))
+    _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm), sam.get('eps', self.eps),
+                    sam.get('ascent', self.ascent))
     self.base_optimizer.load_state_dict(sd)
     for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
     self.param_groups = self.base_optimizer.param_groups
@@ -553,6 +637,19 @@ test_close(w.detach(), closed_form(e_sam, True), eps=1e-6)
 test_close(loss, 0.5 * (A * w0 * w0).sum() + (b * w0).sum())
 test_fail(lambda: opt.step(), contains='needs a closure')
 
+# %% [markdown]
+# The call style of the frameworks: `first_step`, the second backward, then `step()` with no closure.
+
+# %%
+with torch.no_grad(): w.copy_(w0)
+opt.zero_grad()
+closure()
+opt.first_step(zero_grad=True)
+closure()
+opt.step()
+test_close(w.detach(), closed_form(e_sam, True), eps=1e-6)
+test_fail(lambda: opt.step(), contains='needs a closure')
+
 
 # %% [markdown]
 # ## BatchNorm and DistributedDataParallel helpers
@@ -587,12 +684,12 @@ for k, v in net.state_dict().items(): test_eq(v, before[k])
 
 
 # %% [markdown]
-# SAM as described by Foret et al. computes the ascent on each replica with that replica's own gradient
-# ("m-sharpness", with $m$ the per-replica batch): the first pass must **not** all-reduce. Wrap the first
-# forward-backward in `first_pass_no_sync(model)` (DDP's `no_sync()`, a no-op for other models); the second
-# pass all-reduces as usual, so every replica steps with the mean of the per-replica surrogate gradients. The
-# stable variants average the local $\|g\|$ over the replicas (see `unperturb`), so all replicas apply the same
-# factor and stay identical (tested with two processes in `tests/test_optim_ddp.py`).
+# Under DistributedDataParallel two exact semantics exist, chosen with `SAM(..., ascent=...)` and explained,
+# with a worked example, in [distributed](00a_distributed.ipynb): `"global"` (the default: Algorithm 1 on the
+# global batch, both passes all-reduced as DDP does anyway) and `"local"` (m-sharpness: each replica ascends
+# and renormalizes with its own gradients, then the renormalized gradients are averaged). For `"local"` both
+# backward passes run inside `first_pass_no_sync(model)` (DDP's `no_sync()`, a no-op for other models);
+# `stablesam.distributed.sam_step` writes the step for either.
 
 # %%
 #| export
@@ -603,11 +700,10 @@ def first_pass_no_sync(model):
 
 
 # %% [markdown]
-# A training step with BatchNorm and DDP then reads:
+# A training step with BatchNorm, on one process or under DDP with `ascent="global"`, then reads:
 #
 # ```python
-# with first_pass_no_sync(model):
-#     loss_fn(model(x), y).backward()
+# loss_fn(model(x), y).backward()
 # opt.first_step(zero_grad=True)
 # with freeze_bn_stats(model):
 #     loss_fn(model(x), y).backward()
@@ -678,9 +774,9 @@ test_close(total, opt.last_stats['grad_norm'], eps=1e-5)
 # ### Gradient accumulation
 #
 # Accumulate **both** passes over the same micro-batches (each loss divided by their number): the ascent then
-# uses the gradient of the whole batch, and the step equals the one-batch step up to rounding. Under DDP, run
-# every first-pass micro-batch inside `first_pass_no_sync(model)` and every second-pass one but the last inside
-# `model.no_sync()`, so that only the last backward all-reduces.
+# uses the gradient of the whole batch, and the step equals the one-batch step up to rounding. Under DDP with
+# `ascent="global"`, run every micro-batch but the last of each pass inside `model.no_sync()`, so that only the
+# last backward of each pass all-reduces; with `ascent="local"`, all of them inside `first_pass_no_sync(model)`.
 
 # %%
 def accumulated_step(opt, chunks):
@@ -721,7 +817,7 @@ for p, w in zip(net.parameters(), w_acc): test_close(p, w, eps=1e-6)
 OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
 BASES = ('sgd', 'adamw')
 _VARIANTS = dict(sam=SAM, stablesam=StableSAM, asam=ASAM, stableasam=StableASAM, usam=USAM, stableusam=StableUSAM)
-_SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'sync_norms')
+_SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
 
 def make_optimizer(name, params, *, base="sgd", lr, momentum=0.9, weight_decay=0., rho=0.05, **kw):
     "Build optimizer `name` (one of `OPTIMIZERS`; 'sgd' is the base optimizer alone) on base 'sgd' or 'adamw'."

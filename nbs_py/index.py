@@ -68,8 +68,10 @@ for step in range(20):
 
 # %% [markdown]
 # `opt.step(closure)` works too, and `opt.last_stats` holds the step's gradient norms and renormalization
-# factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation, and
-# DistributedDataParallel, see the recipes in [the optimizer page](00_optim.ipynb).
+# factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation, see the recipes in
+# [the optimizer page](00_optim.ipynb); DistributedDataParallel (the `global` and `local` ascent semantics) and
+# FSDP2 in [distributed](00a_distributed.ipynb); PyTorch Lightning, Hugging Face's `Trainer` and
+# `torch.compile` in [frameworks](00b_frameworks.ipynb).
 
 # %%
 #| hide
@@ -104,6 +106,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | paper | what | notebook | runs on |
 # |---|---|---|---|
 # | Algorithm 1, Remark 19 | SAM, StableSAM, ASAM, StableASAM, USAM, StableUSAM | [optim](00_optim.ipynb) | CPU |
+# | Algorithm 1 on several processes | DDP (`global` and `local` ascent), FSDP2; Lightning, Hugging Face, `torch.compile` | [distributed](00a_distributed.ipynb), [frameworks](00b_frameworks.ipynb) | CPU (2 gloo processes) |
 # | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb), [audit](01c_theory_audit.ipynb) | CPU |
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
 # | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN), GPU |

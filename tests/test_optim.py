@@ -496,3 +496,43 @@ def test_make_optimizer():
         make_optimizer('adam', net.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="Unknown base optimizer: 'rmsprop'"):
         make_optimizer('sam', net.parameters(), base='rmsprop', lr=0.1)
+
+
+# --- step() as frameworks call it ----------------------------------------------------------------------------
+
+def framework_step(opt, net, batch, how):
+    """A step finished by `step()` the way a framework calls it: 'perturbed', 'unperturbed', or 'hook-closure'."""
+    x, y = batch
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.first_step(zero_grad=True)
+    nn.functional.cross_entropy(net(x), y).backward()
+    calls = []
+    if how == 'unperturbed': opt.unperturb()
+    loss = opt.step(lambda: calls.append(1) or 7.) if how == 'hook-closure' else opt.step()
+    if how == 'hook-closure': assert calls == [1] and loss == 7.
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize('how', ['perturbed', 'unperturbed', 'hook-closure'])
+def test_step_without_closure_finishes_first_step(how):
+    net_a, net_b = make_net(), make_net()
+    a = StableSAM(net_a.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    b = StableSAM(net_b.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    for batch in batches(3):
+        sam_step(a, net_a, batch)
+        framework_step(b, net_b, batch, how)
+    assert same(weights(net_a), weights(net_b))
+    torch.testing.assert_close(a.last_stats['renorm_factor'], b.last_stats['renorm_factor'])
+
+
+def test_step_without_pending_first_step_is_an_error():
+    net = make_net()
+    opt = StableSAM(net.parameters(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(RuntimeError, match='needs a closure'): opt.step()
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.first_step(zero_grad=True)
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.unperturb()
+    opt.zero_grad()                       # drops the pending base step
+    with pytest.raises(RuntimeError, match='needs a closure'): opt.step()

@@ -1,9 +1,12 @@
-"""SAM under DistributedDataParallel: two gloo processes on CPU.
+"""SAM under DistributedDataParallel and FSDP2: two gloo processes on CPU.
 
-Checks the m-sharpness semantics of `first_pass_no_sync`: each replica perturbs with its OWN gradient, the
-second pass is all-reduced, the stable factor uses the replica-average of the local gradient norms, and the
-replicas end every step with identical weights equal to a single-process reference.
+`ascent='global'` equals one process on the global batch (SAM, StableSAM, ASAM, StableASAM); `ascent='local'`
+equals, computed in one process, the average of the per-replica directions (each replica's own ascent and own
+renormalization); replicas stay identical after every step. Under `fully_shard` every variant equals one
+process, the backups are shards, and a checkpoint resumes exactly. Each worker writes the largest relative
+difference it saw to a JSON file, printed by the test (`pytest -s`).
 """
+import json
 import os
 import sys
 
@@ -13,77 +16,122 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from stablesam.optim import SAM, StableSAM, first_pass_no_sync
+from stablesam.distributed import checkpoint_state, load_checkpoint_state, sam_step, shard_model
+from stablesam.optim import ASAM, SAM, StableASAM, StableSAM, first_pass_no_sync
 
-WORLD, LR, RHO = 2, 0.1, 0.2
+WORLD, LR, STEPS, TOL = 2, 0.1, 10, 1e-5
+VARIANTS = dict(sam=(SAM, 0.2), stablesam=(StableSAM, 0.2), asam=(ASAM, 0.5), stableasam=(StableASAM, 0.5))
 
 
 def make_net():
+    """The same small network on every process."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
 
 
 def batch_of(rank, step):
+    """Replica `rank`'s slice of step `step`'s global batch."""
     g = torch.Generator().manual_seed(100 * step + rank)
-    return torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+    return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
-def loss_at(net, weights, batch):
-    """Loss of `net`'s architecture at `weights` on `batch` (functional, no DDP)."""
+def global_batch(step):
+    """The whole batch of step `step`: the replicas' slices in rank order."""
+    xs, ys = zip(*(batch_of(r, step) for r in range(WORLD)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def loss(net, batch):
+    """Cross-entropy of `net` on `batch`."""
     x, y = batch
-    names = [n for n, _ in net.named_parameters()]
-    out = torch.func.functional_call(net, dict(zip(names, weights)), (x,))
-    return nn.functional.cross_entropy(out, y)
-
-
-def grad_at(net, weights, batch):
-    ws = [w.detach().clone().requires_grad_() for w in weights]
-    return list(torch.autograd.grad(loss_at(net, ws, batch), ws))
+    return nn.functional.cross_entropy(net(x), y)
 
 
 def flat(ts):
-    return torch.cat([t.reshape(-1) for t in ts])
+    """One flat vector of `ts`."""
+    return torch.cat([t.detach().reshape(-1) for t in ts])
 
 
-def reference_step(net, w0, step, stable):
-    """One SAM/StableSAM step with per-replica ascent, averaged surrogate gradient, plain SGD."""
-    gs = [grad_at(net, w0, batch_of(r, step)) for r in range(WORLD)]
-    perturbed, gas = [], []
-    for r, g in enumerate(gs):
-        n = flat(g).norm()
-        wr = [w + RHO * d / (n + 1e-12) for w, d in zip(w0, g)]
-        perturbed.append(wr)
-        gas.append(grad_at(net, wr, batch_of(r, step)))
-    ga = [sum(parts) / WORLD for parts in zip(*gas)]
-    factor = (sum(flat(g).norm() for g in gs) / WORLD) / flat(ga).norm() if stable else 1.
-    return perturbed, [w - LR * factor * d for w, d in zip(w0, ga)]
+def rel_diff(a, b):
+    """Relative difference ||a - b|| / ||b|| of two flat vectors."""
+    return ((a - b).norm() / b.norm()).item()
 
 
-def worker(rank, init_file):
+def assert_replicas_equal(vec):
+    """Every process holds exactly `vec`."""
+    every = [torch.empty_like(vec) for _ in range(WORLD)]
+    dist.all_gather(every, vec)
+    assert all(torch.equal(every[0], v) for v in every[1:]), 'replicas differ'
+
+
+def one_process(cls, rho, steps=STEPS):
+    """The package's own single-process loop on the global batches."""
+    net = make_net()
+    opt = cls(net.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=0.9)
+    for step in range(steps): sam_step(opt, net, lambda: loss(net, global_batch(step)).backward())
+    return flat(net.parameters())
+
+
+def grad_at(net, weights, batch):
+    """The gradient of `loss` at `weights` (functional, no optimizer involved)."""
+    names = [n for n, _ in net.named_parameters()]
+    ws = [w.detach().clone().requires_grad_() for w in weights]
+    x, y = batch
+    return torch.autograd.grad(nn.functional.cross_entropy(torch.func.functional_call(net, dict(zip(names, ws)), (x,)), y), ws)
+
+
+def local_reference(stable, rho, steps=STEPS):
+    """m-sharpness in one process: each replica's own ascent and factor, the average direction, SGD with momentum."""
+    net = make_net()
+    sgd = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+    for step in range(steps):
+        w = [p.detach().clone() for p in net.parameters()]
+        directions = []
+        for r in range(WORLD):
+            g = grad_at(net, w, batch_of(r, step))
+            n = flat(g).norm()
+            ga = grad_at(net, [wi + rho * gi / (n + 1e-12) for wi, gi in zip(w, g)], batch_of(r, step))
+            factor = n / flat(ga).norm() if stable else 1.
+            directions.append([factor * d for d in ga])
+        for p, *ds in zip(net.parameters(), *directions): p.grad = sum(ds) / WORLD
+        sgd.step()
+    return flat(net.parameters())
+
+
+def ddp_worker(rank, init_file, out):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    diffs = {}
     try:
-        for cls in (StableSAM, SAM):
-            net = make_net()
-            model = nn.parallel.DistributedDataParallel(net)
-            opt = cls(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
-            for step in range(3):
-                w0 = [p.detach().clone() for p in net.parameters()]
-                perturbed, expected = reference_step(make_net(), w0, step, cls is StableSAM)
-                x, y = batch_of(rank, step)
-                with first_pass_no_sync(model):
-                    nn.functional.cross_entropy(model(x), y).backward()
-                opt.first_step(zero_grad=True)
-                for p, q in zip(net.parameters(), perturbed[rank]):   # own gradient, not the average
-                    torch.testing.assert_close(p.detach(), q, rtol=1e-5, atol=1e-6)
-                nn.functional.cross_entropy(model(x), y).backward()   # synced pass
-                opt.second_step(zero_grad=True)
-                for p, q in zip(net.parameters(), expected):
-                    torch.testing.assert_close(p.detach(), q, rtol=1e-5, atol=1e-6)
-                mine = flat([p.detach() for p in net.parameters()])
-                other = [torch.empty_like(mine) for _ in range(WORLD)]
-                dist.all_gather(other, mine)
-                assert torch.equal(other[0], other[1]), 'replicas identical after the step'
-            assert not torch.equal(flat(perturbed[0]), flat(perturbed[1])), 'the replicas did perturb differently'
+        for ascent in ('global', 'local'):
+            for name, (cls, rho) in VARIANTS.items():
+                if ascent == 'local' and name not in ('sam', 'stablesam'): continue
+                net = make_net()
+                model = nn.parallel.DistributedDataParallel(net)
+                opt = cls(model.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=0.9, ascent=ascent)
+                for step in range(STEPS):
+                    sam_step(opt, model, lambda: loss(model, batch_of(rank, step)).backward())
+                    assert_replicas_equal(flat(net.parameters()))
+                want = one_process(cls, rho) if ascent == 'global' else local_reference(cls is StableSAM, rho)
+                diffs[f'{ascent}/{name}'] = d = rel_diff(flat(net.parameters()), want)
+                assert d <= TOL, (ascent, name, d)
+        # the two semantics are different algorithms: the test above could tell them apart
+        assert rel_diff(local_reference(True, 0.2), one_process(StableSAM, 0.2)) > 100 * TOL
+        # the local ascent point is the replica's own: w + rho g_i / ||g_i||, different on the two replicas
+        net = make_net()
+        model = nn.parallel.DistributedDataParallel(net)
+        opt = StableSAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=LR, ascent='local')
+        with first_pass_no_sync(model): loss(model, batch_of(rank, 0)).backward()
+        g = [p.grad.clone() for p in net.parameters()]
+        opt.first_step(zero_grad=True)
+        n = flat(g).norm()
+        for p, w, gi in zip(net.parameters(), make_net().parameters(), g):
+            torch.testing.assert_close(p.detach(), w.detach() + 0.2 * gi / n, rtol=1e-6, atol=1e-7)
+        every = [torch.empty(()) for _ in range(WORLD)]
+        dist.all_gather(every, n)
+        assert every[0] != every[1], 'the replicas ascend with their own gradients'
+        opt.unperturb()
+        if rank == 0: out.write_text(json.dumps(diffs))
     finally:
         dist.destroy_process_group()
     # Gloo's worker threads can abort a process at interpreter finalization after a successful run (a torch
@@ -92,7 +140,81 @@ def worker(rank, init_file):
     os._exit(0)
 
 
-@pytest.mark.skipif(not dist.is_available(), reason='torch.distributed not available')
-def test_ddp_m_sharpness(tmp_path):
+def fsdp_model(cls, rho):
+    """A sharded network and its optimizer."""
+    net = make_net()
+    shard_model(net)
+    return net, cls(net.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=0.9)
+
+
+def full(net):
+    """The whole parameters of a sharded network, flat."""
+    return flat([p.full_tensor() for p in net.parameters()])
+
+
+def fsdp_worker(rank, init_file, out, ckpt):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    diffs = {}
+    try:
+        for name, (cls, rho) in VARIANTS.items():
+            net, opt = fsdp_model(cls, rho)
+            for step in range(STEPS):
+                sam_step(opt, net, lambda: loss(net, batch_of(rank, step)).backward())
+                assert_replicas_equal(torch.stack([opt.last_stats['grad_norm'], opt.last_stats['renorm_factor']]))
+            diffs[f'fsdp/{name}'] = d = rel_diff(full(net), one_process(cls, rho))
+            assert d <= TOL, (name, d)
+            for p in net.parameters():   # the copy of w is this process's shard, not the whole parameter
+                assert opt.state[p]['w'].shape == p.to_local().shape and p.to_local().numel() < p.numel()
+        # checkpoint after 5 steps, resume in fresh objects, 5 more: exactly the uninterrupted run
+        cls, rho = VARIANTS['stablesam']
+        net, opt = fsdp_model(cls, rho)
+        for step in range(STEPS // 2): sam_step(opt, net, lambda: loss(net, batch_of(rank, step)).backward())
+        state = checkpoint_state(net, opt)
+        if rank == 0: torch.save(state, ckpt)
+        dist.barrier()
+        resumed, ropt = fsdp_model(cls, rho)
+        load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
+        for step in range(STEPS // 2, STEPS):
+            for n, o in ((net, opt), (resumed, ropt)): sam_step(o, n, lambda: loss(n, batch_of(rank, step)).backward())
+        assert torch.equal(full(net), full(resumed)), 'resumed run differs'
+        assert ropt.stable and ropt.ascent == 'global'
+        net = make_net(); shard_model(net)
+        opt = StableSAM(net.parameters(), torch.optim.SGD, lr=LR, ascent='local')
+        loss(net, batch_of(rank, 0)).backward()
+        try: opt.first_step()
+        except RuntimeError as e: assert "use ascent='global'" in str(e)
+        else: raise AssertionError('local ascent on shards must fail')
+        if rank == 0: out.write_text(json.dumps(diffs))
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)
+
+
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason='torch.distributed not available'),
+              pytest.mark.usefixtures('one_thread')]
+
+
+def test_ddp_global_and_local(tmp_path):
+    """Both ascent semantics under DDP against their single-process definitions; replicas identical."""
     os.environ.setdefault('OMP_NUM_THREADS', '1')
-    mp.spawn(worker, args=(str(tmp_path / 'init'),), nprocs=WORLD, join=True)
+    mp.spawn(ddp_worker, args=(str(tmp_path / 'init'), tmp_path / 'diffs.json'), nprocs=WORLD, join=True)
+    diffs = json.loads((tmp_path / 'diffs.json').read_text())
+    print('||w - w_ref|| / ||w_ref|| after 10 steps:', diffs)
+    assert set(diffs) == {'global/sam', 'global/stablesam', 'global/asam', 'global/stableasam', 'local/sam', 'local/stablesam'}
+
+
+def test_fsdp_equals_one_process_and_resumes(tmp_path):
+    """FSDP2: every variant equals one process, backups are shards, a checkpoint resumes exactly."""
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    mp.spawn(fsdp_worker, args=(str(tmp_path / 'init'), tmp_path / 'diffs.json', tmp_path / 'ckpt.pt'), nprocs=WORLD, join=True)
+    diffs = json.loads((tmp_path / 'diffs.json').read_text())
+    print('||w - w_ref|| / ||w_ref|| after 10 steps:', diffs)
+    assert set(diffs) == {f'fsdp/{n}' for n in VARIANTS}
+
+
+def test_bad_ascent_name():
+    """An unknown ascent is a ValueError naming it."""
+    with pytest.raises(ValueError, match="Invalid ascent: 'mixed'"):
+        StableSAM(make_net().parameters(), torch.optim.SGD, lr=0.1, ascent='mixed')
