@@ -183,9 +183,11 @@ def comparison_table(records):
     seeds = sorted({s for _, s in runs})
     opts = [o for o in COMPARED if any(k[0] == o for k in runs)]
     first = records[0]
-    over = f"over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else f"one seed ({seeds[0]}), so no spread"
+    over = (f"mean ± std [min, max] over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
+            else f"one seed ({seeds[0]}), so no spread")
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"
     lines = [f"FCN on {DATA_LABELS.get(first['dataset'], first['dataset'])}, {100 * first['label_noise']:g}% of the "
-             f"training labels randomised, {first['epochs']} epochs; accuracies in %, mean ± std [min, max] {over}.", '',
+             f"training labels randomised, {plural(first['epochs'], 'epoch')}; accuracies in %, {over}.", '',
              '| optimizer | final test accuracy | best test accuracy (paper\'s protocol) | final training accuracy (noisy labels) |',
              '|---|---|---|---|']
     for o in opts:
@@ -198,7 +200,7 @@ def comparison_table(records):
         paired = [s for s in seeds if (a, s) in runs and (b, s) in runs]
         d = [runs[a, s][-1]['test_acc'] - runs[b, s][-1]['test_acc'] for s in paired]
         lines.append(f"- {optimizer_label(a)} - {optimizer_label(b)}, final test accuracy paired by seed: "
-                     f"{spread(d, signed=True)} points; {optimizer_label(a)} higher in {sum(x > 0 for x in d)} of {len(d)} seeds.")
+                     f"{spread(d, signed=True)} points; {optimizer_label(a)} higher in {sum(x > 0 for x in d)} of {plural(len(d), 'seed')}.")
     return '\n'.join(lines)
 
 def optimizer_label(name):

@@ -113,7 +113,7 @@ def test_digits_real_offline_fixed_split():
     raw = torch.tensor(load_digits().images, dtype=torch.float32).flatten(1)
     xt = torch.stack([d.test[i][0] for i in range(len(d.test))]).flatten(1)
     rescaled = (xt - xt.min()) / (xt.max() - xt.min()) * 16
-    assert torch.cdist(rescaled, raw).min(1).values.max() < 1e-3
+    assert torch.cdist(rescaled, raw).min(1).values.max() < 0.1  # distinct images differ by >= 1 grey level
     # the split does not depend on the run's seed; label noise does, on the training labels only
     other = get_datasets('digits', 'not-used', seed=5, label_noise=0.2)
     assert torch.equal(other.test.targets, d.test.targets) and torch.equal(other.test[7][0], d.test[7][0])
