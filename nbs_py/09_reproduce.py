@@ -132,27 +132,6 @@ def compare_config(optimizer, seed=0, dataset='digits', data_root='data', epochs
 
 
 # %% [markdown]
-# Every epoch of every run becomes one record: the run's settings that vary or matter for reading it
-# (dataset, model, optimizer, seed, label noise, $\rho$, learning rate, epochs) and the epoch's metrics
-# from `Trainer.fit`. Records are strict JSON: a non-finite number (a diverged run) is written as `null`.
-
-# %%
-#| export
-RUN_KEYS = ('dataset', 'model', 'optimizer', 'seed', 'label_noise', 'rho', 'lr', 'epochs')
-
-def run_records(cfg, history):
-    "One strict-JSON record per epoch of a run: `cfg`'s `RUN_KEYS` and the epoch's metrics (non-finite numbers as None)."
-    finite = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
-    return [{**{k: getattr(cfg, k) for k in RUN_KEYS}, **{k: finite(v) for k, v in m.items()}} for m in history]
-
-
-# %%
-test_eq(run_records(compare_config('sam', 3), [dict(epoch=1, test_acc=0.5, train_loss=float('nan'))]),
-        [dict(dataset='digits', model='fcn', optimizer='sam', seed=3, label_noise=0.4, rho=0.05, lr=0.05, epochs=20,
-              epoch=1, test_acc=0.5, train_loss=None)])
-
-
-# %% [markdown]
 # The verdict table gives, per optimizer, the final and the best test accuracy (the best over epochs is
 # the paper's protocol, chosen on the test set) and the final training accuracy on the noisy labels (how
 # much of the noise the network memorised: 60% is all the clean labels and none of the noise), each as
@@ -271,69 +250,42 @@ fig = plot_comparison(fake); plt.show(); plt.close(fig)
 
 
 # %% [markdown]
-# `run_comparison` trains the three optimizers for each seed and writes the setting's folder
-# `OUT/<setting>/` in the layout of `results/`: `records.jsonl` (one record per run and epoch),
-# `config.json` (every setting, the command line, `n_train`, `n_test`, the seeds, the wall and CPU time in
-# seconds and the machine), `summary.md` (the verdict table) and `comparison.png`. Each seed's dataset (with its
-# noisy labels) is loaded once, decoded into memory, and shared by the three optimizers' `Trainer`s. A job
-# that is stopped resumes from its records: finished runs are kept, the others are trained again (a
-# folder whose records were written with other settings is an error).
+# `run_comparison` trains the three optimizers for each seed through `stablesam.robustness.run_sweep` (the
+# runner of the package's other real-data sweeps) and writes the setting's folder `OUT/<setting>/` in the
+# layout of `results/`: `records.jsonl` (one strict-JSON record per run and epoch: a non-finite number is
+# written as `null`), `config.json` (every setting, the command line, `n_train`, `n_test`, the seeds, the
+# wall time in seconds and the machine), `summary.md` (the verdict table) and `comparison.png`. Each seed's
+# dataset (with its noisy labels) is loaded once, decoded into memory, and shared by the three optimizers'
+# `Trainer`s. A job that is stopped resumes from its records: finished runs are kept, the others are
+# trained again; a folder whose records were written with other settings is an error.
 
 # %%
 #| export
 _NOT_SETTINGS = ('optimizer', 'seed', 'data_root', 'device', 'download', 'progress', 'workers', 'out', 'resume')
-
-def machine():
-    "This machine in a few words: architecture, processor, cores, torch version and threads."
-    import torch
-    n = torch.get_num_threads()
-    return (f"{platform.machine()} {platform.processor() or ''}".strip()
-            + f", {os.cpu_count()} cores, torch {torch.__version__}, {n} thread{'s' if n != 1 else ''}")
-
-def write_config(dest, config, wall_s, cpu_s):
-    "Write `dest/config.json`: `config` with the machine, the wall and CPU time in seconds (added to a resumed run's earlier ones)."
-    from stablesam.train import write_json
-    path = Path(dest) / 'config.json'
-    before = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, dict(config, wall_time_s=round(before.get('wall_time_s', 0.0) + wall_s, 1),
-                          cpu_time_s=round(before.get('cpu_time_s', 0.0) + cpu_s, 1), machine=machine()))
 
 def run_comparison(out, setting='digits-quick', dataset='digits', data_root='data', epochs=20, n_seeds=5,
                    label_noise=0.4, seed=0, device='cpu', command=None, **_):
     "Train SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1`; write `out/setting/` (records, config, summary, figure); returns its records."
     import matplotlib.pyplot as plt
     from stablesam.data import get_datasets, in_memory
-    from stablesam.stability import finished_pairs
-    from stablesam.train import Trainer, append_jsonl, read_jsonl, write_jsonl
+    from stablesam.robustness import run_sweep
     dest = Path(out) / setting
-    dest.mkdir(parents=True, exist_ok=True)
     seeds = list(range(seed, seed + n_seeds))
     train = {k: v for k, v in compare_config('sgd', seed, dataset, data_root, epochs, label_noise, device).to_dict().items()
              if k not in _NOT_SETTINGS}
-    jsonl, cfg_path = dest / 'records.jsonl', dest / 'config.json'
-    previous = json.loads(cfg_path.read_text()) if cfg_path.exists() and jsonl.exists() else {}
-    if previous and previous.get('train') != train:
-        raise ValueError(f"{jsonl} holds runs with other settings ({previous.get('train')}): choose another --out")
-    records = finished_pairs(read_jsonl(jsonl), epochs) if previous else []
-    write_jsonl(jsonl, records)  # a resumed job keeps the finished runs and trains the rest again
-    done, sizes, t0, c0 = {(r['optimizer'], r['seed']) for r in records}, {}, time.perf_counter(), time.process_time()
+    if (dest / 'config.json').exists() and json.loads((dest / 'config.json').read_text()).get('train') != train:
+        raise ValueError(f"{dest / 'records.jsonl'} holds runs with other settings than {train}: choose another --out")
+    runs = []
     for s in seeds:
-        todo = [o for o in COMPARED if (o, s) not in done]
-        if not todo: continue
         data = get_datasets(dataset, data_root, label_noise=label_noise, seed=s, augment=False, download=True)
         data = dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
-        sizes = dict(n_train=len(data.train), n_test=len(data.test))
-        for opt in todo:
-            cfg = compare_config(opt, s, dataset, data_root, epochs, label_noise, device)
-            recs = run_records(cfg, Trainer(cfg, data=data).fit())
-            for r in recs: append_jsonl(jsonl, r)
-            records += recs
-            print(f"  {optimizer_label(opt):<9} seed {s}: final test accuracy {100 * recs[-1]['test_acc']:.1f}%", flush=True)
-    command = command or ['stablesam-reproduce', '--stages', 'compare', '--seed', str(seed), '--out', str(out)]
-    write_config(dest, dict(setting=setting, command=command, dataset=dataset, model='fcn', optimizers=list(COMPARED),
-                            seeds=seeds, epochs=epochs, label_noise=label_noise,
-                            **(sizes or {k: previous[k] for k in ('n_train', 'n_test')}), train=train),
-                 time.perf_counter() - t0, time.process_time() - c0)
+        tags = dict(dataset=dataset, model='fcn', label_noise=label_noise, epochs=epochs, seed=s)
+        runs += [(dict(tags, optimizer=o), compare_config(o, s, dataset, data_root, epochs, label_noise, device), data, None)
+                 for o in COMPARED]
+    meta = dict(setting=setting, command=command or command_line(out, stages=['compare'], seed=seed), dataset=dataset,
+                model='fcn', optimizers=list(COMPARED), seeds=seeds, epochs=epochs, label_noise=label_noise,
+                n_train=len(data.train), n_test=len(data.test), train=train)
+    records = run_sweep(runs, dest, keys=('optimizer', 'seed'), meta=meta, resume=True)
     (dest / 'summary.md').write_text(comparison_table(records) + '\n')
     fig = plot_comparison(records)
     fig.savefig(dest / 'comparison.png', dpi=100)
@@ -383,20 +335,23 @@ def run_stability_figure5(out, data_root, seed=0, n_seeds=3, command=None, **_):
     "The CPU-size stability run of Figure 5 (FCN on MNIST) through `stablesam.stability`; writes `out/stability/`; returns its records."
     import matplotlib.pyplot as plt
     from stablesam import stability as st
+    from stablesam.robustness import machine
+    from stablesam.train import write_json
     dest = Path(out) / 'stability'
-    dest.mkdir(parents=True, exist_ok=True)
     seeds = list(range(seed, seed + n_seeds))
     cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, device='cpu', download=False)
     data = st.load_stability_data(cfg)
-    t0, c0 = time.perf_counter(), time.process_time()
+    before = json.loads((dest / 'config.json').read_text()).get('wall_time_s', 0.0) if (dest / 'config.json').exists() else 0.0
+    t0 = time.perf_counter()
     records = st.run_stability(cfg, seeds=seeds, subset=st.CPU_SUBSET, data=data, jsonl=dest / 'records.jsonl', resume=True)
-    write_config(dest, dict(command=command, dataset='mnist', model='fcn', schedule='constant', seeds=seeds,
-                            n_train=min(len(data.train), st.CPU_SUBSET) - 1, n_test=len(data.test), train=cfg.to_dict()),
-                 time.perf_counter() - t0, time.process_time() - c0)
-    fig = st.plot_stability(records, f"FCN on MNIST ({st.CPU_SUBSET:,} images), constant lr: mean over {len(seeds)} seeds")
+    write_json(dest / 'config.json', dict(command=command, dataset='mnist', model='fcn', schedule='constant', seeds=seeds,
+                                          n_train=min(len(data.train), st.CPU_SUBSET) - 1, n_test=len(data.test),
+                                          train=cfg.to_dict(), wall_time_s=round(before + time.perf_counter() - t0, 1),
+                                          machine=machine()))
+    fig = st.plot_stability(records, f"FCN on MNIST ({st.CPU_SUBSET:,} images), constant lr")
     fig.savefig(dest / 'stability.png', dpi=100)
     plt.close(fig)
-    (dest / 'summary.md').write_text(st.format_summary(st.summarize(records)) + '\n')
+    (dest / 'summary.md').write_text(st.format_summary(st.stability_summary(records)) + '\n')
     return records
 
 
@@ -435,6 +390,7 @@ def command_line(out, quick=True, data_root='data', seed=0, stages=None):
 #| export
 def _report(out, quick, results, timings, errors, total):
     "Write the one-page `report.md` that links everything the job wrote."
+    from stablesam.robustness import machine
     lines = [f"# stablesam reproduce ({'quick' if quick else 'full'})", '',
              f"Wall time {total:.0f} s on this machine ({machine()}). Each section links the notebook that explains it.", '']
     if 'audit' in results:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from stablesam.data import write_fake_mnist
-from stablesam.reproduce import SIZES, compare_config, estimate, mnist_present, plan, run_comparison, run_records
+from stablesam.reproduce import SIZES, compare_config, estimate, mnist_present, plan, run_comparison
 
 QUICK = SIZES['quick']['compare']
 OPTIMIZERS = ('SGD', 'SAM', 'StableSAM')
@@ -72,7 +72,7 @@ def test_quick_job_records_are_strict_json_per_run_and_epoch(quick_job):
     finals = [r for r in records if r['epoch'] == QUICK['epochs']]
     assert min(r['test_acc'] for r in finals) > 0.8       # real digits are learnt despite 40% noisy labels
     assert max(r['train_acc'] for r in finals) < 0.7      # ... and the noise is not memorised (60% clean)
-    assert all('renorm_factor' in r for r in records if r['optimizer'] == 'stablesam')
+    assert not any(r['diverged'] for r in records)
 
 
 def test_quick_job_config_says_what_ran_and_where(quick_job):
@@ -81,8 +81,7 @@ def test_quick_job_config_says_what_ran_and_where(quick_job):
     assert cfg['command'] == ['stablesam-reproduce', '--quick', '--seed', '0', '--out', str(out)]
     assert (cfg['n_train'], cfg['n_test'], cfg['seeds']) == (1297, 500, list(range(QUICK['n_seeds'])))
     assert cfg['train']['label_noise'] == 0.4 and cfg['train']['epochs'] == QUICK['epochs']
-    assert cfg['wall_time_s'] > 0 and 'cores' in cfg['machine']
-    assert cfg['cpu_time_s'] < 60  # the quick comparison needs well under a minute of CPU
+    assert cfg['wall_time_s'] > 0 and 'cores' in cfg['machine'] and cfg['runs_done'] == 3 * QUICK['n_seeds']
 
 
 def test_quick_job_audit_table_has_every_statement(quick_job):
@@ -111,11 +110,10 @@ def test_shared_data_gives_the_trainers_own_records(one_thread):
     from stablesam.data import get_datasets, in_memory
     from stablesam.train import Trainer, comparable
     cfg = compare_config('stablesam', seed=2, epochs=2)
-    own = run_records(cfg, comparable(Trainer(cfg).fit()))
+    own = comparable(Trainer(cfg).fit())
     data = get_datasets('digits', 'data', label_noise=0.4, seed=2, augment=False)
     data = dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
-    shared = run_records(cfg, comparable(Trainer(cfg, data=data).fit()))
-    assert shared == own
+    assert comparable(Trainer(cfg, data=data).fit()) == own
 
 
 def test_missing_out_is_a_usage_error(tmp_path):
