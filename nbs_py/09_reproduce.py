@@ -78,6 +78,11 @@ SIZES = {
 }
 COMPARED = ('sgd', 'sam', 'stablesam')
 
+def command_line(out, quick=True, data_root='data', seed=0, stages=None):
+    "The `stablesam-reproduce` command line of a job (recorded in each result folder's config.json)."
+    return (['stablesam-reproduce'] + (['--quick'] if quick else ['--data-root', str(data_root)])
+            + ['--seed', str(seed), '--out', str(out)] + (['--stages', *stages] if stages else []))
+
 
 # %% [markdown]
 # ## Theory and toy
@@ -248,7 +253,6 @@ def plot_comparison(records, title=None):
 # %%
 fig = plot_comparison(fake); plt.show(); plt.close(fig)
 
-
 # %% [markdown]
 # `run_comparison` trains the three optimizers for each seed through `stablesam.robustness.run_sweep` (the
 # runner of the package's other real-data sweeps) and writes the setting's folder `OUT/<setting>/` in the
@@ -264,7 +268,7 @@ fig = plot_comparison(fake); plt.show(); plt.close(fig)
 _NOT_SETTINGS = ('optimizer', 'seed', 'data_root', 'device', 'download', 'progress', 'workers', 'out', 'resume')
 
 def run_comparison(out, setting='digits-quick', dataset='digits', data_root='data', epochs=20, n_seeds=5,
-                   label_noise=0.4, seed=0, device='cpu', command=None, **_):
+                   label_noise=0.4, seed=0, device='cpu', command=None, progress=True, **_):
     "Train SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1`; write `out/setting/` (records, config, summary, figure); returns its records."
     import matplotlib.pyplot as plt
     from stablesam.data import get_datasets, in_memory
@@ -285,7 +289,7 @@ def run_comparison(out, setting='digits-quick', dataset='digits', data_root='dat
     meta = dict(setting=setting, command=command or command_line(out, stages=['compare'], seed=seed), dataset=dataset,
                 model='fcn', optimizers=list(COMPARED), seeds=seeds, epochs=epochs, label_noise=label_noise,
                 n_train=len(data.train), n_test=len(data.test), train=train)
-    records = run_sweep(runs, dest, keys=('optimizer', 'seed'), meta=meta, resume=True)
+    records = run_sweep(runs, dest, keys=('optimizer', 'seed'), meta=meta, resume=True, progress=progress)
     (dest / 'summary.md').write_text(comparison_table(records) + '\n')
     fig = plot_comparison(records)
     fig.savefig(dest / 'comparison.png', dpi=100)
@@ -299,7 +303,7 @@ def run_comparison(out, setting='digits-quick', dataset='digits', data_root='dat
 
 # %%
 tmp = Path(tempfile.mkdtemp())
-recs = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2)
+recs = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2, progress=False)
 print((tmp / 'digits-small' / 'summary.md').read_text())
 
 # %%
@@ -311,9 +315,9 @@ test_eq(len(read_jsonl(small / 'records.jsonl')), 3 * 2 * 3)
 cfg = json.loads((small / 'config.json').read_text())
 test_eq((cfg['n_train'], cfg['n_test'], cfg['seeds']), (1297, 500, [0, 1]))
 before = (small / 'records.jsonl').read_text()
-again = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2)
+again = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2, progress=False)
 test_eq((small / 'records.jsonl').read_text(), before)
-test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=2), contains='other settings')
+test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=2, progress=False), contains='other settings')
 
 
 # %% [markdown]
@@ -379,11 +383,6 @@ def estimate(stages):
 def duration(seconds):
     "`seconds` as a short human-readable duration."
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-def command_line(out, quick=True, data_root='data', seed=0, stages=None):
-    "The `stablesam-reproduce` command line of a job (recorded in each result folder's config.json)."
-    return (['stablesam-reproduce'] + (['--quick'] if quick else ['--data-root', str(data_root)])
-            + ['--seed', str(seed), '--out', str(out)] + (['--stages', *stages] if stages else []))
 
 
 # %%
