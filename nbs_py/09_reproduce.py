@@ -335,24 +335,24 @@ def mnist_present(data_root):
     return all((raw / f).exists() or (raw / (f + '.gz')).exists()
                for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
 
-def run_stability_figure5(out, data_root, seed=0, n_seeds=3, command=None, **_):
-    "The CPU-size stability run of Figure 5 (FCN on MNIST) through `stablesam.stability`; writes `out/stability/`; returns its records."
+def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=None, command=None, **_):
+    "The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`) through `stablesam.stability`; writes `out/stability/`."
     import matplotlib.pyplot as plt
     from stablesam import stability as st
     from stablesam.robustness import machine
     from stablesam.train import write_json
     dest = Path(out) / 'stability'
-    seeds = list(range(seed, seed + n_seeds))
-    cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, device='cpu', download=False)
+    seeds, subset = list(range(seed, seed + n_seeds)), subset or st.CPU_SUBSET
+    cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu', download=False)
     data = st.load_stability_data(cfg)
     before = json.loads((dest / 'config.json').read_text()).get('wall_time_s', 0.0) if (dest / 'config.json').exists() else 0.0
     t0 = time.perf_counter()
-    records = st.run_stability(cfg, seeds=seeds, subset=st.CPU_SUBSET, data=data, jsonl=dest / 'records.jsonl', resume=True)
+    records = st.run_stability(cfg, seeds=seeds, subset=subset, data=data, jsonl=dest / 'records.jsonl', resume=True)
     write_json(dest / 'config.json', dict(command=command, dataset='mnist', model='fcn', schedule='constant', seeds=seeds,
-                                          n_train=min(len(data.train), st.CPU_SUBSET) - 1, n_test=len(data.test),
+                                          n_train=min(len(data.train), subset) - 1, n_test=len(data.test),
                                           train=cfg.to_dict(), wall_time_s=round(before + time.perf_counter() - t0, 1),
                                           machine=machine()))
-    fig = st.plot_stability(records, f"FCN on MNIST ({st.CPU_SUBSET:,} images), constant lr")
+    fig = st.plot_stability(records, f"FCN on MNIST ({subset:,} images), constant lr")
     fig.savefig(dest / 'stability.png', dpi=100)
     plt.close(fig)
     (dest / 'summary.md').write_text(st.format_summary(st.stability_summary(records)) + '\n')

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from stablesam.data import write_fake_mnist
-from stablesam.reproduce import SIZES, compare_config, estimate, mnist_present, plan, run_comparison
+from stablesam.reproduce import SIZES, compare_config, estimate, mnist_present, plan, run_comparison, run_stability_figure5
 
 QUICK = SIZES['quick']['compare']
 OPTIMIZERS = ('SGD', 'SAM', 'StableSAM')
@@ -133,3 +133,18 @@ def test_full_plan_compares_on_mnist_and_adds_stability_only_with_mnist(tmp_path
     assert [n for n, _ in full] == ['audit', 'toy', 'compare', 'stability']
     assert estimate(full) > estimate(plan(quick=True, data_root=tmp_path))
     assert [n for n, _ in plan(quick=False, data_root=tmp_path, stages=('toy', 'stability'))] == ['toy', 'stability']
+
+
+def test_full_job_stages_run_on_mnist_files(tmp_path, one_thread):
+    """The full job's MNIST comparison and stability stages, at toy size on generated MNIST files (a test of the code
+    path only: generated data is never a result)."""
+    write_fake_mnist(tmp_path / 'data', n_train=60, n_test=30)
+    recs = run_comparison(tmp_path, setting='mnist-tiny', dataset='mnist', data_root=tmp_path / 'data', epochs=1, n_seeds=1,
+                          seed=4, progress=False)
+    assert {(r['dataset'], r['seed']) for r in recs} == {('mnist', 4)} and len(recs) == 3
+    assert json.loads((tmp_path / 'mnist-tiny' / 'config.json').read_text())['n_train'] == 60
+    recs = run_stability_figure5(tmp_path, tmp_path / 'data', seed=5, n_seeds=1, epochs=1, subset=20, command=['x'])
+    assert {r['seed'] for r in recs} == {5} and {r['optimizer'] for r in recs} == {'sgd', 'sam', 'stablesam'}
+    cfg = json.loads((tmp_path / 'stability' / 'config.json').read_text())
+    assert (cfg['n_train'], cfg['seeds'], cfg['command']) == (19, [5], ['x'])
+    assert sorted(p.name for p in (tmp_path / 'stability').iterdir()) == ['config.json', 'records.jsonl', 'stability.png', 'summary.md']
