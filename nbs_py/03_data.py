@@ -375,6 +375,9 @@ test_eq(_digits()[1].tensors[0], dtest.tensors[0])  # the same split every time
 # %%
 #| hide
 from sklearn.datasets import load_digits
+
+# %%
+#| hide
 raw_digits = load_digits()
 tr, te = _digits_split(raw_digits.target)
 test_eq(set(tr) & set(te), set()); test_eq(len(tr) + len(te), 1797)

@@ -47,6 +47,7 @@ import tempfile
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail
 from IPython.display import Image, Markdown, display
+from stablesam.train import read_jsonl
 
 # %%
 #| hide
@@ -308,7 +309,6 @@ print((tmp / 'digits-small' / 'summary.md').read_text())
 
 # %%
 #| hide
-from stablesam.train import read_jsonl
 small = tmp / 'digits-small'
 test_eq(sorted(p.name for p in small.iterdir()), ['comparison.png', 'config.json', 'records.jsonl', 'summary.md'])
 test_eq(len(read_jsonl(small / 'records.jsonl')), 3 * 2 * 3)
