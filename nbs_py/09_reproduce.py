@@ -33,11 +33,7 @@
 import argparse
 import dataclasses
 import json
-import math
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 

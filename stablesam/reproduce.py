@@ -11,11 +11,7 @@ __all__ = ['SIZES', 'COMPARED', 'DATA_LABELS', 'STAGES', 'command_line', 'run_au
 import argparse
 import dataclasses
 import json
-import math
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
