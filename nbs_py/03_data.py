@@ -154,7 +154,7 @@ def write_fake_imagefolder(root, n_train=60, n_test=30, num_classes=3, image_siz
 
 # %%
 #| export
-DATASETS = ('mnist', 'cifar10', 'cifar100', 'imagenet')
+DATASETS = ('mnist', 'cifar10', 'cifar100', 'imagenet', 'digits')
 
 _STATS = {'mnist': ((0.1307,), (0.3081,)),
           'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -324,6 +324,67 @@ def _imagefolder(root, split, transform):
     return tvd.ImageFolder(str(folder), transform=transform)
 
 
+# %% [markdown]
+# ## Digits: real handwriting, offline
+#
+# scikit-learn ships 1,797 real 8x8 handwritten digits (`sklearn.datasets.load_digits`, grey levels 0-16,
+# 10 classes): the one real image dataset that needs no download. `digits` splits them once, by a
+# fixed seed that no run's seed changes, into 500 test images (50 per class) and 1,297 training
+# images, scales the grey levels to [0, 1] and normalises them with the training split's mean and
+# standard deviation. The images are held as tensors (N, 1, 8, 8) from the start, so the
+# in-memory training path slices them directly. `root` is not used.
+
+# %%
+#| exporti
+from torch.utils.data import TensorDataset
+
+DIGITS_TEST_PER_CLASS = 50  # 500 test images, 1,297 training images
+_DIGITS_SPLIT_SEED = 0xd1917  # fixed: the split is the same for every run
+_STATS['digits'] = ((0.30546905,), (0.37613807,))  # of the training split's grey levels / 16
+
+class _InMemory(TensorDataset):
+    """Inputs and labels held as tensors, with the `targets` attribute of torchvision's datasets."""
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.targets = y
+
+def _digits_split(target):
+    """The fixed train/test split of the digits: (train, test) sorted index arrays, `DIGITS_TEST_PER_CLASS` test images per class."""
+    rng = np.random.default_rng(_DIGITS_SPLIT_SEED)
+    test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(target == c))[:DIGITS_TEST_PER_CLASS] for c in range(10)]))
+    return np.setdiff1d(np.arange(len(target)), test), test
+
+def _digits():
+    """scikit-learn's 8x8 digits as normalised (training, test) tensor datasets of 1,297 and 500 images."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    train, test = _digits_split(d.target)
+    (mean,), (std,) = _STATS['digits']
+    x = torch.tensor((d.images / 16 - mean) / std, dtype=torch.float32).unsqueeze(1)
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    return _InMemory(x[train], y[train]), _InMemory(x[test], y[test])
+
+
+# %%
+dtrain, dtest = _digits()
+test_eq((len(dtrain), len(dtest), tuple(dtrain[0][0].shape)), (1297, 500, (1, 8, 8)))
+test_eq(torch.bincount(dtest.targets).tolist(), [50] * 10)
+test_close(dtrain.tensors[0].mean().item(), 0.0, eps=1e-5); test_close(dtrain.tensors[0].std().item(), 1.0, eps=1e-3)
+test_eq(_digits()[1].tensors[0], dtest.tensors[0])  # the same split every time
+
+# %%
+#| hide
+from sklearn.datasets import load_digits
+
+# %%
+#| hide
+raw_digits = load_digits()
+tr, te = _digits_split(raw_digits.target)
+test_eq(set(tr) & set(te), set()); test_eq(len(tr) + len(te), 1797)
+test_close(raw_digits.images[tr].mean() / 16, _STATS['digits'][0][0], eps=1e-7)
+test_close((raw_digits.images[tr] / 16).std(), _STATS['digits'][1][0], eps=1e-7)
+
+
 # %%
 #| export
 def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
@@ -334,7 +395,8 @@ def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augm
     if not (0.0 <= label_noise <= 1.0): raise ValueError(f"Invalid label noise fraction: {label_noise} (must be in [0, 1])")
     root = Path(root).expanduser()
     ttrain, ttest = get_transforms(name, True, augment), get_transforms(name, False)
-    if name == 'imagenet':
+    if name == 'digits': (train, test), num_classes, in_channels, size = _digits(), 10, 1, 8  # root unused
+    elif name == 'imagenet':
         train, test = _imagefolder(root, 'train', ttrain), _imagefolder(root, 'val', ttest)
         if train.class_to_idx != test.class_to_idx:
             raise ValueError(f"ImageNet folders disagree: {root / 'train'} has {len(train.classes)} classes, "

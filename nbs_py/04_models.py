@@ -43,6 +43,8 @@ test_eq(sum(p.numel() for p in FCN().parameters()), 784 * 500 + 500 + 500 * 500 
 # LeNet (LeCun et al., 1998): two 5x5 convolutions with 6 and 16 channels, each followed by ReLU and
 # 2x2 max-pooling, then fully connected layers of 120 and 84 units. On 28x28 inputs the first
 # convolution pads by 2, as in the original, so MNIST and CIFAR-10 both reach a 16x5x5 feature map.
+# Smaller images are padded to 32x32 the same way: the 8x8 digits (`stablesam.data`, dataset `digits`)
+# are padded by 12. The FCN takes any size (its input layer has `in_channels * image_size**2` units).
 
 # %%
 #| export
@@ -120,6 +122,8 @@ test_eq(n_params(get_model('resnet20', 10)), 272_474)
 test_eq(get_model('resnet56', 100)(torch.randn(2, 3, 32, 32)).shape, (2, 100))
 test_eq(get_model('resnet20', 3)(torch.randn(2, 3, 32, 32)).shape, (2, 3))
 test_eq(get_model('resnet18', 10)(torch.randn(2, 3, 32, 32)).shape, (2, 10))
+test_eq(get_model('lenet', 10, 1, 8)(torch.randn(2, 1, 8, 8)).shape, (2, 10))
+test_eq(get_model('fcn', 10, 1, 8)[1].in_features, 64)
 test_fail(lambda: get_model('resnet21', 10), contains='choose from fcn, lenet, resnet20')
 test_fail(lambda: get_model('fcn', 0), contains='Invalid num_classes: 0')
 

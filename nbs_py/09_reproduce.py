@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Reproduce: the main job
 #
-# > `stablesam-reproduce`: the theory audit, the toy experiment of Figure 4 and a small SGD/SAM/StableSAM comparison, offline, in one command, with a one-page report.
+# > `stablesam-reproduce`: the theory audit, the toy experiment of Figure 4 and SGD/SAM/StableSAM on real handwritten digits with label noise over several seeds, offline, in one command, with a one-page report.
 
 # %% [markdown]
 # A newcomer's first question is "what does this do?", and the answer should not wait for a dataset
@@ -13,23 +13,27 @@
 #
 # 1. the numerical audit of Section 4 ([theory](01c_theory_audit.ipynb)) at CI size: `audit.md`;
 # 2. the toy experiment of Section 5.1 ([toy](02_toy.ipynb)), Figure 4 at reduced size: `figure4.png`;
-# 3. SGD, SAM and StableSAM trained by the [training engine](05_train.ipynb) on a small synthetic
-#    classification task (images written in the real MNIST file format, so the real loading code runs):
-#    run folders under `runs/`, `comparison.png` and `comparison.md` built by [results](08_results.ipynb);
+# 3. SGD, SAM and StableSAM trained by the [training engine](05_train.ipynb) on real data that needs no
+#    download: scikit-learn's 1,797 handwritten 8x8 digits ([data](03_data.ipynb), dataset `digits`)
+#    with 40% of the training labels randomised, five seeds: `digits-quick/` with the per-epoch records,
+#    the settings, the table of mean and spread over the seeds and the figure;
 #
-# and `report.md`, one page that links them. Without `--quick` it runs the full-size CPU experiments:
-# the full Figure 4, the full audit and, where MNIST is present in `--data-root`, the CPU-size stability
-# run of Figure 5 ([stability](06_stability.ipynb)); it says how long that will take before it starts.
+# and `report.md`, one page that links them. Without `--quick` it runs the full-size experiments: the
+# full Figure 4, the full audit, the same comparison on MNIST from `--data-root` (downloaded there on
+# first use, on a machine with network) and, where MNIST is present in `--data-root`, the CPU-size
+# stability run of Figure 5 ([stability](06_stability.ipynb)); it says how long that will take before it
+# starts.
 #
 # Every stage calls the same exported functions the notebooks use; nothing here is a second
-# implementation.
+# implementation, and no stage runs another command's argument list. Generated images
+# (`stablesam.data.write_fake_mnist`) serve the tests only: no result of this job comes from them.
 
 # %%
 #| export
 import argparse
 import dataclasses
 import json
-import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -37,8 +41,9 @@ from pathlib import Path
 #| hide
 import tempfile
 import matplotlib.pyplot as plt
-from fastcore.test import test_eq
-from IPython.display import Image, display
+from fastcore.test import test_eq, test_fail
+from IPython.display import Image, Markdown, display
+from stablesam.train import read_jsonl
 
 # %%
 #| hide
@@ -47,28 +52,37 @@ plt.rcParams['figure.dpi'] = 72
 # %% [markdown]
 # ## Sizes
 #
-# Each stage has a quick and a full size. The quick sizes keep the whole job to a few minutes on two CPU
+# Each stage has a quick and a full size. The quick sizes keep the whole job to about a minute on two CPU
 # cores; the full ones are the paper's (Figure 4: 100 learning rates, 10,000 starts, 1000 steps) or the
 # audit's full size (200 instances per statement). `est_s` is the wall time each stage took on two
 # CPU cores when we measured it (the toy's includes numba compiling its kernel on a first run; the stability
-# run's is the stability notebook's estimate for the CPU size), used for the estimate printed before a run.
+# run's is the stability notebook's estimate for the CPU size; the full comparison's is projected from
+# one measured MNIST epoch on a loaded machine: 11 s for SGD, 20 s for SAM), used for the estimate printed
+# before a run.
 
 # %%
 #| export
 SIZES = {
     'quick': dict(audit=dict(n_instances=16, est_s=5),
                   toy=dict(n_lrs=24, n_starts=1000, steps=1000, est_s=20),
-                  compare=dict(epochs=6, n_train=2048, n_test=512, est_s=15)),
+                  compare=dict(setting='digits-quick', dataset='digits', epochs=20, n_seeds=5, label_noise=0.4,
+                               device='cpu', est_s=30)),
     'full': dict(audit=dict(n_instances=200, est_s=25),
                  toy=dict(n_lrs=100, n_starts=10_000, steps=1000, est_s=25),
-                 compare=dict(epochs=15, n_train=8192, n_test=2048, est_s=150),
-                 stability=dict(est_s=2500)),
+                 compare=dict(setting='mnist-full', dataset='mnist', epochs=15, n_seeds=3, label_noise=0.4,
+                              device='auto', est_s=2300),
+                 stability=dict(n_seeds=3, est_s=2500)),
 }
 COMPARED = ('sgd', 'sam', 'stablesam')
 
+def command_line(out, quick=True, data_root='data', seed=0, stages=None):
+    "The `stablesam-reproduce` command line of a job (recorded in each result folder's config.json)."
+    return (['stablesam-reproduce'] + (['--quick'] if quick else ['--data-root', str(data_root)])
+            + ['--seed', str(seed), '--out', str(out)] + (['--stages', *stages] if stages else []))
+
 
 # %% [markdown]
-# ## The three stages
+# ## Theory and toy
 
 # %%
 #| export
@@ -96,38 +110,217 @@ def run_toy(out, n_lrs=24, n_starts=1000, steps=1000, seed=0, **_):
 
 
 # %% [markdown]
-# The comparison trains a small fully connected network (the FCN of Section 5.2) on 10-class synthetic
-# images written by `write_fake_mnist` in MNIST's IDX format, noisy enough (pixel noise 250) that a model
-# can overfit them, with 40% of the training labels randomised as in Table 4 (test labels clean): the
-# setting where sharpness-aware training is expected to help. The recipe is Table 2's scaled down: SGD
-# with momentum 0.9, cosine schedule, label smoothing 0.1, weight decay 5e-4, batch 128, $\rho = 0.05$.
+# ## SGD, SAM and StableSAM on real digits with label noise
+#
+# The comparison trains the fully connected network of Section 5.2 (two hidden layers of 500 units; 64
+# inputs for the 8x8 digits, 784 for MNIST) with Table 4's question: a fraction of the training labels
+# randomised (exactly 40%, each moved to another class; the test labels are clean), where
+# sharpness-aware training is expected to help. The recipe is Table 2's scaled down: SGD with momentum
+# 0.9, cosine schedule, label smoothing 0.1, weight decay 5e-4, batch 128, learning rate 0.05,
+# $\rho = 0.05$, no augmentation. The seed fixes the initialisation, the batch order and which labels
+# are randomised, so the three optimizers of one seed see the same noisy training set: the comparison is
+# paired by seed.
 
 # %%
 #| export
-def compare_config(optimizer, out, data_root, epochs=6, seed=0, label_noise=0.4):
-    "The TrainConfig of one comparison run."
+def compare_config(optimizer, seed=0, dataset='digits', data_root='data', epochs=20, label_noise=0.4, device='cpu'):
+    "The TrainConfig of one comparison run (FCN, Table 2's recipe scaled down, `label_noise` of the training labels randomised)."
     from stablesam.train import TrainConfig
-    return TrainConfig(dataset='mnist', data_root=str(data_root), model='fcn', optimizer=optimizer, rho=0.05,
-                       lr=0.05, momentum=0.9, epochs=epochs, batch_size=128, weight_decay=5e-4, label_noise=label_noise,
-                       label_smoothing=0.1, schedule='cosine', seed=seed, out=str(Path(out) / 'runs' / optimizer),
-                       augment=False, download=False, device='cpu', workers=0)
+    return TrainConfig(dataset=dataset, data_root=str(data_root), model='fcn', optimizer=optimizer, rho=0.05, lr=0.05,
+                       momentum=0.9, epochs=epochs, batch_size=128, weight_decay=5e-4, label_noise=label_noise,
+                       label_smoothing=0.1, schedule='cosine', seed=seed, augment=False, device=device, workers=0,
+                       progress=False).validate()
 
-def run_comparison(out, epochs=6, n_train=2048, n_test=512, seed=0, **_):
-    "Train SGD, SAM and StableSAM on synthetic data; write run folders, `comparison.png` and `comparison.md`; returns the runs."
+
+# %% [markdown]
+# The verdict table gives, per optimizer, the final and the best test accuracy (the best over epochs is
+# the paper's protocol, chosen on the test set) and the final training accuracy on the noisy labels (how
+# much of the noise the network memorised: 60% is all the clean labels and none of the noise), each as
+# mean ± standard deviation [min, max] over the seeds; one seed shows its value alone, with no spread. Below
+# it, the differences paired by seed: StableSAM - SAM and SAM - SGD in final test accuracy, and in how
+# many seeds the first is higher.
+
+# %%
+#| export
+DATA_LABELS = dict(digits='scikit-learn digits (8x8)', mnist='MNIST')
+
+def _runs(records):
+    "Per (optimizer, seed): that run's records in epoch order."
+    runs = {}
+    for r in records: runs.setdefault((r['optimizer'], r['seed']), []).append(r)
+    return {k: sorted(v, key=lambda r: r['epoch']) for k, v in runs.items()}
+
+def spread(values, scale=100.0, signed=False):
+    "`values` times `scale` as 'mean ± std [min, max]' (sample std over the values); one value alone, without a spread."
+    v = [scale * x for x in values]
+    f = (lambda x: f"{x:+.1f}") if signed else (lambda x: f"{x:.1f}")
+    if len(v) == 1: return f(v[0])
+    return f"{f(statistics.mean(v))} ± {statistics.stdev(v):.1f} [{f(min(v))}, {f(max(v))}]"
+
+def comparison_table(records):
+    "The verdict in Markdown: per optimizer final/best test and final training accuracy over seeds, and the paired differences."
+    runs = _runs(records)
+    seeds = sorted({s for _, s in runs})
+    opts = [o for o in COMPARED if any(k[0] == o for k in runs)]
+    first = records[0]
+    over = (f"mean ± std [min, max] over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
+            else f"one seed ({seeds[0]}), so no spread")
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"
+    lines = [f"FCN on {DATA_LABELS.get(first['dataset'], first['dataset'])}, {100 * first['label_noise']:g}% of the "
+             f"training labels randomised, {plural(first['epochs'], 'epoch')}; accuracies in %, {over}.", '',
+             '| optimizer | final test accuracy | best test accuracy (paper\'s protocol) | final training accuracy (noisy labels) |',
+             '|---|---|---|---|']
+    for o in opts:
+        rs = [runs[o, s] for s in seeds if (o, s) in runs]
+        lines.append(f"| {optimizer_label(o)} | {spread([r[-1]['test_acc'] for r in rs])} | "
+                     f"{spread([max(e['test_acc'] for e in r) for r in rs])} | {spread([r[-1]['train_acc'] for r in rs])} |")
+    pairs = [(a, b) for a, b in (('stablesam', 'sam'), ('sam', 'sgd')) if a in opts and b in opts]
+    if pairs: lines.append('')
+    for a, b in pairs:
+        paired = [s for s in seeds if (a, s) in runs and (b, s) in runs]
+        d = [runs[a, s][-1]['test_acc'] - runs[b, s][-1]['test_acc'] for s in paired]
+        lines.append(f"- {optimizer_label(a)} - {optimizer_label(b)}, final test accuracy paired by seed: "
+                     f"{spread(d, signed=True)} points; {optimizer_label(a)} higher in {sum(x > 0 for x in d)} of {plural(len(d), 'seed')}.")
+    return '\n'.join(lines)
+
+def optimizer_label(name):
+    "The optimizer's display name from `stablesam.style`."
+    from stablesam.style import optimizer_style
+    return optimizer_style(name).label
+
+
+# %%
+test_eq(spread([0.9]), '90.0')
+test_eq(spread([0.9, 0.92, 0.94]), '92.0 ± 2.0 [90.0, 94.0]')
+test_eq(spread([-0.01, 0.03], signed=True), '+1.0 ± 2.8 [-1.0, +3.0]')
+fake = [dict(dataset='digits', model='fcn', optimizer=o, seed=s, label_noise=0.4, rho=0.05, lr=0.05, epochs=2, epoch=e,
+             test_acc=a + 0.01 * s + 0.1 * e, train_acc=0.5 + 0.01 * e)
+        for s in (0, 1) for o, a in (('sgd', 0.7), ('sam', 0.71), ('stablesam', 0.72)) for e in (1, 2)]
+print(comparison_table(fake))
+
+# %%
+#| hide
+table = comparison_table(fake)
+test_eq(table.count('| SGD |') + table.count('| SAM |') + table.count('| StableSAM |'), 3)
+assert '| StableSAM | 92.5 ± 0.7 [92.0, 93.0] |' in table, table
+assert 'higher in 2 of 2 seeds' in table and '0.00' not in table
+one = comparison_table([r for r in fake if r['seed'] == 0])
+assert '±' not in one and 'one seed (0), so no spread' in one, one
+
+
+# %% [markdown]
+# The figure: test accuracy and training accuracy on the noisy labels against the epoch, one line per
+# optimizer in the package's colours (`stablesam.style`), the mean over seeds with the spread (min to max
+# over seeds) shaded. The y-axis shows the last three quarters of training, where the optimizers differ;
+# the first epochs lie below it.
+
+# %%
+#| export
+def plot_comparison(records, title=None):
+    "Test and training accuracy per epoch, one line per optimizer: mean over seeds, min-max over seeds shaded."
     import matplotlib.pyplot as plt
-    from stablesam.data import write_fake_mnist
-    from stablesam.results import load_runs, plot_curves, summarize, table_markdown
-    from stablesam.train import Trainer
-    data_root = write_fake_mnist(Path(out) / 'data', n_train=n_train, n_test=n_test, seed=seed, noise=250)
-    for name in COMPARED: Trainer(compare_config(name, out, data_root, epochs, seed)).fit()
-    runs = [r for r in load_runs(Path(out) / 'runs') if r['config']['optimizer'] in COMPARED]
-    rows = summarize(runs)
-    (Path(out) / 'comparison.md').write_text(table_markdown(rows) + '\n')
-    fig = plot_curves(runs, metric='test_acc', rows=rows)
-    fig.savefig(Path(out) / 'comparison.png', dpi=100)
-    plt.close(fig)
-    return runs
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+    from stablesam.stability import curves
+    from stablesam.style import plot_kwargs, quantity
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), layout='constrained')
+    for ax, key in zip(axes, ('test_acc', 'train_acc')):
+        q, lo_all, hi_all = quantity(key), np.inf, -np.inf
+        for opt, (ep, mean, lo, hi) in curves(records, key).items():
+            kw = plot_kwargs(opt)
+            ax.plot(ep, q.scale * mean, **kw)
+            ax.fill_between(ep, q.scale * lo, q.scale * hi, color=kw['color'], alpha=0.2, linewidth=0)
+            late = ep >= ep.max() / 4
+            lo_all, hi_all = min(lo_all, q.scale * lo[late].min()), max(hi_all, q.scale * hi[late].max())
+        pad = 0.1 * max(hi_all - lo_all, 1e-6)
+        ax.set_ylim(lo_all - pad, hi_all + pad)
+        ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(q.label)
+        ax.set_title('clean test labels' if key == 'test_acc' else 'noisy training labels', fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title is None:
+        r, n = records[0], len({r['seed'] for r in records})
+        title = (f"FCN on {DATA_LABELS.get(r['dataset'], r['dataset'])}, {100 * r['label_noise']:g}% label noise: "
+                 f"mean over {n} seed{'s' if n > 1 else ''}" + (', min-max shaded' if n > 1 else ''))
+    fig.suptitle(title, fontsize=10)
+    return fig
 
+
+# %%
+fig = plot_comparison(fake); plt.show(); plt.close(fig)
+
+# %% [markdown]
+# `run_comparison` trains the three optimizers for each seed through `stablesam.robustness.run_sweep` (the
+# runner of the package's other real-data sweeps) and writes the setting's folder `OUT/<setting>/` in the
+# layout of `results/`: `records.jsonl` (one strict-JSON record per run and epoch: a non-finite number is
+# written as `null`), `config.json` (every setting, the command line, `n_train`, `n_test`, the seeds, the
+# wall time in seconds and the machine), `summary.md` (the verdict table) and `comparison.png`. Each seed's
+# dataset (with its noisy labels) is loaded once, decoded into memory, and shared by the three optimizers'
+# `Trainer`s. A job that is stopped resumes from its records: finished runs are kept, the others are
+# trained again; a folder whose records were written with other settings is an error.
+
+# %%
+#| export
+_NOT_SETTINGS = ('optimizer', 'seed', 'data_root', 'device', 'download', 'progress', 'workers', 'out', 'resume')
+
+def run_comparison(out, setting='digits-quick', dataset='digits', data_root='data', epochs=20, n_seeds=5,
+                   label_noise=0.4, seed=0, device='cpu', command=None, progress=True, **_):
+    "Train SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1`; write `out/setting/` (records, config, summary, figure); returns its records."
+    import matplotlib.pyplot as plt
+    from stablesam.data import get_datasets, in_memory
+    from stablesam.robustness import run_sweep
+    dest = Path(out) / setting
+    seeds = list(range(seed, seed + n_seeds))
+    train = {k: v for k, v in compare_config('sgd', seed, dataset, data_root, epochs, label_noise, device).to_dict().items()
+             if k not in _NOT_SETTINGS}
+    if (dest / 'config.json').exists() and json.loads((dest / 'config.json').read_text()).get('train') != train:
+        raise ValueError(f"{dest / 'records.jsonl'} holds runs with other settings than {train}: choose another --out")
+    runs = []
+    for s in seeds:
+        data = get_datasets(dataset, data_root, label_noise=label_noise, seed=s, augment=False, download=True)
+        data = dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
+        tags = dict(dataset=dataset, model='fcn', label_noise=label_noise, epochs=epochs, seed=s)
+        runs += [(dict(tags, optimizer=o), compare_config(o, s, dataset, data_root, epochs, label_noise, device), data, None)
+                 for o in COMPARED]
+    meta = dict(setting=setting, command=command or command_line(out, stages=['compare'], seed=seed), dataset=dataset,
+                model='fcn', optimizers=list(COMPARED), seeds=seeds, epochs=epochs, label_noise=label_noise,
+                n_train=len(data.train), n_test=len(data.test), train=train)
+    records = run_sweep(runs, dest, keys=('optimizer', 'seed'), meta=meta, resume=True, progress=progress)
+    (dest / 'summary.md').write_text(comparison_table(records) + '\n')
+    fig = plot_comparison(records)
+    fig.savefig(dest / 'comparison.png', dpi=100)
+    plt.close(fig)
+    return records
+
+
+# %% [markdown]
+# A small run (two seeds, three epochs) shows the folder it writes; run again, it resumes: every run is
+# finished, nothing is trained, the records stay as they were.
+
+# %%
+tmp = Path(tempfile.mkdtemp())
+recs = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2, progress=False)
+print((tmp / 'digits-small' / 'summary.md').read_text())
+
+# %%
+#| hide
+small = tmp / 'digits-small'
+test_eq(sorted(p.name for p in small.iterdir()), ['comparison.png', 'config.json', 'records.jsonl', 'summary.md'])
+test_eq(len(read_jsonl(small / 'records.jsonl')), 3 * 2 * 3)
+cfg = json.loads((small / 'config.json').read_text())
+test_eq((cfg['n_train'], cfg['n_test'], cfg['seeds']), (1297, 500, [0, 1]))
+before = (small / 'records.jsonl').read_text()
+again = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2, progress=False)
+test_eq((small / 'records.jsonl').read_text(), before)
+test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=2, progress=False), contains='other settings')
+
+
+# %% [markdown]
+# ## Algorithmic stability at CPU size
+#
+# The full job adds the CPU-size run of Figure 5 ([stability](06_stability.ipynb)): FCN on the first
+# 10,000 MNIST training images (S and S' of 9,999), 60 epochs, constant learning rate, one seed per
+# `n_seeds` from `seed`, through `stablesam.stability`'s functions; it resumes from its records.
 
 # %%
 #| export
@@ -137,29 +330,46 @@ def mnist_present(data_root):
     return all((raw / f).exists() or (raw / (f + '.gz')).exists()
                for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
 
-def run_stability(out, data_root, seed=0, **_):
-    "The CPU-size stability run of Figure 5 (FCN on MNIST) through `stablesam-stability`; returns its output folder."
-    from stablesam.stability import main as stability_main
+def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=None, command=None, **_):
+    "The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`) through `stablesam.stability`; writes `out/stability/`."
+    import matplotlib.pyplot as plt
+    from stablesam import stability as st
+    from stablesam.robustness import machine
+    from stablesam.train import write_json
     dest = Path(out) / 'stability'
-    stability_main(['--dataset', 'mnist', '--data-root', str(data_root), '--model', 'fcn', '--cpu-size',
-                    '--out', str(dest)])
-    return dest
+    seeds, subset = list(range(seed, seed + n_seeds)), subset or st.CPU_SUBSET
+    cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu', download=False)
+    data = st.load_stability_data(cfg)
+    before = json.loads((dest / 'config.json').read_text()).get('wall_time_s', 0.0) if (dest / 'config.json').exists() else 0.0
+    t0 = time.perf_counter()
+    records = st.run_stability(cfg, seeds=seeds, subset=subset, data=data, jsonl=dest / 'records.jsonl', resume=True)
+    write_json(dest / 'config.json', dict(command=command, dataset='mnist', model='fcn', schedule='constant', seeds=seeds,
+                                          n_train=min(len(data.train), subset) - 1, n_test=len(data.test),
+                                          train=cfg.to_dict(), wall_time_s=round(before + time.perf_counter() - t0, 1),
+                                          machine=machine()))
+    fig = st.plot_stability(records, f"FCN on MNIST ({subset:,} images), constant lr")
+    fig.savefig(dest / 'stability.png', dpi=100)
+    plt.close(fig)
+    (dest / 'summary.md').write_text(st.format_summary(st.stability_summary(records)) + '\n')
+    return records
 
 
 # %% [markdown]
 # ## The job
 #
 # `reproduce` runs the stages in order, times each, and writes `report.md`. A stage that fails does not
-# lose the others: its error is written into the report and the job exits non-zero at the end.
+# lose the others: its error is written into the report and the job exits non-zero at the end. `seed`
+# reaches every stage: the audit's and the toy's draws, and the first of the comparison's and the
+# stability run's seeds.
 
 # %%
 #| export
-def plan(quick=True, data_root='data'):
-    "The stages to run, with their settings, for the quick or full job."
+def plan(quick=True, data_root='data', stages=None):
+    "The stages to run (all, or those named in `stages`), with their settings, for the quick or full job."
     sizes = SIZES['quick' if quick else 'full']
-    stages = [('audit', sizes['audit']), ('toy', sizes['toy']), ('compare', sizes['compare'])]
-    if not quick and mnist_present(data_root): stages.append(('stability', sizes['stability']))
-    return stages
+    todo = [('audit', sizes['audit']), ('toy', sizes['toy']), ('compare', sizes['compare'])]
+    if not quick and mnist_present(data_root): todo.append(('stability', sizes['stability']))
+    return todo if stages is None else [(n, s) for n, s in todo if n in stages]
 
 def estimate(stages):
     "The expected wall time of `stages` on two CPU cores, in seconds."
@@ -174,8 +384,9 @@ def duration(seconds):
 #| export
 def _report(out, quick, results, timings, errors, total):
     "Write the one-page `report.md` that links everything the job wrote."
+    from stablesam.robustness import machine
     lines = [f"# stablesam reproduce ({'quick' if quick else 'full'})", '',
-             f"Wall time {total:.0f} s on this machine. Each section links the notebook that explains it.", '']
+             f"Wall time {total:.0f} s on this machine ({machine()}). Each section links the notebook that explains it.", '']
     if 'audit' in results:
         rows = results['audit']
         from stablesam.theory_checks import status_counts
@@ -196,12 +407,16 @@ def _report(out, quick, results, timings, errors, total):
             lines.append(f'| {rho:g} | ' + ' | '.join(f"{rates[m][i].mean():.3f}" for m in ('gd', 'sam', 'stablesam') if m in rates) + ' |')
         lines += ['']
     if 'compare' in results:
-        lines += ['## SGD, SAM and StableSAM on synthetic data with 40% label noise', '', '![test accuracy](comparison.png)', '',
-                  f"Run folders in `runs/` ({timings['compare']:.0f} s); best test accuracy on clean test labels, one seed:", '',
-                  (Path(out) / 'comparison.md').read_text(), '']
+        setting = SIZES['quick' if quick else 'full']['compare']['setting']
+        r = results['compare'][0]
+        lines += [f"## SGD, SAM and StableSAM on {DATA_LABELS.get(r['dataset'], r['dataset'])}, "
+                  f"{100 * r['label_noise']:g}% label noise", '', f'![test and training accuracy]({setting}/comparison.png)', '',
+                  (Path(out) / setting / 'summary.md').read_text().strip(), '',
+                  f"Records, settings and wall time in [{setting}/]({setting}/) ({timings['compare']:.0f} s).", '']
     if 'stability' in results:
-        lines += ['## Section 5.2: algorithmic stability (FCN on MNIST)', '',
-                  f"Output in [stability/](stability/) ({timings['stability']:.0f} s).", '']
+        lines += ['## Section 5.2: algorithmic stability (FCN on MNIST, CPU size)', '', '![stability](stability/stability.png)', '',
+                  (Path(out) / 'stability' / 'summary.md').read_text().strip(), '',
+                  f"Records in [stability/](stability/) ({timings['stability']:.0f} s).", '']
     for stage, err in errors.items():
         lines += [f'## {stage}: failed', '', '```', err, '```', '']
     (Path(out) / 'report.md').write_text('\n'.join(lines))
@@ -209,27 +424,28 @@ def _report(out, quick, results, timings, errors, total):
 
 # %%
 #| export
-STAGES = dict(audit=run_audit, toy=run_toy, compare=run_comparison, stability=run_stability)
+STAGES = dict(audit=run_audit, toy=run_toy, compare=run_comparison, stability=run_stability_figure5)
 
 def reproduce(out, quick=True, data_root='data', seed=0, stages=None):
     "Run the main job into `out`; returns `{stage: result}` and writes `report.md`. Failed stages are reported, not raised."
     import traceback
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = plan(quick, data_root)
-    if stages is not None: todo = [(n, s) for n, s in todo if n in stages]
+    todo = plan(quick, data_root, stages)
+    command = command_line(out, quick, data_root, seed, stages)
     results, timings, errors, t0 = {}, {}, {}, time.time()
     for i, (name, size) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {name} (about {duration(size['est_s'])})", flush=True)
         t = time.time()
-        try: results[name] = STAGES[name](out, seed=seed, data_root=data_root, **size)
+        try: results[name] = STAGES[name](out, seed=seed, data_root=data_root, command=command, **size)
         except Exception: errors[name] = traceback.format_exc(limit=3)
         timings[name] = time.time() - t
     _report(out, quick, results, timings, errors, time.time() - t0)
-    written = sorted(str(p.relative_to(out)) for p in out.iterdir() if p.name not in ('data', 'runs'))
-    print(f"\nwrote {out}: " + ', '.join(written) + (", runs/" if (out / 'runs').exists() else ''))
-    for name in todo:
-        print(f"  {name[0]:<10} {'FAILED' if name[0] in errors else 'ok':<7} {timings[name[0]]:6.1f} s")
+    written = sorted(p.name + ('/' if p.is_dir() else '') for p in out.iterdir())
+    print(f"\nwrote {out}: " + ', '.join(written))
+    for name, _ in todo:
+        print(f"  {name:<10} {'FAILED' if name in errors else 'ok':<7} {timings[name]:6.1f} s")
+    if 'compare' in results: print('\n' + comparison_table(results['compare']))
     return dict(results=results, timings=timings, errors=errors)
 
 
@@ -237,7 +453,6 @@ def reproduce(out, quick=True, data_root='data', seed=0, stages=None):
 # A quick job restricted to the fastest stage, to show the report it writes:
 
 # %%
-tmp = Path(tempfile.mkdtemp())
 res = reproduce(tmp / 'job', quick=True, stages=('toy',))
 display(Image(filename=str(tmp / 'job' / 'figure4.png'), width=700))
 print((tmp / 'job' / 'report.md').read_text())
@@ -250,7 +465,8 @@ test_eq('![Figure 4](figure4.png)' in (tmp / 'job' / 'report.md').read_text(), T
 
 
 # %% [markdown]
-# A stage that fails is reported in `report.md` and leaves the others' output in place:
+# A stage that fails is reported in `report.md` and leaves the others' output in place; the seed and the
+# command line reach every stage:
 
 # %%
 #| hide
@@ -260,6 +476,15 @@ try: res = reproduce(tmp / 'broken', quick=True, stages=('toy',))
 finally: STAGES['toy'] = saved
 test_eq(list(res['errors']), ['toy'])
 test_eq('disk full' in (tmp / 'broken' / 'report.md').read_text(), True)
+seen, saved = {}, dict(STAGES)
+def _recorder(name):
+    def stage(out, **kw): seen[name] = kw; raise RuntimeError('recorded')
+    return stage
+STAGES.update({name: _recorder(name) for name in STAGES})
+try: reproduce(tmp / 'seeds', quick=True, seed=7, stages=('audit', 'toy'))
+finally: STAGES.update(saved)
+test_eq({n: kw['seed'] for n, kw in seen.items()}, dict(audit=7, toy=7))
+test_eq(seen['toy']['command'], ['stablesam-reproduce', '--quick', '--seed', '7', '--out', str(tmp / 'seeds'), '--stages', 'audit', 'toy'])
 
 
 # %% [markdown]
@@ -270,29 +495,47 @@ test_eq('disk full' in (tmp / 'broken' / 'report.md').read_text(), True)
 def main(argv=None):
     "The `stablesam-reproduce` command."
     ap = argparse.ArgumentParser(prog='stablesam-reproduce', description=(
-        'Run the theory audit, the toy Figure 4 and a small SGD/SAM/StableSAM comparison, with no download, '
-        'and write the figures, the audit table and report.md into --out.'))
-    ap.add_argument('--quick', action='store_true', help='CI-size stages, a few minutes on a laptop CPU')
-    ap.add_argument('--out', required=True, type=Path, help='folder to write the report, figures and run folders to')
+        'Run the theory audit, the toy Figure 4 and SGD/SAM/StableSAM on real data with label noise over several seeds '
+        '(quick: scikit-learn\'s digits, no download; full: MNIST from --data-root), and write the figures, the tables, '
+        'the records and report.md into --out.'))
+    ap.add_argument('--quick', action='store_true', help='CI-size stages on the bundled digits, about a minute on a laptop CPU')
+    ap.add_argument('--out', required=True, type=Path, help='folder to write the report, figures, tables and records to')
     ap.add_argument('--data-root', default='data', type=Path,
-                    help='where MNIST is looked for (full job only: runs the CPU-size stability experiment if present)')
-    ap.add_argument('--seed', default=0, type=int, help='random seed of every stage')
+                    help='full job only: where MNIST is read from (downloaded there if missing); the CPU-size stability '
+                         'run is added if MNIST is already present')
+    ap.add_argument('--seed', default=0, type=int, help='random seed of every stage (the first of the comparison\'s seeds)')
     ap.add_argument('--stages', nargs='+', choices=list(STAGES), help='run only these stages')
     args = ap.parse_args(argv)
-    todo = plan(args.quick, args.data_root)
-    if args.stages: todo = [(n, s) for n, s in todo if n in args.stages]
+    todo = plan(args.quick, args.data_root, args.stages)
     print(f"stablesam-reproduce ({'quick' if args.quick else 'full'}): {', '.join(n for n, _ in todo)}; "
           f"expected about {duration(estimate(todo))} on 2 CPU cores", flush=True)
     if not args.quick and not mnist_present(args.data_root):
-        print(f"(no MNIST in {args.data_root}: the stability stage is skipped; put the MNIST files under "
-              f"{args.data_root}/MNIST/raw to include it)", flush=True)
+        print(f"(no MNIST in {args.data_root}: the comparison downloads it, the stability stage is skipped; put the "
+              f"MNIST files under {args.data_root}/MNIST/raw to include it)", flush=True)
     res = reproduce(args.out, quick=args.quick, data_root=args.data_root, seed=args.seed, stages=args.stages)
     return 1 if res['errors'] else 0
 
 
 # %% [markdown]
-# The quick job, as CI runs it (a few minutes on two cores):
+# ## The quick job's result
+#
+# The quick job as CI runs it, writing the committed results folder `results/main_job/` (about a minute
+# on two cores; skipped by the tests, which run it elsewhere):
 
 # %%
 #| slow
-main(['--quick', '--out', str(tmp / 'quick')])
+main(['--quick', '--out', '../results/main_job'])
+
+# %% [markdown]
+# What it wrote, read back from the committed records in `results/main_job/digits-quick/`: FCN on the
+# 1,297 training digits with 40% of their labels randomised, tested on the 500 clean test digits, five
+# seeds.
+
+# %%
+committed = Path('../results/main_job/digits-quick')
+records = read_jsonl(committed / 'records.jsonl')
+config = json.loads((committed / 'config.json').read_text())
+print(f"{len(records)} records; n_train {config['n_train']}, n_test {config['n_test']}, seeds {config['seeds']}, "
+      f"{config['epochs']} epochs, wall time {config['wall_time_s']:.0f} s on {config['machine']}")
+fig = plot_comparison(records); plt.show(); plt.close(fig)
+display(Markdown(comparison_table(records)))

@@ -96,7 +96,7 @@ def write_fake_imagefolder(root, n_train=60, n_test=30, num_classes=3, image_siz
     return Path(root)
 
 # %% ../nbs/03_data.ipynb #9b9f8b5b
-DATASETS = ('mnist', 'cifar10', 'cifar100', 'imagenet')
+DATASETS = ('mnist', 'cifar10', 'cifar100', 'imagenet', 'digits')
 
 _STATS = {'mnist': ((0.1307,), (0.3081,)),
           'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -209,6 +209,35 @@ def _imagefolder(root, split, transform):
     return tvd.ImageFolder(str(folder), transform=transform)
 
 # %% ../nbs/03_data.ipynb #c1c42024
+from torch.utils.data import TensorDataset
+
+DIGITS_TEST_PER_CLASS = 50  # 500 test images, 1,297 training images
+_DIGITS_SPLIT_SEED = 0xd1917  # fixed: the split is the same for every run
+_STATS['digits'] = ((0.30546905,), (0.37613807,))  # of the training split's grey levels / 16
+
+class _InMemory(TensorDataset):
+    """Inputs and labels held as tensors, with the `targets` attribute of torchvision's datasets."""
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.targets = y
+
+def _digits_split(target):
+    """The fixed train/test split of the digits: (train, test) sorted index arrays, `DIGITS_TEST_PER_CLASS` test images per class."""
+    rng = np.random.default_rng(_DIGITS_SPLIT_SEED)
+    test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(target == c))[:DIGITS_TEST_PER_CLASS] for c in range(10)]))
+    return np.setdiff1d(np.arange(len(target)), test), test
+
+def _digits():
+    """scikit-learn's 8x8 digits as normalised (training, test) tensor datasets of 1,297 and 500 images."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    train, test = _digits_split(d.target)
+    (mean,), (std,) = _STATS['digits']
+    x = torch.tensor((d.images / 16 - mean) / std, dtype=torch.float32).unsqueeze(1)
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    return _InMemory(x[train], y[train]), _InMemory(x[test], y[test])
+
+# %% ../nbs/03_data.ipynb #566c1d53
 def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
     """The training and test sets of `name` under `root`, with the paper's augmentation, an optional seeded subset and label noise."""
     _check_dataset(name)
@@ -217,7 +246,8 @@ def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augm
     if not (0.0 <= label_noise <= 1.0): raise ValueError(f"Invalid label noise fraction: {label_noise} (must be in [0, 1])")
     root = Path(root).expanduser()
     ttrain, ttest = get_transforms(name, True, augment), get_transforms(name, False)
-    if name == 'imagenet':
+    if name == 'digits': (train, test), num_classes, in_channels, size = _digits(), 10, 1, 8  # root unused
+    elif name == 'imagenet':
         train, test = _imagefolder(root, 'train', ttrain), _imagefolder(root, 'val', ttest)
         if train.class_to_idx != test.class_to_idx:
             raise ValueError(f"ImageNet folders disagree: {root / 'train'} has {len(train.classes)} classes, "
