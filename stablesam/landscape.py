@@ -637,15 +637,18 @@ def plot_step_shares(records, ax=None):
     "Per epoch and rho: the share of SAM steps with ratio < 1 (solid) and with alignment > 0 (dashed), mean over seeds, min-max shaded."
     ax = _axes(ax)
     colors = rho_colors({r['rho'] for r in records if 'norm_ratio' in r})
+    lowest = 100.0
     for rho, c in colors.items():
         for key, ls in (('ratio_below_1', '-'), ('alignment_positive', '--')):
             rs = [r for r in records if r.get('rho') == rho and key in r]
             eps = sorted({r['epoch'] for r in rs})
-            v = np.array([[100 * r[key] for r in rs if r['epoch'] == e] for e in eps], dtype=object)
+            v = [[100 * r[key] for r in rs if r['epoch'] == e] for e in eps]
             mean = [np.mean(x) for x in v]
             ax.plot(eps, mean, color=c, ls=ls, marker='.', ms=3, lw=1.2,
                     label=f'ρ={rho:g}, ' + ('ratio < 1' if key == 'ratio_below_1' else 'alignment > 0'))
             if max(len(x) for x in v) > 1: ax.fill_between(eps, [np.min(x) for x in v], [np.max(x) for x in v], color=c, alpha=0.2, lw=0)
+            lowest = min([lowest] + [np.min(x) for x in v])
+    ax.set_ylim(lowest - 0.06 * (100 - lowest) - 0.5, 100 + 0.03 * (100 - lowest) + 0.3)   # the region where the shares are
     ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel('share of SAM steps (%)')
     ax.legend(fontsize=6, ncol=2)
     return ax
@@ -678,7 +681,7 @@ def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
     plot_step_records(records, 'norm_ratio', ax=axes[0, 0], smooth=smooth, ref=1.0)
     axes[0, 0].set_title('Figure 1: exact / surrogate gradient norm', fontsize=9)
-    plot_step_shares(records, ax=axes[0, 1]); axes[0, 1].set_ylim(-3, 103)
+    plot_step_shares(records, ax=axes[0, 1])
     axes[0, 1].set_title('steps where the paper\'s inequalities hold', fontsize=9)
     ax = plot_step_records(records, 'alignment', ax=axes[0, 2], smooth=smooth, ref=0.0)
     al = np.concatenate([r['alignment'] for r in records if 'alignment' in r] or [np.ones(1)])
