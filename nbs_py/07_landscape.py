@@ -28,6 +28,7 @@
 #| hide
 from fastcore.test import *
 import math
+import time
 import tempfile
 import warnings
 from pathlib import Path
@@ -948,6 +949,42 @@ def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1
 
 # %%
 #| export
+def _epoch_list(epochs):
+    "Epochs as compact ranges: [1, 2, 3, 7] -> '1-3, 7'; none -> 'none'."
+    es, parts = sorted(set(epochs)), []
+    for e in es:
+        if parts and e == parts[-1][1] + 1: parts[-1][1] = e
+        else: parts.append([e, e])
+    return ', '.join(f'{a}' if a == b else f'{a}-{b}' for a, b in parts) or 'none'
+
+
+def landscape_verdicts(records, r2_ok=0.99):
+    "One row per statement and run kind: where in training the paper's reading holds, in numbers (all seeds pooled)."
+    rows, sam = [], [r for r in records if 'norm_ratio' in r]
+    for rho in sorted({r['rho'] for r in sam}):
+        rs = [r for r in sam if r['rho'] == rho]
+        ratio = np.concatenate([r['norm_ratio'] for r in rs]); align = np.concatenate([r['alignment'] for r in rs])
+        last = max(r['epoch'] for r in rs); early = [r for r in rs if r['epoch'] <= max(1, last // 4)]
+        late = [r for r in rs if r['epoch'] > last - max(1, last // 4)]
+        med = lambda rr: float(np.median(np.concatenate([r['norm_ratio'] for r in rr])))
+        rows.append(dict(statement='Figure 1: ratio < 1', run=_opt_label('sam', rho), share=float(np.mean(ratio < 1)), steps=len(ratio),
+                         exceptions=int((ratio >= 1).sum()), where=_epoch_list(r['epoch'] for r in rs if max(r['norm_ratio']) >= 1),
+                         detail=f'median ratio {med(early):.3g} in epochs 1-{max(1, last // 4)}, {med(late):.3g} in the last {max(1, last // 4)}'))
+        rows.append(dict(statement='Figure 3: alignment > 0', run=_opt_label('sam', rho), share=float(np.mean(align > 0)), steps=len(align),
+                         exceptions=int((align <= 0).sum()), where=_epoch_list(r['epoch'] for r in rs if min(r['alignment']) <= 0),
+                         detail=f"min cosine {min(min(r['cosine']) for r in rs):.3g}"))
+    for key in dict.fromkeys((r['optimizer'], r['rho']) for r in records if r.get('hessian')):
+        hs = [(r['epoch'], r['hessian']) for r in records if r.get('hessian') and (r['optimizer'], r['rho']) == key and r['hessian']['r2'] is not None]
+        if not hs: continue
+        r2 = np.array([h['r2'] for _, h in hs]); ce = [h['curvature'] / h['eigenvalue'] for _, h in hs if h['eigenvalue']]
+        rows.append(dict(statement=f'Figure 2: parabola (R² ≥ {r2_ok:g})', run=_opt_label(*key), share=float(np.mean(r2 >= r2_ok)), steps=len(hs),
+                         exceptions=int((r2 < r2_ok).sum()), where=_epoch_list(e for e, h in hs if h['r2'] < r2_ok),
+                         detail=f'R² {r2.min():.3f}-{r2.max():.3f}; fitted curvature / λ1 {min(ce):.2g}-{max(ce):.2g}'))
+    return rows
+
+
+# %%
+#| export
 def epoch_ranges(epochs, parts=4):
     "`parts` contiguous ranges `(first, last)` of epochs 1..`epochs`, then the whole run."
     edges = np.linspace(0, epochs, min(parts, epochs) + 1).round().astype(int)
@@ -988,7 +1025,7 @@ def landscape_summary(records, ranges=None):
                                r2=_spread([h['r2'] for h in hs]),
                                curvature_over_eig=_spread([h['curvature'] / h['eigenvalue'] if h['curvature'] is not None
                                                            and h['eigenvalue'] else None for h in hs])))
-    return dict(steps=steps, probes=probes)
+    return dict(verdicts=landscape_verdicts(records), steps=steps, probes=probes)
 
 
 # %%
@@ -1006,9 +1043,12 @@ def _opt_label(optimizer, rho):
 
 
 def format_landscape_summary(summary):
-    "Markdown tables of a `landscape_summary`: Figures 1 and 3 per rho and epoch range, Figure 2 per probe."
-    rows = ['| optimizer | epochs | steps | steps with ratio < 1 (%) | median ratio ‖g‖/‖g_asc‖ | steps with alignment > 0 (%) | steps with alignment ≤ 0 |',
-            '|---|---|---|---|---|---|---|']
+    "Markdown tables of a `landscape_summary`: the verdicts, Figures 1 and 3 per rho and epoch range, Figure 2 per probe."
+    rows = ['| statement | run | holds on (%) | of (steps or probes) | exceptions | epochs with exceptions | detail |', '|---|---|---|---|---|---|---|']
+    for v in summary.get('verdicts', []):
+        rows.append(f"| {v['statement']} | {v['run']} | {100 * v['share']:.1f} | {v['steps']} | {v['exceptions']} | {v['where']} | {v['detail']} |")
+    rows += ['', '| optimizer | epochs | steps | steps with ratio < 1 (%) | median ratio ‖g‖/‖g_asc‖ | steps with alignment > 0 (%) | steps with alignment ≤ 0 |',
+             '|---|---|---|---|---|---|---|']
     for s in summary['steps']:
         lo, hi = s['epochs']
         rows.append(f"| {_opt_label('sam', s['rho'])} | {lo}-{hi} | {s['steps']} | {_fmt(s['ratio_below_1'], True)} | "
@@ -1258,6 +1298,61 @@ Markdown(format_landscape_summary(real_summary))
 # %%
 fig = landscape_figure(real_records, REAL_TITLE)
 plt.show(); plt.close(fig)
+
+# %% [markdown]
+# **Is the probe right, and where does the parabola bend?** The sweep's probes run at most 100
+# power iterations. The cell below retrains the seed-0 SGD run (the same code, so the same weights:
+# its eigenvalues equal the recorded ones to the last digit) and, after epochs 5, 10 and 20, runs
+# the power iteration to `tol=1e-7` and takes central second differences
+# $(f(\mathbf{w}+h\mathbf{e}_1) + f(\mathbf{w}-h\mathbf{e}_1) - 2f(\mathbf{w}))/h^2$ at growing $h$:
+# at small $h$ they must equal $\lambda_1$; at $h = 0.5$ they say how far the loss along
+# $\mathbf{e}_1$ is from the parabola $\tfrac12\lambda_1\alpha^2$ at the edge of the paper's range.
+# It writes `probe_check.json` next to the records.
+
+# %%
+#| slow
+from stablesam.data import get_datasets
+from stablesam.train import Trainer
+
+class CurvatureCheck:
+    "Trainer callback: converged top eigenvalue and second differences along e1 after `epochs`."
+    def __init__(self, batches, recorded, epochs=(5, 10, 20), hs=(1e-2, 3e-2, 0.1, 0.25, 0.5)):
+        self.batches, self.recorded, self.epochs, self.hs, self.rows = batches, recorded, epochs, hs, []
+    def after_epoch(self, tr, m):
+        e = m['epoch']
+        if e not in self.epochs: return
+        f = model_loss_fn(tr.model, self.batches)
+        params = list(tr.model.parameters())
+        hvp = hessian_vector_product(f, params)
+        gen = torch.Generator().manual_seed(0)
+        v0 = [torch.randn(p.shape, generator=gen) for p in params]
+        lam100, _, n100 = power_iteration(hvp, v0, 100, 1e-4)
+        lam, v, n = power_iteration(hvp, v0, 3000, 1e-7)
+        ls = loss_along(f, params, v, torch.tensor([0.0] + [s * h for h in self.hs for s in (1, -1)]))
+        curv = [float((ls[1 + 2 * i] + ls[2 + 2 * i] - 2 * ls[0]) / h ** 2) for i, h in enumerate(self.hs)]
+        self.rows.append(dict(epoch=e, recorded_eigenvalue=self.recorded[e], eig_100_iters=lam100, iters_used_100=n100,
+                              eig_converged=lam, iters_used=n, central_second_difference={str(h): c for h, c in zip(self.hs, curv)}))
+
+t0 = time.time()
+check_cfg = dataclasses.replace(landscape_config(data_root=mnist_root), optimizer='sgd', seed=0)
+check_data = get_datasets('mnist', mnist_root, train_subset=10000, seed=0, augment=False, download=False)
+cx, cy = fixed_batch(check_data.train, 1000, seed=0)
+check = CurvatureCheck(list(zip(cx.split(250), cy.split(250))),
+                       {r['epoch']: r['hessian']['eigenvalue'] for r in read_jsonl(real_out / 'records.jsonl')
+                        if r['optimizer'] == 'sgd' and r['seed'] == 0 and r.get('hessian')})
+Trainer(check_cfg, data=check_data, callbacks=[check]).fit()
+(real_out / 'probe_check.json').write_text(json.dumps(dict(
+    what='Check the real sweep\'s Figure 2 probe: power-iteration convergence at 100 iterations and the local curvature along e1.',
+    run='sgd seed 0 of fcn-mnist-10k, retrained', checks=check.rows, wall_s=time.time() - t0), indent=2) + '\n')
+
+# %%
+probe_check = json.loads((real_out / 'probe_check.json').read_text())
+for c in probe_check['checks']:
+    d = c['central_second_difference']
+    print(f"epoch {c['epoch']:2d}: lambda1 recorded {c['recorded_eigenvalue']:.5f} ({c['iters_used_100']} iterations), "
+          f"to tol 1e-7 {c['eig_converged']:.5f}; second difference at h = " + ', '.join(f'{h}: {v:.3g}' for h, v in d.items()))
+    assert abs(c['recorded_eigenvalue'] - c['eig_converged']) < 1e-4 * c['eig_converged'] and c['iters_used_100'] < 100
+    assert abs(d['0.01'] / c['eig_converged'] - 1) < 0.1   # locally, the curvature along e1 is lambda1
 
 # %% [markdown]
 # ### Paper-size runs (GPU)

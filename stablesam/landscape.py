@@ -7,8 +7,9 @@ __all__ = ['STEP_STATS', 'STAT_KEYS', 'HESSIAN_PROBE', 'LANDSCAPE_QUANTITIES', '
            'hessian_vector_product', 'top_hessian_eig', 'loss_along', 'fixed_batch', 'model_loss_fn', 'stats_series',
            'StepStats', 'HessianProbe', 'landscape_label', 'rho_colors', 'plot_norm_ratio', 'plot_alignment',
            'plot_loss_along', 'sam_stats_runs', 'probed_run', 'landscape_config', 'landscape_runs',
-           'landscape_experiment', 'epoch_ranges', 'landscape_summary', 'format_landscape_summary', 'plot_step_records',
-           'plot_step_shares', 'plot_probe_records', 'landscape_figure', 'write_landscape_report']
+           'landscape_experiment', 'landscape_verdicts', 'epoch_ranges', 'landscape_summary',
+           'format_landscape_summary', 'plot_step_records', 'plot_step_shares', 'plot_probe_records',
+           'landscape_figure', 'write_landscape_report']
 
 # %% ../nbs/07_landscape.ipynb #fadb132b
 import dataclasses
@@ -518,6 +519,40 @@ def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1
     return records
 
 # %% ../nbs/07_landscape.ipynb #774a35df
+def _epoch_list(epochs):
+    "Epochs as compact ranges: [1, 2, 3, 7] -> '1-3, 7'; none -> 'none'."
+    es, parts = sorted(set(epochs)), []
+    for e in es:
+        if parts and e == parts[-1][1] + 1: parts[-1][1] = e
+        else: parts.append([e, e])
+    return ', '.join(f'{a}' if a == b else f'{a}-{b}' for a, b in parts) or 'none'
+
+
+def landscape_verdicts(records, r2_ok=0.99):
+    "One row per statement and run kind: where in training the paper's reading holds, in numbers (all seeds pooled)."
+    rows, sam = [], [r for r in records if 'norm_ratio' in r]
+    for rho in sorted({r['rho'] for r in sam}):
+        rs = [r for r in sam if r['rho'] == rho]
+        ratio = np.concatenate([r['norm_ratio'] for r in rs]); align = np.concatenate([r['alignment'] for r in rs])
+        last = max(r['epoch'] for r in rs); early = [r for r in rs if r['epoch'] <= max(1, last // 4)]
+        late = [r for r in rs if r['epoch'] > last - max(1, last // 4)]
+        med = lambda rr: float(np.median(np.concatenate([r['norm_ratio'] for r in rr])))
+        rows.append(dict(statement='Figure 1: ratio < 1', run=_opt_label('sam', rho), share=float(np.mean(ratio < 1)), steps=len(ratio),
+                         exceptions=int((ratio >= 1).sum()), where=_epoch_list(r['epoch'] for r in rs if max(r['norm_ratio']) >= 1),
+                         detail=f'median ratio {med(early):.3g} in epochs 1-{max(1, last // 4)}, {med(late):.3g} in the last {max(1, last // 4)}'))
+        rows.append(dict(statement='Figure 3: alignment > 0', run=_opt_label('sam', rho), share=float(np.mean(align > 0)), steps=len(align),
+                         exceptions=int((align <= 0).sum()), where=_epoch_list(r['epoch'] for r in rs if min(r['alignment']) <= 0),
+                         detail=f"min cosine {min(min(r['cosine']) for r in rs):.3g}"))
+    for key in dict.fromkeys((r['optimizer'], r['rho']) for r in records if r.get('hessian')):
+        hs = [(r['epoch'], r['hessian']) for r in records if r.get('hessian') and (r['optimizer'], r['rho']) == key and r['hessian']['r2'] is not None]
+        if not hs: continue
+        r2 = np.array([h['r2'] for _, h in hs]); ce = [h['curvature'] / h['eigenvalue'] for _, h in hs if h['eigenvalue']]
+        rows.append(dict(statement=f'Figure 2: parabola (R² ≥ {r2_ok:g})', run=_opt_label(*key), share=float(np.mean(r2 >= r2_ok)), steps=len(hs),
+                         exceptions=int((r2 < r2_ok).sum()), where=_epoch_list(e for e, h in hs if h['r2'] < r2_ok),
+                         detail=f'R² {r2.min():.3f}-{r2.max():.3f}; fitted curvature / λ1 {min(ce):.2g}-{max(ce):.2g}'))
+    return rows
+
+# %% ../nbs/07_landscape.ipynb #d4581f01
 def epoch_ranges(epochs, parts=4):
     "`parts` contiguous ranges `(first, last)` of epochs 1..`epochs`, then the whole run."
     edges = np.linspace(0, epochs, min(parts, epochs) + 1).round().astype(int)
@@ -558,9 +593,9 @@ def landscape_summary(records, ranges=None):
                                r2=_spread([h['r2'] for h in hs]),
                                curvature_over_eig=_spread([h['curvature'] / h['eigenvalue'] if h['curvature'] is not None
                                                            and h['eigenvalue'] else None for h in hs])))
-    return dict(steps=steps, probes=probes)
+    return dict(verdicts=landscape_verdicts(records), steps=steps, probes=probes)
 
-# %% ../nbs/07_landscape.ipynb #d4581f01
+# %% ../nbs/07_landscape.ipynb #7333e328
 def _fmt(s, pct=False, digits=3):
     "`mean (min-max)` of a `_spread`, in percent if `pct`."
     if s is None: return 'n/a'
@@ -574,9 +609,12 @@ def _opt_label(optimizer, rho):
 
 
 def format_landscape_summary(summary):
-    "Markdown tables of a `landscape_summary`: Figures 1 and 3 per rho and epoch range, Figure 2 per probe."
-    rows = ['| optimizer | epochs | steps | steps with ratio < 1 (%) | median ratio ‖g‖/‖g_asc‖ | steps with alignment > 0 (%) | steps with alignment ≤ 0 |',
-            '|---|---|---|---|---|---|---|']
+    "Markdown tables of a `landscape_summary`: the verdicts, Figures 1 and 3 per rho and epoch range, Figure 2 per probe."
+    rows = ['| statement | run | holds on (%) | of (steps or probes) | exceptions | epochs with exceptions | detail |', '|---|---|---|---|---|---|---|']
+    for v in summary.get('verdicts', []):
+        rows.append(f"| {v['statement']} | {v['run']} | {100 * v['share']:.1f} | {v['steps']} | {v['exceptions']} | {v['where']} | {v['detail']} |")
+    rows += ['', '| optimizer | epochs | steps | steps with ratio < 1 (%) | median ratio ‖g‖/‖g_asc‖ | steps with alignment > 0 (%) | steps with alignment ≤ 0 |',
+             '|---|---|---|---|---|---|---|']
     for s in summary['steps']:
         lo, hi = s['epochs']
         rows.append(f"| {_opt_label('sam', s['rho'])} | {lo}-{hi} | {s['steps']} | {_fmt(s['ratio_below_1'], True)} | "

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablesam.landscape import (epoch_ranges, landscape_config, landscape_experiment, landscape_runs, landscape_summary,
+from stablesam.landscape import (_epoch_list, epoch_ranges, landscape_config, landscape_experiment, landscape_runs, landscape_summary,
                                  parabola_fit, format_landscape_summary)
 from stablesam.train import read_jsonl
 
@@ -30,7 +30,8 @@ def test_parabola_fit_exact_and_not():
 
 
 def test_summary_counts_steps_per_range():
-    rec = lambda seed, epoch, ratio, align: dict(optimizer='sam', rho=0.05, seed=seed, epoch=epoch, norm_ratio=ratio, alignment=align)
+    rec = lambda seed, epoch, ratio, align: dict(optimizer='sam', rho=0.05, seed=seed, epoch=epoch, norm_ratio=ratio, alignment=align,
+                                                 cosine=[0.5] * len(ratio))
     records = [rec(0, 1, [0.5, 1.5], [1, -1]), rec(0, 2, [0.5, 0.5], [1, 1]), rec(1, 1, [2., 2.], [-1, -1]), rec(1, 2, [.9, .9], [1, 1]),
                dict(optimizer='sgd', rho=None, seed=0, epoch=2, hessian=dict(eigenvalue=2.0, curvature=1.0, r2=0.99))]
     s = landscape_summary(records, ranges=[(1, 1), (2, 2), (1, 2)])
@@ -41,6 +42,13 @@ def test_summary_counts_steps_per_range():
     (p,) = s['probes']
     assert p['curvature_over_eig']['mean'] == 0.5 and p['r2']['mean'] == 0.99
     assert '| SAM, ρ=0.05 | 1-2 | 8 | 62.5 (50.0-75.0) |' in format_landscape_summary(s)
+    v = {(x['statement'], x['run']): x for x in s['verdicts']}
+    ratio, align = v[('Figure 1: ratio < 1', 'SAM, ρ=0.05')], v[('Figure 3: alignment > 0', 'SAM, ρ=0.05')]
+    assert (ratio['share'], ratio['exceptions'], ratio['where']) == (5 / 8, 3, '1')
+    assert (align['share'], align['exceptions'], align['where']) == (5 / 8, 3, '1')
+    par = v[('Figure 2: parabola (R² ≥ 0.99)', 'SGD')]
+    assert (par['share'], par['exceptions'], par['where']) == (1.0, 0, 'none')
+    assert _epoch_list([1, 2, 3, 7, 9, 10]) == '1-3, 7, 9-10' and _epoch_list([]) == 'none'
     assert epoch_ranges(20) == [(1, 5), (6, 10), (11, 15), (16, 20), (1, 20)]
     assert landscape_runs((0.1,), (0, 1)) == [('sgd', None, 0), ('sam', 0.1, 0), ('sgd', None, 1), ('sam', 0.1, 1)]
 
