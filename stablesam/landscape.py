@@ -663,7 +663,7 @@ def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
         x = max(seeds.values(), key=lambda t: len(t[0]))[0]
         drawn.append(_band(ax, x, [v for _, v in seeds.values()], colors[rho], f'SAM, ρ={rho:g}', smooth))
     if ref is not None: ax.axhline(ref, color='grey', lw=0.7, ls='--')
-    _roi(ax, drawn, include=() if ref is None else (ref,))
+    _roi(ax, drawn, include=() if ref is None else (ref,), q=(1, 100))
     ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel(landscape_label(key))
     n = max((len(s) for s in runs.values()), default=0)
     ax.legend(fontsize=7, title=f'{n} seed{"s" * (n != 1)}' + (f', {smooth}-step mean' if smooth and smooth > 1 else ''),
@@ -727,6 +727,7 @@ def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
     ax.set_yscale('symlog', linthresh=lin, linscale=0.6)
     from matplotlib.ticker import SymmetricalLogLocator
     ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=lin, base=100))
+    ax.autoscale(axis='y')   # the whole range, both signs, on the symmetric-log axis
     axes[0, 2].set_title('Figure 3: alignment', fontsize=9)
     sam_rhos = sorted({r['rho'] for r in records if r['optimizer'] == 'sam' and r.get('hessian')})
     plot_probe_records(records, 'sgd', None, ax=axes[1, 0])
