@@ -38,6 +38,7 @@
 from fastcore.test import *
 import math
 import time
+from IPython.display import Markdown
 import tempfile
 import warnings
 from pathlib import Path
@@ -740,8 +741,8 @@ def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
 # real-MNIST sweep in the next section.
 
 # %%
-from stablesam.data import write_fake_cifar
-from stablesam.train import preset_config, read_metrics
+from stablesam.data import get_datasets, write_fake_cifar
+from stablesam.train import Trainer, preset_config, read_metrics
 
 # %%
 quick_root = Path(tempfile.mkdtemp())
@@ -1300,7 +1301,6 @@ write_landscape_report(real_out, REAL_TITLE);
 # written from):
 
 # %%
-from IPython.display import Markdown
 real_records = read_jsonl(real_out / 'records.jsonl')
 real_cfg = json.loads((real_out / 'config.json').read_text())
 real_summary = landscape_summary(real_records)
@@ -1326,6 +1326,7 @@ assert all(late[r]['ratio_median']['mean'] < early[r]['ratio_median']['mean'] fo
 p20 = {(p['optimizer'], p['rho']): p for p in real_summary['probes'] if p['epoch'] == 20}
 print('fitted curvature / lambda1 at epoch 20:', {f'{o} {r}': round(p['curvature_over_eig']['mean'], 1) for (o, r), p in p20.items()})
 assert p20['sgd', None]['curvature_over_eig']['min'] > 5   # SGD: over |alpha| <= 0.5 the loss is far from (lambda1/2) alpha^2
+
 
 # %% [markdown]
 # **What the real data say** (FCN, 10,000 MNIST images, 20 epochs, 3 seeds; 237 SAM steps per epoch
@@ -1379,9 +1380,6 @@ assert p20['sgd', None]['curvature_over_eig']['min'] > 5   # SGD: over |alpha| <
 
 # %%
 #| slow
-from stablesam.data import get_datasets
-from stablesam.train import Trainer
-
 class CurvatureCheck:
     "Trainer callback: converged top eigenvalue and second differences along e1 after `epochs`."
     def __init__(self, batches, recorded, epochs=(5, 10, 20), hs=(1e-2, 3e-2, 0.1, 0.25, 0.5)):
