@@ -692,13 +692,14 @@ def plot_step_shares(records, ax=None):
     return ax
 
 
-def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridis'):
-    "Figure 2 from records: $f(w + \\alpha e_1)$ against $\\alpha$ per probed epoch (mean over seeds, min-max shaded; $e_1$ oriented so f(0.5) >= f(-0.5))."
+def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridis', model_epoch='last'):
+    "Figure 2 from records: $f(w + \\alpha e_1)$ per probed epoch (mean over seeds, min-max shaded; $e_1$ oriented so f(0.5) >= f(-0.5)), with the quadratic model at `model_epoch` dashed."
     import matplotlib as mpl
     ax = _axes(ax)
     rs = [r for r in records if r.get('hessian') and r['optimizer'] == optimizer and r['rho'] == rho]
     eps = sorted({r['epoch'] for r in rs})
     colors = mpl.colormaps[cmap](np.linspace(0, 0.9, max(len(eps), 1)))
+    model_epoch = eps[-1] if model_epoch == 'last' and eps else model_epoch
     for e, c in zip(eps, colors):
         hs = [r['hessian'] for r in rs if r['epoch'] == e]
         a = np.asarray(hs[0]['alphas'], float)
@@ -706,11 +707,22 @@ def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridi
         lam = np.mean([h['eigenvalue'] for h in hs])
         ax.plot(a, ls.mean(0), color=c, lw=1.3, label=f'epoch {e} ($\\lambda_1$={lam:.3g})')
         if len(hs) > 1: ax.fill_between(a, ls.min(0), ls.max(0), color=c, alpha=0.25, lw=0)
+        if e == model_epoch and np.abs(a).min() < 1e-6:
+            q = np.stack([_quadratic_model(a, l, h['eigenvalue']) for l, h in zip(ls, hs)]).mean(0)
+            ax.plot(a, q, color=c, lw=1.1, ls='--', label=f'epoch {e}: $f(w) + s\\alpha + \\lambda_1\\alpha^2/2$')
     ax.set_xlabel(landscape_label('alpha')); ax.set_ylabel(landscape_label('loss_along'))
     n = len({r['seed'] for r in rs})
     ax.set_title(_opt_label(optimizer, rho), fontsize=9)
     ax.legend(fontsize=6, title=f'{n} seed{"s" * (n != 1)}', title_fontsize=6)
     return ax
+
+
+def _quadratic_model(alphas, losses, eig):
+    "The quadratic model $f(w) + s\\alpha + \\lambda_1\\alpha^2/2$ along $e_1$, the slope $s$ from the two points next to $\\alpha = 0$."
+    a, l = np.asarray(alphas, float), np.asarray(losses, float)
+    i = int(np.abs(a).argmin())   # alpha = 0 (stored as float32: within 1e-7)
+    slope = (l[i + 1] - l[i - 1]) / (a[i + 1] - a[i - 1]) if 0 < i < len(a) - 1 else 0.0
+    return l[i] + slope * a + 0.5 * eig * a ** 2
 
 # %% ../nbs/07_landscape.ipynb #41701cfd
 def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):

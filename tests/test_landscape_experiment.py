@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablesam.landscape import (_epoch_list, epoch_ranges, landscape_config, landscape_experiment, landscape_runs, landscape_summary,
+from stablesam.landscape import (_epoch_list, _quadratic_model, epoch_ranges, landscape_config, landscape_experiment, landscape_runs, landscape_summary,
                                  parabola_fit, format_landscape_summary)
 from stablesam.train import read_jsonl
 
@@ -27,6 +27,12 @@ def test_parabola_fit_exact_and_not():
     bent = parabola_fit(a, np.abs(a))   # a kink: a parabola leaves a visible residual
     assert bent['r2'] < 0.97 and bent['max_rel_residual'] > 0.05
     assert parabola_fit(a, np.r_[np.ones(20), np.nan])['r2'] is None
+
+
+def test_quadratic_model_is_exact_on_a_quadratic():
+    a = np.linspace(-0.5, 0.5, 21).astype(np.float32)
+    f = 0.2 + 0.3 * a + 0.5 * 4.0 * a.astype(float) ** 2
+    np.testing.assert_allclose(_quadratic_model(a, f, 4.0), f, atol=1e-6)
 
 
 def test_summary_counts_steps_per_range():
