@@ -1357,7 +1357,7 @@ assert p20['sgd', None]['curvature_over_eig']['min'] > 5   # SGD: over |alpha| <
 #   (training accuracy 99.7-100% from epoch 11 on). At $\rho = 0.01$ it levels off at 1.3 times.
 # - **Figure 3, "$\langle g^{asc}, g\rangle > \|g\|^2$ during the entire training stage": does
 #   not hold strictly.** It holds on 99.7, 99.5, 99.2 and 98.1% of the steps; 15, 24, 40 and 88
-#   steps have $\langle g^{asc}, g\rangle \leq \|g\|^2$. Most are the first 14 steps of epoch 1,
+#   steps have $\langle g^{asc}, g\rangle \leq \|g\|^2$. 97 of these 167 are among the first 14 steps,
 #   the same steps where the ratio exceeds 1, but at the larger radii a second group appears late in
 #   training, when $\|g\|$ is small: 11 ($\rho = 0.1$) and 48 ($\rho = 0.2$) steps in epochs 11-20,
 #   up to 2.8% of the steps of epochs 16-20 at $\rho = 0.2$ (lowest cosine between the two gradients
