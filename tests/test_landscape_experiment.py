@@ -100,3 +100,32 @@ def test_committed_results_are_complete_and_strict():
         assert (RESULTS / 'summary.md').exists() and (RESULTS / 'landscape.png').stat().st_size > 10_000
         for k in ('n_train', 'n_test', 'seeds', 'wall_time_s', 'machine', 'command'):
             assert cfg[k], k
+
+
+@needs_mnist
+def test_sweep_killed_by_a_signal_resumes(tmp_path):
+    """A sweep process killed (SIGKILL) once its first run is written continues to the records of an uninterrupted sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    settings = dict(data_root=str(DATA), train_subset=256, test_subset=256, epochs=2)
+    kw = dict(rhos=(0.1, 0.2), seeds=(0,), probe_epochs=(2,), n_probe=64, probe_iters=30)
+    out = tmp_path / 'killed'
+    code = ("import torch, warnings; torch.set_num_threads(1); warnings.simplefilter('ignore')\n"
+            "from stablesam.landscape import landscape_config, landscape_experiment\n"
+            f"landscape_experiment({str(out)!r}, landscape_config(**{settings!r}), log=None, **{kw!r})\n")
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, '-c', code], env=env)
+    t0 = time.time()
+    while not ((out / 'records.jsonl').exists() and (out / 'records.jsonl').read_text().count('\n') >= 2):
+        assert proc.poll() is None and time.time() - t0 < 300, 'the sweep ended before it could be killed'
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_jsonl(out / 'records.jsonl')) < 6   # killed before the last run was written
+    log = []
+    resumed = landscape_experiment(out, landscape_config(**settings), log=log.append, **kw)
+    assert 1 <= len(log) < 3   # the finished runs are not trained again
+    assert resumed == landscape_experiment(tmp_path / 'whole', landscape_config(**settings), log=None, **kw)
