@@ -32,13 +32,14 @@ from stablesam.optim import BASES, OPTIMIZERS
 #
 # `quick=True` keeps every setting but trains one epoch on a small seeded subset (256 training and 256
 # test examples, batch at most 64): the same code path, smaller. `RESUMABLE` names the settings that
-# may differ between a run and its resumption (where the run lives and how it is computed, not what).
+# may differ between a run and its resumption (where the run lives and how it is computed, not what;
+# `in_memory` is not one of them: with augmentation, the batched path draws other crops than torchvision).
 
 # %%
 #| export
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory')
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root')
 
 @dataclass
 class TrainConfig:

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, preset_config
-from stablesam.data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs
+from stablesam.data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs, split_augmentation
 from stablesam.models import get_model
 from stablesam.optim import is_sam, make_optimizer, sam_step
 from stablesam.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, JsonlLog, append_jsonl, load_checkpoint,
@@ -183,9 +183,10 @@ def _method(f):
 # The configured datasets come from `stablesam.data.get_datasets` (under torchrun, rank 0 loads and
 # downloads first). A dataset that fits in memory (MNIST, CIFAR-10/100, any subset of them) is decoded
 # once into tensors on the training device, and each batch is a slice of them in the order `EpochSampler`
-# gives: the same order as the DataLoader path, so a run gives the same results either way and resume
-# stays exact. ImageNet folders, items with a random augmentation and `in_memory=False` go through a
-# DataLoader with per-example seeded augmentation (`SeededAugment`).
+# gives: the same order as the DataLoader path, so without augmentation a run gives the same results
+# either way, and resume stays exact. The CIFAR augmentation then runs on the batch, on the device
+# (`stablesam.data.CropFlip`, drawn per (seed, epoch, index)). ImageNet folders and `in_memory=False` go
+# through a DataLoader with torchvision's per-image transforms, seeded per example (`SeededAugment`).
 
 # %%
 #| exporti
@@ -201,24 +202,27 @@ def _load_data(self):
     return data if data is not None else get(False)
 
 @_method
-def in_memory(self, train=False):
-    """Whether batches come from tensors decoded once: datasets that fit in memory, items without random augmentation."""
-    cfg = self.cfg
-    random_items = train and cfg.augment and cfg.dataset != 'mnist'  # MNIST has no augmentation
-    return cfg.in_memory and cfg.dataset != 'imagenet' and not random_items
+def in_memory(self, dataset):
+    """`(plain, augment)` to decode `dataset` once and augment it in batches (see `split_augmentation`), or `(None, None)` for the DataLoader path."""
+    if not self.cfg.in_memory or self.cfg.dataset == 'imagenet': return None, None
+    return split_augmentation(dataset)
 
 @_method
 def _init_batches(self):
-    """The epoch sampler and either the in-memory training tensors or the DataLoader."""
+    """The epoch sampler and either the in-memory training tensors (and their batched augmentation) or the DataLoader."""
     cfg = self.cfg
     self.sampler = EpochSampler(len(self.data.train), cfg.seed, self.rank, self.world_size)
     self.batch_size = cfg.batch_size // self.world_size
     self.steps_per_epoch = -(-len(self.sampler) // self.batch_size)
     self.loader_kwargs = loader_kwargs(self.device, cfg.workers)
-    self.train_tensors, self.train_loader = None, None
-    if self.in_memory(train=True): self.train_tensors = self._to_device(decode(self.data.train))
-    else: self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=self.batch_size,
-                                         sampler=self.sampler, **self.loader_kwargs)
+    self.train_tensors = self.train_loader = None
+    plain, self.augment = self.in_memory(self.data.train)
+    if plain is None:
+        self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=self.batch_size,
+                                       sampler=self.sampler, **self.loader_kwargs)
+        return
+    self.train_tensors = self._to_device(decode(plain))
+    if self.augment is not None: self.augment.to(self.device)
 
 @_method
 def _to_device(self, tensors):
@@ -232,7 +236,9 @@ def batches(self):
         for x, y in self.train_loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
         return
     (x, y), order = self.train_tensors, self.sampler.order().to(self.device)
-    for idx in order.split(self.batch_size): yield x[idx], y[idx]
+    for idx in order.split(self.batch_size):
+        if self.augment is None: yield x[idx], y[idx]
+        else: yield self.augment(x[idx], idx, self.cfg.seed, self.sampler.epoch), y[idx]
 
 
 # %% [markdown]
@@ -318,23 +324,22 @@ def train_epoch(self):
     self.net.train()
     self.sampler.set_epoch(self.epoch)
     zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-    loss_sum, correct, count, factor_sum, ratio_sum, nsteps = zero(), zero(), zero(), zero(), zero(), 0
+    loss_sum, correct, factor_sum, ratio_sum, count, nsteps = zero(), zero(), zero(), zero(), 0, 0
     bar = tqdm(total=self.steps_per_epoch, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
                disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
     t0 = last = time.perf_counter()
     for x, y in self.batches():
         out, loss = self.train_step(x, y)
-        loss_sum += loss.double() * len(y); correct += (out.argmax(1) == y).sum(); count += len(y); nsteps += 1
+        loss_sum.add_(loss, alpha=len(y)); correct.add_((out.argmax(1) == y).sum()); count += len(y); nsteps += 1
         if self.sam:
-            stats = self.optimizer.last_stats
-            factor_sum += stats['renorm_factor'].double(); ratio_sum += stats['norm_ratio'].double()
+            factor_sum.add_(self.optimizer.last_stats['renorm_factor']); ratio_sum.add_(self.optimizer.last_stats['norm_ratio'])
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
         bar.update()
         if not bar.disable and time.perf_counter() - last > 1:  # at most one host sync a second
             last = time.perf_counter()
-            bar.set_postfix(loss=f'{loss_sum.item() / count.item():.3f}', acc=f'{correct.item() / count.item():.3f}',
-                            img_s=f'{count.item() * self.world_size / (last - t0):.0f}')
+            bar.set_postfix(loss=f'{loss_sum.item() / count:.3f}', acc=f'{correct.item() / count:.3f}',
+                            img_s=f'{count * self.world_size / (last - t0):.0f}')
     bar.close()
     elapsed = time.perf_counter() - t0
     self.epoch += 1
@@ -374,7 +379,8 @@ def evaluate(self, dataset):
     key = id(dataset)
     if key not in self._eval_batches:
         part = Subset(dataset, range(self.rank, len(dataset), self.world_size)) if self.world_size > 1 else dataset
-        if self.in_memory(): batches = self._to_device(decode(part))
+        plain = self.in_memory(part)[0]  # evaluated without augmentation
+        if plain is not None: batches = self._to_device(decode(plain))
         else: batches = DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs)
         self._eval_batches[key] = (dataset, batches)  # the dataset is kept so that its id stays unique
     batches = self._eval_batches[key][1]

@@ -17,7 +17,7 @@ from .optim import BASES, OPTIMIZERS
 # %% ../nbs/04a_config.ipynb #aca9abb3
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory')
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root')
 
 @dataclass
 class TrainConfig:
