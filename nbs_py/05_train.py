@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, preset_config
-from stablesam.data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs, split_augmentation
+from stablesam.data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
 from stablesam.models import get_model
 from stablesam.optim import is_sam, make_optimizer, sam_step
 from stablesam.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, JsonlLog, append_jsonl, load_checkpoint,
@@ -124,10 +124,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
             raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
-        self.data = data if data is not None else self._load_data()
-        if cfg.test_subset is not None and cfg.test_subset < len(self.data.test):
-            g = torch.Generator().manual_seed(cfg.seed)
-            self.data = dataclasses.replace(self.data, test=Subset(self.data.test, torch.randperm(len(self.data.test), generator=g)[:cfg.test_subset].tolist()))
+        if data is None: data = self._load_data()
+        else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
+        self.data = data
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.model = model.to(self.device)
@@ -194,8 +193,8 @@ def _method(f):
 def _load_data(self):
     """The configured datasets; under torchrun rank 0 loads (and downloads) first, the others after it."""
     cfg = self.cfg
-    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, seed=cfg.seed,
-                                        label_noise=cfg.label_noise, augment=cfg.augment, download=download)
+    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                                        seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment, download=download)
     if self.world_size == 1: return get(cfg.download)
     data = get(cfg.download) if self.rank == 0 else None
     dist.barrier()
@@ -304,8 +303,8 @@ test_close(t.lr_at(t.total_steps // 2), 0.025, eps=1e-12); test_eq(t.lr_at(t.tot
 # ### The epoch
 #
 # Per epoch the trainer reports `train_loss` and `train_acc` (averaged over the epoch's batches, as
-# the model was when it saw them), the learning rate of the last step, the epoch's wall time and
-# throughput, and for the SAM family the mean of $\|g\|/\|g^{asc}\|$ (`norm_ratio`) and, for the Stable
+# the model was when it saw them), the learning rate of the last step, the epoch's wall time, the CPU
+# time of this process during it (`cpu_time`: on a loaded machine, the work done) and the throughput, and for the SAM family the mean of $\|g\|/\|g^{asc}\|$ (`norm_ratio`) and, for the Stable
 # variants, the mean renormalization factor actually applied (`renorm_factor`). Everything is summed on
 # the device and read once per epoch (with the progress bar on, at most once a second more).
 
@@ -328,6 +327,7 @@ def train_epoch(self):
     bar = tqdm(total=self.steps_per_epoch, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
                disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
     t0 = last = time.perf_counter()
+    cpu0 = time.process_time()
     for x, y in self.batches():
         out, loss = self.train_step(x, y)
         loss_sum.add_(loss, alpha=len(y)); correct.add_((out.argmax(1) == y).sum()); count += len(y); nsteps += 1
@@ -341,11 +341,11 @@ def train_epoch(self):
             bar.set_postfix(loss=f'{loss_sum.item() / count:.3f}', acc=f'{correct.item() / count:.3f}',
                             img_s=f'{count * self.world_size / (last - t0):.0f}')
     bar.close()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     self.epoch += 1
     loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(loss_sum, correct, count, factor_sum, ratio_sum)
     m = dict(train_loss=loss_sum / max(count, 1), train_acc=correct / max(count, 1),
-             lr=self.optimizer.param_groups[0]['lr'], time=elapsed, images_per_s=count / max(elapsed, 1e-9))
+             lr=self.optimizer.param_groups[0]['lr'], time=elapsed, cpu_time=cpu, images_per_s=count / max(elapsed, 1e-9))
     if self.sam:
         m['norm_ratio'] = ratio_sum / self.world_size / max(nsteps, 1)
         if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(nsteps, 1)
@@ -354,7 +354,7 @@ def train_epoch(self):
 
 # %%
 m = Trainer(TrainConfig(**quick)).train_epoch()
-test_eq(set(m), {'train_loss', 'train_acc', 'lr', 'time', 'images_per_s', 'norm_ratio', 'renorm_factor'})
+test_eq(set(m), {'train_loss', 'train_acc', 'lr', 'time', 'cpu_time', 'images_per_s', 'norm_ratio', 'renorm_factor'})
 assert 0 < m['renorm_factor'] and 0 <= m['train_acc'] <= 1
 
 # %% [markdown]
@@ -464,8 +464,8 @@ hist = Trainer(TrainConfig(**quick)).fit()
 print(*(f"epoch {m['epoch']}: train acc {m['train_acc']:.3f} test acc {m['test_acc']:.3f} renorm {m['renorm_factor']:.3f}" for m in hist), sep='\n')
 assert hist[-1]['test_acc'] > 0.5 and hist[-1]['train_loss'] < hist[0]['train_loss']
 again = Trainer(TrainConfig(**quick)).fit()
-test_eq([{k: v for k, v in m.items() if k not in ('time', 'images_per_s')} for m in again],
-        [{k: v for k, v in m.items() if k not in ('time', 'images_per_s')} for m in hist])
+test_eq([{k: v for k, v in m.items() if k not in ('time', 'cpu_time', 'images_per_s')} for m in again],
+        [{k: v for k, v in m.items() if k not in ('time', 'cpu_time', 'images_per_s')} for m in hist])
 
 # %% [markdown]
 # ## Exact resume
@@ -477,7 +477,7 @@ test_eq([{k: v for k, v in m.items() if k not in ('time', 'images_per_s')} for m
 
 # %%
 #| export
-_NOT_COMPARED = ('time', 'images_per_s')
+_NOT_COMPARED = ('time', 'cpu_time', 'images_per_s')
 
 def comparable(history):
     """Per-epoch metrics without the wall-clock entries (for comparing runs)."""

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, preset_config
-from .data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs, split_augmentation
+from .data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
 from .models import get_model
 from .optim import is_sam, make_optimizer, sam_step
 from .runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, JsonlLog, append_jsonl, load_checkpoint,
@@ -58,10 +58,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
             raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
-        self.data = data if data is not None else self._load_data()
-        if cfg.test_subset is not None and cfg.test_subset < len(self.data.test):
-            g = torch.Generator().manual_seed(cfg.seed)
-            self.data = dataclasses.replace(self.data, test=Subset(self.data.test, torch.randperm(len(self.data.test), generator=g)[:cfg.test_subset].tolist()))
+        if data is None: data = self._load_data()
+        else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
+        self.data = data
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.model = model.to(self.device)
@@ -113,8 +112,8 @@ def _method(f):
 def _load_data(self):
     """The configured datasets; under torchrun rank 0 loads (and downloads) first, the others after it."""
     cfg = self.cfg
-    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, seed=cfg.seed,
-                                        label_noise=cfg.label_noise, augment=cfg.augment, download=download)
+    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                                        seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment, download=download)
     if self.world_size == 1: return get(cfg.download)
     data = get(cfg.download) if self.rank == 0 else None
     dist.barrier()
@@ -197,6 +196,7 @@ def train_epoch(self):
     bar = tqdm(total=self.steps_per_epoch, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
                disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
     t0 = last = time.perf_counter()
+    cpu0 = time.process_time()
     for x, y in self.batches():
         out, loss = self.train_step(x, y)
         loss_sum.add_(loss, alpha=len(y)); correct.add_((out.argmax(1) == y).sum()); count += len(y); nsteps += 1
@@ -210,11 +210,11 @@ def train_epoch(self):
             bar.set_postfix(loss=f'{loss_sum.item() / count:.3f}', acc=f'{correct.item() / count:.3f}',
                             img_s=f'{count * self.world_size / (last - t0):.0f}')
     bar.close()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     self.epoch += 1
     loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(loss_sum, correct, count, factor_sum, ratio_sum)
     m = dict(train_loss=loss_sum / max(count, 1), train_acc=correct / max(count, 1),
-             lr=self.optimizer.param_groups[0]['lr'], time=elapsed, images_per_s=count / max(elapsed, 1e-9))
+             lr=self.optimizer.param_groups[0]['lr'], time=elapsed, cpu_time=cpu, images_per_s=count / max(elapsed, 1e-9))
     if self.sam:
         m['norm_ratio'] = ratio_sum / self.world_size / max(nsteps, 1)
         if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(nsteps, 1)
@@ -291,7 +291,7 @@ def _save(self, metrics):
     save_checkpoint(self.out / CHECKPOINT, self.state())
 
 # %% ../nbs/05_train.ipynb #0c7c96a1
-_NOT_COMPARED = ('time', 'images_per_s')
+_NOT_COMPARED = ('time', 'cpu_time', 'images_per_s')
 
 def comparable(history):
     """Per-epoch metrics without the wall-clock entries (for comparing runs)."""
