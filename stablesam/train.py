@@ -144,6 +144,7 @@ def _init_batches(self):
 
 @_method
 def _to_device(self, tensors):
+    """`tensors` moved to the training device."""
     return tuple(t.to(self.device) for t in tensors)
 
 @_method
@@ -167,6 +168,7 @@ def lr_at(self, step):
 
 @_method
 def _loss(self, out, y):
+    """The training loss: cross entropy with label smoothing, in float32."""
     return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
 
 @_method
