@@ -25,8 +25,9 @@ from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, pr
 from .data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
 from .models import get_model
 from .optim import is_sam, make_optimizer, sam_step
-from .runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, JsonlLog, append_jsonl, load_checkpoint,
-                            package_versions, read_jsonl, read_metrics, save_checkpoint, write_json, write_jsonl)
+from .runs import (
+    CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, JsonlLog, append_jsonl, load_checkpoint, package_versions, read_jsonl,
+    read_metrics, save_checkpoint, write_json, write_jsonl)
 # TrainConfig, preset_config and the run-folder functions are imported from here by code written for 0.1
 
 # %% ../nbs/05_train.ipynb #00d220d7
