@@ -15,8 +15,8 @@ import math
 import sys
 from pathlib import Path
 
+from .runs import CONFIG, read_run
 from .style import OPTIMIZER_STYLES, optimizer_style, quantity
-from .train import read_metrics
 
 # %% ../nbs/08_results.ipynb #12679150
 OPT_ORDER = tuple(k for k in OPTIMIZER_STYLES if k != 'gd')  # table columns in the package's order (stablesam.style)
@@ -42,11 +42,8 @@ def load_runs(runs_dir):
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): raise FileNotFoundError(f"No runs folder {runs_dir}")
     runs = []
-    for cfg_path in sorted(runs_dir.rglob('config.json')):
-        try:
-            cfg, metrics = json.loads(cfg_path.read_text()), read_metrics(cfg_path.parent)
-        except (json.JSONDecodeError, OSError) as e:
-            raise ValueError(f"Unreadable run folder {cfg_path.parent}: {e}") from e
+    for cfg_path in sorted(runs_dir.rglob(CONFIG)):
+        cfg, metrics = read_run(cfg_path.parent)
         if not metrics: continue
         runs.append(dict(path=str(cfg_path.parent), config=cfg, metrics=metrics, epochs_done=len(metrics),
                          complete=len(metrics) >= cfg.get('epochs', 0), final_test_acc=metrics[-1].get('test_acc'),
