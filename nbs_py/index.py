@@ -97,8 +97,8 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 #
 # CIFAR and MNIST download into `--data-root` on first use; ImageNet-1k is read from an ImageFolder tree
 # (`train/`, `val/`) there. Several GPUs or nodes: the same command under
-# `torchrun --nproc_per_node=8 "$(which stablesam-train)" ...` (each replica perturbs with its own gradient, as SAM
-# does). A killed run continues exactly with `--resume`. The whole grid of a table, as command lines for a
+# `torchrun --nproc_per_node=8 "$(which stablesam-train)" ...` (`--ascent global`, the default, is Algorithm 1 on
+# the global batch; `--ascent local` perturbs each replica with its own gradient; `--fsdp` shards the model). A killed run continues exactly with `--resume`. The whole grid of a table, as command lines for a
 # job scheduler: `stablesam-train --sweep table2` (Table 3: `table3`, Table 4: `table4`), and
 # `stablesam-results runs/table2` builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell)
 # as Markdown and CSV with the training curves. The figures: `stablesam-stability` (Figures 5-7) and the
@@ -120,6 +120,25 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
 # | all figures | one label, colour and marker per optimizer; axis labels for every recorded quantity | [style](10_style.ipynb) | CPU |
+
+# %% [markdown]
+# ## What was run, on what data, at what size
+#
+# Every number on these pages that is read as evidence comes from a committed record in `results/`
+# (records, the config with its command line and wall time, a summary), produced on a 2-core CPU. Generated
+# images appear only in tests and in the quick cells that check the code path; they are labelled so.
+#
+# | figure / table | run here | data | size | what remains for a GPU |
+# |---|---|---|---|---|
+# | Figure 4 | full size | the paper's 2-D function | 10,000 starts x 1,000 steps, 3 radii | nothing |
+# | Section 4 audit | full audit (200 instances) | closed-form quadratics | as in the notebook | nothing |
+# | Figures 5-7, FCN panel | yes, all three settings | real MNIST | first 10,000 training images, full test set, 60 epochs, 3 seeds | all 60,000 images (the paper's size) |
+# | Figures 5-7, conv-net panel | LeNet on MNIST as a stand-in, Figure 5 only | real MNIST | 3,000 training images, 60 epochs, 3 seeds | LeNet on CIFAR-10 (not available offline), all three settings |
+# | "robust with large learning rates" on networks | learning-rate sweep 0.01-3.16 | real MNIST | FCN and LeNet, 10,000 images, 3 epochs, 3 seeds | CIFAR models |
+# | Table 4's question (label noise) | 20/40/60/80% noise, paper and held-out protocols | real MNIST | FCN, 10,000 + 2,000 validation images, 15 epochs, 3 seeds | CIFAR-10 with ResNets, Table 4's size |
+# | Figures 1-3 | norm ratio, alignment, loss along $e_1$ | real MNIST | FCN, 10,000 images, 20 epochs, SAM at 4 radii, 3 seeds | ResNet-18 / ResNet-20 on CIFAR |
+# | main job (`stablesam-reproduce --quick`) | SGD / SAM / StableSAM with 40% label noise | scikit-learn's real 8x8 digits | 1,297 / 500 images, 20 epochs, 5 seeds | the full job on MNIST |
+# | Tables 2-3 | code path only (generated CIFAR / ImageFolder files in tests) | - | - | everything |
 
 # %% [markdown]
 # ## Contributing
