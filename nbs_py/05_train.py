@@ -44,6 +44,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ from tqdm.auto import tqdm
 
 from stablesam.data import DATASETS, EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs
 from stablesam.models import MODELS, get_model
-from stablesam.optim import BASES, OPTIMIZERS, first_pass_no_sync, freeze_bn_stats, is_sam, make_optimizer
+from stablesam.optim import BASES, OPTIMIZERS, first_pass_no_sync, freeze_bn_stats, global_norm, is_sam, make_optimizer
 
 # %% [markdown]
 # ## Configuration
@@ -69,6 +70,7 @@ from stablesam.optim import BASES, OPTIMIZERS, first_pass_no_sync, freeze_bn_sta
 #| export
 AMP_MODES = ('none', 'bf16', 'fp16')
 SCHEDULES = ('cosine', 'constant')
+NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
 
 @dataclass
 class TrainConfig:
@@ -103,6 +105,8 @@ class TrainConfig:
     download: bool = True
     progress: bool = True
     in_memory: bool = True
+    checkpoint_every: float = 600.0
+    on_nonfinite: str = 'stop'
 
     def to_dict(self):
         """All settings as a JSON-ready dict."""
@@ -119,7 +123,7 @@ class TrainConfig:
     def validate(self):
         """Raise a ValueError naming the first invalid setting."""
         for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
-                             ('schedule', SCHEDULES), ('amp', AMP_MODES)):
+                             ('schedule', SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
         for key in ('rho', 'lr', 'momentum', 'weight_decay'):
@@ -134,6 +138,9 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1: raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")
         if not 0 <= self.label_noise <= 1: raise ValueError(f"Invalid label_noise: {self.label_noise} (must be in [0, 1])")
         if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
+        v = self.checkpoint_every
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
         return self
 
     def resolved(self):
@@ -206,55 +213,119 @@ def _autocast(device, amp):
 
 # %%
 #| export
-CHECKPOINT = 'checkpoint.pt'
+CHECKPOINT, PREVIOUS = 'checkpoint.pt', 'checkpoint.prev.pt'  # the latest checkpoint and the one before it
 EVAL_BATCH = 1024  # evaluation batch of in-memory datasets (no autograd, so large batches are cheap)
 _FORMAT = 'stablesam-checkpoint'
 # settings that may differ between a run and its resumption (they do not change the results)
-_RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory')
+_RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory', 'checkpoint_every',
+              'on_nonfinite')
 
 def _atomic_write(path, write):
-    """Call `write(tmp_path)` then rename the temporary file onto `path`."""
+    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path`."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
         write(tmp)
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())  # a machine that stops right after the rename keeps the file
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
 
-def save_checkpoint(path, state):
-    """Save `state` to `path` atomically."""
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+def save_checkpoint(path, state, previous=None):
+    """Save `state` to `path` atomically once it reads back; with `previous`, the checkpoint it replaces is kept there."""
+    path = Path(path)
+    def write(tmp):
+        torch.save(state, tmp)
+        _read(tmp)  # read back: a file that does not load never replaces a good checkpoint
+        if previous is not None and path.exists(): os.replace(path, previous)
+    _atomic_write(path, write)
+
+def _settings_diff(saved, cfg):
+    """How `cfg` differs from the settings `saved` in a checkpoint, in the ways that forbid resuming (empty if none)."""
+    now = cfg.to_dict()
+    diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now
+            if k not in _RESUMABLE + ('epochs',) and saved.get(k) != now[k]]
+    if saved.get('epochs') != now['epochs']:
+        if now['schedule'] != 'constant':
+            diff.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} now (the {now['schedule']} "
+                        "schedule would change: its learning rate at every step depends on the number of epochs)")
+        elif now['epochs'] < saved.get('epochs', 0):
+            diff.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} now (a run is extended, never shortened)")
+    return diff
+
+def _read(path):
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); any failure is a RuntimeError naming the file."""
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise RuntimeError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
 
 def load_checkpoint(path, cfg=None):
     """Read a checkpoint safely (`weights_only=True`); if `cfg` is given, check it was written by the same run settings."""
     path = Path(path)
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RuntimeError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    state = _read(path)
     if not isinstance(state, dict) or state.get('format') != _FORMAT:
         raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
-    if cfg is not None:
-        saved, now = state['config'], cfg.to_dict()
-        diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now
-                if k not in _RESUMABLE and saved.get(k) != now[k]]
-        if diff: raise ValueError(f"Checkpoint {path} was written by a run with other settings: " + '; '.join(diff))
+    diff = _settings_diff(state['config'], cfg) if cfg is not None else []
+    if diff: raise ValueError(f"Checkpoint {path} was written by a run with other settings: " + '; '.join(diff))
     return state
 
+def latest_checkpoint(run_dir, cfg=None):
+    """`(state, path)` of the newest checkpoint in `run_dir` that loads (`(None, None)` if there is none)."""
+    latest, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    if not (latest.exists() or previous.exists()): return None, None
+    try: return load_checkpoint(latest, cfg), latest
+    except RuntimeError as e:
+        if not previous.exists(): raise
+        warnings.warn(f"The latest checkpoint {latest} does not load ({e}); resuming from the previous one, {previous}")
+        return load_checkpoint(previous, cfg), previous
+
+def _why(x): return 'nan' if x != x else ('inf' if x > 0 else '-inf')
+
+def _strict(obj, path, bad):
+    if isinstance(obj, float) and not math.isfinite(obj): bad[path] = _why(obj); return None
+    if isinstance(obj, dict): return {k: _strict(v, f'{path}.{k}' if path else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [_strict(v, f'{path}[{i}]', bad) for i, v in enumerate(obj)]
+    return obj
+
+def strict_json(obj):
+    """`obj` with every NaN or infinity replaced by None, and a dict's `nonfinite` field naming each ('nan', 'inf', '-inf')."""
+    bad = {}
+    out = _strict(obj, '', bad)
+    if bad and isinstance(out, dict): out['nonfinite'] = dict(out.get('nonfinite') or {}, **bad)
+    return out
+
+def _dumps(obj, **kw): return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
 def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + '\n'))
+    """Write `obj` as indented strict JSON (no NaN or Infinity tokens: see `strict_json`), atomically."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(_dumps(obj, indent=2) + '\n'))
 
 def append_jsonl(path, record):
-    """Append `record` as one JSON line to `path` (a long run that stops keeps what it wrote)."""
-    with open(path, 'a') as f: f.write(json.dumps(record) + '\n')
+    """Append `record` as one strict JSON line to `path` (a long run that stops keeps what it wrote)."""
+    with open(path, 'a') as f: f.write(_dumps(record) + '\n')
 
 def write_jsonl(path, records):
-    """Write `records` as a JSON-lines file, atomically (replaces what was there)."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in records)))
+    """Write `records` as a strict JSON-lines file, atomically (replaces what was there)."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(_dumps(r) + '\n' for r in records)))
 
-def read_jsonl(path):
-    """The JSON objects of a JSON-lines file, one per non-empty line."""
-    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
+def read_json(path):
+    """The object in a JSON file; a damaged file is a ValueError naming it, the line and the column."""
+    try: return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
+
+def read_jsonl(path, torn_tail=False):
+    """The JSON objects of a JSON-lines file, one per non-empty line; a damaged line is a ValueError naming the file and line.
+
+    With `torn_tail`, a last line cut short (no newline: a writer killed while appending) is dropped with a warning."""
+    with open(path) as f: lines = f.readlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if torn_tail and n == len(lines) and not line.endswith('\n'):
+                warnings.warn(f"Dropped the last line of {path} (line {n}), cut short by a writer that stopped"); break
+            raise ValueError(f"Damaged {path}, line {n}: {e.msg} (column {e.colno}) in {line.strip()[:60]!r}") from e
+    return out
 
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts)."""
@@ -280,7 +351,6 @@ test_fail(lambda: load_checkpoint(tmp / 'c.pt', TrainConfig(lr=0.2)), contains="
 test_fail(lambda: load_checkpoint(tmp / 'bad.pt'), contains=f'Cannot read checkpoint {tmp}/bad.pt')
 test_eq(sorted(p.name for p in tmp.iterdir()), ['bad.pt', 'c.pt'])  # no temporary file left
 
-
 # %% [markdown]
 # ## The trainer
 #
@@ -299,6 +369,23 @@ test_eq(sorted(p.name for p in tmp.iterdir()), ['bad.pt', 'c.pt'])  # no tempora
 # epoch's wall time and throughput, and for the SAM family the mean of $\|g\|/\|g^{asc}\|$
 # (`norm_ratio`) and, for the Stable variants, the mean renormalization factor actually applied
 # (`renorm_factor`). Everything is summed on the device and read once per epoch.
+
+# %%
+#| export
+DIVERGED = 'diverged.json'  # written into the run folder by a run that stopped on a non-finite loss or gradient
+
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient stopped the run (`stablesam-train` exits with status 3)."""
+    def __init__(self, epoch, step, position, lr, checkpoint):
+        self.epoch, self.step, self.position, self.lr, self.checkpoint = epoch, step, position, lr, str(checkpoint)
+        super().__init__(f"non-finite loss or gradient at epoch {epoch}, step {step} (batch {position} of the epoch), "
+                         f"lr {lr:g}: training stopped. Last good checkpoint: {checkpoint} (kept; --resume continues "
+                         f"from it, --on-nonfinite skip skips such steps)")
+    def record(self):
+        """The divergence as a JSON-ready dict (what a sweep records as the run's outcome)."""
+        return dict(outcome='diverged', epoch=self.epoch, step=self.step, batch=self.position, lr=self.lr,
+                    checkpoint=self.checkpoint, message=str(self))
+
 
 # %%
 #| export
@@ -331,9 +418,11 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data.train), cfg.seed, self.rank, self.world_size)
         self.loader_kwargs = loader_kwargs(self.device, cfg.workers)
         self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=cfg.batch_size // self.world_size,
-                                       sampler=self.sampler, **self.loader_kwargs)
+                                       sampler=self.sampler, generator=torch.Generator(), **self.loader_kwargs)
         self.train_tensors = self._to_device(decode(self.data.train)) if self.in_memory(train=True) else None
         self.epoch, self.step, self.history, self._eval_loaders = 0, 0, [], {}
+        self.position, self._sums = 0, None     # batches done in the current epoch and its running sums (mid-epoch)
+        self._pending, self._saved_at, self.checkpoint_path = None, time.perf_counter(), None
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.out = Path(cfg.out) if cfg.out and self.rank == 0 else None
 
@@ -358,28 +447,61 @@ class Trainer:
     def _backward(self, loss):
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
+    def _finite(self, loss):
+        """A device bool: `loss` and the gradients are finite (with a GradScaler the gradients are its to check and skip)."""
+        ok = torch.isfinite(loss.detach())
+        if self.scaler is None:
+            ok = ok & torch.isfinite(global_norm([p.grad for p in self.model.parameters() if p.grad is not None], self.device))
+        if self.cfg.on_nonfinite == 'skip' and self.world_size > 1:  # every process skips the same steps
+            ok = ok.to(torch.int32); dist.all_reduce(ok, op=dist.ReduceOp.MIN); ok = ok.bool()
+        return ok
+
+    def _skip(self):
+        """Drop a non-finite step's gradients (the weights are as before it; the schedule moves on)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
     def train_step(self, x, y):
-        """One optimizer step on batch (x, y); returns the first pass's outputs and loss (device tensors)."""
-        opt, net, amp = self.optimizer, self.net, self.cfg.amp
-        for g in opt.param_groups: g['lr'] = self.lr_at(self.step)
+        """One optimizer step on batch (x, y); returns the first pass's outputs and loss (device tensors), or None if skipped."""
+        self.check_finite()
+        opt, net, amp, skip = self.optimizer, self.net, self.cfg.amp, self.cfg.on_nonfinite == 'skip'
+        lr = self.lr_at(self.step)
+        for g in opt.param_groups: g['lr'] = lr
         opt.zero_grad(set_to_none=True)
         if self.sam:
             with first_pass_no_sync(net):
                 with _autocast(self.device, amp): out = net(x); loss = self._loss(out, y)
                 self._backward(loss)
+            ok = self._finite(loss)
+            if skip and not ok: return self._skip()   # skip mode: one host sync per pass
             opt.first_step(zero_grad=True, grad_scaler=self.scaler)
             with freeze_bn_stats(self.model) if self.cfg.bn_first_pass else nullcontext():
                 with _autocast(self.device, amp): loss2 = self._loss(net(x), y)
                 self._backward(loss2)
+            ok = ok & self._finite(loss2)
+            if skip and not ok: opt.unperturb(); return self._skip()
             opt.second_step(zero_grad=True, grad_scaler=self.scaler)
         else:
             with _autocast(self.device, amp): out = net(x); loss = self._loss(out, y)
             self._backward(loss)
+            ok = self._finite(loss)
+            if skip and not ok: return self._skip()
             if self.scaler is not None: self.scaler.step(opt)
             else: opt.step()
         if self.scaler is not None: self.scaler.update()
+        self._pending = ok, self.epoch + 1, self.position + 1, self.step + 1, lr  # checked at the next step: no host sync here
         self.step += 1
         return out.detach(), loss.detach()
+
+    def check_finite(self):
+        """Raise `Diverged` if the last step had a non-finite loss or gradient (stop mode checks one step late, without a sync of its own)."""
+        if self._pending is None: return
+        (ok, epoch, position, step, lr), self._pending = self._pending, None
+        if self.world_size > 1:
+            ok = ok.to(torch.int32); dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if not bool(ok):
+            where = self.checkpoint_path or ('none: no run folder (out)' if self.cfg.out is None else 'none written yet')
+            raise Diverged(epoch, step, position, lr, where)
 
     def in_memory(self, train=False):
         """Whether batches come from tensors decoded once: datasets that fit in memory, items without random augmentation."""
@@ -390,14 +512,18 @@ class Trainer:
     def _to_device(self, tensors):
         return tuple(t.to(self.device) for t in tensors)
 
-    def batches(self):
-        """This epoch's training batches on the device, in `EpochSampler` order (slices of the in-memory tensors, or the DataLoader's)."""
+    def batches(self, start=0):
+        """This epoch's training batches from batch `start` on, on the device, in `EpochSampler` order (in-memory slices or the DataLoader's)."""
+        size = self.train_loader.batch_size
         if self.train_tensors is None:
-            nb = self.loader_kwargs['pin_memory']
-            for x, y in self.train_loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+            nb, loader = self.loader_kwargs['pin_memory'], self.train_loader
+            if start:  # resumed mid-epoch: a loader over the rest of the epoch's keys (augmentation is seeded per key)
+                loader = DataLoader(loader.dataset, batch_size=size, sampler=list(self.sampler)[start * size:],
+                                    generator=torch.Generator(), **dict(self.loader_kwargs, persistent_workers=False))
+            for x, y in loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
             return
-        (x, y), order, size = self.train_tensors, self.sampler.order().to(self.device), self.train_loader.batch_size
-        for idx in order.split(size): yield x[idx], y[idx]
+        (x, y), order = self.train_tensors, self.sampler.order().to(self.device)
+        for idx in order.split(size)[start:]: yield x[idx], y[idx]
 
     def _reduce(self, *tensors):
         """Sum device tensors over processes and return them as Python floats (one host sync)."""
@@ -405,37 +531,55 @@ class Trainer:
         if self.world_size > 1: dist.all_reduce(t)
         return t.tolist()
 
+    def _new_sums(self):
+        """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
+        zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
+        return dict(loss=zero(), correct=zero(), count=zero(), factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0)
+
+    def _checkpoint_due(self):
+        """Whether `checkpoint_every` seconds have passed since the last checkpoint (one process only: epoch ends under DDP)."""
+        every = self.cfg.checkpoint_every
+        return self.out is not None and self.world_size == 1 and every > 0 and time.perf_counter() - self._saved_at >= every
+
     def train_epoch(self):
-        """Train one epoch; returns its training metrics (loss, accuracy, lr, time, throughput, SAM statistics)."""
+        """Train the (rest of the) epoch; returns its training metrics (loss, accuracy, lr, time, throughput, SAM statistics)."""
         self.net.train()
         self.sampler.set_epoch(self.epoch)
-        zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_sum, correct, count, factor_sum, ratio_sum, nsteps = zero(), zero(), zero(), zero(), zero(), 0
-        bar = tqdm(total=len(self.train_loader), desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
+        if self._sums is None: self._sums = self._new_sums()
+        sums, n = self._sums, len(self.train_loader)
+        bar = tqdm(total=n, initial=self.position, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}', leave=False,
                    disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
-        t0 = last = time.perf_counter()
-        for x, y in self.batches():
-            out, loss = self.train_step(x, y)
-            loss_sum += loss.double() * len(y); correct += (out.argmax(1) == y).sum(); count += len(y); nsteps += 1
-            if self.sam:
-                stats = self.optimizer.last_stats
-                factor_sum += stats['renorm_factor'].double(); ratio_sum += stats['norm_ratio'].double()
+        t0 = last = time.perf_counter(); before = sums['time']
+        for x, y in self.batches(self.position):
+            res = self.train_step(x, y)
+            self.position += 1
+            if res is None: sums['skipped'] += 1
+            else:
+                out, loss = res
+                sums['loss'] += loss.double() * len(y); sums['correct'] += (out.argmax(1) == y).sum(); sums['count'] += len(y)
+                sums['steps'] += 1
+                if self.sam:
+                    stats = self.optimizer.last_stats
+                    sums['factor'] += stats['renorm_factor'].double(); sums['ratio'] += stats['norm_ratio'].double()
             for cb in self.callbacks:
                 if hasattr(cb, 'after_step'): cb.after_step(self)
+            sums['time'] = before + time.perf_counter() - t0
+            if self.position < n and self._checkpoint_due(): self._save()
             bar.update()
             if not bar.disable and time.perf_counter() - last > 1:  # at most one host sync a second
-                last = time.perf_counter()
-                bar.set_postfix(loss=f'{loss_sum.item() / count.item():.3f}', acc=f'{correct.item() / count.item():.3f}',
-                                img_s=f'{count.item() * self.world_size / (last - t0):.0f}')
+                last, c = time.perf_counter(), max(sums['count'].item(), 1)
+                bar.set_postfix(loss=f"{sums['loss'].item() / c:.3f}", acc=f"{sums['correct'].item() / c:.3f}",
+                                img_s=f"{c * self.world_size / max(sums['time'], 1e-9):.0f}")
+        self.check_finite()
         bar.close()
-        elapsed = time.perf_counter() - t0
-        self.epoch += 1
-        loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(loss_sum, correct, count, factor_sum, ratio_sum)
-        m = dict(train_loss=loss_sum / max(count, 1), train_acc=correct / max(count, 1),
-                 lr=self.optimizer.param_groups[0]['lr'], time=elapsed, images_per_s=count / max(elapsed, 1e-9))
+        self.epoch, self.position, self._sums = self.epoch + 1, 0, None
+        loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(*(sums[k] for k in ('loss', 'correct', 'count', 'factor', 'ratio')))
+        m = dict(train_loss=loss_sum / count if count else None, train_acc=correct / count if count else None,
+                 lr=self.optimizer.param_groups[0]['lr'], time=sums['time'], images_per_s=count / max(sums['time'], 1e-9))
         if self.sam:
-            m['norm_ratio'] = ratio_sum / self.world_size / max(nsteps, 1)
-            if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(nsteps, 1)
+            m['norm_ratio'] = ratio_sum / self.world_size / max(sums['steps'], 1)
+            if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(sums['steps'], 1)
+        if self.cfg.on_nonfinite == 'skip': m['skipped_steps'] = sums['skipped']
         return m
 
     @torch.no_grad()
@@ -459,13 +603,15 @@ class Trainer:
         return dict(loss=loss_sum / max(count, 1), acc=correct / max(count, 1))
 
     def state(self):
-        """Everything `--resume` needs, as a checkpoint dict."""
+        """Everything `--resume` needs, as a checkpoint dict; within an epoch also its position, running sums and the RNG states."""
+        sums = None if self._sums is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._sums.items()}
+        rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
         return dict(format=_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step, history=self.history,
-                    model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict() if self.scaler is not None else None)
+                    position=self.position, sums=sums, rng=rng, model=self.model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None)
 
     def load_state(self, state, path='checkpoint'):
-        """Continue from a checkpoint dict (see `state`)."""
+        """Continue from a checkpoint dict (see `state`), at an epoch's end or within it."""
         try:
             self.model.load_state_dict(state['model'])
             self.optimizer.load_state_dict(state['optimizer'])
@@ -473,45 +619,68 @@ class Trainer:
             raise RuntimeError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
         if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.step, self.history = state['epoch'], state['step'], list(state['history'])
+        self.position, sums = state.get('position', 0), state.get('sums')
+        self._sums = None if sums is None else {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in sums.items()}
+        rng = state.get('rng')
+        if rng is not None:
+            torch.set_rng_state(rng['torch'])
+            if rng['cuda'] and torch.cuda.is_available() and len(rng['cuda']) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng['cuda'])
 
     def _start_run(self):
-        """Create or check the run folder; resume from its checkpoint if asked."""
-        ckpt = Path(self.cfg.out) / CHECKPOINT if self.cfg.out else None
-        if ckpt is not None and ckpt.exists():
+        """Create or check the run folder; resume from its newest checkpoint that loads if asked."""
+        run = Path(self.cfg.out) if self.cfg.out else None
+        if run is not None and ((run / CHECKPOINT).exists() or (run / PREVIOUS).exists()):
             if not self.cfg.resume:
                 raise FileExistsError(f"Run folder {self.cfg.out} already holds a run: pass resume=True (--resume) to continue it, or choose another out")
-            self.load_state(load_checkpoint(ckpt, self.cfg), ckpt)
-        elif ckpt is not None and self.rank == 0 and (ckpt.parent / 'metrics.jsonl').exists() and not self.cfg.resume:
+            state, self.checkpoint_path = latest_checkpoint(run, self.cfg)
+            self.load_state(state, self.checkpoint_path)
+        elif run is not None and self.rank == 0 and (run / 'metrics.jsonl').exists() and not self.cfg.resume:
             raise FileExistsError(f"Run folder {self.cfg.out} already holds metrics.jsonl: choose another out")
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
+            for f in self.out.glob('.*.tmp*'): f.unlink()  # left by a process killed while writing
+            (self.out / DIVERGED).unlink(missing_ok=True)
             dev = torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else platform.processor() or 'cpu'
             write_json(self.out / 'config.json', dict(self.cfg.to_dict(), versions=_versions(), device_used=str(self.device),
                                                       device_name=dev, world_size=self.world_size, command=sys.argv))
+            if self.checkpoint_path is not None: write_jsonl(self.out / 'metrics.jsonl', self.history)  # as the checkpoint resumed from
+        self._saved_at = time.perf_counter()
 
     def _save(self):
+        """Write the checkpoint (the one it replaces kept as the previous) and, at an epoch's end, metrics.jsonl."""
+        self.check_finite()  # a state after a non-finite step is never saved
         if self.out is None: return
-        save_checkpoint(self.out / CHECKPOINT, self.state())
-        write_jsonl(self.out / 'metrics.jsonl', self.history)
+        save_checkpoint(self.out / CHECKPOINT, self.state(), previous=self.out / PREVIOUS)
+        self.checkpoint_path, self._saved_at = self.out / CHECKPOINT, time.perf_counter()
+        if self.position == 0: write_jsonl(self.out / 'metrics.jsonl', self.history)
 
     def fit(self):
         """Train the remaining epochs, evaluating after each and writing the run folder; returns the per-epoch metrics."""
         self._start_run()
         for cb in self.callbacks:
             if hasattr(cb, 'before_fit'): cb.before_fit(self)
-        while self.epoch < self.cfg.epochs:
-            m = self.train_epoch()
-            test = self.evaluate(self.data.test)
-            metrics = dict(epoch=self.epoch, train_loss=m.pop('train_loss'), train_acc=m.pop('train_acc'),
-                           test_loss=test['loss'], test_acc=test['acc'], **m)
-            for cb in self.callbacks:
-                if hasattr(cb, 'after_epoch'): cb.after_epoch(self, metrics)
-            self.history.append(metrics)
-            self._save()
-            if self.rank == 0 and self.cfg.progress:
-                tqdm.write(f"epoch {self.epoch}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f} | "
-                           f"test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} | {metrics['images_per_s']:.0f} img/s")
+        try:
+            while self.epoch < self.cfg.epochs: self._fit_epoch()
+        except Diverged as e:
+            if self.out is not None: write_json(self.out / DIVERGED, e.record())
+            raise
         return self.history
+
+    def _fit_epoch(self):
+        """Train (the rest of) one epoch, evaluate, record and checkpoint it."""
+        m = self.train_epoch()
+        test = self.evaluate(self.data.test)
+        metrics = dict(epoch=self.epoch, train_loss=m.pop('train_loss'), train_acc=m.pop('train_acc'),
+                       test_loss=test['loss'], test_acc=test['acc'], **m)
+        for cb in self.callbacks:
+            if hasattr(cb, 'after_epoch'): cb.after_epoch(self, metrics)
+        self.history.append(metrics)
+        self._save()
+        if self.rank == 0 and self.cfg.progress:
+            fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
+            tqdm.write(f"epoch {self.epoch}: train loss {fmt(metrics['train_loss'])} acc {fmt(metrics['train_acc'])} | "
+                       f"test loss {fmt(metrics['test_loss'])} acc {fmt(metrics['test_acc'])} | {metrics['images_per_s']:.0f} img/s")
 
 
 # %% [markdown]
@@ -715,6 +884,10 @@ _HELP = dict(
     device="device: auto, cpu, cuda, cuda:N",
     download="download missing MNIST/CIFAR data (--no-download: fail with a message instead)",
     progress="show a progress bar and per-epoch lines (--no-progress for logs)",
+    in_memory="decode MNIST/CIFAR once into tensors and batch by index slicing (--no-in-memory: the DataLoader path)",
+    checkpoint_every="seconds between checkpoints within an epoch (0: at epoch ends only); a killed run loses at most that",
+    on_nonfinite="a non-finite loss or gradient: stop (exit status 3, the last good checkpoint kept) or skip the step "
+                 "(counted in the epoch's skipped_steps; with --amp fp16 the GradScaler skips non-finite gradients itself)",
 )
 
 def build_parser():
@@ -747,7 +920,7 @@ def config_from_args(args):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     saved = Path(given['out']) / 'config.json' if given.get('out') and given.get('resume') else None
     if saved is not None and saved.exists():
-        d = json.loads(saved.read_text())
+        d = read_json(saved)
         base = {f.name: d[f.name] for f in dataclasses.fields(TrainConfig) if f.name in d}
         return TrainConfig.from_dict({**base, **given})
     return preset_config(args.preset, **given)
@@ -763,6 +936,9 @@ def main(argv=None):
         cfg = config_from_args(args)
         trainer = Trainer(cfg)
         history = trainer.fit()
+    except Diverged as e:
+        print(f'stablesam-train: diverged: {e}', file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         if int(os.environ.get('WORLD_SIZE', '1')) > 1: raise
         print(f'stablesam-train: error: {e}', file=sys.stderr)
