@@ -256,7 +256,12 @@ def _settings_diff(saved, cfg):
 def _read(path):
     """`torch.load` with `weights_only=True` (a checkpoint never runs code); any failure is a RuntimeError naming the file."""
     try: return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RuntimeError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        size = f'{Path(path).stat().st_size} bytes' if Path(path).exists() else 'missing'
+        why = (str(e).splitlines() or [''])[0]
+        if 'Weights only load failed' in why:
+            why = 'not a file of plain tensors (damaged, or holding objects whose loading could run code: never loaded)'
+        raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
 
 def load_checkpoint(path, cfg=None):
     """Read a checkpoint safely (`weights_only=True`); if `cfg` is given, check it was written by the same run settings."""
@@ -377,14 +382,15 @@ DIVERGED = 'diverged.json'  # written into the run folder by a run that stopped 
 class Diverged(RuntimeError):
     """A non-finite loss or gradient stopped the run (`stablesam-train` exits with status 3)."""
     def __init__(self, epoch, step, position, lr, checkpoint):
-        self.epoch, self.step, self.position, self.lr, self.checkpoint = epoch, step, position, lr, str(checkpoint)
+        self.epoch, self.step, self.position, self.lr, self.checkpoint = epoch, step, position, lr, checkpoint
+        then = (f"Last good checkpoint: {checkpoint} (kept; --resume continues from it, with --on-nonfinite skip to skip "
+                "such steps)" if isinstance(checkpoint, Path) else f"No checkpoint to resume from ({checkpoint})")
         super().__init__(f"non-finite loss or gradient at epoch {epoch}, step {step} (batch {position} of the epoch), "
-                         f"lr {lr:g}: training stopped. Last good checkpoint: {checkpoint} (kept; --resume continues "
-                         f"from it, --on-nonfinite skip skips such steps)")
+                         f"lr {lr:g}: training stopped. {then}")
     def record(self):
         """The divergence as a JSON-ready dict (what a sweep records as the run's outcome)."""
         return dict(outcome='diverged', epoch=self.epoch, step=self.step, batch=self.position, lr=self.lr,
-                    checkpoint=self.checkpoint, message=str(self))
+                    checkpoint=str(self.checkpoint) if isinstance(self.checkpoint, Path) else None, message=str(self))
 
 
 # %%
@@ -478,8 +484,9 @@ class Trainer:
             with freeze_bn_stats(self.model) if self.cfg.bn_first_pass else nullcontext():
                 with _autocast(self.device, amp): loss2 = self._loss(net(x), y)
                 self._backward(loss2)
-            ok = ok & self._finite(loss2)
-            if skip and not ok: opt.unperturb(); return self._skip()
+            if self.scaler is None:  # with a scaler, a non-finite ascent (from overflowing gradients) is its to skip
+                ok = ok & self._finite(loss2)
+                if skip and not ok: opt.unperturb(); return self._skip()
             opt.second_step(zero_grad=True, grad_scaler=self.scaler)
         else:
             with _autocast(self.device, amp): out = net(x); loss = self._loss(out, y)
@@ -500,7 +507,7 @@ class Trainer:
         if self.world_size > 1:
             ok = ok.to(torch.int32); dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if not bool(ok):
-            where = self.checkpoint_path or ('none: no run folder (out)' if self.cfg.out is None else 'none written yet')
+            where = self.checkpoint_path or ('no run folder: out is not set' if self.cfg.out is None else 'none written yet')
             raise Diverged(epoch, step, position, lr, where)
 
     def in_memory(self, train=False):

@@ -167,3 +167,181 @@ def test_chaos_train(fake_root, tmp_path):
     assert not list((tmp_path / 'chaos').glob('.*.tmp*'))
     report('stablesam-train' + (' (real MNIST)' if real else ' (generated MNIST)'), rows, lost='0 epochs; parameters and '
            'optimizer state bit-identical to the uninterrupted run')
+
+
+# ---- mid-epoch checkpoints and the two slots, in process ----
+
+@pytest.fixture(scope='module')
+def cifar_root(tmp_path_factory):
+    from stablesam.data import write_fake_cifar
+    return write_fake_cifar(tmp_path_factory.mktemp('cifar'), n_train=64, n_test=32)
+
+
+class KillAt:
+    """A callback that stops training (as a kill would) after batch `position` of epoch `epoch` (1-based)."""
+    def __init__(self, epoch, position): self.epoch, self.position = epoch, position
+    def after_step(self, trainer):
+        if trainer.epoch + 1 == self.epoch and trainer.position == self.position: raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('kind', ['in-memory', 'dataloader-augment-batchnorm', 'fp16-gradscaler'])
+def test_mid_epoch_resume_is_exact(fake_root, cifar_root, tmp_path, kind):
+    """Stopped within an epoch, after a checkpoint at every step, and resumed: parameters, optimizer state (momentum,
+    GradScaler) and every metric equal the uninterrupted run's."""
+    kw = dict(dataset='mnist', data_root=str(fake_root), model='fcn', optimizer='stablesam', epochs=2, batch_size=64,
+              train_subset=256, test_subset=64, progress=False, checkpoint_every=1e-9)
+    if kind == 'dataloader-augment-batchnorm':
+        kw.update(dataset='cifar10', data_root=str(cifar_root), model='resnet20', optimizer='sam', batch_size=16,
+                  train_subset=48, test_subset=16)
+    if kind == 'fp16-gradscaler': kw.update(optimizer='sgd', amp='fp16', lr=0.05)
+    straight = Trainer(TrainConfig(**kw, out=str(tmp_path / 'straight')))
+    want = straight.fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(**kw, out=str(tmp_path / 'r')), callbacks=[KillAt(2, 2)]).fit()
+    state = torch.load(tmp_path / 'r' / 'checkpoint.pt', weights_only=True)
+    assert (state['epoch'], state['position']) == (1, 1) and state['sums']['steps'] == 1  # mid-epoch, with its sums
+    resumed = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True))
+    assert comparable(resumed.fit()) == comparable(want)
+    assert _same_state(tmp_path / 'r' / 'checkpoint.pt', tmp_path / 'straight' / 'checkpoint.pt')
+    if straight.scaler is not None: assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(fake_root, tmp_path):
+    kw = dict(dataset='mnist', data_root=str(fake_root), model='fcn', optimizer='stablesam', epochs=2, batch_size=64,
+              progress=False)
+    want = Trainer(TrainConfig(**kw)).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), checkpoint_every=1e-9), callbacks=[KillAt(2, 3)]).fit()
+    latest, previous = tmp_path / 'r' / 'checkpoint.pt', tmp_path / 'r' / PREVIOUS
+    assert torch.load(previous, weights_only=True)['step'] == torch.load(latest, weights_only=True)['step'] - 1
+    latest.write_bytes(b'\0' * 100)
+    with pytest.warns(UserWarning, match=f'(?s)The latest checkpoint {latest} does not load .*resuming from the previous one, '
+                                         f'{previous}'):
+        got = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
+    assert comparable(got) == comparable(want)
+    for f in (latest, previous): f.write_bytes(b'garbage')
+    with pytest.warns(UserWarning, match='does not load'), pytest.raises(RuntimeError, match=f'Cannot read checkpoint {previous}'):
+        Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
+
+
+def test_checkpoint_every_zero_writes_at_epoch_ends_only(fake_root, tmp_path):
+    saves = []
+    class Count:
+        def after_step(self, trainer): saves.append(trainer.checkpoint_path)
+    Trainer(TrainConfig(dataset='mnist', data_root=str(fake_root), model='fcn', epochs=2, batch_size=64, progress=False,
+                        checkpoint_every=0, out=str(tmp_path / 'r')), callbacks=[Count()]).fit()
+    assert len(saves) == 16 and set(saves[:8]) == {None} and set(saves[8:]) == {tmp_path / 'r' / 'checkpoint.pt'}
+    assert torch.load(tmp_path / 'r' / 'checkpoint.pt', weights_only=True)['position'] == 0
+    with pytest.raises(ValueError, match='Invalid checkpoint_every: -1'):
+        TrainConfig(checkpoint_every=-1).validate()
+
+
+# ---- divergence ----
+
+DIVERGE = ['--dataset', 'mnist', '--model', 'fcn', '--optimizer', 'stablesam', '--lr', '100', '--epochs', '2',
+           '--no-progress', '--device', 'cpu', '--no-download']
+
+
+def test_divergence_stops_with_status_3_and_keeps_last_good_checkpoint(fake_root, tmp_path, capsys):
+    out = tmp_path / 'r'
+    assert train_main([*DIVERGE, '--data-root', str(fake_root), '--out', str(out), '--checkpoint-every', '1e-9']) == 3
+    err = capsys.readouterr().err
+    d = read_json(out / 'diverged.json')
+    assert d['outcome'] == 'diverged' and d['checkpoint'] == str(out / 'checkpoint.pt')
+    assert (f"non-finite loss or gradient at epoch {d['epoch']}, step {d['step']} (batch {d['batch']} of the epoch), "
+            f"lr {d['lr']:g}: training stopped. Last good checkpoint: {out / 'checkpoint.pt'} (kept") in err
+    good = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert good['step'] == d['step'] - 1  # the step before the non-finite one
+    assert all(torch.isfinite(t).all() for t in good['model'].values())
+    assert not (tmp_path / 'no_out').exists()
+    assert train_main([*DIVERGE, '--data-root', str(fake_root), '--checkpoint-every', '0']) == 3
+    assert 'No checkpoint to resume from (no run folder: out is not set)' in capsys.readouterr().err
+
+
+def test_on_nonfinite_skip_finishes_and_counts(fake_root, tmp_path):
+    out = tmp_path / 'r'
+    assert train_main([*DIVERGE, '--data-root', str(fake_root), '--out', str(out), '--on-nonfinite', 'skip']) == 0
+    ms = read_metrics(out)
+    assert len(ms) == 2 and sum(m['skipped_steps'] for m in ms) > 0
+    text = (out / 'metrics.jsonl').read_text()
+    assert 'NaN' not in text and 'Infinity' not in text
+    state = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state['model'].values())  # skipped steps never reach the weights
+    # a diverged run resumed with skip continues from its last good checkpoint
+    assert train_main([*DIVERGE, '--data-root', str(fake_root), '--out', str(tmp_path / 's')]) == 3
+    assert train_main([*DIVERGE, '--data-root', str(fake_root), '--out', str(tmp_path / 's'), '--resume',
+                       '--on-nonfinite', 'skip']) == 0
+    assert not (tmp_path / 's' / 'diverged.json').exists() and len(read_metrics(tmp_path / 's')) == 2
+
+
+def test_gradscaler_skips_on_its_own(fake_root):
+    """With fp16 the GradScaler skips steps with non-finite gradients (and lowers its scale); the run is not stopped."""
+    t = Trainer(TrainConfig(dataset='mnist', data_root=str(fake_root), model='fcn', optimizer='stablesam', amp='fp16',
+                            epochs=1, batch_size=64, progress=False))
+    t.scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 60)  # overflows the fp16 gradients at first
+    assert len(t.fit()) == 1 and t.scaler.get_scale() < 2.0 ** 60
+
+
+# ---- strict JSON and damaged run files ----
+
+def _strict_load(text):
+    def refuse(token): raise AssertionError(f'non-standard JSON token {token}')
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_writers_write_strict_json(tmp_path):
+    rec = dict(epoch=1, train_loss=float('nan'), test_loss=float('inf'), curve=[1.0, -float('inf')], sub=dict(x=float('nan')))
+    write_json(tmp_path / 'a.json', rec)
+    write_jsonl(tmp_path / 'b.jsonl', [rec, dict(epoch=2, train_loss=0.5)])
+    from stablesam.train import append_jsonl
+    append_jsonl(tmp_path / 'b.jsonl', rec)
+    want = dict(epoch=1, train_loss=None, test_loss=None, curve=[1.0, None], sub=dict(x=None),
+                nonfinite={'train_loss': 'nan', 'test_loss': 'inf', 'curve[1]': '-inf', 'sub.x': 'nan'})
+    assert _strict_load((tmp_path / 'a.json').read_text()) == want == read_json(tmp_path / 'a.json')
+    assert [_strict_load(l) for l in (tmp_path / 'b.jsonl').read_text().splitlines()] == [want, dict(epoch=2, train_loss=0.5), want]
+    assert read_jsonl(tmp_path / 'b.jsonl')[2] == want
+    assert strict_json(dict(a=1.0)) == dict(a=1.0)
+
+
+def test_damaged_config_json_is_named_with_line(fake_root, tmp_path, capsys):
+    args = ['--dataset', 'mnist', '--data-root', str(fake_root), '--model', 'fcn', '--epochs', '1', '--no-progress',
+            '--out', str(tmp_path / 'r')]
+    assert train_main(args) == 0
+    cfg = tmp_path / 'r' / 'config.json'
+    lines = cfg.read_text().splitlines()
+    cfg.write_text('\n'.join(lines[:3] + ['  "lr": 0.1,,'] + lines[3:]))
+    assert train_main(['--out', str(tmp_path / 'r'), '--resume']) == 2
+    assert f"Damaged {cfg}: Expecting property name enclosed in double quotes at line 4, column" in capsys.readouterr().err
+
+
+def test_damaged_metrics_jsonl_is_named_with_line(fake_root, tmp_path):
+    from stablesam.results import load_runs
+    assert train_main(['--dataset', 'mnist', '--data-root', str(fake_root), '--model', 'fcn', '--epochs', '2',
+                       '--no-progress', '--out', str(tmp_path / 'runs' / 'r')]) == 0
+    m = tmp_path / 'runs' / 'r' / 'metrics.jsonl'
+    first, second = m.read_text().splitlines()
+    m.write_text(first + '\n' + second[:40] + '\n')
+    for read in (lambda: read_metrics(m.parent), lambda: load_runs(tmp_path / 'runs')):
+        with pytest.raises(ValueError, match=f"Damaged {m}, line 2: "):
+            read()
+    m.write_text(first + '\n' + second[:40])  # cut short by a writer that was killed: dropped where asked
+    with pytest.warns(UserWarning, match='Dropped the last line'):
+        assert read_jsonl(m, torn_tail=True) == [json.loads(first)]
+
+
+# ---- extending a run ----
+
+def test_extend_constant_schedule_refuse_cosine(fake_root, tmp_path, capsys):
+    base = ['--dataset', 'mnist', '--data-root', str(fake_root), '--model', 'fcn', '--optimizer', 'stablesam',
+            '--no-progress', '--batch-size', '64']
+    assert train_main([*base, '--schedule', 'constant', '--epochs', '3', '--out', str(tmp_path / 'three')]) == 0
+    assert train_main([*base, '--schedule', 'constant', '--epochs', '2', '--out', str(tmp_path / 'ext')]) == 0
+    assert train_main(['--out', str(tmp_path / 'ext'), '--resume', '--epochs', '3', '--no-progress']) == 0
+    assert comparable(read_metrics(tmp_path / 'ext')) == comparable(read_metrics(tmp_path / 'three'))
+    assert read_json(tmp_path / 'ext' / 'config.json')['epochs'] == 3
+    assert train_main(['--out', str(tmp_path / 'ext'), '--resume', '--epochs', '2', '--no-progress']) == 2
+    assert 'a run is extended, never shortened' in capsys.readouterr().err
+    assert train_main([*base, '--schedule', 'cosine', '--epochs', '1', '--out', str(tmp_path / 'cos')]) == 0
+    assert train_main(['--out', str(tmp_path / 'cos'), '--resume', '--epochs', '2', '--no-progress']) == 2
+    assert ('epochs: 1 in the checkpoint, 2 now (the cosine schedule would change: its learning rate at every step '
+            'depends on the number of epochs)') in capsys.readouterr().err
