@@ -750,6 +750,82 @@ test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, rho=-1., lr=0.1), conta
 test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, gamma0=1.5, lr=0.1), contains='Invalid gamma0: 1.5')
 test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.1), contains="Invalid renorm_norm: 'l1'")
 
+# %% [markdown]
+# ## One training step
+#
+# `sam_step` is the step of the recipes above written once: the first pass (kept local under DDP), `first_step`,
+# the second pass on the same batch with the BatchNorm statistics left as the first pass set them, `second_step`,
+# each loss scaled by a `GradScaler` when one is given and both forwards under `torch.autocast` when an
+# `autocast_dtype` is given. Any other optimizer gets the plain step (one pass), so a training loop calls one
+# function for every optimizer. It returns the first pass's outputs and loss, detached, for the loop's metrics.
+# A `guard(loss, pass_number)`, called after each backward pass, may refuse the step (a training loop that
+# skips non-finite steps): the gradients are dropped, the weights restored, and `sam_step` returns None.
+
+# %%
+#| export
+from contextlib import nullcontext
+
+def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True, guard=None):
+    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`, or None if `guard` refused it."
+    cast = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
+    backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
+    opt.zero_grad(set_to_none=True)
+    if is_sam(opt):
+        with first_pass_no_sync(model):
+            with cast(): out = model(x); loss = loss_fn(out, y)
+            backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
+        opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
+        with freeze_bn_stats(model) if bn_first_pass else nullcontext():
+            with cast(): second = loss_fn(model(x), y)
+            backward(second)
+        if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)
+        opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
+    else:
+        with cast(): out = model(x); loss = loss_fn(out, y)
+        backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
+        if grad_scaler is not None: grad_scaler.step(opt)
+        else: opt.step()
+    if grad_scaler is not None: grad_scaler.update()
+    return out.detach(), loss.detach()
+
+
+# %% [markdown]
+# It is exactly the two-pass step written out by hand, for a SAM variant and for the base optimizer alone:
+
+# %%
+import copy
+
+
+# %%
+def hand_step(opt, net, x, y):
+    "The step written out, as in the README."
+    F = torch.nn.functional
+    if not is_sam(opt): F.cross_entropy(net(x), y).backward(); opt.step(); opt.zero_grad(); return
+    F.cross_entropy(net(x), y).backward(); opt.first_step(zero_grad=True)
+    with freeze_bn_stats(net): F.cross_entropy(net(x), y).backward()
+    opt.second_step(zero_grad=True)
+
+x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+for name in ('sgd', 'stablesam'):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))]
+    nets.append(copy.deepcopy(nets[0]))
+    opts = [make_optimizer(name, n.parameters(), lr=0.1, momentum=0.9) for n in nets]
+    for _ in range(3):
+        out, loss = sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y)
+        hand_step(opts[1], nets[1], x, y)
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()): test_eq(a, b)
+    test_eq((out.shape, loss.requires_grad), ((32, 2), False))
+out, loss = sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, grad_scaler=torch.amp.GradScaler('cpu'),
+                     autocast_dtype=torch.bfloat16)
+test_eq(out.dtype, torch.bfloat16)
+before = [p.detach().clone() for p in nets[0].parameters()]
+for refuse in (1, 2):  # a refused step leaves the weights (and the momentum) as they were
+    test_eq(sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, guard=lambda loss, n: n != refuse), None)
+    for a, b in zip(before, nets[0].parameters()): test_eq(a, b.detach())
+
 
 # %% [markdown]
 # ## The renormalization factor on a toy run

@@ -10,7 +10,7 @@
 # Tables 2-4 report, for every model and optimizer, "the mean and the standard deviation of the best
 # accuracy on the test set" over three seeds, after sweeping the perturbation radius $\rho$ (Table 2)
 # or fixing it (Tables 3, 4). This module computes those tables from run folders alone (each holds a
-# `config.json` and a `metrics.jsonl`, see `stablesam.train`), so runs made on GPUs elsewhere can be
+# `config.json` and a `metrics.jsonl`, see `stablesam.runs`), so runs made on GPUs elsewhere can be
 # copied back and tabulated here. For each cell, the runs are grouped by $\rho$; the $\rho$ whose
 # mean best accuracy over seeds is highest is chosen, as the paper tuned $\rho$ per cell, and the cell
 # shows that $\rho$'s mean $\pm$ standard deviation (sample standard deviation, $n-1$; 0 for one seed).
@@ -37,7 +37,7 @@ import math
 import sys
 from pathlib import Path
 
-from stablesam.train import read_json, read_metrics
+from stablesam.runs import CONFIG, read_run
 
 # %%
 #| export
@@ -55,9 +55,8 @@ def load_runs(runs_dir):
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): raise FileNotFoundError(f"No runs folder {runs_dir}")
     runs = []
-    for cfg_path in sorted(runs_dir.rglob('config.json')):
-        try: cfg, metrics = read_json(cfg_path), read_metrics(cfg_path.parent)  # a damaged file: a ValueError naming it and the line
-        except OSError as e: raise ValueError(f"Unreadable run folder {cfg_path.parent}: {e}") from e
+    for cfg_path in sorted(runs_dir.rglob(CONFIG)):
+        cfg, metrics = read_run(cfg_path.parent)
         if not metrics: continue
         accs = [m['test_acc'] for m in metrics if m.get('test_acc') is not None and not math.isnan(m['test_acc'])]
         runs.append(dict(path=str(cfg_path.parent), config=cfg, metrics=metrics, epochs_done=len(metrics),
@@ -296,7 +295,7 @@ fig = plot_curves(runs, 'test_acc'); plt.show(); plt.close(fig)
 # %% [markdown]
 # ## The paper's tables
 #
-# After the full runs of `stablesam.train.sweep('table2')` (and `table3`, `table4`) finish under
+# After the full runs of `stablesam.cli.table_runs('table2')` (and `table3`, `table4`) finish under
 # `runs/`, the tables are one call away (skipped by the tests: it needs those runs):
 
 # %%

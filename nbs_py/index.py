@@ -108,8 +108,8 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
 # | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN), GPU |
 # | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb) | GPU (quick on CPU) |
-# | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [train](05_train.ipynb) | GPU |
-# | Section 5.4, Table 4 | label noise | [train](05_train.ipynb) | GPU |
+# | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
+# | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
 
 # %% [markdown]

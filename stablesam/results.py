@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from .train import read_json, read_metrics
+from .runs import CONFIG, read_run
 
 # %% ../nbs/08_results.ipynb #12679150
 OPT_ORDER = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
@@ -32,9 +32,8 @@ def load_runs(runs_dir):
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): raise FileNotFoundError(f"No runs folder {runs_dir}")
     runs = []
-    for cfg_path in sorted(runs_dir.rglob('config.json')):
-        try: cfg, metrics = read_json(cfg_path), read_metrics(cfg_path.parent)  # a damaged file: a ValueError naming it and the line
-        except OSError as e: raise ValueError(f"Unreadable run folder {cfg_path.parent}: {e}") from e
+    for cfg_path in sorted(runs_dir.rglob(CONFIG)):
+        cfg, metrics = read_run(cfg_path.parent)
         if not metrics: continue
         accs = [m['test_acc'] for m in metrics if m.get('test_acc') is not None and not math.isnan(m['test_acc'])]
         runs.append(dict(path=str(cfg_path.parent), config=cfg, metrics=metrics, epochs_done=len(metrics),

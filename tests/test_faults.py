@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stablesam.cli import main as train_main
 from stablesam.data import write_fake_mnist
-from stablesam.train import (PREVIOUS, Trainer, TrainConfig, comparable, read_json, read_jsonl, read_metrics,
-                             strict_json, write_json, write_jsonl)
-from stablesam.train import main as train_main
+from stablesam.runs import (PREVIOUS, append_jsonl, read_json, read_jsonl, read_metrics, strict_json, write_json,
+                            write_jsonl)
+from stablesam.train import Trainer, TrainConfig, comparable
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'  # ../shared/data from the project root
@@ -93,26 +94,44 @@ KILLS = {'start-up': 'SIGKILL during start-up (data loading, model set-up)',
          'metrics': 'metrics.jsonl cut in the middle of a line'}
 
 
+def _file_fault(out, todo):
+    """Apply the first fault of `todo` that the run folder allows now (a truncated latest checkpoint needs a previous
+    one, a cut metrics.jsonl needs a finished epoch); returns its name or None."""
+    latest, metrics = out / 'checkpoint.pt', out / 'metrics.jsonl'
+    for kind in todo:
+        if kind == 'corrupt' and latest.exists() and (out / PREVIOUS).exists():
+            latest.write_bytes(latest.read_bytes()[:latest.stat().st_size // 2])
+        elif kind == 'metrics' and metrics.exists() and metrics.stat().st_size:
+            metrics.write_bytes(metrics.read_bytes()[:-7])
+        else: continue
+        todo.remove(kind)
+        return kind
+
+
+def _progress(out):
+    """(epoch, batch) of the newest checkpoint in `out` that loads, None if there is none."""
+    for name in ('checkpoint.pt', PREVIOUS):
+        try: state = torch.load(out / name, weights_only=True)
+        except Exception: continue
+        return state.get('epoch', 0), state.get('position', 0)
+
+
 def chaos(main, argv, out, tmp, *, kills=6, seed=0):
     """Apply the faults to the run `argv` in `out` (resuming after each), then finish it; returns the per-fault rows."""
-    rows = []
-    for kind, delay, nth in _faults(seed, kills):
-        mark = 'ready' if kind == 'start-up' else f'save{nth}'
+    rows, todo = [], ['corrupt', 'metrics']
+    for kind, delay, nth in _faults(seed, kills) + [(None, 0, 0)]:  # the last run is not killed
+        damaged = _file_fault(out, todo)
+        if damaged is not None:
+            rows.append(dict(fault=damaged, tried=True))
+            if kind == 'start-up': kind, nth = 'training', 1  # killed only once it has resumed from the damaged folder
+        mark = None if kind is None else 'ready' if kind == 'start-up' else f'save{nth}'
         status, err, hit = _run(main, argv, tmp, kill_on=mark, delay=delay, slow_save=0.3 if kind == 'write' else 0.0)
         assert status == 'killed' or status == 0, err[-2000:]
-        rows.append(dict(fault=kind, tried=hit and status == 'killed'))
-    latest = out / 'checkpoint.pt'
-    if latest.exists() and (out / PREVIOUS).exists():
-        latest.write_bytes(latest.read_bytes()[:latest.stat().st_size // 2])
-        rows.append(dict(fault='corrupt', tried=True))
-    if (out / 'metrics.jsonl').stat().st_size:
-        (out / 'metrics.jsonl').write_bytes((out / 'metrics.jsonl').read_bytes()[:-7])
-        rows.append(dict(fault='metrics', tried=True))
-    status, err, _ = _run(main, argv, tmp)
+        if damaged == 'corrupt':  # the warning names both files
+            assert f"The latest checkpoint {out / 'checkpoint.pt'} does not load" in err and str(out / PREVIOUS) in err, err[-2000:]
+        if kind is not None: rows.append(dict(fault=kind, tried=hit and status == 'killed', saved=_progress(out)))
     assert status == 0, err[-2000:]
-    print(rows)
-    if any(r['fault'] == 'corrupt' for r in rows):  # the warning names both files
-        assert f'The latest checkpoint {latest} does not load' in err and str(out / PREVIOUS) in err, err[-2000:]
+    assert not todo, f'faults not tried: {todo} (the run is too short): {rows}'
     return rows
 
 
@@ -152,7 +171,7 @@ def test_chaos_train(fake_root, tmp_path):
     real = (REAL_MNIST / 'MNIST' / 'raw' / 'train-images-idx3-ubyte').exists()
     root = REAL_MNIST if real else fake_root  # real MNIST where ../shared/data has it, else generated files
     argv = ['--dataset', 'mnist', '--data-root', str(root), '--model', 'fcn', '--optimizer', 'stablesam',
-            '--train-subset', '512', '--test-subset', '256', '--batch-size', '16', '--epochs', '4', '--lr', '0.05',
+            '--train-subset', '512', '--test-subset', '256', '--batch-size', '32', '--epochs', '5', '--lr', '0.05',
             '--schedule', 'cosine', '--label-smoothing', '0', '--no-download', '--no-progress', '--device', 'cpu',
             '--checkpoint-every', '0.05', '--resume']
     status, err, _ = _run(train_main, argv + ['--out', str(tmp_path / 'straight')], tmp_path)
@@ -161,7 +180,7 @@ def test_chaos_train(fake_root, tmp_path):
     assert sum(r['tried'] for r in rows if r['fault'] in ('start-up', 'training', 'write')) >= 5
     assert any(r['tried'] for r in rows if r['fault'] == 'write')
     got, want = read_metrics(tmp_path / 'chaos'), read_metrics(tmp_path / 'straight')
-    assert [m['epoch'] for m in got] == [1, 2, 3, 4]
+    assert [m['epoch'] for m in got] == [1, 2, 3, 4, 5]
     assert comparable(got) == comparable(want)
     assert _same_state(tmp_path / 'chaos' / 'checkpoint.pt', tmp_path / 'straight' / 'checkpoint.pt')
     assert not list((tmp_path / 'chaos').glob('.*.tmp*'))
@@ -248,7 +267,7 @@ def test_divergence_stops_with_status_3_and_keeps_last_good_checkpoint(fake_root
     err = capsys.readouterr().err
     d = read_json(out / 'diverged.json')
     assert d['outcome'] == 'diverged' and d['checkpoint'] == str(out / 'checkpoint.pt')
-    assert (f"non-finite loss or gradient at epoch {d['epoch']}, step {d['step']} (batch {d['batch']} of the epoch), "
+    assert (f"non-finite loss, gradient or weights at epoch {d['epoch']}, step {d['step']} (batch {d['batch']} of the epoch), "
             f"lr {d['lr']:g}: training stopped. Last good checkpoint: {out / 'checkpoint.pt'} (kept") in err
     good = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert good['step'] == d['step'] - 1  # the step before the non-finite one
@@ -293,7 +312,6 @@ def test_writers_write_strict_json(tmp_path):
     rec = dict(epoch=1, train_loss=float('nan'), test_loss=float('inf'), curve=[1.0, -float('inf')], sub=dict(x=float('nan')))
     write_json(tmp_path / 'a.json', rec)
     write_jsonl(tmp_path / 'b.jsonl', [rec, dict(epoch=2, train_loss=0.5)])
-    from stablesam.train import append_jsonl
     append_jsonl(tmp_path / 'b.jsonl', rec)
     want = dict(epoch=1, train_loss=None, test_loss=None, curve=[1.0, None], sub=dict(x=None),
                 nonfinite={'train_loss': 'nan', 'test_loss': 'inf', 'curve[1]': '-inf', 'sub.x': 'nan'})
@@ -324,9 +342,10 @@ def test_damaged_metrics_jsonl_is_named_with_line(fake_root, tmp_path):
     for read in (lambda: read_metrics(m.parent), lambda: load_runs(tmp_path / 'runs')):
         with pytest.raises(ValueError, match=f"Damaged {m}, line 2: "):
             read()
-    m.write_text(first + '\n' + second[:40])  # cut short by a writer that was killed: dropped where asked
-    with pytest.warns(UserWarning, match='Dropped the last line'):
-        assert read_jsonl(m, torn_tail=True) == [json.loads(first)]
+    m.write_text(first + '\n' + second[:40])  # cut short by a writer that was killed: left out where asked
+    assert read_jsonl(m, torn_tail=True) == read_metrics(m.parent) == [json.loads(first)]
+    with pytest.raises(ValueError, match=f"Damaged {m}, line 2: "):
+        read_jsonl(m)
 
 
 # ---- extending a run ----

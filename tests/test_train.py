@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from stablesam.data import write_fake_cifar, write_fake_mnist
-from stablesam.train import (Trainer, TrainConfig, comparable, load_checkpoint, main, read_metrics, save_checkpoint,
-                             sweep)
+from stablesam.cli import main, table_runs
+from stablesam.runs import load_checkpoint, read_metrics, save_checkpoint
+from stablesam.train import Trainer, TrainConfig, comparable
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
@@ -31,7 +32,7 @@ def root(tmp_path_factory):
 
 
 def cli(*args, check=True, timeout=300):
-    p = subprocess.run([sys.executable, '-c', 'import sys; from stablesam.train import main; sys.exit(main())', *map(str, args)],
+    p = subprocess.run([sys.executable, '-c', 'import sys; from stablesam.cli import main; sys.exit(main())', *map(str, args)],
                        capture_output=True, text=True, env=ENV, timeout=timeout)
     if check: assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -79,14 +80,14 @@ def test_sweep_prints_commands(capsys):
     assert main(['--sweep', 'table4', '--seeds', '0', '--out', 'R']) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 * 2 * 2 and all(l.startswith('stablesam-train --preset label-noise') for l in out)
-    assert len(sweep('table2', seeds=(0,))) == 2 * 5 * 21
+    assert len(table_runs('table2', seeds=(0,))) == 2 * 5 * 21
 
 
 def test_resume_after_kill_matches_uninterrupted(root, tmp_path):
     """SIGKILL a CLI run after its first checkpoint, resume it: the metrics equal an uninterrupted run's."""
     args = [*MNIST, '--data-root', root, '--optimizer', 'sam', '--epochs', '3', '--schedule', 'cosine']
     assert main([*map(str, args), '--out', str(tmp_path / 'full')]) == 0
-    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from stablesam.train import main; sys.exit(main())',
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from stablesam.cli import main; sys.exit(main())',
                              *map(str, args), '--out', str(tmp_path / 'part')], env=ENV)
     ckpt = tmp_path / 'part' / 'checkpoint.pt'
     t0 = time.time()
@@ -115,7 +116,7 @@ def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path):
 def test_loader_workers_do_not_change_results(root):
     """Persistent worker processes draw the same augmentation as the main process (seeded per example)."""
     kw = dict(dataset='cifar10', data_root=str(root), model='lenet', optimizer='sgd', epochs=2, batch_size=32,
-              train_subset=64, test_subset=32, progress=False)
+              train_subset=64, test_subset=32, progress=False, in_memory=False)
     assert comparable(Trainer(TrainConfig(**kw, workers=0)).fit()) == comparable(Trainer(TrainConfig(**kw, workers=2)).fit())
 
 

@@ -1,0 +1,212 @@
+# %%
+#| default_exp config
+
+# %% [markdown]
+# # config
+#
+# > Every setting of a training run (`TrainConfig`) and the paper's recipes of Tables 2-4 as presets
+
+# %% [markdown]
+# A training run is described completely by a `TrainConfig`: it is recorded in the run's `config.json`,
+# checked against the checkpoint on resume, and built from the command line by `stablesam-train`.
+# Section 5.3 trains on CIFAR-10/100 with SGD (momentum 0.9), a cosine learning-rate decay, label
+# smoothing 0.1, batch 128 for 200 epochs, sweeping only $\rho$; on ImageNet-1k for 90 (ResNets, SGD)
+# or 300 (ViT-S/32, AdamW) epochs; Section 5.4 repeats the CIFAR-10 recipe with noisy labels.
+
+# %%
+#| hide
+from fastcore.test import *
+
+# %%
+#| export
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from stablesam.data import DATASETS
+from stablesam.models import MODELS
+from stablesam.optim import BASES, OPTIMIZERS
+
+# %% [markdown]
+# ## Configuration
+#
+# `quick=True` keeps every setting but trains one epoch on a small seeded subset (256 training and 256
+# test examples, batch at most 64): the same code path, smaller. `RESUMABLE` names the settings that
+# may differ between a run and its resumption (where the run lives, how it is computed and how often it is
+# checkpointed, not what). `on_nonfinite` is among them: a run that stopped on a non-finite loss may be
+# resumed with `'skip'`.
+
+# %%
+#| export
+AMP_MODES = ('none', 'bf16', 'fp16')
+LR_SCHEDULES = ('cosine', 'constant')
+NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory', 'checkpoint_every',
+             'on_nonfinite')
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (defaults: the CIFAR recipe of Table 2 with plain SGD)."""
+    dataset: str = 'cifar10'
+    data_root: str = 'data'
+    model: str = 'resnet20'
+    optimizer: str = 'sgd'
+    base: str = 'sgd'
+    rho: float = 0.05
+    lr: float = 0.1
+    momentum: float = 0.9
+    epochs: int = 200
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    label_noise: float = 0.0
+    schedule: str = 'cosine'
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    amp: str = 'none'
+    quick: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = True
+    bn_first_pass: bool = True
+    gamma0: float | None = None
+    renorm_norm: str = 'plain'
+    workers: int | None = None
+    device: str = 'auto'
+    download: bool = True
+    progress: bool = True
+    in_memory: bool = True
+    checkpoint_every: float = 600.0
+    on_nonfinite: str = 'stop'
+
+    def to_dict(self):
+        """All settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """A config from `to_dict()` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown: raise ValueError(f"Unknown TrainConfig settings: {unknown}")
+        return cls(**d)
+
+    def resolved(self):
+        """This config with `quick` applied (one epoch on 256 examples, batch at most 64)."""
+        if not self.quick: return self
+        sub = lambda n: 256 if n is None else min(n, 256)
+        return dataclasses.replace(self, epochs=1, train_subset=sub(self.train_subset), test_subset=sub(self.test_subset),
+                                   batch_size=min(self.batch_size, 64))
+
+
+# %% [markdown]
+# `validate` raises a `ValueError` that names the first invalid setting and, for a name, the choices.
+
+# %%
+#| export
+def _validate(self):
+    """Raise a ValueError naming the first invalid setting; returns the config."""
+    for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
+                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE)):
+        if getattr(self, key) not in choices:
+            raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
+    for key in ('rho', 'lr', 'momentum', 'weight_decay'):
+        v = getattr(self, key)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"Invalid {key}: {v}")
+    for key in ('epochs', 'batch_size'):
+        v = getattr(self, key)
+        if not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v} (a positive integer)")
+    for key in ('train_subset', 'test_subset'):
+        v = getattr(self, key)
+        if v is not None and not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v}")
+    if not 0 <= self.label_smoothing < 1: raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")
+    if not 0 <= self.label_noise <= 1: raise ValueError(f"Invalid label_noise: {self.label_noise} (must be in [0, 1])")
+    if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
+    v = self.checkpoint_every
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
+    return self
+
+TrainConfig.validate = _validate
+
+# %%
+cfg = TrainConfig(optimizer='stablesam', quick=True)
+test_eq(TrainConfig.from_dict(cfg.to_dict()), cfg)
+test_eq((cfg.resolved().epochs, cfg.resolved().train_subset, cfg.resolved().batch_size), (1, 256, 64))
+test_fail(lambda: TrainConfig(model='resnet21').validate(), contains="Unknown model: 'resnet21' (choose from fcn")
+test_fail(lambda: TrainConfig(lr=float('nan')).validate(), contains='Invalid lr: nan')
+test_fail(lambda: TrainConfig(batch_size=0).validate(), contains='Invalid batch_size: 0')
+test_fail(lambda: TrainConfig.from_dict({'rh0': 1}), contains="['rh0']")
+test_fail(lambda: TrainConfig(on_nonfinite='ignore').validate(), contains="Unknown on_nonfinite: 'ignore' (choose from stop, skip)")
+
+
+# %% [markdown]
+# A run may be resumed with more epochs under the constant schedule (the steps done are the steps the
+# longer run does); under the cosine schedule the learning rate of every step depends on the number of
+# epochs, so a longer run would be another run, and is refused with that reason.
+
+# %%
+#| export
+def epochs_change(saved_epochs, cfg):
+    """Why a run checkpointed with `saved_epochs` epochs cannot resume as `cfg` (None where it can: the same, or more at a constant lr)."""
+    if saved_epochs == cfg.epochs: return None
+    if cfg.schedule != 'constant':
+        return (f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (the {cfg.schedule} schedule would change: "
+                "its learning rate at every step depends on the number of epochs)")
+    if cfg.epochs < saved_epochs:
+        return f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (a run is extended, never shortened)"
+    return None
+
+
+# %%
+test_eq(epochs_change(2, TrainConfig(epochs=3, schedule='constant')), None)
+assert 'the cosine schedule would change' in epochs_change(2, TrainConfig(epochs=3))
+assert 'never shortened' in epochs_change(3, TrainConfig(epochs=2, schedule='constant'))
+
+# %% [markdown]
+# ## The paper's recipes
+#
+# `PRESETS` holds the hyperparameters of Tables 2-4. A preset supplies defaults; settings given
+# explicitly win. Where the paper fixes $\rho$ per optimizer family (Table 3, Table 4), the preset's
+# `rho` maps the family (`sam`: SAM, StableSAM, USAM, StableUSAM; `asam`: ASAM, StableASAM) to its
+# value; Table 2 swept $\rho$ (see `table_runs` in [cli](05a_cli.ipynb)), so the `cifar` preset's $\rho$
+# is only the default when none is given.
+
+# %%
+#| export
+PRESETS = {
+    'cifar': dict(help='Table 2: CIFAR-10/100, 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 cosine, '
+                       'weight decay 5e-4, label smoothing 0.1 (rho swept: default 0.05 SAM / 0.5 ASAM)',
+                  dataset='cifar10', model='resnet20', base='sgd', epochs=200, batch_size=128, lr=0.1, momentum=0.9,
+                  weight_decay=5e-4, label_smoothing=0.1, schedule='cosine', rho=dict(sam=0.05, asam=0.5)),
+    'imagenet': dict(help='Table 3, ResNets: ImageNet-1k, 90 epochs, batch 256, SGD momentum 0.9, lr 0.1 cosine, '
+                          'weight decay 1e-4, rho 0.05 (SAM) / 1.0 (ASAM)',
+                     dataset='imagenet', model='resnet50', base='sgd', epochs=90, batch_size=256, lr=0.1, momentum=0.9,
+                     weight_decay=1e-4, label_smoothing=0.0, schedule='cosine', rho=dict(sam=0.05, asam=1.0)),
+    'imagenet-vit': dict(help='Table 3, ViT-S/32: ImageNet-1k, 300 epochs, batch 256, AdamW lr 3e-4 cosine, '
+                              'weight decay 0.3, rho 0.2 (SAM) / 2.0 (ASAM)',
+                         dataset='imagenet', model='vit_s32', base='adamw', epochs=300, batch_size=256, lr=3e-4,
+                         weight_decay=0.3, label_smoothing=0.0, schedule='cosine', rho=dict(sam=0.2, asam=2.0)),
+    'label-noise': dict(help='Table 4: CIFAR-10 with 20/40/60/80%% random labels (--label-noise), the Table 2 recipe, '
+                             'rho 0.05', dataset='cifar10', model='resnet56', base='sgd', epochs=200, batch_size=128,
+                        lr=0.1, momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, schedule='cosine',
+                        label_noise=0.2, rho=dict(sam=0.05, asam=0.05)),
+}
+
+def preset_config(preset, **settings):
+    """A TrainConfig with `preset`'s hyperparameters (one of `PRESETS`, or None) overridden by `settings`."""
+    if preset is None: return TrainConfig(**settings)
+    if preset not in PRESETS: raise ValueError(f"Unknown preset: {preset!r} (choose from {', '.join(PRESETS)})")
+    p = {k: v for k, v in PRESETS[preset].items() if k != 'help'}
+    family = 'asam' if 'asam' in settings.get('optimizer', 'sgd') else 'sam'
+    p['rho'] = p['rho'][family]
+    return TrainConfig(**{**p, **settings})
+
+
+# %%
+c = preset_config('imagenet-vit', optimizer='stableasam')
+test_eq((c.base, c.lr, c.weight_decay, c.epochs, c.rho, c.batch_size), ('adamw', 3e-4, 0.3, 300, 2.0, 256))
+test_eq(preset_config('cifar', optimizer='stablesam', rho=0.2).rho, 0.2)
+test_eq(preset_config('label-noise', label_noise=0.8, model='wrn28_10').label_noise, 0.8)
+test_fail(lambda: preset_config('cifar10'), contains="Unknown preset: 'cifar10'")
