@@ -32,7 +32,7 @@ def main():
                           epochs=1, progress=False, device='cpu')
         t = Trainer(cfg)
         t.net.train()
-        x, y = next(iter(t.train_loader))
+        x, y = next(t.batches())  # the first batch of epoch 0, augmented as in training
         trainers[opt] = (t, x, y)
         t.train_step(x, y)  # warm-up
     seconds = {k: 0.0 for k in trainers}

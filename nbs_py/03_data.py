@@ -22,6 +22,7 @@ from pathlib import Path
 
 # %%
 #| export
+import copy
 import gzip
 import os
 import pickle
@@ -586,3 +587,151 @@ test_eq(m[5][0], d.train[5][0]); test_eq(m.targets, d.train.targets)
 sub = LabelledView(m, [3, 1, 4])
 test_eq(decode(sub)[0], torch.stack([d.train[i][0] for i in (3, 1, 4)]))
 test_eq(decode(LabelledView(m.base, torch.tensor([2, 0]), targets=torch.tensor([7, 7])))[1], torch.tensor([7, 7]))
+
+# %% [markdown]
+# ## Batched augmentation
+#
+# The CIFAR augmentation (random crop 32 of the image padded by 4 pixels, horizontal flip with probability
+# 1/2) also runs on a whole batch of decoded tensors at once, on the training device. Each item's crop
+# offsets and flip are a function of (seed, epoch, index) alone: a 32-bit hash of the index keyed by the
+# seed and the epoch, with no generator state. So the draws are reproducible, the same for an item whatever
+# batch it lands in (and whatever the number of processes), and resuming a run at any epoch draws what
+# the uninterrupted run drew. The padding is applied to the normalised image with the value that a
+# black pixel takes after normalisation, so a crop is exactly torchvision's crop of the padded image.
+
+# %%
+#| exporti
+_M32 = 0xFFFFFFFF
+
+def _mul32(x, m):
+    """`x * m mod 2**32` for an int64 tensor `x` in [0, 2**32) and a 32-bit constant `m`, without int64 overflow."""
+    return ((x * (m >> 16)) % 65536 * 65536 + x * (m & 0xFFFF)) & _M32
+
+def _hash32(x):
+    """A 32-bit integer hash (lowbias32: a bijection of [0, 2**32)) of each element of an int64 tensor."""
+    x = x ^ (x >> 16); x = _mul32(x, 0x7feb352d)
+    x = x ^ (x >> 15); x = _mul32(x, 0x846ca68b)
+    return x ^ (x >> 16)
+
+
+# %%
+#| export
+class CropFlip:
+    """Batched random crop (`padding` pixels of `fill` on each side) and horizontal flip, drawn per (seed, epoch, index)."""
+    def __init__(self, padding=4, flip=True, fill=0.0):
+        self.padding, self.flip, self.fill = int(padding), bool(flip), torch.as_tensor(fill, dtype=torch.float32)
+
+    def draws(self, indices, seed, epoch):
+        """`(dy, dx, flip)` of items `indices` at `epoch`: crop offsets in [0, 2*padding] and flip flags."""
+        key = _mix(seed, epoch)
+        u = _hash32(_mul32(indices.long() & _M32, 0x9E3779B9) ^ key)
+        u = _hash32(u ^ _mix(key, 1))
+        k = 2 * self.padding + 1
+        flip = (u // (k * k)) % 2 == 1 if self.flip else torch.zeros_like(u, dtype=torch.bool)
+        return u % k, (u // k) % k, flip
+
+    def apply(self, x, dy, dx, flip):
+        """The crops of `x` (N, C, H, W), padded, at offsets `(dy, dx)`, flipped where `flip`."""
+        n, c, h, w = x.shape
+        p = self.padding
+        padded = self.fill.to(x).reshape(-1, 1, 1).expand(c, h + 2 * p, w + 2 * p).repeat(n, 1, 1, 1)
+        padded[:, :, p:p + h, p:p + w] = x
+        rows = dy[:, None] + torch.arange(h, device=x.device)
+        cols = dx[:, None] + torch.arange(w, device=x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        i, j = torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[i, j, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def to(self, device):
+        """Keep the fill value on `device` (where the batches are); returns self."""
+        self.fill = self.fill.to(device)
+        return self
+
+    def __call__(self, x, indices, seed, epoch):
+        """Augment the batch `x` of items `indices` (their positions in the training set) at `epoch`."""
+        return self.apply(x, *self.draws(indices, seed, epoch))
+
+
+# %% [markdown]
+# A crop is exactly torchvision's, pixel for pixel, for the same offsets; the draws depend on the index,
+# not on the batch; another epoch or seed draws anew.
+
+# %%
+import torchvision.transforms.functional as TF
+
+# %%
+d = get_datasets('cifar10', tmp, augment=False)
+raw = _CIFAR10(tmp, train=True)
+norm = T.Normalize(*_STATS['cifar10'])
+aug = CropFlip(4, fill=norm(torch.zeros(3, 1, 1)))
+idx = torch.tensor([5, 17, 2, 40, 8, 99])
+x = decode(d.train)[0][idx]
+dy, dx, flip = aug.draws(idx, seed=0, epoch=3)
+for k, i in enumerate(idx.tolist()):
+    img = TF.crop(TF.pad(raw[i][0], 4), int(dy[k]), int(dx[k]), 32, 32)
+    test_eq(aug.apply(x[k:k + 1], dy[k:k + 1], dx[k:k + 1], flip[k:k + 1])[0], norm(TF.to_tensor(TF.hflip(img) if flip[k] else img)))
+test_eq(aug(x, idx, 0, 3)[2], aug(x[2:3], idx[2:3], 0, 3)[0])        # independent of the batch
+test_eq([t.tolist() for t in aug.draws(idx, 0, 3)], [t.tolist() for t in (dy, dx, flip)])
+assert not torch.equal(aug.draws(idx, 0, 4)[0], dy) and not torch.equal(aug.draws(idx, 1, 3)[0], dy)
+
+# %% [markdown]
+# `split_augmentation` takes a dataset apart into the same items without their random transforms (to be
+# decoded once) and the batched augmentation that replaces them: `CropFlip` for the CIFAR transform (its
+# fill is what a black pixel becomes after the remaining transforms), None for a dataset without random
+# transforms, and `(None, None)` for a random transform that has no batched version here (ImageNet's
+# random resized crop), which stays on the DataLoader path.
+
+# %%
+#| exporti
+_POINTWISE = (T.ToTensor, T.Normalize, T.PILToTensor, T.ConvertImageDtype)
+_DETERMINISTIC = _POINTWISE + (T.Resize, T.CenterCrop)
+
+def _innermost(ds):
+    """The dataset under views and subsets (the one that holds the transform)."""
+    while isinstance(ds, (LabelledView, torch.utils.data.Subset)): ds = ds.base if isinstance(ds, LabelledView) else ds.dataset
+    return ds
+
+def _with_transform(ds, transform):
+    """`ds` with the innermost dataset's transform replaced (views rebuilt around a shallow copy; the data is shared)."""
+    if isinstance(ds, LabelledView): return LabelledView(_with_transform(ds.base, transform), ds.indices, ds.targets)
+    if isinstance(ds, torch.utils.data.Subset): return torch.utils.data.Subset(_with_transform(ds.dataset, transform), ds.indices)
+    ds = copy.copy(ds)
+    ds.transform = transform
+    return ds
+
+def _batchable_crop(crop, size):
+    """The padding of a `RandomCrop` that `CropFlip` reproduces (same size as the image, equal zero padding), else None."""
+    pad = crop.padding if isinstance(crop.padding, (list, tuple)) else [crop.padding or 0]
+    ok = (len(set(pad)) == 1 and crop.fill == 0 and crop.padding_mode == 'constant' and not crop.pad_if_needed
+          and tuple(crop.size) == tuple(size))
+    return pad[0] if ok else None
+
+
+# %%
+#| export
+def split_augmentation(dataset):
+    """`(plain, augment)`: `dataset` without its random per-image transforms and their batched `CropFlip` (None if it had none); `(None, None)` if they have no batched form."""
+    inner = _innermost(dataset)
+    t = getattr(inner, 'transform', None)
+    steps = list(t.transforms) if isinstance(t, T.Compose) else [] if t is None else [t]
+    if all(isinstance(s, _DETERMINISTIC) for s in steps): return dataset, None
+    crop = steps.pop(0) if isinstance(steps[0], T.RandomCrop) else None
+    flip = steps.pop(0) if steps and isinstance(steps[0], T.RandomHorizontalFlip) else None
+    if not all(isinstance(s, _POINTWISE) for s in steps) or (flip is not None and flip.p != 0.5): return None, None
+    img = _with_transform(inner, None)[0][0]
+    padding = _batchable_crop(crop, img.size[::-1]) if crop is not None else 0
+    if padding is None: return None, None
+    plain = T.Compose(steps)
+    fill = plain(img.point(lambda _: 0).crop((0, 0, 1, 1)))  # a black pixel after the remaining transforms
+    return _with_transform(dataset, plain), CropFlip(padding, flip is not None, fill)
+
+
+# %%
+aug_d = get_datasets('cifar10', tmp, augment=True, label_noise=0.2)
+plain, aug = split_augmentation(aug_d.train)
+test_eq((aug.padding, aug.flip), (4, True))
+test_eq(aug.fill.flatten(), norm(torch.zeros(3, 1, 1)).flatten())
+test_eq(plain[7][0], get_datasets('cifar10', tmp, augment=False).train[7][0]); test_eq(plain.targets, aug_d.train.targets)
+test_eq(aug_d.train[7][0].shape, (3, 32, 32))                                     # the original still augments
+test_eq(split_augmentation(d.train), (d.train, None))
+test_eq(split_augmentation(get_datasets('imagenet', tmp / 'imagenet').train), (None, None))

@@ -33,7 +33,8 @@ from stablesam.optim import BASES, OPTIMIZERS
 # `quick=True` keeps every setting but trains one epoch on a small seeded subset (256 training and 256
 # test examples, batch at most 64): the same code path, smaller. `RESUMABLE` names the settings that
 # may differ between a run and its resumption (where the run lives, how it is computed and how often it is
-# checkpointed, not what). `on_nonfinite` is among them: a run that stopped on a non-finite loss may be
+# checkpointed, not what; `in_memory` is not one of them: with augmentation, the batched path draws other
+# crops than torchvision). `on_nonfinite` is among them: a run that stopped on a non-finite loss may be
 # resumed with `'skip'`.
 
 # %%
@@ -41,8 +42,7 @@ from stablesam.optim import BASES, OPTIMIZERS
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
 NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory', 'checkpoint_every',
-             'on_nonfinite')
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every', 'on_nonfinite')
 
 @dataclass
 class TrainConfig:

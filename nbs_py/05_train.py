@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
-from stablesam.data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs
+from stablesam.data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs, split_augmentation
 from stablesam.models import get_model
 from stablesam.optim import global_norm, is_sam, make_optimizer, sam_step
 from stablesam.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, JsonlLog, append_jsonl,
@@ -211,9 +211,10 @@ def _method(f):
 # The configured datasets come from `stablesam.data.get_datasets` (under torchrun, rank 0 loads and
 # downloads first). A dataset that fits in memory (MNIST, CIFAR-10/100, any subset of them) is decoded
 # once into tensors on the training device, and each batch is a slice of them in the order `EpochSampler`
-# gives: the same order as the DataLoader path, so a run gives the same results either way and resume
-# stays exact. ImageNet folders, items with a random augmentation and `in_memory=False` go through a
-# DataLoader with per-example seeded augmentation (`SeededAugment`).
+# gives: the same order as the DataLoader path, so without augmentation a run gives the same results
+# either way, and resume stays exact. The CIFAR augmentation then runs on the batch, on the device
+# (`stablesam.data.CropFlip`, drawn per (seed, epoch, index)). ImageNet folders and `in_memory=False` go
+# through a DataLoader with torchvision's per-image transforms, seeded per example (`SeededAugment`).
 
 # %%
 #| exporti
@@ -229,25 +230,28 @@ def _load_data(self):
     return data if data is not None else get(False)
 
 @_method
-def in_memory(self, train=False):
-    """Whether batches come from tensors decoded once: datasets that fit in memory, items without random augmentation."""
-    cfg = self.cfg
-    random_items = train and cfg.augment and cfg.dataset != 'mnist'  # MNIST has no augmentation
-    return cfg.in_memory and cfg.dataset != 'imagenet' and not random_items
+def in_memory(self, dataset):
+    """`(plain, augment)` to decode `dataset` once and augment it in batches (see `split_augmentation`), or `(None, None)` for the DataLoader path."""
+    if not self.cfg.in_memory or self.cfg.dataset == 'imagenet': return None, None
+    return split_augmentation(dataset)
 
 @_method
 def _init_batches(self):
-    """The epoch sampler and either the in-memory training tensors or the DataLoader."""
+    """The epoch sampler and either the in-memory training tensors (and their batched augmentation) or the DataLoader."""
     cfg = self.cfg
     self.sampler = EpochSampler(len(self.data.train), cfg.seed, self.rank, self.world_size)
     self.batch_size = cfg.batch_size // self.world_size
     self.steps_per_epoch = -(-len(self.sampler) // self.batch_size)
     self.loader_kwargs = loader_kwargs(self.device, cfg.workers)
-    self.train_tensors, self.train_loader = None, None
-    if self.in_memory(train=True): self.train_tensors = self._to_device(decode(self.data.train))
-    else: self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=self.batch_size,
-                                         sampler=self.sampler, generator=torch.Generator(), **self.loader_kwargs)
-    # the loader's own generator: iterating it never draws from the global RNG, which the checkpoint saves for the model
+    self.train_tensors = self.train_loader = None
+    plain, self.augment = self.in_memory(self.data.train)
+    if plain is None:
+        self.train_loader = DataLoader(SeededAugment(self.data.train, cfg.seed), batch_size=self.batch_size,
+                                       sampler=self.sampler, generator=torch.Generator(), **self.loader_kwargs)
+        # its own generator: iterating the loader never draws from the global RNG, which the checkpoint saves
+        return
+    self.train_tensors = self._to_device(decode(plain))
+    if self.augment is not None: self.augment.to(self.device)
 
 @_method
 def _to_device(self, tensors):
@@ -264,7 +268,9 @@ def batches(self, start=0):
         for x, y in loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
         return
     (x, y), order = self.train_tensors, self.sampler.order().to(self.device)
-    for idx in order.split(self.batch_size)[start:]: yield x[idx], y[idx]
+    for idx in order.split(self.batch_size)[start:]:
+        if self.augment is None: yield x[idx], y[idx]
+        else: yield self.augment(x[idx], idx, self.cfg.seed, self.sampler.epoch), y[idx]
 
 
 # %% [markdown]
@@ -426,7 +432,7 @@ def _reduce(self, *tensors):
 def _new_sums(self):
     """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
     zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-    return dict(loss=zero(), correct=zero(), count=zero(), factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0)
+    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0)
 
 @_method
 def _checkpoint_due(self):
@@ -450,18 +456,17 @@ def train_epoch(self):
         if res is None: sums['skipped'] += 1
         else:
             out, loss = res
-            sums['loss'] += loss.double() * len(y); sums['correct'] += (out.argmax(1) == y).sum(); sums['count'] += len(y)
-            sums['steps'] += 1
+            sums['loss'].add_(loss, alpha=len(y)); sums['correct'].add_((out.argmax(1) == y).sum())
+            sums['count'] += len(y); sums['steps'] += 1
             if self.sam:
-                stats = self.optimizer.last_stats
-                sums['factor'] += stats['renorm_factor'].double(); sums['ratio'] += stats['norm_ratio'].double()
+                sums['factor'].add_(self.optimizer.last_stats['renorm_factor']); sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
         sums['time'] = before + time.perf_counter() - t0
         if self.position < self.steps_per_epoch and self._checkpoint_due(): self._save()
         bar.update()
         if not bar.disable and time.perf_counter() - last > 1:  # at most one host sync a second
-            last, c = time.perf_counter(), max(sums['count'].item(), 1)
+            last, c = time.perf_counter(), max(sums['count'], 1)
             bar.set_postfix(loss=f"{sums['loss'].item() / c:.3f}", acc=f"{sums['correct'].item() / c:.3f}",
                             img_s=f"{c * self.world_size / max(sums['time'], 1e-9):.0f}")
     self.check_finite()
@@ -504,7 +509,8 @@ def evaluate(self, dataset):
     key = id(dataset)
     if key not in self._eval_batches:
         part = Subset(dataset, range(self.rank, len(dataset), self.world_size)) if self.world_size > 1 else dataset
-        if self.in_memory(): batches = self._to_device(decode(part))
+        plain = self.in_memory(part)[0]  # evaluated without augmentation
+        if plain is not None: batches = self._to_device(decode(plain))
         else: batches = DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs)
         self._eval_batches[key] = (dataset, batches)  # the dataset is kept so that its id stays unique
     batches = self._eval_batches[key][1]

@@ -18,8 +18,7 @@ from .optim import BASES, OPTIMIZERS
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
 NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'in_memory', 'checkpoint_every',
-             'on_nonfinite')
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every', 'on_nonfinite')
 
 @dataclass
 class TrainConfig:
@@ -102,7 +101,7 @@ def _validate(self):
 
 TrainConfig.validate = _validate
 
-# %% ../nbs/04a_config.ipynb #c8078f8c
+# %% ../nbs/04a_config.ipynb #d528028f
 def epochs_change(saved_epochs, cfg):
     """Why a run checkpointed with `saved_epochs` epochs cannot resume as `cfg` (None where it can: the same, or more at a constant lr)."""
     if saved_epochs == cfg.epochs: return None

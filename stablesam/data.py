@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['FAKE_MARKER', 'DATASETS', 'write_fake_mnist', 'write_fake_cifar', 'write_fake_imagefolder', 'get_transforms',
            'noisy_labels', 'LabelledView', 'DataBundle', 'DataFileError', 'get_datasets', 'EpochSampler',
-           'SeededAugment', 'loader_kwargs', 'decode', 'in_memory']
+           'SeededAugment', 'loader_kwargs', 'decode', 'in_memory', 'CropFlip', 'split_augmentation']
 
 # %% ../nbs/03_data.ipynb #26935437
+import copy
 import gzip
 import os
 import pickle
@@ -343,3 +344,93 @@ def in_memory(dataset, batch_size=1024):
     from torch.utils.data import TensorDataset
     x, y = decode(dataset, batch_size)
     return LabelledView(TensorDataset(x, y), targets=y)
+
+# %% ../nbs/03_data.ipynb #ebdf9b1e
+_M32 = 0xFFFFFFFF
+
+def _mul32(x, m):
+    """`x * m mod 2**32` for an int64 tensor `x` in [0, 2**32) and a 32-bit constant `m`, without int64 overflow."""
+    return ((x * (m >> 16)) % 65536 * 65536 + x * (m & 0xFFFF)) & _M32
+
+def _hash32(x):
+    """A 32-bit integer hash (lowbias32: a bijection of [0, 2**32)) of each element of an int64 tensor."""
+    x = x ^ (x >> 16); x = _mul32(x, 0x7feb352d)
+    x = x ^ (x >> 15); x = _mul32(x, 0x846ca68b)
+    return x ^ (x >> 16)
+
+# %% ../nbs/03_data.ipynb #0f96b062
+class CropFlip:
+    """Batched random crop (`padding` pixels of `fill` on each side) and horizontal flip, drawn per (seed, epoch, index)."""
+    def __init__(self, padding=4, flip=True, fill=0.0):
+        self.padding, self.flip, self.fill = int(padding), bool(flip), torch.as_tensor(fill, dtype=torch.float32)
+
+    def draws(self, indices, seed, epoch):
+        """`(dy, dx, flip)` of items `indices` at `epoch`: crop offsets in [0, 2*padding] and flip flags."""
+        key = _mix(seed, epoch)
+        u = _hash32(_mul32(indices.long() & _M32, 0x9E3779B9) ^ key)
+        u = _hash32(u ^ _mix(key, 1))
+        k = 2 * self.padding + 1
+        flip = (u // (k * k)) % 2 == 1 if self.flip else torch.zeros_like(u, dtype=torch.bool)
+        return u % k, (u // k) % k, flip
+
+    def apply(self, x, dy, dx, flip):
+        """The crops of `x` (N, C, H, W), padded, at offsets `(dy, dx)`, flipped where `flip`."""
+        n, c, h, w = x.shape
+        p = self.padding
+        padded = self.fill.to(x).reshape(-1, 1, 1).expand(c, h + 2 * p, w + 2 * p).repeat(n, 1, 1, 1)
+        padded[:, :, p:p + h, p:p + w] = x
+        rows = dy[:, None] + torch.arange(h, device=x.device)
+        cols = dx[:, None] + torch.arange(w, device=x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        i, j = torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[i, j, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def to(self, device):
+        """Keep the fill value on `device` (where the batches are); returns self."""
+        self.fill = self.fill.to(device)
+        return self
+
+    def __call__(self, x, indices, seed, epoch):
+        """Augment the batch `x` of items `indices` (their positions in the training set) at `epoch`."""
+        return self.apply(x, *self.draws(indices, seed, epoch))
+
+# %% ../nbs/03_data.ipynb #022c21ce
+_POINTWISE = (T.ToTensor, T.Normalize, T.PILToTensor, T.ConvertImageDtype)
+_DETERMINISTIC = _POINTWISE + (T.Resize, T.CenterCrop)
+
+def _innermost(ds):
+    """The dataset under views and subsets (the one that holds the transform)."""
+    while isinstance(ds, (LabelledView, torch.utils.data.Subset)): ds = ds.base if isinstance(ds, LabelledView) else ds.dataset
+    return ds
+
+def _with_transform(ds, transform):
+    """`ds` with the innermost dataset's transform replaced (views rebuilt around a shallow copy; the data is shared)."""
+    if isinstance(ds, LabelledView): return LabelledView(_with_transform(ds.base, transform), ds.indices, ds.targets)
+    if isinstance(ds, torch.utils.data.Subset): return torch.utils.data.Subset(_with_transform(ds.dataset, transform), ds.indices)
+    ds = copy.copy(ds)
+    ds.transform = transform
+    return ds
+
+def _batchable_crop(crop, size):
+    """The padding of a `RandomCrop` that `CropFlip` reproduces (same size as the image, equal zero padding), else None."""
+    pad = crop.padding if isinstance(crop.padding, (list, tuple)) else [crop.padding or 0]
+    ok = (len(set(pad)) == 1 and crop.fill == 0 and crop.padding_mode == 'constant' and not crop.pad_if_needed
+          and tuple(crop.size) == tuple(size))
+    return pad[0] if ok else None
+
+# %% ../nbs/03_data.ipynb #ec848046
+def split_augmentation(dataset):
+    """`(plain, augment)`: `dataset` without its random per-image transforms and their batched `CropFlip` (None if it had none); `(None, None)` if they have no batched form."""
+    inner = _innermost(dataset)
+    t = getattr(inner, 'transform', None)
+    steps = list(t.transforms) if isinstance(t, T.Compose) else [] if t is None else [t]
+    if all(isinstance(s, _DETERMINISTIC) for s in steps): return dataset, None
+    crop = steps.pop(0) if isinstance(steps[0], T.RandomCrop) else None
+    flip = steps.pop(0) if steps and isinstance(steps[0], T.RandomHorizontalFlip) else None
+    if not all(isinstance(s, _POINTWISE) for s in steps) or (flip is not None and flip.p != 0.5): return None, None
+    img = _with_transform(inner, None)[0][0]
+    padding = _batchable_crop(crop, img.size[::-1]) if crop is not None else 0
+    if padding is None: return None, None
+    plain = T.Compose(steps)
+    fill = plain(img.point(lambda _: 0).crop((0, 0, 1, 1)))  # a black pixel after the remaining transforms
+    return _with_transform(dataset, plain), CropFlip(padding, flip is not None, fill)

@@ -3,8 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from stablesam.data import (DataFileError, EpochSampler, SeededAugment, get_datasets, noisy_labels, write_fake_cifar,
-                            write_fake_imagefolder, write_fake_mnist)
+from scipy.stats import chisquare
+import torchvision.transforms.functional as TF
+
+from stablesam.data import (CropFlip, DataFileError, EpochSampler, SeededAugment, decode, get_datasets, noisy_labels,
+                            split_augmentation, write_fake_cifar, write_fake_imagefolder, write_fake_mnist)
 
 
 @pytest.fixture(scope='module')
@@ -168,3 +171,66 @@ def test_bad_input(root, kw, msg):
         get_datasets(kw.pop('name'), root, **kw)
     with pytest.raises(ValueError, match='num_classes'):
         write_fake_cifar(root, num_classes=20)
+
+
+def test_crop_flip_draws_uniform_and_independent():
+    """Chi-square on 162,000 draws: offsets x flip uniform on the 9 x 9 x 2 cells, and independent between epochs,
+    seeds and neighbouring indices (p > 1e-4 each: the test fails by chance about once in 2,000 runs at most)."""
+    aug, n = CropFlip(4), 162_000
+    idx = torch.arange(n)
+    cells = lambda dy, dx, f: (dy * 9 + dx) * 2 + f.long()
+    draws = {(s, e): aug.draws(idx, s, e) for s, e in ((0, 0), (0, 1), (1, 0), (3, 7))}
+    for d in draws.values():
+        assert chisquare(torch.bincount(cells(*d), minlength=162).numpy()).pvalue > 1e-4
+        assert d[0].min() == 0 and d[0].max() == 8 and d[1].max() == 8
+    joint = lambda a, b: torch.bincount(a * 9 + b, minlength=81).numpy()
+    assert chisquare(joint(draws[0, 0][0], draws[0, 1][0])).pvalue > 1e-4    # epoch 0 vs epoch 1
+    assert chisquare(joint(draws[0, 0][1], draws[1, 0][1])).pvalue > 1e-4    # seed 0 vs seed 1
+    assert chisquare(joint(draws[0, 0][0][:-1], draws[0, 0][0][1:])).pvalue > 1e-4  # index i vs index i + 1
+    assert chisquare(joint(draws[0, 0][0], draws[0, 0][1])).pvalue > 1e-4    # dy vs dx
+
+
+def test_crop_flip_same_seed_same_draws_whatever_the_batch():
+    aug = CropFlip(4)
+    idx = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+    a, b = aug.draws(idx, 2, 5), aug.draws(idx, 2, 5)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    part = aug.draws(idx[100:164], 2, 5)   # the same items in another batch: the same draws
+    assert all(torch.equal(u[100:164], v) for u, v in zip(a, part))
+    assert not torch.equal(aug.draws(idx, 3, 5)[0], a[0]) and not torch.equal(aug.draws(idx, 2, 6)[0], a[0])
+    assert not CropFlip(4, flip=False).draws(idx, 2, 5)[2].any()
+
+
+def test_crop_flip_is_torchvision_crop_and_flip(root):
+    """For the same offsets, the batched crop of the decoded image is torchvision's pad-crop-flip-normalise."""
+    train = get_datasets('cifar10', root).train
+    plain, aug = split_augmentation(train)
+    assert isinstance(aug, CropFlip) and (aug.padding, aug.flip) == (4, True)
+    raw = get_datasets('cifar10', root, augment=False).train
+    idx = torch.arange(0, 1000, 37)
+    x = decode(plain)[0][idx]
+    dy, dx, flip = aug.draws(idx, 0, 1)
+    assert 0 < flip.sum() < len(idx)
+    out = aug(x, idx, 0, 1)
+    images = _raw(train.base)
+    for k, i in enumerate(idx.tolist()):
+        img = TF.crop(TF.pad(images[i][0], 4), int(dy[k]), int(dx[k]), 32, 32)
+        want = TF.normalize(TF.to_tensor(TF.hflip(img) if flip[k] else img), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        assert torch.equal(out[k], want), i
+    assert torch.equal(plain[5][0], raw[5][0])
+
+
+def _raw(ds):
+    """A copy of torchvision dataset `ds` that returns PIL images."""
+    import copy
+    c = copy.copy(ds)
+    c.transform = None
+    return c
+
+
+def test_split_augmentation_kinds(root):
+    m = get_datasets('mnist', root).train
+    assert split_augmentation(m) == (m, None)
+    assert split_augmentation(get_datasets('imagenet', root / 'imagenet').train) == (None, None)
+    plain, aug = split_augmentation(get_datasets('cifar100', root, label_noise=0.5, seed=1).train)
+    assert torch.equal(plain.targets, get_datasets('cifar100', root, label_noise=0.5, seed=1).train.targets)

@@ -203,15 +203,18 @@ class KillAt:
         if trainer.epoch + 1 == self.epoch and trainer.position == self.position: raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize('kind', ['in-memory', 'dataloader-augment-batchnorm', 'fp16-gradscaler'])
+@pytest.mark.parametrize('kind', ['in-memory', 'in-memory-cropflip-batchnorm', 'dataloader-augment', 'fp16-gradscaler'])
 def test_mid_epoch_resume_is_exact(fake_root, cifar_root, tmp_path, kind):
     """Stopped within an epoch, after a checkpoint at every step, and resumed: parameters, optimizer state (momentum,
     GradScaler) and every metric equal the uninterrupted run's."""
     kw = dict(dataset='mnist', data_root=str(fake_root), model='fcn', optimizer='stablesam', epochs=2, batch_size=64,
               train_subset=256, test_subset=64, progress=False, checkpoint_every=1e-9)
-    if kind == 'dataloader-augment-batchnorm':
+    if kind.startswith('in-memory-cropflip'):  # batched crops and flips on the device; BatchNorm statistics
         kw.update(dataset='cifar10', data_root=str(cifar_root), model='resnet20', optimizer='sam', batch_size=16,
                   train_subset=48, test_subset=16)
+    if kind == 'dataloader-augment':  # torchvision transforms per image, seeded per (seed, epoch, index)
+        kw.update(dataset='cifar10', data_root=str(cifar_root), model='lenet', optimizer='stablesam', batch_size=16,
+                  train_subset=48, test_subset=16, in_memory=False)
     if kind == 'fp16-gradscaler': kw.update(optimizer='sgd', amp='fp16', lr=0.05)
     straight = Trainer(TrainConfig(**kw, out=str(tmp_path / 'straight')))
     want = straight.fit()

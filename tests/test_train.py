@@ -97,10 +97,12 @@ def test_resume_after_kill_matches_uninterrupted(root, tmp_path):
     assert comparable(read_metrics(tmp_path / 'part')) == comparable(read_metrics(tmp_path / 'full'))
 
 
-def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path):
-    """ResNet-20 (BatchNorm, momentum, cosine schedule, random crops): stopped after epoch 1 and resumed = straight run."""
+@pytest.mark.parametrize('in_memory', [True, False])
+def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path, in_memory):
+    """ResNet-20 (BatchNorm, momentum, cosine schedule, random crops, batched on the device or per image in the
+    DataLoader): stopped after epoch 1 and resumed = straight run."""
     kw = dict(dataset='cifar10', data_root=str(root), model='resnet20', optimizer='stablesam', epochs=2, batch_size=32,
-              train_subset=64, test_subset=32, progress=False)
+              train_subset=64, test_subset=32, progress=False, in_memory=in_memory)
     full = Trainer(TrainConfig(**kw)).fit()
 
     class Kill:
@@ -111,6 +113,58 @@ def test_resume_exact_with_batchnorm_and_augmentation(root, tmp_path):
     assert len(read_metrics(tmp_path / 'r')) == 1
     resumed = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
     assert comparable(resumed) == comparable(full)
+
+
+def batch_indices(trainer):
+    """The dataset indices of each batch of the trainer's current epoch, as its data path visits them."""
+    if trainer.train_loader is None: return [b.tolist() for b in trainer.sampler.order().split(trainer.batch_size)]
+    return [[i for i, _ in keys] for keys in trainer.train_loader.batch_sampler]
+
+
+@pytest.mark.parametrize('dataset, model', [('mnist', 'fcn'), ('cifar10', 'resnet20')])
+def test_fast_path_gives_the_dataloader_batches(root, dataset, model):
+    """Without augmentation the in-memory batches are the DataLoader's: the same indices and the same tensors."""
+    kw = dict(dataset=dataset, data_root=str(root), model=model, batch_size=48, augment=False, epochs=3, progress=False)
+    fast, slow = Trainer(TrainConfig(**kw)), Trainer(TrainConfig(**kw, in_memory=False))
+    assert fast.train_loader is None and fast.augment is None and slow.train_tensors is None
+    for epoch in (0, 2):
+        fast.sampler.set_epoch(epoch); slow.sampler.set_epoch(epoch)
+        assert batch_indices(fast) == batch_indices(slow)
+        pairs = list(zip(fast.batches(), slow.batches()))
+        assert len(pairs) == fast.steps_per_epoch == len(slow.train_loader)
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in pairs)
+
+
+@pytest.mark.parametrize('optimizer, model', [('stablesam', 'fcn'), ('sam', 'resnet20')])
+def test_fast_path_same_seed_same_metrics_as_dataloader(root, optimizer, model):
+    """Regression: a same-seed run gives the same weights and training metrics on either data path; the test
+    metrics differ only by the evaluation batch (1024 in memory, batch_size in the DataLoader): float rounding."""
+    kw = dict(dataset='mnist' if model == 'fcn' else 'cifar10', data_root=str(root), model=model, optimizer=optimizer,
+              epochs=2, batch_size=32, train_subset=96, test_subset=64, augment=False, schedule='cosine', progress=False)
+    fast, slow = Trainer(TrainConfig(**kw)), Trainer(TrainConfig(**kw, in_memory=False))
+    a, b = fast.fit(), slow.fit()
+    for p, q in zip(fast.model.state_dict().values(), slow.model.state_dict().values()): assert torch.equal(p, q)
+    train_keys = ('epoch', 'train_loss', 'train_acc', 'lr', 'norm_ratio', 'renorm_factor')
+    assert [{k: m[k] for k in train_keys if k in m} for m in a] == [{k: m[k] for k in train_keys if k in m} for m in b]
+    for m, n in zip(a, b):
+        assert m['test_acc'] == n['test_acc'] and abs(m['test_loss'] - n['test_loss']) <= 1e-6 * max(1, abs(n['test_loss']))
+
+
+def test_batched_augmentation_is_seeded_per_example(root):
+    """The in-memory CIFAR crops and flips of an example depend on (seed, epoch, index), not on the batch it is in."""
+    kw = dict(dataset='cifar10', data_root=str(root), model='lenet', epochs=2, train_subset=64, progress=False)
+    def images(trainer, epoch):
+        trainer.sampler.set_epoch(epoch)
+        return {i: x for idx, (xb, _) in zip(batch_indices(trainer), trainer.batches()) for i, x in zip(idx, xb)}
+    small, large = Trainer(TrainConfig(**kw, batch_size=16)), Trainer(TrainConfig(**kw, batch_size=64))
+    assert small.augment is not None and small.train_loader is None
+    a0, b0 = images(small, 0), images(large, 0)
+    assert sorted(a0) == sorted(b0) == list(range(64))
+    assert all(torch.equal(a0[i], b0[i]) for i in a0)
+    a1 = images(small, 1)
+    assert sum(not torch.equal(a0[i], a1[i]) for i in a0) > 48   # a new draw each epoch (same: 1/162 per image)
+    other = images(Trainer(TrainConfig(**kw, batch_size=16, seed=1)), 0)
+    assert sum(not torch.equal(a0[i], other[i]) for i in a0) > 48
 
 
 def test_loader_workers_do_not_change_results(root):
