@@ -19,6 +19,7 @@
 #| hide
 from fastcore.test import *
 import tempfile
+import warnings
 from pathlib import Path
 import torch
 
@@ -249,9 +250,8 @@ run = tmp / 'run'; run.mkdir()
 for step in (1, 2): save_checkpoint(run / CHECKPOINT, {'format': CHECKPOINT_FORMAT, 'config': {}, 'step': step}, previous=run / PREVIOUS)
 test_eq(latest_checkpoint(run)[0]['step'], 2)
 (run / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes()[:100])   # damaged
-import warnings as _w
-with _w.catch_warnings(record=True) as caught:
-    _w.simplefilter('always')
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
     state, path = latest_checkpoint(run)
 test_eq((state['step'], path.name), (1, PREVIOUS))
 assert f'The latest checkpoint {run / CHECKPOINT} does not load' in str(caught[0].message) and str(run / PREVIOUS) in str(caught[0].message)
