@@ -11,8 +11,9 @@ fresh process, writing a run folder); its per-epoch training time is the `time` 
 is `perm = torch.randperm(n)`, then for each slice of --batch-size indices `x, y = X[idx], Y[idx]`, forward,
 backward, step (StableSAM: `first_step` / `second_step`), on the same decoded tensors with the same model,
 optimizer and loss (label smoothing 0.1), in a fresh process too. The first epoch of each run is a warm-up and
-left out; each ratio is a median over epochs, and the printed ratio the median over --rounds interleaved rounds
-(the two sides see the same background load). The augmentation benchmark times one epoch over a fake CIFAR-10
+left out; each ratio is a median over epochs, and the printed ratio the median over --rounds interleaved rounds.
+Both wall time and the process's CPU time are compared: on a shared, loaded machine the wall time of a run
+depends on what else runs at that moment, while the CPU time measures the work each side does. The augmentation benchmark times one epoch over a fake CIFAR-10
 training set of --n images in the real file format: a DataLoader over the per-image transforms (random crop
 with 4-pixel padding, flip, to tensor, normalise), against slicing the decoded tensors and `CropFlip` on the batch.
 """
@@ -38,7 +39,7 @@ CLI = 'import sys; from stablesam.cli import main; sys.exit(main())'
 
 
 def plain_loop(args, optimizer):
-    """Epoch times of the plain loop (a list of seconds)."""
+    """Epoch times of the plain loop: a list of (wall, CPU) seconds."""
     data = get_datasets('mnist', args.data_root, train_subset=args.n, augment=False, download=False)
     X, Y = decode(data.train)
     torch.manual_seed(0)
@@ -47,7 +48,7 @@ def plain_loop(args, optimizer):
     loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1)
     sam, times = is_sam(opt), []
     for _ in range(args.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         perm = torch.randperm(len(X))
         for idx in perm.split(args.batch_size):
             x, y = X[idx], Y[idx]
@@ -59,7 +60,7 @@ def plain_loop(args, optimizer):
             else:
                 opt.step()
                 opt.zero_grad()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -70,15 +71,15 @@ def run(cmd, env):
 
 
 def cli_epochs(args, optimizer, out, env):
-    """Epoch times of `stablesam-train` (the `time` of each epoch in its metrics.jsonl)."""
+    """Epoch times of `stablesam-train`: (wall, CPU) seconds, the `time` and `cpu_time` of each epoch in its metrics.jsonl."""
     run([sys.executable, '-c', CLI, '--dataset', 'mnist', '--data-root', args.data_root, '--model', 'fcn',
          '--train-subset', str(args.n), '--batch-size', str(args.batch_size), '--no-augment', '--optimizer', optimizer,
          '--epochs', str(args.epochs), '--no-progress', '--no-download', '--out', str(out)], env)
-    return [m['time'] for m in read_metrics(out)]
+    return [(m['time'], m['cpu_time']) for m in read_metrics(out)]
 
 
 def plain_epochs(args, optimizer, env):
-    """Epoch times of the plain loop, in a fresh process."""
+    """Epoch times of the plain loop, in a fresh process: (wall, CPU) seconds."""
     out = run([sys.executable, __file__, '--plain', optimizer, '--data-root', args.data_root, '--n', str(args.n),
                '--batch-size', str(args.batch_size), '--epochs', str(args.epochs)], env)
     return json.loads(out.strip().splitlines()[-1])
@@ -121,18 +122,20 @@ def main():
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     tmp = Path(tempfile.mkdtemp())
-    ratios = {opt: [] for opt in ('sgd', 'stablesam')}
+    ratios = {(opt, kind): [] for opt in ('sgd', 'stablesam') for kind in ('wall', 'CPU')}
     print(f"MNIST FCN, {args.n} images, batch {args.batch_size}, {args.threads} thread(s), {args.epochs} epochs "
           f"(first left out) x {args.rounds} rounds")
+    median = lambda times, k: statistics.median(t[k] for t in times[1:])
     for r in range(args.rounds):
-        for opt in ratios:
-            engine = statistics.median(cli_epochs(args, opt, tmp / f'{opt}{r}', env)[1:])
-            plain = statistics.median(plain_epochs(args, opt, env)[1:])
-            ratios[opt].append(engine / plain)
-            print(f"round {r + 1} {opt:10s} stablesam-train {engine:.3f} s/epoch, plain loop {plain:.3f} s/epoch, "
-                  f"ratio {engine / plain:.3f}", flush=True)
-    for opt, rs in ratios.items():
-        print(f"{opt:10s} stablesam-train / plain loop epoch time: median {statistics.median(rs):.3f} "
+        for opt in ('sgd', 'stablesam'):
+            engine, plain = cli_epochs(args, opt, tmp / f'{opt}{r}', env), plain_epochs(args, opt, env)
+            for k, kind in enumerate(('wall', 'CPU')):
+                ratios[opt, kind].append(median(engine, k) / median(plain, k))
+            print(f"round {r + 1} {opt:10s} stablesam-train {median(engine, 0):.3f} s/epoch wall, {median(engine, 1):.3f} CPU; "
+                  f"plain loop {median(plain, 0):.3f} wall, {median(plain, 1):.3f} CPU; ratios {ratios[opt, 'wall'][-1]:.3f} wall, "
+                  f"{ratios[opt, 'CPU'][-1]:.3f} CPU", flush=True)
+    for (opt, kind), rs in ratios.items():
+        print(f"{opt:10s} stablesam-train / plain loop epoch {kind} time: median {statistics.median(rs):.3f} "
               f"(rounds: {', '.join(f'{x:.3f}' for x in rs)}; target <= 1.10)")
     rates = augmentation(args)
     print(f"CIFAR augmentation, {args.n} images, batch {args.batch_size}: torchvision per-image "

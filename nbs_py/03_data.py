@@ -399,10 +399,24 @@ def _imagefolder(root, split, transform):
     return tvd.ImageFolder(str(folder), transform=transform)
 
 
+# %% [markdown]
+# A quick run evaluates on a seeded random subset of the test set (`test_subset`), drawn here, where the
+# training subset is drawn; a training loop given a test set of its own applies the same function.
+
 # %%
 #| export
-def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
-    """The training and test sets of `name` under `root`, with the paper's augmentation, an optional seeded subset and label noise."""
+def eval_subset(dataset, n, seed=0):
+    """A seeded random subset of `n` items of `dataset`, in the order drawn (`dataset` itself if `n` is None or not smaller)."""
+    if n is None or n >= len(dataset): return dataset
+    if int(n) != n or n < 1: raise ValueError(f"Invalid test_subset: {n} (a positive number of examples or None)")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.Subset(dataset, perm[:int(n)].tolist())
+
+
+# %%
+#| export
+def get_datasets(name, root, *, train_subset=None, test_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
+    """The training and test sets of `name` under `root`, with the paper's augmentation, optional seeded subsets and label noise."""
     _check_dataset(name)
     if train_subset is not None and (int(train_subset) != train_subset or train_subset < 1):
         raise ValueError(f"Invalid train_subset: {train_subset} (a positive number of examples or None)")
@@ -426,7 +440,7 @@ def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augm
         indices = torch.randperm(len(train), generator=g)[:int(train_subset)].sort().values
     train = LabelledView(train, indices)
     if label_noise > 0: train.targets = noisy_labels(train.targets, label_noise, num_classes, seed)
-    return DataBundle(train, LabelledView(test), num_classes, in_channels, size)
+    return DataBundle(train, eval_subset(LabelledView(test), test_subset, seed), num_classes, in_channels, size)
 
 
 # %%
@@ -438,6 +452,9 @@ test_eq((tuple(x.shape), len(d.train), len(d.test), d.num_classes), ((3, 32, 32)
 clean = get_datasets('cifar10', tmp, seed=1).train.targets
 test_eq((d.train.targets != clean).sum().item(), 20)
 test_eq(get_datasets('cifar10', tmp, train_subset=30).train.targets.shape, (30,))
+small = get_datasets('cifar10', tmp, test_subset=10, seed=1).test
+test_eq((len(small), small[3][0]), (10, get_datasets('cifar10', tmp).test[small.indices[3]][0]))
+test_eq(small.indices, get_datasets('cifar10', tmp, test_subset=10, seed=1).test.indices)
 
 # %% [markdown]
 # The class signal of the fake images is visible even in the per-class mean images:

@@ -177,6 +177,13 @@ def _number(conv, name):
         except ValueError: raise argparse.ArgumentTypeError(f"invalid {name}: {s!r}")
     return parse
 
+
+# %% [markdown]
+# `main` runs the command: invalid settings, missing data and run-folder conflicts end with a one-line
+# error and exit status 2 (under torchrun the exception propagates, so that every process stops).
+
+# %%
+#| export
 def config_from_args(args):
     """The TrainConfig for parsed `stablesam-train` arguments."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}

@@ -67,8 +67,10 @@ for step in range(20):
     opt.second_step(zero_grad=True)          # restore w, renormalize, base optimizer step
 
 # %% [markdown]
-# `opt.step(closure)` works too, and `opt.last_stats` holds the step's gradient norms and renormalization
-# factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation, and
+# `stablesam.optim.sam_step(opt, model, loss_fn, x, y)` is this step as one function (it also takes a
+# `GradScaler` and an autocast dtype, and keeps BatchNorm statistics from the first pass): the one the
+# training engine uses. `opt.step(closure)` works too, and `opt.last_stats` holds the step's gradient
+# norms and renormalization factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation, and
 # DistributedDataParallel, see the recipes in [the optimizer page](00_optim.ipynb).
 
 # %%

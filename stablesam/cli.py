@@ -130,6 +130,7 @@ def _number(conv, name):
         except ValueError: raise argparse.ArgumentTypeError(f"invalid {name}: {s!r}")
     return parse
 
+# %% ../nbs/05a_cli.ipynb #0bec6d53
 def config_from_args(args):
     """The TrainConfig for parsed `stablesam-train` arguments."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}

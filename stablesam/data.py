@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FAKE_MARKER', 'DATASETS', 'write_fake_mnist', 'write_fake_cifar', 'write_fake_imagefolder', 'get_transforms',
-           'noisy_labels', 'LabelledView', 'DataBundle', 'DataFileError', 'get_datasets', 'EpochSampler',
+           'noisy_labels', 'LabelledView', 'DataBundle', 'DataFileError', 'eval_subset', 'get_datasets', 'EpochSampler',
            'SeededAugment', 'loader_kwargs', 'decode', 'in_memory', 'CropFlip', 'split_augmentation']
 
 # %% ../nbs/03_data.ipynb #26935437
@@ -264,8 +264,16 @@ def _imagefolder(root, split, transform):
     return tvd.ImageFolder(str(folder), transform=transform)
 
 # %% ../nbs/03_data.ipynb #c1c42024
-def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
-    """The training and test sets of `name` under `root`, with the paper's augmentation, an optional seeded subset and label noise."""
+def eval_subset(dataset, n, seed=0):
+    """A seeded random subset of `n` items of `dataset`, in the order drawn (`dataset` itself if `n` is None or not smaller)."""
+    if n is None or n >= len(dataset): return dataset
+    if int(n) != n or n < 1: raise ValueError(f"Invalid test_subset: {n} (a positive number of examples or None)")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.Subset(dataset, perm[:int(n)].tolist())
+
+# %% ../nbs/03_data.ipynb #7d5f56ce
+def get_datasets(name, root, *, train_subset=None, test_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
+    """The training and test sets of `name` under `root`, with the paper's augmentation, optional seeded subsets and label noise."""
     _check_dataset(name)
     if train_subset is not None and (int(train_subset) != train_subset or train_subset < 1):
         raise ValueError(f"Invalid train_subset: {train_subset} (a positive number of examples or None)")
@@ -289,7 +297,7 @@ def get_datasets(name, root, *, train_subset=None, label_noise=0.0, seed=0, augm
         indices = torch.randperm(len(train), generator=g)[:int(train_subset)].sort().values
     train = LabelledView(train, indices)
     if label_noise > 0: train.targets = noisy_labels(train.targets, label_noise, num_classes, seed)
-    return DataBundle(train, LabelledView(test), num_classes, in_channels, size)
+    return DataBundle(train, eval_subset(LabelledView(test), test_subset, seed), num_classes, in_channels, size)
 
 # %% ../nbs/03_data.ipynb #e0037a20
 class EpochSampler(torch.utils.data.Sampler):

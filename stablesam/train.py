@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
-from .data import EpochSampler, SeededAugment, decode, get_datasets, loader_kwargs, split_augmentation
+from .data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
 from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
-from .runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, JsonlLog, append_jsonl,
-                            latest_checkpoint, load_checkpoint, package_versions, read_jsonl, read_metrics,
-                            remove_temporaries, save_checkpoint, write_json, write_jsonl)
+from .runs import (
+    CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, JsonlLog, append_jsonl, latest_checkpoint,
+    load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries, save_checkpoint, write_json, write_jsonl)
 # TrainConfig, preset_config and the run-folder functions are imported from here by code written for 0.1
 
 # %% ../nbs/05_train.ipynb #00d220d7
@@ -65,7 +65,7 @@ class Diverged(RuntimeError):
         return dict(outcome='diverged', epoch=self.epoch, step=self.step, batch=self.batch, lr=self.lr,
                     checkpoint=str(self.checkpoint) if isinstance(self.checkpoint, Path) else None, message=str(self))
 
-# %% ../nbs/05_train.ipynb #94c4ab7b
+# %% ../nbs/05_train.ipynb #9bd75935
 class Trainer:
     """Train `cfg.model` on `cfg.dataset` with `cfg.optimizer`; `fit()` runs all epochs and writes the run folder."""
     def __init__(self, cfg, *, data=None, model=None, callbacks=()):
@@ -74,10 +74,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
             raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
-        self.data = data if data is not None else self._load_data()
-        if cfg.test_subset is not None and cfg.test_subset < len(self.data.test):
-            g = torch.Generator().manual_seed(cfg.seed)
-            self.data = dataclasses.replace(self.data, test=Subset(self.data.test, torch.randperm(len(self.data.test), generator=g)[:cfg.test_subset].tolist()))
+        if data is None: data = self._load_data()
+        else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
+        self.data = data
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.model = model.to(self.device)
@@ -139,8 +138,8 @@ def _method(f):
 def _load_data(self):
     """The configured datasets; under torchrun rank 0 loads (and downloads) first, the others after it."""
     cfg = self.cfg
-    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, seed=cfg.seed,
-                                        label_noise=cfg.label_noise, augment=cfg.augment, download=download)
+    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                                        seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment, download=download)
     if self.world_size == 1: return get(cfg.download)
     data = get(cfg.download) if self.rank == 0 else None
     dist.barrier()
@@ -172,6 +171,7 @@ def _init_batches(self):
 
 @_method
 def _to_device(self, tensors):
+    """`tensors` moved to the training device."""
     return tuple(t.to(self.device) for t in tensors)
 
 @_method
@@ -225,7 +225,7 @@ def check_finite(self):
         where = self.checkpoint_path or ('no run folder: out is not set' if self.cfg.out is None else 'none written yet')
         raise Diverged(epoch, step, batch, lr, where)
 
-# %% ../nbs/05_train.ipynb #4d30cc89
+# %% ../nbs/05_train.ipynb #0876b5fb
 @_method
 def lr_at(self, step):
     """The learning rate at global step `step` (cosine decay to 0 over all steps, or constant)."""
@@ -234,6 +234,7 @@ def lr_at(self, step):
 
 @_method
 def _loss(self, out, y):
+    """The training loss: cross entropy with label smoothing, in float32."""
     return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
 
 @_method
@@ -266,7 +267,7 @@ def _reduce(self, *tensors):
 def _new_sums(self):
     """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
     zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0)
+    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0, cpu=0.0)
 
 @_method
 def _checkpoint_due(self):
@@ -283,7 +284,7 @@ def train_epoch(self):
     sums = self._sums
     bar = tqdm(total=self.steps_per_epoch, initial=self.position, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}',
                leave=False, disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
-    t0 = last = time.perf_counter(); before = sums['time']
+    t0 = last = time.perf_counter(); cpu0 = time.process_time(); before, cpu_before = sums['time'], sums['cpu']
     for x, y in self.batches(self.position):
         res = self.train_step(x, y)
         self.position += 1
@@ -296,7 +297,7 @@ def train_epoch(self):
                 sums['factor'].add_(self.optimizer.last_stats['renorm_factor']); sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
-        sums['time'] = before + time.perf_counter() - t0
+        sums['time'], sums['cpu'] = before + time.perf_counter() - t0, cpu_before + time.process_time() - cpu0
         if self.position < self.steps_per_epoch and self._checkpoint_due(): self._save()
         bar.update()
         if not bar.disable and time.perf_counter() - last > 1:  # at most one host sync a second
@@ -308,7 +309,8 @@ def train_epoch(self):
     self.epoch, self.position, self._sums = self.epoch + 1, 0, None
     loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(*(sums[k] for k in ('loss', 'correct', 'count', 'factor', 'ratio')))
     m = dict(train_loss=loss_sum / count if count else None, train_acc=correct / count if count else None,
-             lr=self.optimizer.param_groups[0]['lr'], time=sums['time'], images_per_s=count / max(sums['time'], 1e-9))
+             lr=self.optimizer.param_groups[0]['lr'], time=sums['time'], cpu_time=sums['cpu'],
+             images_per_s=count / max(sums['time'], 1e-9))
     if self.sam:
         m['norm_ratio'] = ratio_sum / self.world_size / max(sums['steps'], 1)
         if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(sums['steps'], 1)
@@ -405,7 +407,7 @@ def _save(self, metrics=None):
     self.checkpoint_path, self._saved_at = self.out / CHECKPOINT, time.perf_counter()
 
 # %% ../nbs/05_train.ipynb #0c7c96a1
-_NOT_COMPARED = ('time', 'images_per_s')
+_NOT_COMPARED = ('time', 'cpu_time', 'images_per_s')
 
 def comparable(history):
     """Per-epoch metrics without the wall-clock entries (for comparing runs)."""
