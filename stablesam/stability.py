@@ -162,8 +162,10 @@ class _PairCheckpoint:
     """Both trainers of a pair and its records, saved to `folder` (two slots) after each epoch and every `every` seconds."""
     def __init__(self, folder, every): self.folder, self.every, self.saved_at, self.pair = folder, every, time.perf_counter(), None
     def after_step(self, trainer):
+        """Save if `every` seconds have passed (a callback of both trainers)."""
         if self.folder is not None and self.every > 0 and time.perf_counter() - self.saved_at >= self.every: self.save()
     def save(self):
+        """Write both trainers' states and the records so far (nothing without a folder)."""
         if self.folder is None: return
         cfg, ta, tb, records = self.pair
         ta.check_finite(); tb.check_finite()  # never a state after a non-finite step
