@@ -1,4 +1,6 @@
 """Datasets through the real loading code on generated files: formats, label noise, subsets, errors."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,20 @@ def test_split_augmentation_kinds(root):
     assert split_augmentation(get_datasets('imagenet', root / 'imagenet').train) == (None, None)
     plain, aug = split_augmentation(get_datasets('cifar100', root, label_noise=0.5, seed=1).train)
     assert torch.equal(plain.targets, get_datasets('cifar100', root, label_noise=0.5, seed=1).train.targets)
+
+
+REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'MNIST' / 'raw'  # ../shared/data
+
+
+def test_real_mnist_passes_the_checks_and_a_truncated_copy_is_named(tmp_path):
+    """The real idx files pass the header checks; a copy of the real test images cut short gets the sizes in the message."""
+    if not (REAL_MNIST / 't10k-images-idx3-ubyte').exists():
+        pytest.skip(f'real MNIST not found in {REAL_MNIST} (../shared/data from the project root): the checks run on generated files above')
+    assert len(get_datasets('mnist', REAL_MNIST.parents[1], download=False).train) == 60000
+    raw = tmp_path / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    for f in REAL_MNIST.iterdir(): (raw / f.name).symlink_to(f)
+    cut = raw / 't10k-images-idx3-ubyte'
+    cut.unlink(); cut.write_bytes((REAL_MNIST / cut.name).read_bytes()[:-1000])
+    with pytest.raises(DataFileError, match=f"Damaged MNIST file {cut}: 7839016 bytes, expected 7840016 "
+                                            r"\(header: 10000 x 28 x 28 uint8\): truncated"):
+        get_datasets('mnist', tmp_path, download=False)
