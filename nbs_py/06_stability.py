@@ -41,7 +41,6 @@ torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI
 #| export
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys

@@ -11,7 +11,6 @@ __all__ = ['PANELS', 'COLORS', 'SCHEDULES', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Nei
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
