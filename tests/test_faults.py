@@ -2,7 +2,6 @@
 divergence and strict JSON. The chaos tests drive the command lines in forked processes and SIGKILL them."""
 import io
 import json
-import math
 import multiprocessing
 import os
 import random
