@@ -679,24 +679,25 @@ test_eq(comparable(Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True
 # start-up, at a random moment of training, while a checkpoint is half written), truncate its latest
 # checkpoint, cut its JSON-lines log in the middle of a line, resume after each fault, and compare the
 # finished run with an uninterrupted one. `stablesam-train`: FCN with StableSAM on 512 real MNIST
-# training images (`../shared/data`; generated ones where it is absent), 5 epochs, a checkpoint every
-# 0.05 s. `stablesam-stability`: the SGD and StableSAM pairs of FCN on 199 generated MNIST images,
-# 3 epochs, the same checkpoint interval. Measured over four random fault schedules
+# training images (`../shared/data`; generated ones where it is absent), 8 epochs, a checkpoint every
+# 0.05 s. `stablesam-stability`: the SGD and StableSAM pairs of FCN on 399 generated MNIST images,
+# 4 epochs, the same checkpoint interval. Measured over four random fault schedules
 # (`STABLESAM_CHAOS_SEED=0..3`, `STABLESAM_CHAOS_REPORT=...` writes the counts) on the 2-core development
 # machine:
 #
 # | fault | `stablesam-train`: tried / survived | `stablesam-stability`: tried / survived | data lost |
 # |---|---|---|---|
-# | SIGKILL during start-up (data loading, model set-up) | 1 / 1 | 2 / 2 | none |
-# | SIGKILL at a random moment of training (mid-epoch or between checkpoints) | 14 / 14 | 14 / 14 | none |
+# | SIGKILL during start-up (data loading, model set-up) | 2 / 2 | 3 / 3 | none |
+# | SIGKILL at a random moment of training (mid-epoch or between checkpoints) | 13 / 13 | 13 / 13 | none |
 # | SIGKILL while a checkpoint is half written | 8 / 8 | 8 / 8 | none |
 # | latest checkpoint truncated (resumes from the previous one, with a warning naming both) | 4 / 4 | 4 / 4 | none |
 # | `metrics.jsonl` / `records.jsonl` cut in the middle of a line | 4 / 4 | 4 / 4 | none |
 #
-# "Survived" means the run resumed after the fault and, once all faults were done, finished with final
-# parameters (for the stability pairs: both models of each pair) and optimizer state bit-identical to the
-# uninterrupted run's, and every epoch's metrics (every stability record) equal: no epoch and no record
-# was lost. A killed run repeats at most `checkpoint_every` seconds of training.
+# "Survived" means the run resumed after the fault and, once all faults were done, finished with its final
+# parameters and optimizer state (`stablesam-train`) or both final models of each pair
+# (`stablesam-stability`) bit-identical to the uninterrupted run's, and every epoch's metrics (every
+# stability record) equal: no epoch and no record was lost. A killed run repeats about `checkpoint_every`
+# seconds of training at most.
 #
 # Also tested there: a non-finite loss (`--lr 100`) stops the run with exit status 3, a message naming
 # the epoch, step, learning rate and the last good checkpoint (kept, its weights finite) and
