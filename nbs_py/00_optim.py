@@ -854,13 +854,15 @@ test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.
 # each loss scaled by a `GradScaler` when one is given and both forwards under `torch.autocast` when an
 # `autocast_dtype` is given. Any other optimizer gets the plain step (one pass), so a training loop calls one
 # function for every optimizer. It returns the first pass's outputs and loss, detached, for the loop's metrics.
+# A `guard(loss, pass_number)`, called after each backward pass, may refuse the step (a training loop that
+# skips non-finite steps): the gradients are dropped, the weights restored, and `sam_step` returns None.
 
 # %%
 #| export
 from contextlib import nullcontext
 
-def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True):
-    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`."
+def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True, guard=None):
+    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`, or None if `guard` refused it."
     cast = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
     backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
     opt.zero_grad(set_to_none=True)
@@ -868,14 +870,17 @@ def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None
         with first_pass_no_sync(model):
             with cast(): out = model(x); loss = loss_fn(out, y)
             backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
         with freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
+        if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)
         opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
     else:
         with cast(): out = model(x); loss = loss_fn(out, y)
         backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         if grad_scaler is not None: grad_scaler.step(opt)
         else: opt.step()
     if grad_scaler is not None: grad_scaler.update()
@@ -912,6 +917,10 @@ for name in ('sgd', 'stablesam'):
 out, loss = sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, grad_scaler=torch.amp.GradScaler('cpu'),
                      autocast_dtype=torch.bfloat16)
 test_eq(out.dtype, torch.bfloat16)
+before = [p.detach().clone() for p in nets[0].parameters()]
+for refuse in (1, 2):  # a refused step leaves the weights (and the momentum) as they were
+    test_eq(sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, guard=lambda loss, n: n != refuse), None)
+    for a, b in zip(before, nets[0].parameters()): test_eq(a, b.detach())
 
 
 # %% [markdown]

@@ -282,6 +282,106 @@ class DataBundle:
 
 
 # %% [markdown]
+# ## Damaged files
+#
+# A dataset file that is there but damaged (a download cut short, a copy that ran out of disk, a bit
+# flip) is reported as damaged, with its path and what is wrong, never as missing. An MNIST idx file
+# is checked before every load, from its header alone: the magic number (uint8 data, 3 dimensions for
+# images, 1 for labels), the size the header promises against the size on disk, 28x28 images and one
+# label per image. CIFAR pickles are checked when torchvision fails to load them (so a healthy folder is
+# not read twice): each must unpickle to rows of 3x32x32 bytes with one label each, and a real file
+# (not one of `write_fake_cifar`'s) must match its MD5 sum.
+
+# %%
+#| export
+class DataFileError(ValueError):
+    """A dataset file that exists but is damaged; the message names the file and what is wrong."""
+
+
+# %%
+#| exporti
+_IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # uint8 labels (1 dimension), uint8 images (3 dimensions)
+
+def _idx_shape(path):
+    """The shape an MNIST idx file's header declares, after checking its magic number and its size against it."""
+    path, ndim = Path(path), 3 if 'idx3' in Path(path).name else 1
+    size, header = path.stat().st_size, 4 + 4 * ndim
+    with open(path, 'rb') as f: head = f.read(header)
+    if len(head) < header: raise DataFileError(f"Damaged MNIST file {path}: {size} bytes, shorter than its {header}-byte header")
+    magic = int.from_bytes(head[:4], 'big')
+    if magic != _IDX_MAGIC[ndim]:
+        raise DataFileError(f"Damaged MNIST file {path}: bad magic number 0x{magic:08x} "
+                            f"(expected 0x{_IDX_MAGIC[ndim]:08x}: uint8, {ndim} dimension{'s' * (ndim > 1)})")
+    shape = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if size != expected:
+        raise DataFileError(f"Damaged MNIST file {path}: {size} bytes, expected {expected} (header: "
+                            f"{' x '.join(map(str, shape))} uint8){': truncated' if size < expected else ''}")
+    return shape
+
+def _check_mnist(root, train):
+    """Check one MNIST split's idx files where both are present: headers, sizes, 28x28 images, one label in 0-9 per image."""
+    raw, split = Path(root).expanduser() / 'MNIST' / 'raw', 'train' if train else 't10k'
+    images, labels = raw / f'{split}-images-idx3-ubyte', raw / f'{split}-labels-idx1-ubyte'
+    if not (images.is_file() and labels.is_file()): return  # missing files are torchvision's (and `_missing`'s) to report
+    (n, h, w), (m,) = _idx_shape(images), _idx_shape(labels)
+    if (h, w) != (28, 28): raise DataFileError(f"Damaged MNIST file {images}: images of {h}x{w} pixels, expected 28x28")
+    if n != m: raise DataFileError(f"MNIST files disagree: {images} holds {n} images, {labels} {m} labels")
+    top = max(labels.read_bytes()[8:], default=0)
+    if top > 9: raise DataFileError(f"Damaged MNIST file {labels}: label {top}, expected 0-9")
+
+
+# %%
+tmp = Path(tempfile.mkdtemp())
+raw = write_fake_mnist(tmp, n_train=30, n_test=10) / 'MNIST' / 'raw'
+test_eq(_idx_shape(raw / 'train-images-idx3-ubyte'), (30, 28, 28))
+f = raw / 't10k-images-idx3-ubyte'
+f.write_bytes(f.read_bytes()[:-100])
+test_fail(lambda: _check_mnist(tmp, train=False), contains=f'{f}: 7756 bytes, expected 7856 (header: 10 x 28 x 28 uint8): truncated')
+f = raw / 'train-labels-idx1-ubyte'
+f.write_bytes(b'\x00\x00\x08\x03' + f.read_bytes()[4:])
+test_fail(lambda: _check_mnist(tmp, train=True), contains='bad magic number 0x00000803 (expected 0x00000801')
+
+
+# %%
+#| exporti
+def _check_cifar(name, root, train):
+    """Check one CIFAR split's pickles and meta file where present: rows of 3x32x32 bytes, one label each, real files' MD5."""
+    from torchvision.datasets.utils import check_integrity
+    cls = {'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
+    folder = Path(root).expanduser() / cls.base_folder
+    fake = (folder / FAKE_MARKER).exists()
+    for fname, md5 in (cls.train_list if train else cls.test_list) + [[cls.meta['filename'], cls.meta['md5']]]:
+        path = folder / fname
+        if not path.is_file(): continue  # missing files are torchvision's (and `_missing`'s) to report
+        size = path.stat().st_size
+        bad = lambda what: DataFileError(f"Damaged {name} file {path} ({size} bytes): {what}; "
+                                         + ('write it again (write_fake_cifar)' if fake else f'extract {cls.filename} again'))
+        try:
+            with open(path, 'rb') as f: d = pickle.load(f, encoding='latin1')
+        except Exception as e: raise bad(f"cannot be unpickled ({type(e).__name__}: {e})") from e
+        if fname == cls.meta['filename']:
+            if not (isinstance(d, dict) and cls.meta['key'] in d): raise bad(f"no {cls.meta['key']!r} in the meta file")
+        else:
+            key = 'labels' if name == 'cifar10' else 'fine_labels'
+            x = d.get('data') if isinstance(d, dict) else None
+            if getattr(x, 'ndim', 0) != 2 or x.shape[1] != 3 * 32 * 32:
+                raise bad(f"'data' holds {getattr(x, 'shape', type(x).__name__)}, expected rows of 3*32*32 = 3072 bytes")
+            if len(d.get(key, ())) != len(x): raise bad(f"{len(x)} images but {len(d.get(key, ()))} {key!r}")
+        if not fake and not check_integrity(str(path), md5):
+            raise bad(f"its MD5 sum differs from the real file's ({md5})")
+
+
+# %%
+write_fake_cifar(tmp, n_train=20, n_test=10)
+f = tmp / 'cifar-10-batches-py' / 'data_batch_3'
+_check_cifar('cifar10', tmp, train=True)
+f.write_bytes(f.read_bytes()[:-50])
+test_fail(lambda: _check_cifar('cifar10', tmp, train=True), contains=f'{f} (')
+test_fail(lambda: _check_cifar('cifar10', tmp, train=True), contains='cannot be unpickled (UnpicklingError: pickle data was truncated)')
+
+
+# %% [markdown]
 # torchvision checks CIFAR files against the real MD5 sums. The subclasses skip that check, and
 # only it, in folders marked as fake by `write_fake_cifar`; real data is always verified.
 
@@ -311,10 +411,13 @@ def _missing(name, root, err):
                              f"(or point --data-root elsewhere); stablesam.data.write_fake_* writes small fake ones.")
 
 def _torchvision(name, root, train, transform, download):
-    """A torchvision dataset, downloaded if asked and possible, else a clear error naming the folder."""
+    """A torchvision dataset, downloaded if asked and possible; a clear error naming the folder, or the damaged file."""
     cls = {'mnist': tvd.MNIST, 'cifar10': _CIFAR10, 'cifar100': _CIFAR100}[name]
+    if name == 'mnist': _check_mnist(root, train)
     try: return cls(root, train=train, transform=transform, download=False)
-    except RuntimeError as e:
+    except Exception as e:
+        if name != 'mnist': _check_cifar(name, root, train)  # a file that is there but damaged is named as such
+        if not isinstance(e, RuntimeError): raise
         if not download: raise _missing(name, root, 'download=False') from e
     try: return cls(root, train=train, transform=transform, download=True)
     except Exception as e: raise _missing(name, root, f'download failed: {type(e).__name__}: {e}') from e

@@ -32,14 +32,17 @@ from stablesam.optim import BASES, OPTIMIZERS
 #
 # `quick=True` keeps every setting but trains one epoch on a small seeded subset (256 training and 256
 # test examples, batch at most 64): the same code path, smaller. `RESUMABLE` names the settings that
-# may differ between a run and its resumption (where the run lives and how it is computed, not what;
-# `in_memory` is not one of them: with augmentation, the batched path draws other crops than torchvision).
+# may differ between a run and its resumption (where the run lives, how it is computed and how often it is
+# checkpointed, not what; `in_memory` is not one of them: with augmentation, the batched path draws other
+# crops than torchvision). `on_nonfinite` is among them: a run that stopped on a non-finite loss may be
+# resumed with `'skip'`.
 
 # %%
 #| export
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root')
+NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every', 'on_nonfinite')
 
 @dataclass
 class TrainConfig:
@@ -74,6 +77,8 @@ class TrainConfig:
     download: bool = True
     progress: bool = True
     in_memory: bool = True
+    checkpoint_every: float = 600.0
+    on_nonfinite: str = 'stop'
 
     def to_dict(self):
         """All settings as a JSON-ready dict."""
@@ -103,7 +108,7 @@ class TrainConfig:
 def _validate(self):
     """Raise a ValueError naming the first invalid setting; returns the config."""
     for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
-                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES)):
+                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE)):
         if getattr(self, key) not in choices:
             raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
     for key in ('rho', 'lr', 'momentum', 'weight_decay'):
@@ -118,6 +123,9 @@ def _validate(self):
     if not 0 <= self.label_smoothing < 1: raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")
     if not 0 <= self.label_noise <= 1: raise ValueError(f"Invalid label_noise: {self.label_noise} (must be in [0, 1])")
     if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
+    v = self.checkpoint_every
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
     return self
 
 TrainConfig.validate = _validate
@@ -130,6 +138,31 @@ test_fail(lambda: TrainConfig(model='resnet21').validate(), contains="Unknown mo
 test_fail(lambda: TrainConfig(lr=float('nan')).validate(), contains='Invalid lr: nan')
 test_fail(lambda: TrainConfig(batch_size=0).validate(), contains='Invalid batch_size: 0')
 test_fail(lambda: TrainConfig.from_dict({'rh0': 1}), contains="['rh0']")
+test_fail(lambda: TrainConfig(on_nonfinite='ignore').validate(), contains="Unknown on_nonfinite: 'ignore' (choose from stop, skip)")
+
+
+# %% [markdown]
+# A run may be resumed with more epochs under the constant schedule (the steps done are the steps the
+# longer run does); under the cosine schedule the learning rate of every step depends on the number of
+# epochs, so a longer run would be another run, and is refused with that reason.
+
+# %%
+#| export
+def epochs_change(saved_epochs, cfg):
+    """Why a run checkpointed with `saved_epochs` epochs cannot resume as `cfg` (None where it can: the same, or more at a constant lr)."""
+    if saved_epochs == cfg.epochs: return None
+    if cfg.schedule != 'constant':
+        return (f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (the {cfg.schedule} schedule would change: "
+                "its learning rate at every step depends on the number of epochs)")
+    if cfg.epochs < saved_epochs:
+        return f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (a run is extended, never shortened)"
+    return None
+
+
+# %%
+test_eq(epochs_change(2, TrainConfig(epochs=3, schedule='constant')), None)
+assert 'the cosine schedule would change' in epochs_change(2, TrainConfig(epochs=3))
+assert 'never shortened' in epochs_change(3, TrainConfig(epochs=2, schedule='constant'))
 
 # %% [markdown]
 # ## The paper's recipes

@@ -19,53 +19,97 @@
 #| hide
 from fastcore.test import *
 import tempfile
+import warnings
 from pathlib import Path
 import torch
 
 # %%
 #| export
 import json
+import math
 import os
 import platform
+import warnings
 from pathlib import Path
 
 # %% [markdown]
 # ## Atomic writes
 #
 # A file that must never be seen half written (a checkpoint, `config.json`) is written to a temporary
-# file in the same folder and renamed onto its name: a run killed mid-save leaves the previous version.
+# file in the same folder, flushed to disk and renamed onto its name: a run killed mid-save (or a machine
+# that stops) leaves the previous version. A temporary file left by a killed process is removed when the
+# run resumes.
+#
+# Every JSON file is strict JSON: a NaN or an infinity (a diverged loss) is written as `null`, and the
+# record's `nonfinite` field says which entries were what, so any JSON reader reads every file.
 
 # %%
 #| export
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 CHECKPOINT = 'checkpoint.pt'
+DIVERGED = 'diverged.json'  # written by a run that stopped on a non-finite loss or gradient: where, and what to do
 
 def atomic_write(path, write):
-    """Call `write(tmp_path)`, then rename the temporary file onto `path` (no half-written file is ever seen)."""
+    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path` (no half-written file is ever seen)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
         write(tmp)
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
 
+def remove_temporaries(folder):
+    """Delete the temporary files that processes killed in `atomic_write` left in `folder`."""
+    for f in Path(folder).glob('.*.tmp*'): f.unlink(missing_ok=True)
+
+def _strict(obj, path, bad):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad[path] = 'nan' if obj != obj else ('inf' if obj > 0 else '-inf')
+        return None
+    if isinstance(obj, dict): return {k: _strict(v, f'{path}.{k}' if path else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [_strict(v, f'{path}[{i}]', bad) for i, v in enumerate(obj)]
+    return obj
+
+def strict_json(obj):
+    """`obj` with every NaN or infinity replaced by None, and a dict's `nonfinite` field naming each ('nan', 'inf', '-inf')."""
+    bad = {}
+    out = _strict(obj, '', bad)
+    if bad and isinstance(out, dict): out['nonfinite'] = dict(out.get('nonfinite') or {}, **bad)
+    return out
+
+def _dumps(obj, **kw): return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
 def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + '\n'))
+    """Write `obj` as indented strict JSON (see `strict_json`), atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(_dumps(obj, indent=2) + '\n'))
 
 def write_jsonl(path, records):
-    """Write `records` as a JSON-lines file, atomically (replaces what was there)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in records)))
+    """Write `records` as a strict JSON-lines file, atomically (replaces what was there)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(_dumps(r) + '\n' for r in records)))
 
 def append_jsonl(path, record):
-    """Append `record` as one JSON line to `path` (a long run that stops keeps what it wrote)."""
-    with open(path, 'a') as f: f.write(json.dumps(record) + '\n')
+    """Append `record` as one strict JSON line to `path` (a long run that stops keeps what it wrote)."""
+    with open(path, 'a') as f: f.write(_dumps(record) + '\n')
 
-def read_jsonl(path):
-    """The JSON objects of a JSON-lines file, one per non-empty line."""
-    with open(path) as f: return [json.loads(line) for line in f if line.strip()]
+def read_json(path):
+    """The object in a JSON file; a damaged file is a ValueError naming it, the line and the column."""
+    try: return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
+
+def read_jsonl(path, torn_tail=False):
+    """The JSON objects of a JSON-lines file; a damaged line is a ValueError naming the file and line (with `torn_tail`, a cut-short last line is left out)."""
+    lines = Path(path).read_text().split('\n')  # a last line without a newline was cut short by a writer that stopped
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if torn_tail and n == len(lines): break
+            raise ValueError(f"Damaged {path}, line {n}: {e.msg} (column {e.colno}) in {line.strip()[:60]!r}") from e
+    return out
 
 
 # %%
@@ -78,6 +122,14 @@ try: atomic_write(tmp / 'a.jsonl', fail)
 except KeyboardInterrupt: pass
 test_eq(len(read_jsonl(tmp / 'a.jsonl')), 3)              # the old file survives a write killed half way
 test_eq(sorted(p.name for p in tmp.iterdir()), ['a.jsonl'])  # and no temporary file is left
+write_jsonl(tmp / 'n.jsonl', [dict(epoch=1, train_loss=float('nan'), curve=[1.0, float('inf')])])
+print((tmp / 'n.jsonl').read_text())
+test_eq(read_jsonl(tmp / 'n.jsonl'), [dict(epoch=1, train_loss=None, curve=[1.0, None], nonfinite={'train_loss': 'nan', 'curve[1]': 'inf'})])
+(tmp / 'n.jsonl').write_text('{"epoch": 1}\n{"epoch": 2,, }\n')
+test_fail(lambda: read_jsonl(tmp / 'n.jsonl'), contains=f"Damaged {tmp / 'n.jsonl'}, line 2: Expecting property name")
+(tmp / 'c.json').write_text('{\n  "lr": 0.1\n  "epochs": 3\n}')
+test_fail(lambda: read_json(tmp / 'c.json'), contains=f"Damaged {tmp / 'c.json'}: Expecting ',' delimiter at line 3, column 3")
+for f in ('n.jsonl', 'c.json'): (tmp / f).unlink()
 
 
 # %% [markdown]
@@ -97,14 +149,7 @@ class JsonlLog:
 
     def records(self):
         """The records written so far (a partial last line, from a run killed mid-append, is left out)."""
-        if not self.path.exists(): return []
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        out = []
-        for i, line in enumerate(lines):
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i < len(lines) - 1: raise ValueError(f"{self.path}, line {i + 1}: not JSON: {line[:80]!r}") from None
-        return out
+        return read_jsonl(self.path, torn_tail=True) if self.path.exists() else []
 
     def resume(self, epoch):
         """Truncate the log to the records of epochs up to `epoch` (all finished) and return them."""
@@ -127,7 +172,7 @@ test_eq([r['epoch'] for r in log.resume(2)], [1, 2])          # the checkpoint h
 log.append(dict(epoch=3, loss=0.3))
 test_eq([r['epoch'] for r in read_jsonl(log.path)], [1, 2, 3])
 log.path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
-test_fail(log.records, contains='line 2: not JSON')
+test_fail(log.records, contains=f'Damaged {log.path}, line 2: Expecting value')
 
 # %% [markdown]
 # ## Checkpoints
@@ -137,22 +182,42 @@ test_fail(log.records, contains='line 2: not JSON')
 # that is not a stablesam checkpoint and a checkpoint written by a run with other settings each get an
 # error that names the file and what is wrong. Settings in `ignore` may differ (the run folder, the
 # device, the number of loader workers: they do not change the results).
+#
+# A run folder keeps two checkpoints: `checkpoint.pt` and the one before it, `checkpoint.prev.pt`. A new
+# checkpoint is written to a temporary file and read back before the latest moves to the previous slot
+# and the new one takes its place, so a good checkpoint is on disk at every moment. `latest_checkpoint`
+# falls back to the previous one, with a warning naming both files, when the latest does not load.
 
 # %%
 #| export
 CHECKPOINT_FORMAT = 'stablesam-checkpoint'
+PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
-def save_checkpoint(path, state):
-    """Save the checkpoint dict `state` to `path` atomically."""
+def _read(path):
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); any failure is a RuntimeError naming the file."""
     import torch
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        size = f'{Path(path).stat().st_size} bytes' if Path(path).exists() else 'missing'
+        why = (str(e).splitlines() or [''])[0]
+        if 'Weights only load failed' in why:
+            why = 'not a file of plain tensors (damaged, or holding objects whose loading could run code: never loaded)'
+        raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
+
+def save_checkpoint(path, state, previous=None):
+    """Save the checkpoint dict `state` to `path` atomically once it reads back; with `previous`, the one it replaces is kept there."""
+    import torch
+    path = Path(path)
+    def write(tmp):
+        torch.save(state, tmp)
+        _read(tmp)  # a file that does not load never replaces a good checkpoint
+        if previous is not None and path.exists(): os.replace(path, previous)
+    atomic_write(path, write)
 
 def load_checkpoint(path, config=None, ignore=()):
     """Read a checkpoint safely (`weights_only=True`); with `config` (a dict or a `TrainConfig`), check it was written by the same settings."""
-    import torch
     path = Path(path)
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RuntimeError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    state = _read(path)
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
     if config is not None:
@@ -161,6 +226,16 @@ def load_checkpoint(path, config=None, ignore=()):
                 if k not in ignore and saved.get(k) != now[k]]
         if diff: raise ValueError(f"Checkpoint {path} was written by a run with other settings: " + '; '.join(diff))
     return state
+
+def latest_checkpoint(run_dir, config=None, ignore=()):
+    """`(state, path)` of the newest checkpoint in `run_dir` that loads, else the previous one with a warning; `(None, None)` if none."""
+    latest, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    if not (latest.exists() or previous.exists()): return None, None
+    try: return load_checkpoint(latest, config, ignore), latest
+    except RuntimeError as e:  # a checkpoint of other settings (ValueError) is no reason to go back
+        if not previous.exists(): raise
+        warnings.warn(f"The latest checkpoint {latest} does not load ({e}); resuming from the previous one, {previous}")
+        return load_checkpoint(previous, config, ignore), previous
 
 
 # %%
@@ -171,6 +246,16 @@ test_fail(lambda: load_checkpoint(tmp / 'c.pt', dict(lr=0.2, out='here')), conta
 test_fail(lambda: load_checkpoint(tmp / 'bad.pt'), contains=f'Cannot read checkpoint {tmp}/bad.pt')
 save_checkpoint(tmp / 'other.pt', {'format': 'other'})
 test_fail(lambda: load_checkpoint(tmp / 'other.pt'), contains='is not a stablesam training checkpoint')
+run = tmp / 'run'; run.mkdir()
+for step in (1, 2): save_checkpoint(run / CHECKPOINT, {'format': CHECKPOINT_FORMAT, 'config': {}, 'step': step}, previous=run / PREVIOUS)
+test_eq(latest_checkpoint(run)[0]['step'], 2)
+(run / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes()[:100])   # damaged
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    state, path = latest_checkpoint(run)
+test_eq((state['step'], path.name), (1, PREVIOUS))
+assert f'The latest checkpoint {run / CHECKPOINT} does not load' in str(caught[0].message) and str(run / PREVIOUS) in str(caught[0].message)
+test_eq(sorted(p.name for p in run.iterdir()), sorted([CHECKPOINT, PREVIOUS]))  # no temporary file left
 
 
 # %% [markdown]
@@ -196,10 +281,10 @@ def read_metrics(run_dir):
     return JsonlLog(Path(run_dir) / METRICS).records()
 
 def read_run(run_dir):
-    """`(config, metrics)` of a run folder: its `config.json` as a dict and its per-epoch metrics."""
+    """`(config, metrics)` of a run folder: its `config.json` as a dict and its per-epoch metrics (a damaged file is named, with the line)."""
     path = Path(run_dir) / CONFIG
-    try: return json.loads(path.read_text()), read_metrics(run_dir)
-    except (json.JSONDecodeError, OSError, ValueError) as e: raise ValueError(f"Unreadable run folder {path.parent}: {e}") from e
+    try: return read_json(path), read_metrics(run_dir)
+    except (OSError, ValueError) as e: raise ValueError(f"Unreadable run folder {path.parent}: {e}") from e
 
 
 # %%

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, TrainConfig, preset_config
+from stablesam.config import AMP_MODES, LR_SCHEDULES, NONFINITE, PRESETS, TrainConfig, preset_config
 from stablesam.data import DATASETS
 from stablesam.models import MODELS
 from stablesam.optim import BASES, OPTIMIZERS
-from stablesam.runs import CONFIG
-from stablesam.train import Trainer
+from stablesam.runs import CONFIG, read_json
+from stablesam.train import Diverged, Trainer
 
 # %% [markdown]
 # ## Sweeps: the tables' grids as commands
@@ -108,6 +108,9 @@ print(*table_commands('table4', seeds=(0,))[:2], sep='\n')
 #
 # Every `TrainConfig` setting is a flag. Flags left out take the preset's value (with `--preset`),
 # else the saved run's (with `--resume` on an existing run folder), else the `TrainConfig` default.
+# Exit status: 0 done, 2 a usage or data error (the message says which setting or file), 3 the run
+# diverged (a non-finite loss or gradient; the message names the epoch, step, lr and the last good
+# checkpoint, and the run folder gets `diverged.json` with the same: the outcome a sweep records).
 
 # %%
 #| export
@@ -143,6 +146,10 @@ _HELP = dict(
     progress="show a progress bar and per-epoch lines (--no-progress for logs)",
     in_memory="decode MNIST/CIFAR once into tensors on the device and augment there in batches "
               "(--no-in-memory: a DataLoader with per-image transforms, as for ImageNet folders)",
+    checkpoint_every="seconds between checkpoints within an epoch (0: at epoch ends only); a killed run loses at most that",
+    on_nonfinite=f"a non-finite loss or gradient: {' or '.join(NONFINITE)} (stop: exit status 3, the last good checkpoint "
+                 "kept; skip: the step is skipped and counted in skipped_steps; with --amp fp16 the GradScaler skips "
+                 "overflowing gradients itself)",
 )
 
 def build_parser():
@@ -182,7 +189,7 @@ def config_from_args(args):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     saved = Path(given['out']) / CONFIG if given.get('out') and given.get('resume') else None
     if saved is not None and saved.exists():
-        d = json.loads(saved.read_text())
+        d = read_json(saved)
         base = {f.name: d[f.name] for f in dataclasses.fields(TrainConfig) if f.name in d}
         return TrainConfig.from_dict({**base, **given})
     return preset_config(args.preset, **given)
@@ -198,6 +205,10 @@ def main(argv=None):
         cfg = config_from_args(args)
         trainer = Trainer(cfg)
         history = trainer.fit()
+    except Diverged as e:
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and trainer.rank > 0: return 3
+        print(f'stablesam-train: diverged: {e}', file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         if int(os.environ.get('WORLD_SIZE', '1')) > 1: raise
         print(f'stablesam-train: error: {e}', file=sys.stderr)

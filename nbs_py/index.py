@@ -98,7 +98,10 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # CIFAR and MNIST download into `--data-root` on first use; ImageNet-1k is read from an ImageFolder tree
 # (`train/`, `val/`) there. Several GPUs or nodes: the same command under
 # `torchrun --nproc_per_node=8 "$(which stablesam-train)" ...` (`--ascent global`, the default, is Algorithm 1 on
-# the global batch; `--ascent local` perturbs each replica with its own gradient; `--fsdp` shards the model). A killed run continues exactly with `--resume`. The whole grid of a table, as command lines for a
+# the global batch; `--ascent local` perturbs each replica with its own gradient; `--fsdp` shards the model). A
+# killed run continues exactly with `--resume`, from within an epoch too (a checkpoint every
+# `--checkpoint-every` seconds, 600 by default); a run whose loss turns non-finite stops with exit status 3
+# and keeps its last good checkpoint (`--on-nonfinite skip` skips such steps instead). The whole grid of a table, as command lines for a
 # job scheduler: `stablesam-train --sweep table2` (Table 3: `table3`, Table 4: `table4`), and
 # `stablesam-results runs/table2` builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell)
 # as Markdown and CSV with the training curves. The figures: `stablesam-stability` (Figures 5-7) and the

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .config import AMP_MODES, LR_SCHEDULES, PRESETS, TrainConfig, preset_config
+from .config import AMP_MODES, LR_SCHEDULES, NONFINITE, PRESETS, TrainConfig, preset_config
 from .data import DATASETS
 from .models import MODELS
 from .optim import BASES, OPTIMIZERS
-from .runs import CONFIG
-from .train import Trainer
+from .runs import CONFIG, read_json
+from .train import Diverged, Trainer
 
 # %% ../nbs/05a_cli.ipynb #26659e66
 TABLE2_MODELS = ('resnet20', 'resnet56', 'resnext29_32x4d', 'wrn28_10', 'pyramidnet110')
@@ -99,6 +99,10 @@ _HELP = dict(
     progress="show a progress bar and per-epoch lines (--no-progress for logs)",
     in_memory="decode MNIST/CIFAR once into tensors on the device and augment there in batches "
               "(--no-in-memory: a DataLoader with per-image transforms, as for ImageNet folders)",
+    checkpoint_every="seconds between checkpoints within an epoch (0: at epoch ends only); a killed run loses at most that",
+    on_nonfinite=f"a non-finite loss or gradient: {' or '.join(NONFINITE)} (stop: exit status 3, the last good checkpoint "
+                 "kept; skip: the step is skipped and counted in skipped_steps; with --amp fp16 the GradScaler skips "
+                 "overflowing gradients itself)",
 )
 
 def build_parser():
@@ -132,7 +136,7 @@ def config_from_args(args):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     saved = Path(given['out']) / CONFIG if given.get('out') and given.get('resume') else None
     if saved is not None and saved.exists():
-        d = json.loads(saved.read_text())
+        d = read_json(saved)
         base = {f.name: d[f.name] for f in dataclasses.fields(TrainConfig) if f.name in d}
         return TrainConfig.from_dict({**base, **given})
     return preset_config(args.preset, **given)
@@ -148,6 +152,10 @@ def main(argv=None):
         cfg = config_from_args(args)
         trainer = Trainer(cfg)
         history = trainer.fit()
+    except Diverged as e:
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and trainer.rank > 0: return 3
+        print(f'stablesam-train: diverged: {e}', file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         if int(os.environ.get('WORLD_SIZE', '1')) > 1: raise
         print(f'stablesam-train: error: {e}', file=sys.stderr)

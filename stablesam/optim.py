@@ -424,8 +424,8 @@ def is_sam(opt):
 # %% ../nbs/00_optim.ipynb #84c4452a
 from contextlib import nullcontext
 
-def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True):
-    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`."
+def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True, guard=None):
+    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`, or None if `guard` refused it."
     cast = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
     backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
     opt.zero_grad(set_to_none=True)
@@ -433,14 +433,17 @@ def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None
         with first_pass_no_sync(model):
             with cast(): out = model(x); loss = loss_fn(out, y)
             backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
         with freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
+        if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)
         opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
     else:
         with cast(): out = model(x); loss = loss_fn(out, y)
         backward(loss)
+        if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         if grad_scaler is not None: grad_scaler.step(opt)
         else: opt.step()
     if grad_scaler is not None: grad_scaler.update()

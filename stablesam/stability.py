@@ -12,10 +12,10 @@ __all__ = ['PANELS', 'FIGURE_SETTINGS', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Neighbo
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from .data import LabelledView, get_datasets, in_memory
+from .runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, read_json, read_jsonl,
+                            remove_temporaries, save_checkpoint, write_json, write_jsonl)
 from .style import optimizer_style, plot_kwargs, quantity
-from .train import append_jsonl, read_jsonl, write_json, write_jsonl
 
 # %% ../nbs/06_stability.ipynb #537c1fec
 class Neighbours(NamedTuple):
@@ -150,6 +151,7 @@ def format_summary(summary: dict) -> str:
     return '\n'.join(lines + ([] if all(s['seeds'] == 1 for s in summary.values()) else ['', 'mean [min, max] over seeds']))
 
 # %% ../nbs/06_stability.ipynb #d6812a35
+from .config import RESUMABLE
 from .optim import OPTIMIZERS
 from .train import Trainer, TrainConfig
 
@@ -170,19 +172,51 @@ def stability_config(dataset: str = 'mnist', model: str | None = None, schedule:
                        lr=lr, rho=rho, epochs=epochs, batch_size=batch_size, **{**settings, **kwargs}).validate()
 
 # %% ../nbs/06_stability.ipynb #0665d994
-def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None) -> list[dict]:
+class _PairCheckpoint:
+    """Both trainers of a pair and its records, saved to `folder` (two slots) after each epoch and every `every` seconds."""
+    def __init__(self, folder, every): self.folder, self.every, self.saved_at, self.pair = folder, every, time.perf_counter(), None
+    def after_step(self, trainer):
+        """Save if `every` seconds have passed (a callback of both trainers)."""
+        if self.folder is not None and self.every > 0 and time.perf_counter() - self.saved_at >= self.every: self.save()
+    def save(self):
+        """Write both trainers' states and the records so far (nothing without a folder)."""
+        if self.folder is None: return
+        cfg, ta, tb, records = self.pair
+        ta.check_finite(); tb.check_finite()  # never a state after a non-finite step
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = dict(format=CHECKPOINT_FORMAT, config=cfg.to_dict(), a=ta.state(), b=tb.state(), records=records)
+        save_checkpoint(self.folder / 'checkpoint.pt', state, previous=self.folder / 'checkpoint.prev.pt')
+        self.saved_at = time.perf_counter()
+
+# %% ../nbs/06_stability.ipynb #0f89317c
+def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *, checkpoint=None,
+               checkpoint_every: float = 600.0, resume: bool = False) -> list[dict]:
     "Train two models from one initialisation on S and S' (`neighbours` into `data.train`); per-epoch stability records."
     s, s_prime = LabelledView(data.train, neighbours.s), LabelledView(data.train, neighbours.s_prime)
-    ta = Trainer(cfg, data=dataclasses.replace(data, train=s))
-    tb = Trainer(cfg, data=dataclasses.replace(data, train=s_prime))
+    saver = _PairCheckpoint(None if checkpoint is None else Path(checkpoint), checkpoint_every)
+    ta = Trainer(cfg, data=dataclasses.replace(data, train=s), callbacks=[saver])
+    tb = Trainer(cfg, data=dataclasses.replace(data, train=s_prime), callbacks=[saver])
     tb.model.load_state_dict(ta.model.state_dict())
     records = []
-    for epoch in range(cfg.epochs + 1):
-        lr = cfg.lr if epoch == 0 else ta.train_epoch()['lr']
-        if epoch > 0: tb.train_epoch()
+    if resume and saver.folder is not None and saver.folder.exists():
+        remove_temporaries(saver.folder)
+        state, path = latest_checkpoint(saver.folder, cfg, ignore=RESUMABLE)
+        if state is not None:
+            ta.load_state(state['a'], path); tb.load_state(state['b'], path)
+            records = list(state['records'])
+            for rec in records:
+                if on_record is not None: on_record(rec)
+    saver.pair = cfg, ta, tb, records
+    while len(records) <= cfg.epochs:
+        epoch = len(records)
+        if epoch > 0:
+            if ta.epoch < epoch: ta.train_epoch()  # a pair resumed within S' 's epoch has trained this epoch on S already
+            tb.train_epoch()
+        lr = cfg.lr if epoch == 0 else ta.optimizer.param_groups[0]['lr']
         rec = stability_record(cfg.optimizer, cfg.seed, epoch, param_distance(ta.model, tb.model),
                                ta.evaluate(s), ta.evaluate(data.test), tb.evaluate(s_prime), tb.evaluate(data.test), lr=lr)
         records.append(rec)
+        saver.save()
         if on_record is not None: on_record(rec)
     return records
 
@@ -208,7 +242,8 @@ def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
     return [r for r in records if (r['optimizer'], r['seed']) in done]
 
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
-                  subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False) -> list[dict]:
+                  subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False,
+                  checkpoint_every: float = 600.0) -> list[dict]:
     "Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."
     from tqdm.auto import tqdm
     check_run(optimizers, seeds, subset)
@@ -216,8 +251,8 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
     records = []
     if jsonl is not None:
         jsonl = Path(jsonl); jsonl.parent.mkdir(parents=True, exist_ok=True)
-        if resume and jsonl.exists(): records = finished_pairs(read_jsonl(jsonl), cfg.epochs)
-        write_jsonl(jsonl, records)  # a resumed run keeps the finished pairs and retrains the rest
+        if resume and jsonl.exists(): records = finished_pairs(read_jsonl(jsonl, torn_tail=True), cfg.epochs)
+        write_jsonl(jsonl, records)  # a resumed run keeps the finished pairs; a partial one continues from its checkpoint
     done = {(r['optimizer'], r['seed']) for r in records}
     todo = [(int(seed), opt) for seed in seeds for opt in optimizers if (opt, int(seed)) not in done]
     bar = tqdm(total=len(todo) * cfg.epochs, desc='stability', disable=not progress)
@@ -228,7 +263,9 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
     n = len(data.train) if subset is None else min(len(data.train), int(subset))
     for seed, opt in todo:   # train_pair builds the two views: the pair is drawn here, once per seed
         neighbours = neighbouring_indices(n, seed)
-        records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=seed), data, neighbours, on_record)
+        folder = None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}'
+        records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=seed), data, neighbours, on_record,
+                              checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
     bar.close()
     return records
 
@@ -264,7 +301,10 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-download', action='store_true', help='never try to download the dataset')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--resume', action='store_true',
-                   help='continue the run in --out: keep its finished (optimizer, seed) pairs, retrain the others')
+                   help='continue the run in --out: keep its finished (optimizer, seed) pairs, continue a partial one from '
+                        'its checkpoint (--out/pairs/<optimizer>-seed<seed>/), train the others')
+    p.add_argument('--checkpoint-every', type=float, default=600.0, metavar='SECONDS',
+                   help='seconds between checkpoints of a pair within an epoch (0: after each epoch only; default: 600)')
     return p
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -293,13 +333,13 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e))
     out.mkdir(parents=True, exist_ok=True)
-    previous = json.loads((out / 'config.json').read_text()).get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
+    previous = read_json(out / 'config.json').get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
     n_train = len(data.train) if args.subset is None else min(len(data.train), args.subset)
     config = dict(vars(args), n_train=n_train - 1, n_test=len(data.test), command=['stablesam-stability', *(sys.argv[1:] if argv is None else argv)],
                   machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     t0 = time.perf_counter()
-    records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data,
-                            jsonl=out / 'records.jsonl', progress=not args.quiet, resume=args.resume)
+    records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data, jsonl=out / 'records.jsonl',
+                            progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every)
     write_json(out / 'config.json', dict(config, wall_time_s=previous + time.perf_counter() - t0))
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)

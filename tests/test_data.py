@@ -1,4 +1,6 @@
 """Datasets through the real loading code on generated files: formats, label noise, subsets, errors."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 import torchvision.transforms.functional as TF
 
-from stablesam.data import (CropFlip, EpochSampler, SeededAugment, decode, get_datasets, noisy_labels,
+from stablesam.data import (CropFlip, DataFileError, EpochSampler, SeededAugment, decode, get_datasets, noisy_labels,
                             split_augmentation, write_fake_cifar, write_fake_imagefolder, write_fake_mnist)
 
 
@@ -83,11 +85,82 @@ def test_missing_data_names_the_folder(tmp_path):
 
 
 def test_real_cifar_checksums_still_checked(root, tmp_path):
-    """Only folders marked by write_fake_cifar skip torchvision's MD5 check."""
+    """Only folders marked by write_fake_cifar skip the MD5 check: unmarked, a fake file is a damaged real one."""
     write_fake_cifar(tmp_path, n_train=10, n_test=10)
     (tmp_path / 'cifar-10-batches-py' / 'FAKE_DATA').unlink()
-    with pytest.raises(FileNotFoundError, match='cifar-10-batches-py'):
+    for download in (False, True):  # a damaged file is reported as such, never downloaded over
+        with pytest.raises(DataFileError, match=f"{tmp_path / 'cifar-10-batches-py' / 'data_batch_1'} .*its MD5 sum "
+                                                "differs from the real file's .*extract cifar-10-python.tar.gz again"):
+            get_datasets('cifar10', tmp_path, download=download)
+
+
+def _mnist(tmp_path, n_train=40, n_test=20):
+    return write_fake_mnist(tmp_path, n_train=n_train, n_test=n_test) / 'MNIST' / 'raw'
+
+
+def test_truncated_mnist_names_file_and_sizes(tmp_path):
+    f = _mnist(tmp_path) / 'train-images-idx3-ubyte'
+    f.write_bytes(f.read_bytes()[:-1000])
+    expected = 16 + 40 * 28 * 28
+    with pytest.raises(DataFileError, match=f"Damaged MNIST file {f}: {expected - 1000} bytes, expected {expected} "
+                                            r"\(header: 40 x 28 x 28 uint8\): truncated"):
+        get_datasets('mnist', tmp_path, download=True)
+
+
+def test_mnist_bad_magic_number(tmp_path):
+    f = _mnist(tmp_path) / 't10k-labels-idx1-ubyte'
+    f.write_bytes(b'\x1f\x8b\x08\x00' + f.read_bytes()[4:])  # e.g. a gzip file under the uncompressed name
+    with pytest.raises(DataFileError, match=f"{f}: bad magic number 0x1f8b0800 \\(expected 0x00000801"):
+        get_datasets('mnist', tmp_path, download=False)
+
+
+def test_mnist_header_shorter_than_header(tmp_path):
+    f = _mnist(tmp_path) / 'train-labels-idx1-ubyte'
+    f.write_bytes(b'\x00\x00')
+    with pytest.raises(DataFileError, match=f"{f}: 2 bytes, shorter than its 8-byte header"):
+        get_datasets('mnist', tmp_path, download=False)
+
+
+def test_mnist_images_and_labels_disagree(tmp_path):
+    raw = _mnist(tmp_path)
+    _mnist(tmp_path / 'other', n_train=39)
+    (raw / 'train-labels-idx1-ubyte').write_bytes((tmp_path / 'other' / 'MNIST' / 'raw' / 'train-labels-idx1-ubyte').read_bytes())
+    with pytest.raises(DataFileError, match='holds 40 images, .*train-labels-idx1-ubyte 39 labels'):
+        get_datasets('mnist', tmp_path, download=False)
+
+
+def test_mnist_label_out_of_range(tmp_path):
+    f = _mnist(tmp_path) / 't10k-labels-idx1-ubyte'
+    f.write_bytes(f.read_bytes()[:-1] + bytes([200]))
+    with pytest.raises(DataFileError, match=f"{f}: label 200, expected 0-9"):
+        get_datasets('mnist', tmp_path, download=False)
+
+
+@pytest.mark.parametrize('num_classes, fname', [(10, 'data_batch_4'), (10, 'test_batch'), (100, 'train')])
+def test_truncated_cifar_pickle_names_file(tmp_path, num_classes, fname):
+    write_fake_cifar(tmp_path, n_train=100, n_test=20, num_classes=num_classes)
+    f = next(tmp_path.iterdir()) / fname
+    f.write_bytes(f.read_bytes()[:-500])
+    name = f'cifar{num_classes}'
+    with pytest.raises(DataFileError, match=f"Damaged {name} file {f} \\({f.stat().st_size} bytes\\): cannot be unpickled"):
+        get_datasets(name, tmp_path, download=False)
+
+
+def test_cifar_rows_of_the_wrong_size(tmp_path):
+    import pickle
+    write_fake_cifar(tmp_path, n_train=10, n_test=10)
+    f = tmp_path / 'cifar-10-batches-py' / 'test_batch'
+    f.write_bytes(pickle.dumps({'data': np.zeros((10, 1024), np.uint8), 'labels': [0] * 10}))
+    with pytest.raises(DataFileError, match=r"'data' holds \(10, 1024\), expected rows of 3\*32\*32 = 3072 bytes"):
         get_datasets('cifar10', tmp_path, download=False)
+
+
+def test_missing_file_is_still_not_found(tmp_path):
+    """Only files that are there can be damaged: a missing one is still reported as missing."""
+    raw = _mnist(tmp_path)
+    (raw / 't10k-images-idx3-ubyte').unlink()
+    with pytest.raises(FileNotFoundError, match='MNIST idx files'):
+        get_datasets('mnist', tmp_path, download=False)
 
 
 @pytest.mark.parametrize('kw, msg', [(dict(name='svhn'), "Unknown dataset: 'svhn'"),
@@ -205,3 +278,20 @@ def test_split_augmentation_kinds(root):
     assert split_augmentation(get_datasets('imagenet', root / 'imagenet').train) == (None, None)
     plain, aug = split_augmentation(get_datasets('cifar100', root, label_noise=0.5, seed=1).train)
     assert torch.equal(plain.targets, get_datasets('cifar100', root, label_noise=0.5, seed=1).train.targets)
+
+
+REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'MNIST' / 'raw'  # ../shared/data
+
+
+def test_real_mnist_passes_the_checks_and_a_truncated_copy_is_named(tmp_path):
+    """The real idx files pass the header checks; a copy of the real test images cut short gets the sizes in the message."""
+    if not (REAL_MNIST / 't10k-images-idx3-ubyte').exists():
+        pytest.skip(f'real MNIST not found in {REAL_MNIST} (../shared/data from the project root): the checks run on generated files above')
+    assert len(get_datasets('mnist', REAL_MNIST.parents[1], download=False).train) == 60000
+    raw = tmp_path / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    for f in REAL_MNIST.iterdir(): (raw / f.name).symlink_to(f)
+    cut = raw / 't10k-images-idx3-ubyte'
+    cut.unlink(); cut.write_bytes((REAL_MNIST / cut.name).read_bytes()[:-1000])
+    with pytest.raises(DataFileError, match=f"Damaged MNIST file {cut}: 7839016 bytes, expected 7840016 "
+                                            r"\(header: 10000 x 28 x 28 uint8\): truncated"):
+        get_datasets('mnist', tmp_path, download=False)
