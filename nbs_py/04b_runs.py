@@ -276,6 +276,15 @@ def package_versions():
         except PackageNotFoundError: v[pkg] = None
     return v
 
+def machine():
+    """This machine in a few words for a results config: CPU model, cores, GPU if any, torch version and threads."""
+    import os, torch
+    cpu = platform.processor() or platform.machine()
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts; empty if there are none yet)."""
     return JsonlLog(Path(run_dir) / METRICS).records()

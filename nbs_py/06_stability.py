@@ -42,7 +42,6 @@ torch.set_num_threads(1)  # the tiny CI models run fastest on one thread, and CI
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, in_memory
-from stablesam.runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, read_json, read_jsonl,
+from stablesam.runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, machine, read_json, read_jsonl,
                             remove_temporaries, save_checkpoint, write_json, write_jsonl)
 from stablesam.style import optimizer_style, plot_kwargs, quantity
 
@@ -562,7 +561,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     "The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."
-    import matplotlib, platform, time
+    import matplotlib, time
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     p, args = stability_parser(), parse_args(argv)
@@ -581,7 +580,7 @@ def main(argv=None) -> None:
     previous = read_json(out / 'config.json').get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
     n_train = len(data.train) if args.subset is None else min(len(data.train), args.subset)
     config = dict(vars(args), n_train=n_train - 1, n_test=len(data.test), command=['stablesam-stability', *(sys.argv[1:] if argv is None else argv)],
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+                  machine=machine())
     t0 = time.perf_counter()
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data, jsonl=out / 'records.jsonl',
                             progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every)

@@ -39,9 +39,6 @@ torch.set_num_threads(1)
 #| export
 import dataclasses
 import json
-import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,25 +49,21 @@ import torch
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
 from stablesam.optim import OPTIMIZERS
 from stablesam.style import plot_kwargs, quantity
-from stablesam.train import Trainer, TrainConfig, read_jsonl, write_json, write_jsonl
+from stablesam.runs import machine, read_jsonl, strict_json, write_json, write_jsonl
+from stablesam.train import Diverged, Trainer, TrainConfig
 
 
 # %% [markdown]
 # ## One run, recorded epoch by epoch
 #
 # `run_epochs` trains one configuration and returns one record per epoch. A non-finite loss ends the run
-# (every later epoch would be NaN too); the record keeps strict JSON: the non-finite value is written as
-# `null` and the field `nonfinite` names it. The run's outcome is written into each of its records:
+# (every later epoch would be NaN too): the Trainer stops the epoch at the first non-finite step
+# (`stablesam.train.Diverged`), and the record keeps strict JSON: the non-finite value is written as `null`,
+# the field `nonfinite` names it and `stopped` says where training stopped. The run's outcome is written into each of its records:
 # `diverged` and `outcome` (`trained`, `nonfinite` or `chance`).
 
 # %%
 #| export
-def strict_record(record: dict) -> dict:
-    """`record` with every non-finite float replaced by None and the replaced keys listed under `nonfinite`."""
-    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
-    if not bad: return record
-    return {**{k: (None if k in bad else v) for k, v in record.items()}, 'nonfinite': bad}
-
 def run_outcome(records: list[dict], num_classes: int = 10) -> str:
     """`nonfinite` if a loss became non-finite, `chance` if test accuracy never exceeded twice chance, else `trained`."""
     if any(r.get('nonfinite') for r in records): return 'nonfinite'
@@ -81,21 +74,21 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
     """Train `cfg` on `data` epoch by epoch: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
     trainer, records = Trainer(cfg, data=data), []
     while trainer.epoch < cfg.epochs:
-        m = trainer.train_epoch()
-        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch,
-                   train_loss=m['train_loss'], train_acc=m['train_acc'])
+        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1)
+        try: m = trainer.train_epoch()
+        except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
+        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
         for name, ds in (('test', data.test), ('val', val)):
             if ds is not None: e = trainer.evaluate(ds); rec[f'{name}_loss'], rec[f'{name}_acc'] = e['loss'], e['acc']
-        records.append(strict_record(rec))
+        records.append(strict_json(rec))
         if records[-1].get('nonfinite'): break
     outcome = run_outcome(records, data.num_classes)
     return [dict(r, outcome=outcome, diverged=outcome != 'trained') for r in records]
 
 
 # %%
-test_eq(strict_record(dict(a=1.0, b=float('nan'), c='x')), dict(a=1.0, b=None, c='x', nonfinite=['b']))
 test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.15)]), 'chance')
-test_eq(run_outcome([dict(test_acc=0.5, nonfinite=['train_loss'])]), 'nonfinite')
+test_eq(run_outcome([dict(test_acc=0.5, nonfinite={'train_loss': 'nan'})]), 'nonfinite')
 test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.9)]), 'trained')
 
 # %% [markdown]
@@ -126,10 +119,6 @@ test_eq(_bad[-1]['diverged'], True); assert _bad[-1]['outcome'] in ('nonfinite',
 
 # %%
 #| export
-def machine() -> str:
-    """This machine in a few words (for config.json)."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
 def run_sweep(runs, out, *, keys, meta: dict, progress: bool = True, resume: bool = False) -> list[dict]:
     """Run `runs` ((tags, cfg, data, val) tuples; `tags` holds `keys`) into `out`/records.jsonl; on `resume` skip recorded runs."""
     from tqdm.auto import tqdm

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import append_jsonl, read_jsonl
+from .runs import append_jsonl, machine, read_jsonl, write_jsonl
 
 # %% ../nbs/07_landscape.ipynb #a0f26c54
 def _dot(xs, ys):
@@ -162,7 +162,7 @@ class StepStats:
         if self.path is not None and self.path.exists():
             done = [r for r in read_jsonl(self.path) if r['epoch'] <= trainer.epoch]
             self.history = done
-            self.path.write_text(''.join(json.dumps(r) + '\n' for r in done))
+            write_jsonl(self.path, done)
 
     def after_step(self, trainer):
         "Stack this step's statistics on the device (no host synchronisation)."
@@ -227,7 +227,7 @@ class HessianProbe:
         self.history = []
         if self.path is not None and self.path.exists():
             self.history = [r for r in read_jsonl(self.path) if r['epoch'] <= trainer.epoch]
-            self.path.write_text(''.join(json.dumps(r) + '\n' for r in self.history))
+            write_jsonl(self.path, self.history)
         if trainer.epoch == 0 and 0 in self.epochs: self._record(trainer, 0)
 
     def after_epoch(self, trainer, metrics):
@@ -409,27 +409,6 @@ def parabola_fit(alphas, losses):
 def _run_key(r): return (r['optimizer'], r['rho'], r['seed'])
 
 
-def _read_records(path):
-    "The records of a JSON-lines file written by a sweep that may have been killed mid-line (a cut last line is dropped)."
-    lines = [l for l in Path(path).read_text().splitlines() if l.strip()]
-    out = []
-    for i, l in enumerate(lines):
-        try: out.append(json.loads(l))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1: raise ValueError(f"{path}: line {i + 1} is not JSON")
-    return out
-
-
-def _machine():
-    "CPU model, core count, torch version and threads of this machine (for config.json)."
-    import os, platform
-    cpu = platform.processor() or platform.machine()
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def _run_records(cfg, trainer, rec, probe):
     "The records of one finished run: one per epoch (epoch 0 when probed before training)."
     stats = {r['epoch']: r for r in (rec.history if rec is not None else [])}
@@ -478,7 +457,7 @@ def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1
     if jsonl.exists() and not resume: raise FileExistsError(f"{jsonl} exists: pass resume=True to continue that sweep")
     runs = landscape_runs(rhos, seeds, sgd)
     last = max(cfg.epochs, max(probe_epochs, default=0))
-    records = _read_records(jsonl) if jsonl.exists() else []
+    records = read_jsonl(jsonl, torn_tail=True) if jsonl.exists() else []
     done = {_run_key(r) for r in records if r['epoch'] == last}
     records = [r for r in records if _run_key(r) in done and _run_key(r) in set(runs)]
     write_jsonl(jsonl, records)   # drops a partial run and runs of other sweeps
@@ -490,7 +469,7 @@ def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1
             f"probe_iters={probe_iters!r})")
     command = f'python -c "from stablesam.landscape import landscape_config, landscape_experiment; {call}"'
     meta = dict(settings=settings, call=call, command=command, cwd='the repository root', data_root=cfg.data_root,
-                n_train=None, n_test=None, seeds=list(seeds), runs=[list(r) for r in runs], machine=_machine())
+                n_train=None, n_test=None, seeds=list(seeds), runs=[list(r) for r in runs], machine=machine())
     data = {}
     for opt, rho, seed in runs:
         if (opt, rho, seed) in done: continue

@@ -184,7 +184,7 @@ def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=N
     "The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`) through `stablesam.stability`; writes `out/stability/`."
     import matplotlib.pyplot as plt
     from stablesam import stability as st
-    from stablesam.robustness import machine
+    from stablesam.runs import machine
     from stablesam.train import write_json
     dest = Path(out) / 'stability'
     seeds, subset = list(range(seed, seed + n_seeds)), subset or st.CPU_SUBSET
@@ -222,7 +222,7 @@ def duration(seconds):
 # %% ../nbs/09_reproduce.ipynb #ade1cc32
 def _report(out, quick, results, timings, errors, total):
     "Write the one-page `report.md` that links everything the job wrote."
-    from stablesam.robustness import machine
+    from stablesam.runs import machine
     lines = [f"# stablesam reproduce ({'quick' if quick else 'full'})", '',
              f"Wall time {total:.0f} s on this machine ({machine()}). Each section links the notebook that explains it.", '']
     if 'audit' in results:

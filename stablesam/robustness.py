@@ -4,17 +4,14 @@
 
 # %% auto #0
 __all__ = ['LR_GRID', 'NOISE_LEVELS', 'PROTOCOLS', 'MODEL_TITLES', 'LR_COLUMNS', 'NOISE_COLUMNS', 'VERDICT_COLUMNS',
-           'strict_record', 'run_outcome', 'run_epochs', 'machine', 'run_sweep', 'mnist_in_memory', 'sweep_config',
-           'lr_sweep', 'final_records', 'lr_sweep_summary', 'plot_lr_sweep', 'lr_sweep_verdict', 'compare_divergence',
-           'markdown_table', 'noisy_split', 'label_noise_sweep', 'selected_accuracy', 'label_noise_table',
-           'label_noise_verdict', 'plot_label_noise', 'robustness_parser', 'main']
+           'run_outcome', 'run_epochs', 'run_sweep', 'mnist_in_memory', 'sweep_config', 'lr_sweep', 'final_records',
+           'lr_sweep_summary', 'plot_lr_sweep', 'lr_sweep_verdict', 'compare_divergence', 'markdown_table',
+           'noisy_split', 'label_noise_sweep', 'selected_accuracy', 'label_noise_table', 'label_noise_verdict',
+           'plot_label_noise', 'robustness_parser', 'main']
 
 # %% ../nbs/06a_robustness.ipynb #e3163476
 import dataclasses
 import json
-import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,15 +22,10 @@ import torch
 from .data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
 from .optim import OPTIMIZERS
 from .style import plot_kwargs, quantity
-from .train import Trainer, TrainConfig, read_jsonl, write_json, write_jsonl
+from .runs import machine, read_jsonl, strict_json, write_json, write_jsonl
+from .train import Diverged, Trainer, TrainConfig
 
 # %% ../nbs/06a_robustness.ipynb #b53fd5f2
-def strict_record(record: dict) -> dict:
-    """`record` with every non-finite float replaced by None and the replaced keys listed under `nonfinite`."""
-    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
-    if not bad: return record
-    return {**{k: (None if k in bad else v) for k, v in record.items()}, 'nonfinite': bad}
-
 def run_outcome(records: list[dict], num_classes: int = 10) -> str:
     """`nonfinite` if a loss became non-finite, `chance` if test accuracy never exceeded twice chance, else `trained`."""
     if any(r.get('nonfinite') for r in records): return 'nonfinite'
@@ -44,21 +36,18 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
     """Train `cfg` on `data` epoch by epoch: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
     trainer, records = Trainer(cfg, data=data), []
     while trainer.epoch < cfg.epochs:
-        m = trainer.train_epoch()
-        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch,
-                   train_loss=m['train_loss'], train_acc=m['train_acc'])
+        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1)
+        try: m = trainer.train_epoch()
+        except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
+        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
         for name, ds in (('test', data.test), ('val', val)):
             if ds is not None: e = trainer.evaluate(ds); rec[f'{name}_loss'], rec[f'{name}_acc'] = e['loss'], e['acc']
-        records.append(strict_record(rec))
+        records.append(strict_json(rec))
         if records[-1].get('nonfinite'): break
     outcome = run_outcome(records, data.num_classes)
     return [dict(r, outcome=outcome, diverged=outcome != 'trained') for r in records]
 
 # %% ../nbs/06a_robustness.ipynb #897bc552
-def machine() -> str:
-    """This machine in a few words (for config.json)."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
 def run_sweep(runs, out, *, keys, meta: dict, progress: bool = True, resume: bool = False) -> list[dict]:
     """Run `runs` ((tags, cfg, data, val) tuples; `tags` holds `keys`) into `out`/records.jsonl; on `resume` skip recorded runs."""
     from tqdm.auto import tqdm

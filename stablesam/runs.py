@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'CHECKPOINT', 'DIVERGED', 'CHECKPOINT_FORMAT', 'PREVIOUS', 'atomic_write', 'remove_temporaries',
            'strict_json', 'write_json', 'write_jsonl', 'append_jsonl', 'read_json', 'read_jsonl', 'JsonlLog',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'read_metrics', 'read_run']
+           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'machine', 'read_metrics',
+           'read_run']
 
 # %% ../nbs/04b_runs.ipynb #6db8a0ab
 import json
@@ -159,6 +160,15 @@ def package_versions():
         try: v[pkg] = version(pkg)
         except PackageNotFoundError: v[pkg] = None
     return v
+
+def machine():
+    """This machine in a few words for a results config: CPU model, cores, GPU if any, torch version and threads."""
+    import os, torch
+    cpu = platform.processor() or platform.machine()
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts; empty if there are none yet)."""

@@ -13,7 +13,6 @@ __all__ = ['PANELS', 'FIGURE_SETTINGS', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Neighbo
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from .data import LabelledView, get_datasets, in_memory
-from .runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, read_json, read_jsonl,
+from .runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, machine, read_json, read_jsonl,
                             remove_temporaries, save_checkpoint, write_json, write_jsonl)
 from .style import optimizer_style, plot_kwargs, quantity
 
@@ -317,7 +316,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     "The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."
-    import matplotlib, platform, time
+    import matplotlib, time
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     p, args = stability_parser(), parse_args(argv)
@@ -336,7 +335,7 @@ def main(argv=None) -> None:
     previous = read_json(out / 'config.json').get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
     n_train = len(data.train) if args.subset is None else min(len(data.train), args.subset)
     config = dict(vars(args), n_train=n_train - 1, n_test=len(data.test), command=['stablesam-stability', *(sys.argv[1:] if argv is None else argv)],
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+                  machine=machine())
     t0 = time.perf_counter()
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data, jsonl=out / 'records.jsonl',
                             progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every)

@@ -147,4 +147,4 @@ def test_full_job_stages_run_on_mnist_files(tmp_path, one_thread):
     assert {r['seed'] for r in recs} == {5} and {r['optimizer'] for r in recs} == {'sgd', 'sam', 'stablesam'}
     cfg = json.loads((tmp_path / 'stability' / 'config.json').read_text())
     assert (cfg['n_train'], cfg['seeds'], cfg['command']) == (19, [5], ['x'])
-    assert sorted(p.name for p in (tmp_path / 'stability').iterdir()) == ['config.json', 'records.jsonl', 'stability.png', 'summary.md']
+    assert sorted(p.name for p in (tmp_path / 'stability').iterdir()) == ['config.json', 'pairs', 'records.jsonl', 'stability.png', 'summary.md']
