@@ -716,6 +716,36 @@ def verdict_table(results: dict) -> str:
     return '\n'.join(lines)
 
 
+# %% [markdown]
+# StableSAM's renormalization factor is mostly below 1 (Figure 1), so at the same learning rate its steps
+# are shorter and it fits the training set more slowly: a smaller distance at a given *epoch* may only mean
+# less training. `at_training_loss` therefore compares the optimizers where each first reaches the same
+# training loss (mean over seeds).
+
+# %%
+#| export
+def at_training_loss(records: list[dict], loss: float) -> dict:
+    "Per optimizer: the first epoch whose mean training loss is <= `loss`, with the mean distance, generalisation error and test accuracy there (None if never)."
+    tl, out = curves(records, 'train_loss'), {}
+    for o, (ep, mean, _, _) in tl.items():
+        hit = np.flatnonzero(mean <= loss)
+        if len(hit) == 0: out[o] = None; continue
+        i = hit[0]
+        out[o] = dict(epoch=int(ep[i]), **{k: float(curves(records, k)[o][1][i]) for k in ('param_distance', 'gen_error', 'test_acc')})
+    return out
+
+def format_at_training_loss(results: dict, loss) -> str:
+    "A Markdown table of `at_training_loss` for each setting (`loss`: one number, or setting -> number)."
+    lines = ['| setting | training loss | optimizer | epoch | distance | gen. error | test acc (%) |', '|---|---|---|---|---|---|---|']
+    for name, recs in results.items():
+        target = loss[name] if isinstance(loss, dict) else loss
+        for o, v in at_training_loss(recs, target).items():
+            if v is None: lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | never | - | - | - |"); continue
+            lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | {v['epoch']} | {v['param_distance']:.3g} | "
+                         f"{v['gen_error']:.3g} | {100 * v['test_acc']:.2f} |")
+    return '\n'.join(lines)
+
+
 # %%
 vf = stability_verdict(fake)   # the made-up curves above: SGD > SAM > StableSAM by construction
 test_eq((vf['stablesam_below_sam'], vf['sam_below_sgd']), ((2, 2), (2, 2)))
@@ -723,6 +753,9 @@ test_eq(vf['separate_sam_sgd'], 1)   # the ranges are apart from the first train
 assert vf['corr'] > 0.5
 _same = [dict(r, optimizer='sam') for r in fake if r['optimizer'] == 'sgd'] + [r for r in fake if r['optimizer'] == 'sgd']
 test_eq(separation_epoch(_same, 'sam', 'sgd'), None)   # identical curves never separate
+_fl = [dict(r, train_loss=1.0 / (1 + r['epoch']), test_acc=0.9) for r in fake]
+test_eq({o: v['epoch'] for o, v in at_training_loss(_fl, 0.2).items()}, {'sgd': 4, 'sam': 4, 'stablesam': 4})
+test_eq(at_training_loss(_fl, 0.01)['sgd'], None)
 print(verdict_table({'synthetic': fake}))
 
 # %% [markdown]
@@ -783,5 +816,6 @@ for schedule in FIGURE_SETTINGS:
 # %%
 done = {f'{m.upper() if m == "fcn" else "LeNet"}, {s}': recs for (m, s), recs in real.items() if recs}
 if done:
-    print(verdict_table(done))
+    print(verdict_table(done)); print()
+    print(format_at_training_loss(done, {n: (0.25 if 'cosine' in n else 0.15) for n in done}))
     for name, recs in done.items(): print(f"\n{name}:\n{format_summary(stability_summary(recs))}")

@@ -7,7 +7,7 @@ __all__ = ['PANELS', 'FIGURE_SETTINGS', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Neighbo
            'neighbouring_subsets', 'param_distance', 'stability_record', 'curves', 'plot_stability', 'stability_figure',
            'stability_summary', 'format_summary', 'stability_config', 'train_pair', 'load_stability_data', 'check_run',
            'finished_pairs', 'run_stability', 'stability_parser', 'parse_args', 'main', 'separation_epoch',
-           'stability_verdict', 'verdict_table']
+           'stability_verdict', 'verdict_table', 'at_training_loss', 'format_at_training_loss']
 
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
@@ -385,4 +385,26 @@ def verdict_table(results: dict) -> str:
         lines.append(f"| {name} | {' | '.join(final)} | {'{} of {}'.format(*v['stablesam_below_sam'])} | "
                      f"{'{} of {}'.format(*v['sam_below_sgd'])} | {sep(v['separate_sam_sgd'])} | "
                      f"{sep(v['separate_stablesam_sam'])} | {v['corr']:.2f} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/06_stability.ipynb #956e2902
+def at_training_loss(records: list[dict], loss: float) -> dict:
+    "Per optimizer: the first epoch whose mean training loss is <= `loss`, with the mean distance, generalisation error and test accuracy there (None if never)."
+    tl, out = curves(records, 'train_loss'), {}
+    for o, (ep, mean, _, _) in tl.items():
+        hit = np.flatnonzero(mean <= loss)
+        if len(hit) == 0: out[o] = None; continue
+        i = hit[0]
+        out[o] = dict(epoch=int(ep[i]), **{k: float(curves(records, k)[o][1][i]) for k in ('param_distance', 'gen_error', 'test_acc')})
+    return out
+
+def format_at_training_loss(results: dict, loss) -> str:
+    "A Markdown table of `at_training_loss` for each setting (`loss`: one number, or setting -> number)."
+    lines = ['| setting | training loss | optimizer | epoch | distance | gen. error | test acc (%) |', '|---|---|---|---|---|---|---|']
+    for name, recs in results.items():
+        target = loss[name] if isinstance(loss, dict) else loss
+        for o, v in at_training_loss(recs, target).items():
+            if v is None: lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | never | - | - | - |"); continue
+            lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | {v['epoch']} | {v['param_distance']:.3g} | "
+                         f"{v['gen_error']:.3g} | {100 * v['test_acc']:.2f} |")
     return '\n'.join(lines)
