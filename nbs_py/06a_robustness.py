@@ -551,5 +551,6 @@ if noise_records:
 # 80% noise: 74.5% and 74.4% against 68.9%). StableSAM does **not** beat SAM by more than the seed spread at
 # any noise level under either protocol: the differences are -0.01, +0.05, -0.02, -0.03 points (paper) and
 # -0.03, +0.04, +0.37, +1.83 points (held-out), against seed spreads (larger std) of 0.4-2.3 and 0.5-7.7
-# points. The two protocols agree to 0.1-0.4 points up to 60% noise; at 80% the held-out one is 1-3 points
-# lower (the epoch chosen on noisy validation labels is not the test set's best) and its spread much wider.
+# points. The two protocols agree within 0.25 points up to 40% noise (and for SAM and StableSAM at 60%);
+# SGD at 60% and every optimizer at 80% read 1.1-3.1 points lower held-out (the epoch chosen on noisy
+# validation labels is not the test set's best), with a much wider spread at 80%.
