@@ -12,14 +12,12 @@
 import argparse
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from stablesam.distributed import sam_step
 from stablesam.models import get_model
-from stablesam.optim import make_optimizer
+from stablesam.optim import make_optimizer, sam_step
 
 KINDS = ('sgd', 'sam', 'stablesam')
 MODELS = (('resnet20', 128, 32, 10), ('vit_s32', 64, 224, 1000))   # name, batch, image size, classes
@@ -34,18 +32,8 @@ def build(kind, name, size, classes, device):
 
 def step(model, opt, x, y, amp):
     """One full training step of `opt` (two passes for the SAM family) under `amp` autocast."""
-    ctx = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if amp == 'bf16' else nullcontext
-    def forward_backward():
-        with ctx(): loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-    if kind_of(opt) == 'sgd':
-        forward_backward(); opt.step(); opt.zero_grad()
-    else: sam_step(opt, model, forward_backward)
-
-
-def kind_of(opt):
-    """'sgd', 'sam' or 'stablesam'."""
-    return 'sgd' if not hasattr(opt, 'first_step') else ('stablesam' if opt.stable else 'sam')
+    sam_step(opt, model, lambda out, y: F.cross_entropy(out.float(), y), x, y,
+             autocast_dtype=torch.bfloat16 if amp == 'bf16' else None)
 
 
 def seconds(fn, n, device):

@@ -689,7 +689,7 @@ for k, v in net.state_dict().items(): test_eq(v, before[k])
 # global batch, both passes all-reduced as DDP does anyway) and `"local"` (m-sharpness: each replica ascends
 # and renormalizes with its own gradients, then the renormalized gradients are averaged). For `"local"` both
 # backward passes run inside `first_pass_no_sync(model)` (DDP's `no_sync()`, a no-op for other models);
-# `stablesam.distributed.sam_step` writes the step for either.
+# `sam_step` (below) writes the step for either.
 
 # %%
 #| export
@@ -849,10 +849,12 @@ test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.
 # %% [markdown]
 # ## One training step
 #
-# `sam_step` is the step of the recipes above written once: the first pass (kept local under DDP), `first_step`,
-# the second pass on the same batch with the BatchNorm statistics left as the first pass set them, `second_step`,
-# each loss scaled by a `GradScaler` when one is given and both forwards under `torch.autocast` when an
-# `autocast_dtype` is given. Any other optimizer gets the plain step (one pass), so a training loop calls one
+# `sam_step` is the step of the recipes above written once: the first pass, `first_step`, the second pass on the
+# same batch with the BatchNorm statistics left as the first pass set them, `second_step`. It follows the
+# optimizer's `ascent`: with `"local"` both passes run inside `first_pass_no_sync(model)` (per-replica ascent,
+# `unperturb` averages after the renormalization); with `"global"` DDP and FSDP2 synchronise both passes as usual.
+# Each loss is scaled by a `GradScaler` when one is given (and `grad_scaler.update()` called at the end), and
+# both forwards run under `torch.autocast` when an `autocast_dtype` is given. Any other optimizer gets the plain step (one pass), so a training loop calls one
 # function for every optimizer. It returns the first pass's outputs and loss, detached, for the loop's metrics.
 # A `guard(loss, pass_number)`, called after each backward pass, may refuse the step (a training loop that
 # skips non-finite steps): the gradients are dropped, the weights restored, and `sam_step` returns None.
@@ -867,12 +869,13 @@ def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None
     backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
     opt.zero_grad(set_to_none=True)
     if is_sam(opt):
-        with first_pass_no_sync(model):
+        local = (lambda: first_pass_no_sync(model)) if opt.ascent == 'local' else nullcontext
+        with local():
             with cast(): out = model(x); loss = loss_fn(out, y)
             backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
-        with freeze_bn_stats(model) if bn_first_pass else nullcontext():
+        with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
         if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@
 # the weights perturbed). Each recipe logs `last_stats` (the exact and surrogate gradient norms and the
 # renormalization factor). The cells below are the recipes exactly as `tests/test_frameworks.py` runs them (it
 # executes the cells marked `# recipe:`): each trains 10 steps and is compared with the package's own loop
-# (`stablesam.distributed.sam_step`) on the same batches. Tested with lightning 2.6.6, transformers 5.24.0 and
+# (`stablesam.optim.sam_step`) on the same batches. Tested with lightning 2.6.6, transformers 5.24.0 and
 # accelerate 1.15.0 (the dev dependencies); the cells are flagged `slow` so the docs build does not need the
 # frameworks.
 
@@ -126,7 +126,7 @@ class SAMTrainer(transformers.Trainer):
 import torch
 import torch.nn.functional as F
 
-from stablesam.distributed import sam_step
+from stablesam.optim import sam_step
 
 
 def train_compiled(net, opt, batches, backend='inductor'):
@@ -134,6 +134,6 @@ def train_compiled(net, opt, batches, backend='inductor'):
     model = torch.compile(net, backend=backend)
     factors = []
     for x, y in batches:
-        sam_step(opt, model, lambda: F.cross_entropy(model(x), y).backward())
+        sam_step(opt, model, F.cross_entropy, x, y)
         factors.append(opt.last_stats['renorm_factor'])
     return torch.stack(factors)

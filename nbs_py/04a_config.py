@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from stablesam.data import DATASETS
 from stablesam.models import MODELS
-from stablesam.optim import BASES, OPTIMIZERS
+from stablesam.optim import ASCENTS, BASES, OPTIMIZERS
 
 # %% [markdown]
 # ## Configuration
@@ -36,6 +36,13 @@ from stablesam.optim import BASES, OPTIMIZERS
 # checkpointed, not what; `in_memory` is not one of them: with augmentation, the batched path draws other
 # crops than torchvision). `on_nonfinite` is among them: a run that stopped on a non-finite loss may be
 # resumed with `'skip'`.
+#
+# `ascent` is the SAM ascent semantics under torchrun (`'global'`: Algorithm 1 on the global batch;
+# `'local'`: per-replica ascent and renormalization, then the average; see
+# [distributed](00a_distributed.ipynb)); `fsdp` shards the model with FSDP2 instead of
+# DistributedDataParallel. A checkpoint whose config lacks a setting added later (these two, for one) is
+# compared with that setting's default, so older runs resume: on one process they were `'global'` runs
+# without FSDP (under DDP their SAM steps used the older mixed semantics, which no longer exists).
 
 # %%
 #| export
@@ -70,6 +77,8 @@ class TrainConfig:
     test_subset: int | None = None
     augment: bool = True
     bn_first_pass: bool = True
+    ascent: str = 'global'
+    fsdp: bool = False
     gamma0: float | None = None
     renorm_norm: str = 'plain'
     workers: int | None = None
@@ -108,7 +117,8 @@ class TrainConfig:
 def _validate(self):
     """Raise a ValueError naming the first invalid setting; returns the config."""
     for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
-                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE)):
+                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE),
+                         ('ascent', ASCENTS)):
         if getattr(self, key) not in choices:
             raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
     for key in ('rho', 'lr', 'momentum', 'weight_decay'):
@@ -126,6 +136,9 @@ def _validate(self):
     v = self.checkpoint_every
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
         raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
+    if self.fsdp and (self.ascent == 'local' or self.amp == 'fp16'):
+        raise ValueError(f"Invalid fsdp with ascent={self.ascent!r}, amp={self.amp!r}: FSDP shards need ascent 'global' "
+                         "(no replica holds whole parameters) and no fp16 GradScaler")
     return self
 
 TrainConfig.validate = _validate
@@ -139,6 +152,10 @@ test_fail(lambda: TrainConfig(lr=float('nan')).validate(), contains='Invalid lr:
 test_fail(lambda: TrainConfig(batch_size=0).validate(), contains='Invalid batch_size: 0')
 test_fail(lambda: TrainConfig.from_dict({'rh0': 1}), contains="['rh0']")
 test_fail(lambda: TrainConfig(on_nonfinite='ignore').validate(), contains="Unknown on_nonfinite: 'ignore' (choose from stop, skip)")
+test_fail(lambda: TrainConfig(ascent='mixed').validate(), contains="Unknown ascent: 'mixed' (choose from global, local)")
+test_fail(lambda: TrainConfig(fsdp=True, ascent='local').validate(), contains="Invalid fsdp with ascent='local'")
+test_fail(lambda: TrainConfig(fsdp=True, amp='fp16').validate(), contains="amp='fp16'")
+TrainConfig(fsdp=True, amp='bf16').validate()
 
 
 # %% [markdown]

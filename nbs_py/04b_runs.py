@@ -25,6 +25,7 @@ import torch
 
 # %%
 #| export
+import dataclasses
 import json
 import math
 import os
@@ -181,7 +182,9 @@ test_fail(log.records, contains=f'Damaged {log.path}, line 2: Expecting value')
 # `weights_only=True`: a checkpoint copied from elsewhere can never run code. A corrupt file, a file
 # that is not a stablesam checkpoint and a checkpoint written by a run with other settings each get an
 # error that names the file and what is wrong. Settings in `ignore` may differ (the run folder, the
-# device, the number of loader workers: they do not change the results).
+# device, the number of loader workers: they do not change the results). When `config` is a dataclass (a
+# `TrainConfig`), a setting the checkpoint's config lacks (one added after it was written) counts as that
+# setting's default, so older checkpoints still resume.
 #
 # A run folder keeps two checkpoints: `checkpoint.pt` and the one before it, `checkpoint.prev.pt`. A new
 # checkpoint is written to a temporary file and read back before the latest moves to the previous slot
@@ -222,6 +225,8 @@ def load_checkpoint(path, config=None, ignore=()):
         raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
     if config is not None:
         saved, now = state['config'], (config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        fields = dataclasses.fields(config) if dataclasses.is_dataclass(config) else ()
+        saved = {**{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}, **saved}
         diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now
                 if k not in ignore and saved.get(k) != now[k]]
         if diff: raise ValueError(f"Checkpoint {path} was written by a run with other settings: " + '; '.join(diff))
@@ -242,6 +247,12 @@ def latest_checkpoint(run_dir, config=None, ignore=()):
 save_checkpoint(tmp / 'c.pt', {'format': CHECKPOINT_FORMAT, 'config': dict(lr=0.1, out='here'), 'x': torch.ones(2)})
 test_eq(load_checkpoint(tmp / 'c.pt', dict(lr=0.1, out='elsewhere'), ignore=('out',))['x'], torch.ones(2))
 test_fail(lambda: load_checkpoint(tmp / 'c.pt', dict(lr=0.2, out='here')), contains="lr: 0.1 in the checkpoint, 0.2 now")
+@dataclasses.dataclass
+class Settings:  # a TrainConfig in small: `ascent` was added after c.pt was written
+    lr: float = 0.1; out: str = 'here'; ascent: str = 'global'
+    def to_dict(self): return dataclasses.asdict(self)
+test_eq(load_checkpoint(tmp / 'c.pt', Settings())['x'], torch.ones(2))
+test_fail(lambda: load_checkpoint(tmp / 'c.pt', Settings(ascent='local')), contains="ascent: 'global' in the checkpoint, 'local' now")
 (tmp / 'bad.pt').write_bytes(b'not a checkpoint')
 test_fail(lambda: load_checkpoint(tmp / 'bad.pt'), contains=f'Cannot read checkpoint {tmp}/bad.pt')
 save_checkpoint(tmp / 'other.pt', {'format': 'other'})

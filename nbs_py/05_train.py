@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
 from stablesam.data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
+from stablesam.distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from stablesam.models import get_model
 from stablesam.optim import global_norm, is_sam, make_optimizer, sam_step
 from stablesam.runs import (
@@ -61,10 +62,13 @@ from stablesam.runs import (
 #
 # Under `torchrun` (environment variable `WORLD_SIZE` > 1) each process joins the process group
 # (NCCL on GPUs, gloo on CPUs), uses GPU `LOCAL_RANK`, and takes `batch_size / world_size` examples
-# of each global batch. The model is wrapped in `DistributedDataParallel`; the first pass of a SAM
-# step runs under `first_pass_no_sync`, so each replica perturbs the weights with its own gradient
-# (the "m-sharpness" of the SAM paper with m the per-replica batch) and only the second pass's
-# gradients are averaged.
+# of each global batch. The model is wrapped in `DistributedDataParallel`, and a SAM step follows
+# `cfg.ascent` (`--ascent`, through `stablesam.optim.sam_step`): `'global'` (the default: both passes
+# all-reduced, the run equals one process on the global batch) or `'local'` (m-sharpness with m the
+# per-replica batch: each replica ascends and renormalizes with its own gradients, then the renormalized
+# gradients are averaged); see [distributed](00a_distributed.ipynb). `fsdp=True` (`--fsdp`) shards the model
+# with FSDP2 (`shard_model`) instead of DDP; it needs torchrun, `ascent='global'` and no fp16 scaler, and
+# checkpoints then hold the full state, gathered on every process (`checkpoint_state`) and written by rank 0.
 #
 # Mixed precision: `bf16` autocast needs no loss scaling; `fp16` uses `torch.amp.GradScaler` as
 # `stablesam.optim` documents it: the scaled loss is backpropagated in both passes, `first_step` and
@@ -142,6 +146,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
             raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
+        if cfg.fsdp and self.world_size == 1: raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
         if data is None: data = self._load_data()
         else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
         self.data = data
@@ -150,10 +155,12 @@ class Trainer:
         self.model = model.to(self.device)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
         self.net = self.model
-        if self.world_size > 1:
+        if cfg.fsdp: shard_model(self.model)  # in place: the model's parameters become shards
+        elif self.world_size > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if cfg.optimizer.startswith('stable') else {}
+        extra['ascent'] = cfg.ascent
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), base=cfg.base, lr=cfg.lr,
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho, **extra)
         self.sam = is_sam(self.optimizer)
@@ -418,7 +425,7 @@ for a, b in zip(w, t.model.parameters()): test_eq(a, b.detach())
 # Every `checkpoint_every` seconds (default 600; 0: at epoch ends only) the run folder gets a checkpoint
 # within the epoch too: `state` then holds the position in the epoch and its running sums, so that a run
 # resumed from it trains the rest of the epoch and reports exactly what the uninterrupted run reports.
-# Under DDP checkpoints are written at epoch ends only (the running sums are per process).
+# Under DDP and FSDP checkpoints are written at epoch ends only (the running sums are per process).
 
 # %%
 #| exporti
@@ -548,18 +555,17 @@ test_eq(set(ev), {'loss', 'acc'})
 @_method
 def state(self):
     """Everything `--resume` needs, as a checkpoint dict."""
+    model, optimizer = checkpoint_state(self.model, self.optimizer)  # gathered in full if sharded (every rank calls)
     sums = None if self._sums is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._sums.items()}
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
     return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step, history=self.history,
-                position=self.position, sums=sums, rng=rng, model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None)
+                position=self.position, sums=sums, rng=rng, model=model, optimizer=optimizer, scaler=self.scaler.state_dict() if self.scaler is not None else None)
 
 @_method
 def load_state(self, state, path='checkpoint'):
     """Continue from a checkpoint dict (see `state`), at an epoch's end or within it."""
     try:
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
+        load_checkpoint_state(self.model, self.optimizer, state['model'], state['optimizer'])  # sharded again under FSDP
     except (RuntimeError, ValueError, KeyError) as e:
         raise RuntimeError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
     if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
@@ -601,9 +607,10 @@ def _start_run(self):
 def _save(self, metrics=None):
     """Append an epoch's `metrics` to the run folder (none within an epoch), then write the checkpoint (two slots)."""
     self.check_finite()  # no state after a non-finite step is ever saved
+    state = self.state() if is_sharded(self.model) else None  # gathering shards communicates: every rank
     if self.out is None: return
     if metrics is not None: self.metrics_log.append(metrics)
-    save_checkpoint(self.out / CHECKPOINT, self.state(), previous=self.out / PREVIOUS)
+    save_checkpoint(self.out / CHECKPOINT, self.state() if state is None else state, previous=self.out / PREVIOUS)
     self.checkpoint_path, self._saved_at = self.out / CHECKPOINT, time.perf_counter()
 
 
@@ -673,6 +680,19 @@ test_eq(comparable(Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True
         comparable(Trainer(TrainConfig(**mid)).fit()))
 
 # %% [markdown]
+# A checkpoint written before a setting existed (here `ascent` and `fsdp`, added later) resumes: the missing
+# setting counts as its default. `fsdp` needs torchrun (`tests/test_train_distributed.py` runs it there).
+
+# %%
+old = torch.load(root / 'mid' / 'checkpoint.pt', weights_only=True)
+for key in ('ascent', 'fsdp'): del old['config'][key]
+save_checkpoint(root / 'mid' / 'checkpoint.pt', old)
+test_eq(len(Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True)).fit()), 2)
+test_fail(lambda: Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True, ascent='local')).fit(),
+          contains="ascent: 'global' in the checkpoint, 'local' now")
+test_fail(lambda: Trainer(TrainConfig(**quick, fsdp=True)), contains='Invalid fsdp: FSDP2 shards over processes; run under torchrun')
+
+# %% [markdown]
 # ## What survives what
 #
 # `tests/test_faults.py` measures it. Its chaos tests start a run, SIGKILL it at random moments (during
@@ -704,7 +724,7 @@ test_eq(comparable(Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True
 # `diverged.json`; `--on-nonfinite skip` finishes and counts `skipped_steps`; a truncated or corrupt
 # MNIST/CIFAR file is reported with its path and what is wrong (`tests/test_data.py`); a damaged
 # `config.json` or `metrics.jsonl` is named with its line. What does not survive: both checkpoint slots
-# damaged (the error names the previous one); under DDP checkpoints are written at epoch ends only;
+# damaged (the error names the previous one); under DDP and FSDP checkpoints are written at epoch ends only;
 # a callback's per-step state (not the Trainer's) is not in a mid-epoch checkpoint.
 
 # %% [markdown]

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from stablesam.config import AMP_MODES, LR_SCHEDULES, NONFINITE, PRESETS, TrainConfig, preset_config
 from stablesam.data import DATASETS
 from stablesam.models import MODELS
-from stablesam.optim import BASES, OPTIMIZERS
+from stablesam.optim import ASCENTS, BASES, OPTIMIZERS
 from stablesam.runs import CONFIG, read_json
 from stablesam.train import Diverged, Trainer
 
@@ -138,6 +138,10 @@ _HELP = dict(
     test_subset="evaluate on a seeded random subset of this many test examples",
     augment="data augmentation of the training set (--no-augment: evaluation transform only)",
     bn_first_pass="keep BatchNorm statistics from the first pass only in SAM steps (--no-bn-first-pass to update in both)",
+    ascent=f"SAM ascent under torchrun: {', '.join(ASCENTS)} (global: Algorithm 1 on the global batch, equals one "
+           "process; local: per-replica ascent and renormalization, then the average, m-sharpness)",
+    fsdp="shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel; needs torchrun, "
+         "--ascent global and no --amp fp16; checkpoints hold the gathered full state, at epoch ends only",
     gamma0="Stable variants: clamp the renormalization factor to [gamma0, sqrt(gamma0)] (Remark 19)",
     renorm_norm="Stable variants: 'plain' (||g||/||g_asc||) or 'adaptive' (the authors' StableASAM)",
     workers="data loader worker processes (default: 8 on GPU, 0 on CPU)",
@@ -236,6 +240,8 @@ main(['--dataset', 'mnist', '--data-root', str(root), '--model', 'fcn', '--optim
 test_eq([m['epoch'] for m in read_metrics(root / 'cli')], [1])
 test_eq(json.loads((root / 'cli' / 'config.json').read_text())['train_subset'], 256)
 test_eq(main(['--model', 'nope', '--quick']), 2)
+test_eq(main(['--ascent', 'mixed', '--quick']), 2)
+test_eq(build_parser().parse_args(['--ascent', 'local', '--fsdp']).fsdp, True)
 try: main(['--lr', 'fast']); raise AssertionError('no error')
 except SystemExit as e: test_eq(e.code, 2)
 
@@ -246,7 +252,8 @@ except SystemExit as e: test_eq(e.code, 2)
 # researcher runs (or its commands, spread over machines), skipped by the tests. The quick run next
 # to it executes the same code on CPU. A DDP run is `torchrun --nproc_per_node=8 --no-python
 # stablesam-train --preset imagenet --model resnet50 --optimizer stablesam --data-root /data/imagenet
-# --out runs/r50 --amp bf16`.
+# --out runs/r50 --amp bf16`; add `--fsdp` to shard the model with FSDP2, or `--ascent local` for
+# per-replica ascent (m-sharpness).
 
 # %%
 #| gpu

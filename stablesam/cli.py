@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .config import AMP_MODES, LR_SCHEDULES, NONFINITE, PRESETS, TrainConfig, preset_config
 from .data import DATASETS
 from .models import MODELS
-from .optim import BASES, OPTIMIZERS
+from .optim import ASCENTS, BASES, OPTIMIZERS
 from .runs import CONFIG, read_json
 from .train import Diverged, Trainer
 
@@ -91,6 +91,10 @@ _HELP = dict(
     test_subset="evaluate on a seeded random subset of this many test examples",
     augment="data augmentation of the training set (--no-augment: evaluation transform only)",
     bn_first_pass="keep BatchNorm statistics from the first pass only in SAM steps (--no-bn-first-pass to update in both)",
+    ascent=f"SAM ascent under torchrun: {', '.join(ASCENTS)} (global: Algorithm 1 on the global batch, equals one "
+           "process; local: per-replica ascent and renormalization, then the average, m-sharpness)",
+    fsdp="shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel; needs torchrun, "
+         "--ascent global and no --amp fp16; checkpoints hold the gathered full state, at epoch ends only",
     gamma0="Stable variants: clamp the renormalization factor to [gamma0, sqrt(gamma0)] (Remark 19)",
     renorm_norm="Stable variants: 'plain' (||g||/||g_asc||) or 'adaptive' (the authors' StableASAM)",
     workers="data loader worker processes (default: 8 on GPU, 0 on CPU)",

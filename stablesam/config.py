@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .data import DATASETS
 from .models import MODELS
-from .optim import BASES, OPTIMIZERS
+from .optim import ASCENTS, BASES, OPTIMIZERS
 
 # %% ../nbs/04a_config.ipynb #aca9abb3
 AMP_MODES = ('none', 'bf16', 'fp16')
@@ -46,6 +46,8 @@ class TrainConfig:
     test_subset: int | None = None
     augment: bool = True
     bn_first_pass: bool = True
+    ascent: str = 'global'
+    fsdp: bool = False
     gamma0: float | None = None
     renorm_norm: str = 'plain'
     workers: int | None = None
@@ -79,7 +81,8 @@ class TrainConfig:
 def _validate(self):
     """Raise a ValueError naming the first invalid setting; returns the config."""
     for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
-                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE)):
+                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE),
+                         ('ascent', ASCENTS)):
         if getattr(self, key) not in choices:
             raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
     for key in ('rho', 'lr', 'momentum', 'weight_decay'):
@@ -97,6 +100,9 @@ def _validate(self):
     v = self.checkpoint_every
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
         raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
+    if self.fsdp and (self.ascent == 'local' or self.amp == 'fp16'):
+        raise ValueError(f"Invalid fsdp with ascent={self.ascent!r}, amp={self.amp!r}: FSDP shards need ascent 'global' "
+                         "(no replica holds whole parameters) and no fp16 GradScaler")
     return self
 
 TrainConfig.validate = _validate

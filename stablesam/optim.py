@@ -430,12 +430,13 @@ def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None
     backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
     opt.zero_grad(set_to_none=True)
     if is_sam(opt):
-        with first_pass_no_sync(model):
+        local = (lambda: first_pass_no_sync(model)) if opt.ascent == 'local' else nullcontext
+        with local():
             with cast(): out = model(x); loss = loss_fn(out, y)
             backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
-        with freeze_bn_stats(model) if bn_first_pass else nullcontext():
+        with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
         if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ __all__ = ['CONFIG', 'METRICS', 'CHECKPOINT', 'DIVERGED', 'CHECKPOINT_FORMAT', '
            'read_run']
 
 # %% ../nbs/04b_runs.ipynb #6db8a0ab
+import dataclasses
 import json
 import math
 import os
@@ -135,6 +136,8 @@ def load_checkpoint(path, config=None, ignore=()):
         raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
     if config is not None:
         saved, now = state['config'], (config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        fields = dataclasses.fields(config) if dataclasses.is_dataclass(config) else ()
+        saved = {**{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}, **saved}
         diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now
                 if k not in ignore and saved.get(k) != now[k]]
         if diff: raise ValueError(f"Checkpoint {path} was written by a run with other settings: " + '; '.join(diff))

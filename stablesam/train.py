@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
 from .data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
+from .distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
 from .runs import (
@@ -74,6 +75,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
             raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
+        if cfg.fsdp and self.world_size == 1: raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
         if data is None: data = self._load_data()
         else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
         self.data = data
@@ -82,10 +84,12 @@ class Trainer:
         self.model = model.to(self.device)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
         self.net = self.model
-        if self.world_size > 1:
+        if cfg.fsdp: shard_model(self.model)  # in place: the model's parameters become shards
+        elif self.world_size > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if cfg.optimizer.startswith('stable') else {}
+        extra['ascent'] = cfg.ascent
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), base=cfg.base, lr=cfg.lr,
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho, **extra)
         self.sam = is_sam(self.optimizer)
@@ -348,18 +352,17 @@ def evaluate(self, dataset):
 @_method
 def state(self):
     """Everything `--resume` needs, as a checkpoint dict."""
+    model, optimizer = checkpoint_state(self.model, self.optimizer)  # gathered in full if sharded (every rank calls)
     sums = None if self._sums is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._sums.items()}
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
     return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step, history=self.history,
-                position=self.position, sums=sums, rng=rng, model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None)
+                position=self.position, sums=sums, rng=rng, model=model, optimizer=optimizer, scaler=self.scaler.state_dict() if self.scaler is not None else None)
 
 @_method
 def load_state(self, state, path='checkpoint'):
     """Continue from a checkpoint dict (see `state`), at an epoch's end or within it."""
     try:
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
+        load_checkpoint_state(self.model, self.optimizer, state['model'], state['optimizer'])  # sharded again under FSDP
     except (RuntimeError, ValueError, KeyError) as e:
         raise RuntimeError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
     if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
@@ -401,9 +404,10 @@ def _start_run(self):
 def _save(self, metrics=None):
     """Append an epoch's `metrics` to the run folder (none within an epoch), then write the checkpoint (two slots)."""
     self.check_finite()  # no state after a non-finite step is ever saved
+    state = self.state() if is_sharded(self.model) else None  # gathering shards communicates: every rank
     if self.out is None: return
     if metrics is not None: self.metrics_log.append(metrics)
-    save_checkpoint(self.out / CHECKPOINT, self.state(), previous=self.out / PREVIOUS)
+    save_checkpoint(self.out / CHECKPOINT, self.state() if state is None else state, previous=self.out / PREVIOUS)
     self.checkpoint_path, self._saved_at = self.out / CHECKPOINT, time.perf_counter()
 
 # %% ../nbs/05_train.ipynb #0c7c96a1

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablesam.distributed import sam_step
-from stablesam.optim import StableSAM
+from stablesam.optim import StableSAM, sam_step
 
 RECIPES = Path(__file__).resolve().parents[1] / 'nbs' / '00b_frameworks.ipynb'
 STEPS, BATCH, TOL = 10, 16, 1e-5
@@ -51,13 +50,7 @@ def own_loop(data, amp=None):
     net, scaler = make_net(), (torch.amp.GradScaler('cpu') if amp == 'fp16' else None)
     opt = make_opt(net.parameters())
     dtype = dict(fp16=torch.float16, bf16=torch.bfloat16).get(amp)
-    ctx = (lambda: torch.autocast('cpu', dtype=dtype)) if dtype else torch.enable_grad
-    def fb(x, y):
-        with ctx(): loss = F.cross_entropy(net(x), y)
-        (loss if scaler is None else scaler.scale(loss)).backward()
-    for x, y in data:
-        sam_step(opt, net, lambda: fb(x, y), grad_scaler=scaler)
-        if scaler is not None: scaler.update()
+    for x, y in data: sam_step(opt, net, F.cross_entropy, x, y, grad_scaler=scaler, autocast_dtype=dtype)
     return net, opt
 
 

@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from stablesam.distributed import checkpoint_state, load_checkpoint_state, sam_step, shard_model
-from stablesam.optim import ASAM, SAM, StableASAM, StableSAM, first_pass_no_sync
+from stablesam.distributed import checkpoint_state, load_checkpoint_state, shard_model
+from stablesam.optim import ASAM, SAM, StableASAM, StableSAM, first_pass_no_sync, sam_step
 
 WORLD, LR, STEPS, TOL = 2, 0.1, 10, 1e-5
 VARIANTS = dict(sam=(SAM, 0.2), stablesam=(StableSAM, 0.2), asam=(ASAM, 0.5), stableasam=(StableASAM, 0.5))
@@ -68,7 +68,7 @@ def one_process(cls, rho, steps=STEPS):
     """The package's own single-process loop on the global batches."""
     net = make_net()
     opt = cls(net.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=0.9)
-    for step in range(steps): sam_step(opt, net, lambda: loss(net, global_batch(step)).backward())
+    for step in range(steps): sam_step(opt, net, nn.functional.cross_entropy, *global_batch(step))
     return flat(net.parameters())
 
 
@@ -110,7 +110,7 @@ def ddp_worker(rank, init_file, out):
                 model = nn.parallel.DistributedDataParallel(net)
                 opt = cls(model.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=0.9, ascent=ascent)
                 for step in range(STEPS):
-                    sam_step(opt, model, lambda: loss(model, batch_of(rank, step)).backward())
+                    sam_step(opt, model, nn.functional.cross_entropy, *batch_of(rank, step))
                     assert_replicas_equal(flat(net.parameters()))
                 want = one_process(cls, rho) if ascent == 'global' else local_reference(cls is StableSAM, rho)
                 diffs[f'{ascent}/{name}'] = d = rel_diff(flat(net.parameters()), want)
@@ -160,7 +160,7 @@ def fsdp_worker(rank, init_file, out, ckpt):
         for name, (cls, rho) in VARIANTS.items():
             net, opt = fsdp_model(cls, rho)
             for step in range(STEPS):
-                sam_step(opt, net, lambda: loss(net, batch_of(rank, step)).backward())
+                sam_step(opt, net, nn.functional.cross_entropy, *batch_of(rank, step))
                 assert_replicas_equal(torch.stack([opt.last_stats['grad_norm'], opt.last_stats['renorm_factor']]))
             diffs[f'fsdp/{name}'] = d = rel_diff(full(net), one_process(cls, rho))
             assert d <= TOL, (name, d)
@@ -169,14 +169,14 @@ def fsdp_worker(rank, init_file, out, ckpt):
         # checkpoint after 5 steps, resume in fresh objects, 5 more: exactly the uninterrupted run
         cls, rho = VARIANTS['stablesam']
         net, opt = fsdp_model(cls, rho)
-        for step in range(STEPS // 2): sam_step(opt, net, lambda: loss(net, batch_of(rank, step)).backward())
+        for step in range(STEPS // 2): sam_step(opt, net, nn.functional.cross_entropy, *batch_of(rank, step))
         state = checkpoint_state(net, opt)
         if rank == 0: torch.save(state, ckpt)
         dist.barrier()
         resumed, ropt = fsdp_model(cls, rho)
         load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
         for step in range(STEPS // 2, STEPS):
-            for n, o in ((net, opt), (resumed, ropt)): sam_step(o, n, lambda: loss(n, batch_of(rank, step)).backward())
+            for n, o in ((net, opt), (resumed, ropt)): sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
         assert torch.equal(full(net), full(resumed)), 'resumed run differs'
         assert ropt.stable and ropt.ascent == 'global'
         net = make_net(); shard_model(net)
