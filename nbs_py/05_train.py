@@ -48,7 +48,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
-from stablesam.data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
+from stablesam.data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation,
+                            validation_split)
 from stablesam.distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from stablesam.models import get_model
 from stablesam.optim import global_norm, is_sam, make_optimizer, sam_step
@@ -149,6 +150,8 @@ class Trainer:
         if cfg.fsdp and self.world_size == 1: raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
         if data is None: data = self._load_data()
         else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
+        self.val = None
+        if cfg.val_split: train, self.val = validation_split(data.train, cfg.val_split, cfg.seed); data = dataclasses.replace(data, train=train)
         self.data = data
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
@@ -190,8 +193,9 @@ class Trainer:
         """Train (the rest of) one epoch, evaluate, record and checkpoint it."""
         m = self.train_epoch()
         test = self.evaluate(self.data.test)
+        val = {} if self.val is None else {f'val_{k}': v for k, v in self.evaluate(self.val).items()}
         metrics = dict(epoch=self.epoch, train_loss=m.pop('train_loss'), train_acc=m.pop('train_acc'),
-                       test_loss=test['loss'], test_acc=test['acc'], **m)
+                       test_loss=test['loss'], test_acc=test['acc'], **val, **m)
         for cb in self.callbacks:
             if hasattr(cb, 'after_epoch'): cb.after_epoch(self, metrics)
         self.history.append(metrics)
@@ -660,6 +664,22 @@ test_eq(comparable(read_metrics(root / 'part')), comparable(full))
 test_fail(lambda: Trainer(TrainConfig(**cifar, out=str(root / 'full'))).fit(), contains='already holds a run')
 test_fail(lambda: Trainer(TrainConfig(**dict(cifar, lr=0.2), out=str(root / 'full'), resume=True)).fit(),
           contains='lr: 0.1 in the checkpoint, 0.2 now')
+
+# %% [markdown]
+# ## A validation split
+#
+# `val_split=N` (`--val-split N`) holds N training examples out, drawn with the run's seed
+# (`stablesam.data.validation_split`), trains on the rest and records `val_loss` and `val_acc` every epoch:
+# what `stablesam-results --protocol held-out` chooses $\rho$ and the epoch on, so that the test set is read
+# once.
+
+# %%
+tv = Trainer(TrainConfig(**dict(cifar, epochs=2, val_split=16)))
+test_eq((len(tv.data.train), len(tv.val)), (48, 16))
+test_eq(set(tv.data.train.indices.tolist()) & set(tv.val.indices.tolist()), set())
+hv = tv.fit()
+assert all(0 <= m['val_acc'] <= 1 and m['val_loss'] > 0 for m in hv)
+test_fail(lambda: Trainer(TrainConfig(**dict(cifar, val_split=64))), contains='between 1 and 63')
 
 
 # %% [markdown]

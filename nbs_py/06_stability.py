@@ -819,3 +819,27 @@ if done:
     print(verdict_table(done)); print()
     print(format_at_training_loss(done, {n: (0.25 if 'cosine' in n else 0.15) for n in done}))
     for name, recs in done.items(): print(f"\n{name}:\n{format_summary(stability_summary(recs))}")
+
+# %% [markdown]
+# ### What the real-MNIST runs say
+#
+# FCN on 10,000 real MNIST images (S and S' of 9,999), 60 epochs, three seeds; the tables above give every
+# number, mean [min, max] over seeds. Each setting took about 89 minutes of wall time here (5,360 s, three
+# settings side by side on two shared cores; `config.json`).
+#
+# - *StableSAM's models drift apart least*: **holds** at equal epochs. Its final distance is the smallest in
+#   all three settings and at every seed (3 of 3 paired seeds below SAM in each): constant lr 5.2e-4 against
+#   8.9e-4 (SAM) and 7.6e-4 (SGD); weight decay 5.5e-4 / 1.0e-3 / 8.9e-4; cosine 2.6e-4 / 4.3e-4 / 3.7e-4. Its
+#   seed range separates from SAM's at epoch 11 (constant), 9 (weight decay) and 13 (cosine) and stays apart.
+#   Its generalisation error is the smallest too (constant lr: 0.070 against 0.084 and 0.099).
+# - *...but StableSAM also trains more slowly*: at epoch 60 its training loss is 0.138 against SAM's 0.099
+#   and SGD's 0.101 (constant lr), its test accuracy 93.9% against 94.5% and 94.0%. Compared where each
+#   optimizer first reaches the same training loss (0.15; 0.25 with the cosine schedule), StableSAM's distance
+#   is still below SAM's (4.8e-4 against 5.9e-4 with constant lr, 5.1e-4 against 7.0e-4 with weight decay,
+#   2.3e-4 against 3.1e-4 with cosine), but level with SGD's (5.1e-4, 6.0e-4, 2.3e-4), and its generalisation
+#   error equals SAM's (0.067 against 0.067; 0.066 / 0.067; 0.038 / 0.038). Part of the advantage at equal
+#   epochs is the shorter steps of the renormalization (factor below 1), not stability alone.
+# - *SGD drifts apart fastest*: **does not hold**. SAM's models end farther apart than SGD's in every setting
+#   (SAM below SGD in 1, 1 and 0 of 3 seeds), and the SGD and SAM seed ranges never separate.
+# - *Distance and generalisation error move together*: **holds**, correlation 0.89, 0.86 and 0.84 over all
+#   trained epochs and runs.

@@ -89,6 +89,8 @@ _HELP = dict(
     quick="the same code path on a tiny subset: one epoch, 256 train / 256 test examples, batch <= 64",
     train_subset="train on a seeded random subset of this many examples",
     test_subset="evaluate on a seeded random subset of this many test examples",
+    val_split="hold this many training examples out (seeded) as a validation split, evaluated every epoch "
+              "(val_loss, val_acc: the held-out protocol of stablesam-results --protocol held-out)",
     augment="data augmentation of the training set (--no-augment: evaluation transform only)",
     bn_first_pass="keep BatchNorm statistics from the first pass only in SAM steps (--no-bn-first-pass to update in both)",
     ascent=f"SAM ascent under torchrun: {', '.join(ASCENTS)} (global: Algorithm 1 on the global batch, equals one "

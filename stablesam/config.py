@@ -44,6 +44,7 @@ class TrainConfig:
     quick: bool = False
     train_subset: int | None = None
     test_subset: int | None = None
+    val_split: int | None = None
     augment: bool = True
     bn_first_pass: bool = True
     ascent: str = 'global'
@@ -91,7 +92,7 @@ def _validate(self):
     for key in ('epochs', 'batch_size'):
         v = getattr(self, key)
         if not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v} (a positive integer)")
-    for key in ('train_subset', 'test_subset'):
+    for key in ('train_subset', 'test_subset', 'val_split'):
         v = getattr(self, key)
         if v is not None and not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v}")
     if not 0 <= self.label_smoothing < 1: raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
-from .data import EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation
+from .data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation,
+                            validation_split)
 from .distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
@@ -78,6 +79,8 @@ class Trainer:
         if cfg.fsdp and self.world_size == 1: raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
         if data is None: data = self._load_data()
         else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
+        self.val = None
+        if cfg.val_split: train, self.val = validation_split(data.train, cfg.val_split, cfg.seed); data = dataclasses.replace(data, train=train)
         self.data = data
         torch.manual_seed(cfg.seed)
         if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
@@ -119,8 +122,9 @@ class Trainer:
         """Train (the rest of) one epoch, evaluate, record and checkpoint it."""
         m = self.train_epoch()
         test = self.evaluate(self.data.test)
+        val = {} if self.val is None else {f'val_{k}': v for k, v in self.evaluate(self.val).items()}
         metrics = dict(epoch=self.epoch, train_loss=m.pop('train_loss'), train_acc=m.pop('train_acc'),
-                       test_loss=test['loss'], test_acc=test['acc'], **m)
+                       test_loss=test['loss'], test_acc=test['acc'], **val, **m)
         for cb in self.callbacks:
             if hasattr(cb, 'after_epoch'): cb.after_epoch(self, metrics)
         self.history.append(metrics)

@@ -64,3 +64,23 @@ def test_markdown_layout_for_table3_bases(tmp_path):
     run(tmp_path, 'r50_sgd', [0.77], dataset='imagenet', model='resnet50', optimizer='sgd')
     md = table_markdown(summarize(load_runs(tmp_path)))
     assert md.splitlines()[0] == '| Dataset | Model | SGD/AdamW |'
+
+
+def test_held_out_protocol_end_to_end(tmp_path, capsys):
+    """`stablesam-train --val-split` records val_acc; `stablesam-results --protocol held-out` selects on it and says so."""
+    from stablesam.cli import main as train_main
+    from stablesam.data import write_fake_mnist
+    write_fake_mnist(tmp_path / 'data', n_train=96, n_test=48)
+    for opt in ('sgd', 'stablesam'):
+        for seed in (0, 1):
+            assert train_main(['--dataset', 'mnist', '--data-root', str(tmp_path / 'data'), '--model', 'fcn', '--optimizer', opt,
+                               '--epochs', '2', '--batch-size', '32', '--val-split', '32', '--seed', str(seed), '--no-progress',
+                               '--no-download', '--device', 'cpu', '--out', str(tmp_path / 'runs' / f'{opt}{seed}')]) in (None, 0)
+    runs = load_runs(tmp_path / 'runs')
+    assert all(r['best_val_acc'] is not None and r['held_out_epoch'] in (1, 2) for r in runs)
+    for r in runs:   # the held-out number is the test accuracy at the epoch of best validation accuracy
+        m = r['metrics'][r['held_out_epoch'] - 1]
+        assert r['held_out_test_acc'] == m['test_acc'] and m['val_acc'] == max(x['val_acc'] for x in r['metrics'])
+    assert main([str(tmp_path / 'runs'), '--protocol', 'held-out', '--no-figure']) == 0
+    out = capsys.readouterr().out
+    assert 'Protocol held-out' in out and 'Protocol paper' not in out
