@@ -817,7 +817,7 @@ for schedule in FIGURE_SETTINGS:
 done = {f'{m.upper() if m == "fcn" else "LeNet"}, {s}': recs for (m, s), recs in real.items() if recs}
 if done:
     print(verdict_table(done)); print()
-    print(format_at_training_loss(done, {n: (0.25 if 'cosine' in n else 0.15) for n in done}))
+    print(format_at_training_loss(done, {n: 0.3 if n.startswith('LeNet') else 0.25 if 'cosine' in n else 0.15 for n in done}))
     for name, recs in done.items(): print(f"\n{name}:\n{format_summary(stability_summary(recs))}")
 
 # %% [markdown]
@@ -843,3 +843,16 @@ if done:
 #   (SAM below SGD in 1, 1 and 0 of 3 seeds), and the SGD and SAM seed ranges never separate.
 # - *Distance and generalisation error move together*: **holds**, correlation 0.89, 0.86 and 0.84 over all
 #   trained epochs and runs.
+#
+# LeNet on 3,000 real MNIST images (the stand-in for the paper's LeNet on CIFAR-10; constant lr, 60 epochs,
+# three seeds, 52 minutes of wall time): StableSAM's final distance is again the smallest, 1.9e-3 [1.3e-3,
+# 2.3e-3] against 4.3e-3 [1.6e-3, 8.3e-3] (SAM) and 4.9e-3 [1.9e-3, 7.9e-3] (SGD), below SAM at 3 of 3 seeds,
+# but the spread of SGD and SAM over seeds is so wide that no pair of seed ranges separates. StableSAM
+# again trains more slowly (training loss 0.287 against 0.159 and 0.158 at epoch 60; test accuracy 90.5%
+# against 93.7% and 93.0%); where each first reaches training loss 0.3 its distance is 1.8e-3 against 3.0e-3
+# (SAM) and 3.0e-3 (SGD), with the same generalisation error as SAM (0.038). SAM ends below SGD at 2 of 3
+# seeds; distance and generalisation error correlate more weakly (0.57).
+#
+# Not run here: the paper's size (all 60,000 MNIST images; `benchmarks/stability_projection.py` projects the
+# engine's time per figure, see the index) and LeNet on CIFAR-10 (the `gpu` cell above; CIFAR-10 cannot be
+# downloaded on this machine).
