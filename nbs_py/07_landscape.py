@@ -1236,6 +1236,10 @@ def write_landscape_report(out, title=None):
 
 # %%
 mnist_root = '../../shared/data'   # notebooks run from nbs/; from the repository root it is ../shared/data
+if not (Path(mnist_root) / 'MNIST' / 'raw' / 'train-images-idx3-ubyte').exists():   # a clone without ../shared
+    from stablesam.data import write_fake_mnist
+    print(f"no MNIST in {mnist_root}: the smoke test runs on generated MNIST-format files instead")
+    mnist_root = tempfile.mkdtemp(); write_fake_mnist(mnist_root, n_train=512, n_test=1000)
 quick_out = Path(tempfile.mkdtemp()) / 'fcn-mnist-quick'
 quick_cfg = landscape_config(data_root=mnist_root, train_subset=512, test_subset=1000, epochs=3)
 quick_kw = dict(rhos=(0.05, 0.2), seeds=(0, 1), probe_epochs=(0, 3), n_probe=128, log=None)
