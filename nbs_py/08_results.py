@@ -371,5 +371,12 @@ for seed in (0, 1, 2):
 if REAL_RUNS.exists():
     real_runs = load_runs(REAL_RUNS)
     for protocol in PROTOCOLS:
-        print(table_markdown(summarize(real_runs, protocol=protocol)), '\n')
+        rows = summarize(real_runs, protocol=protocol)
+        print(table_markdown(rows)); print('rho chosen:', {r['optimizer']: r['rho'] for r in rows}, '\n')
     fig = plot_curves(real_runs, 'val_acc', rows=summarize(real_runs, protocol='held-out')); plt.show(); plt.close(fig)
+
+# %% [markdown]
+# On these 21 runs SAM and StableSAM beat SGD by about 1.6 points under both protocols (paper: 90.86 and
+# 90.81 against 89.24; held-out: 90.83 and 90.71 against 89.18, three seeds, std 0.4-0.7), and StableSAM
+# and SAM are level within one standard deviation. The held-out protocol reads every cell 0.03-0.10 points
+# lower than the paper's, which selects the epoch (and $\rho$) on the test set itself.
