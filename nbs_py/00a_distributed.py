@@ -46,6 +46,8 @@ from nbdev.showdoc import show_doc
 
 # %%
 import torch
+
+# %%
 W, d, rho = 8, 1000, 0.05
 gen = torch.Generator().manual_seed(0)
 w = torch.zeros(d, dtype=torch.float64)
@@ -91,6 +93,9 @@ except ImportError: DTensor = ()
 
 # %%
 from stablesam.optim import StableSAM, freeze_bn_stats, sam_step
+
+
+# %%
 def make(seed=0):
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
@@ -182,6 +187,8 @@ def load_checkpoint_state(model, opt, model_state, opt_state):
 
 # %%
 import copy
+
+# %%
 net, opt = make()
 sam_step(opt, net, loss_fn, x, y)
 net2, opt2 = make(1)

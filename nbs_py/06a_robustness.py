@@ -97,6 +97,8 @@ test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.9)]), 'trained')
 
 # %%
 from stablesam.data import write_fake_mnist
+
+# %%
 tmp = Path(tempfile.mkdtemp())
 write_fake_mnist(tmp, n_train=256, n_test=128)
 _fake = get_datasets('mnist', tmp, augment=False, download=False)

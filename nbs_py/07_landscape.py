@@ -741,7 +741,7 @@ def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
 # real-MNIST sweep in the next section.
 
 # %%
-from stablesam.data import get_datasets, write_fake_cifar
+from stablesam.data import get_datasets, write_fake_cifar, write_fake_mnist
 from stablesam.train import Trainer, preset_config, read_metrics
 
 # %%
@@ -1237,7 +1237,6 @@ def write_landscape_report(out, title=None):
 # %%
 mnist_root = '../../shared/data'   # notebooks run from nbs/; from the repository root it is ../shared/data
 if not (Path(mnist_root) / 'MNIST' / 'raw' / 'train-images-idx3-ubyte').exists():   # a clone without ../shared
-    from stablesam.data import write_fake_mnist
     print(f"no MNIST in {mnist_root}: the smoke test runs on generated MNIST-format files instead")
     mnist_root = tempfile.mkdtemp(); write_fake_mnist(mnist_root, n_train=512, n_test=1000)
 quick_out = Path(tempfile.mkdtemp()) / 'fcn-mnist-quick'

@@ -357,8 +357,10 @@ for table in ('table2', 'table3', 'table4'):
 REAL_RUNS = Path('../results/results_table/mnist-fcn-noise40')
 
 # %%
-#| slow
 from stablesam.cli import main as train_main
+
+# %%
+#| slow
 for seed in (0, 1, 2):
     for opt, rho in [('sgd', 0.05)] + [(o, r) for o in ('sam', 'stablesam') for r in (0.02, 0.05, 0.1)]:
         train_main(['--dataset', 'mnist', '--data-root', '../../shared/data', '--model', 'fcn', '--optimizer', opt,

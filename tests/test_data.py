@@ -207,16 +207,16 @@ def test_digits_through_the_trainer(one_thread):
     assert lenet.model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
-@pytest.mark.xfail(raises=KeyError, strict=False,
-                   reason="stablesam-train's parser has no help text for TrainConfig.in_memory on this branch's base")
 def test_digits_through_the_cli(tmp_path, one_thread):
     """`stablesam-train --dataset digits` writes a run folder."""
     import json
-    from stablesam.train import main
+    from stablesam.cli import main
     assert main(['--dataset', 'digits', '--model', 'fcn', '--optimizer', 'sam', '--epochs', '1', '--no-progress',
                  '--device', 'cpu', '--out', str(tmp_path / 'run')]) == 0
     cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
     assert cfg['dataset'] == 'digits' and len((tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) == 1
+
+
 def test_crop_flip_draws_uniform_and_independent():
     """Chi-square on 162,000 draws: offsets x flip uniform on the 9 x 9 x 2 cells, and independent between epochs,
     seeds and neighbouring indices (p > 1e-4 each: the test fails by chance about once in 2,000 runs at most)."""
