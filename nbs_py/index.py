@@ -104,8 +104,10 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # and keeps its last good checkpoint (`--on-nonfinite skip` skips such steps instead). The whole grid of a table, as command lines for a
 # job scheduler: `stablesam-train --sweep table2` (Table 3: `table3`, Table 4: `table4`), and
 # `stablesam-results runs/table2` builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell)
-# as Markdown and CSV with the training curves. The figures: `stablesam-stability` (Figures 5-7) and the
-# flagged cells of the [landscape](07_landscape.ipynb) notebook (Figures 1-3). `stablesam-train --quick`
+# as Markdown and CSV with the training curves (`--protocol held-out` chooses $\rho$ and the epoch on a
+# `--val-split` instead of the test set). The figures: `stablesam-stability` (Figures 5-7),
+# `stablesam-robustness lr-sweep` / `label-noise` (the large-learning-rate and noisy-label claims on networks)
+# and the flagged cells of the [landscape](07_landscape.ipynb) notebook (Figures 1-3). `stablesam-train --quick`
 # runs the same code on a tiny subset for one epoch, on a CPU.
 
 # %% [markdown]
