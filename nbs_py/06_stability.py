@@ -726,12 +726,11 @@ def verdict_table(results: dict) -> str:
 #| export
 def at_training_loss(records: list[dict], loss: float) -> dict:
     "Per optimizer: the first epoch whose mean training loss is <= `loss`, with the mean distance, generalisation error and test accuracy there (None if never)."
-    tl, out = curves(records, 'train_loss'), {}
+    keys = ('param_distance', 'gen_error', 'test_acc')
+    tl, other, out = curves(records, 'train_loss'), {k: curves(records, k) for k in keys}, {}
     for o, (ep, mean, _, _) in tl.items():
         hit = np.flatnonzero(mean <= loss)
-        if len(hit) == 0: out[o] = None; continue
-        i = hit[0]
-        out[o] = dict(epoch=int(ep[i]), **{k: float(curves(records, k)[o][1][i]) for k in ('param_distance', 'gen_error', 'test_acc')})
+        out[o] = None if len(hit) == 0 else dict(epoch=int(ep[hit[0]]), **{k: float(other[k][o][1][hit[0]]) for k in keys})
     return out
 
 def format_at_training_loss(results: dict, loss) -> str:
