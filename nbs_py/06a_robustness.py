@@ -39,6 +39,7 @@ torch.set_num_threads(1)
 #| export
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ import torch
 
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
 from stablesam.optim import OPTIMIZERS
+from stablesam.results import PROTOCOLS, run_scores
 from stablesam.style import plot_kwargs, quantity
 from stablesam.runs import machine, read_jsonl, strict_json, write_json, write_jsonl
 from stablesam.train import Diverged, Trainer, TrainConfig
@@ -332,16 +334,11 @@ def label_noise_sweep(data: DataBundle, out, *, noises=NOISE_LEVELS, optimizers=
 
 # %%
 #| export
-PROTOCOLS = {'paper': 'best test accuracy over epochs (selected on the test set)',
-             'held-out': 'test accuracy at the epoch of best validation accuracy'}
-
 def selected_accuracy(run: list[dict], protocol: str) -> float:
-    """One run's test accuracy under `protocol` ('paper' or 'held-out')."""
+    """One run's test accuracy under `protocol` ('paper' or 'held-out', as `stablesam.results.run_scores` reads a run folder)."""
     if protocol not in PROTOCOLS: raise ValueError(f"Unknown protocol: {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-    scored = [r for r in run if r.get('test_acc') is not None]
-    if not scored: return 0.0
-    if protocol == 'paper': return max(r['test_acc'] for r in scored)
-    return max(scored, key=lambda r: (r.get('val_acc') or 0.0, -r['epoch']))['test_acc']
+    acc = run_scores(run)['best_test_acc' if protocol == 'paper' else 'held_out_test_acc']
+    return acc if acc is not None and math.isfinite(acc) else 0.0
 
 def label_noise_table(records: list[dict]) -> list[dict]:
     """Per (noise, optimizer, protocol): seeds and mean / std / min / max of the selected test accuracy."""
@@ -385,7 +382,9 @@ def plot_label_noise(records: list[dict], figsize=(9, 3)):
             ax.plot(x, [100 * r['mean'] for r in rs], marker='o', ms=3, **plot_kwargs(o))
             ax.fill_between(x, [100 * r['min'] for r in rs], [100 * r['max'] for r in rs], alpha=0.2,
                             color=plot_kwargs(o)['color'], linewidth=0)
-        ax.set(title=f"{protocol}: {PROTOCOLS[protocol]}", xlabel='training labels randomised (%)')
+        ax.set(title=f"{protocol} protocol: " + ('best test accuracy over epochs' if protocol == 'paper'
+                                                  else 'test accuracy at the epoch of best validation accuracy'),
+               xlabel='training labels randomised (%)')
         ax.title.set_fontsize(8)
     axs[0].set_ylabel(quantity('test_acc').label)
     axs[0].legend(fontsize=8, title=f"{rows[0]['seeds']} seeds; band: min-max", title_fontsize=7)

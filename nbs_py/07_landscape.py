@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from stablesam.runs import append_jsonl, machine, read_jsonl, write_jsonl
+from stablesam.style import optimizer_style, plot_kwargs, quantity
 
 
 # %% [markdown]
@@ -585,27 +586,14 @@ def _curve(ax, x, v, smooth, **kw):
 
 
 # %% [markdown]
-# Every axis is labelled with its quantity: `stablesam.style.quantity` for the keys it knows, and
-# the landscape's own quantities below for the rest. The SAM runs at several $\rho$ are drawn in a
+# Every axis is labelled with its quantity from `stablesam.style.quantity` (the landscape's own
+# quantities, alignment, cosine, $\alpha$, $\lambda_1$, are in that one map too). The SAM runs at several $\rho$ are drawn in a
 # sequential blue colormap (SAM's colour in `stablesam.style`), darker for larger $\rho$; SGD in its
 # package colour. Per-step curves are the mean over seeds of a moving average over `smooth` steps,
 # with the seeds' min-max band shaded.
 
 # %%
 #| export
-LANDSCAPE_QUANTITIES = {
-    'alignment': r'$\langle g^{asc}, g\rangle - \|g\|^2$', 'cosine': r'$\cos\angle(g^{asc}, g)$',
-    'grad_norm': r'exact gradient norm $\|g\|$', 'alpha': r'step $\alpha$ along $e_1$',
-    'loss_along': r'training loss $f(w + \alpha e_1)$', 'hessian_top_eig': r'top Hessian eigenvalue $\lambda_1$',
-    'ratio_below_1': r'steps with $\|g\|/\|g^{asc}\| < 1$ (%)', 'alignment_positive': r'steps with $\langle g^{asc}, g\rangle > \|g\|^2$ (%)',
-}
-
-def landscape_label(key):
-    "The axis label of `key`: the landscape's own quantities, else `stablesam.style.quantity(key).label`."
-    from stablesam.style import quantity
-    return LANDSCAPE_QUANTITIES[key] if key in LANDSCAPE_QUANTITIES else quantity(key).label
-
-
 def rho_colors(rhos, cmap='Blues'):
     "One colour per rho from a sequential colormap (darker for larger rho): `{rho: colour}`."
     import matplotlib as mpl
@@ -624,7 +612,6 @@ def _run_style(label, color):
 
 def _run_colors(runs):
     "One colour per run: the SAM rho colormap for runs named `rho=<value>`, SAM's colour shades otherwise."
-    from stablesam.style import optimizer_style
     rhos = []
     for label in runs:
         try: rhos.append(float(str(label).split('=', 1)[1]))
@@ -645,7 +632,7 @@ def plot_norm_ratio(runs, ax=None, smooth=None, key='norm_ratio'):
         name, c = _run_style(label, c)
         _curve(ax, x, v, smooth, label=name, lw=1.2, color=c)
     ax.axhline(1, color='grey', lw=0.6, ls='--')
-    ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel(landscape_label(key))
+    ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(quantity(key).label)
     ax.legend(fontsize=8)
     return ax
 
@@ -663,7 +650,7 @@ def plot_alignment(runs, axes=None, smooth=None):
             _curve(ax, x, v, smooth, label=name, lw=1.2, color=c)
     axes[0].axhline(0, color='grey', lw=0.6, ls='--')
     for ax, key in zip(axes, ('alignment', 'cosine')):
-        ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel(landscape_label(key)); ax.legend(fontsize=8)
+        ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(quantity(key).label); ax.legend(fontsize=8)
     return axes
 
 
@@ -677,7 +664,7 @@ def plot_loss_along(probes, ax=None):
     colors = mpl.colormaps['viridis'](np.linspace(0, 0.9, max(len(rows), 1)))
     for r, c in zip(rows, colors):
         ax.plot(r['alphas'], r['losses'], color=c, label=f"epoch {r['epoch']} ($\\lambda_1$={r['eigenvalue']:.3g})")
-    ax.set_xlabel(landscape_label('alpha')); ax.set_ylabel(landscape_label('loss_along'))
+    ax.set_xlabel(quantity('alpha').label); ax.set_ylabel(quantity('loss_along').label)
     ax.legend(fontsize=7)
     return ax
 
@@ -1030,7 +1017,6 @@ def _fmt(s, pct=False, digits=3):
 
 
 def _opt_label(optimizer, rho):
-    from stablesam.style import optimizer_style
     return optimizer_style(optimizer).label + ('' if rho is None else f', ρ={rho:g}')
 
 
@@ -1094,7 +1080,7 @@ def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
         drawn.append(_band(ax, x, [v for _, v in seeds.values()], colors[rho], f'SAM, ρ={rho:g}', smooth))
     if ref is not None: ax.axhline(ref, color='grey', lw=0.7, ls='--')
     _roi(ax, drawn, include=() if ref is None else (ref,), q=(1, 100))
-    ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel(landscape_label(key))
+    ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(quantity(key).label)
     n = max((len(s) for s in runs.values()), default=0)
     ax.legend(fontsize=7, title=f'{n} seed{"s" * (n != 1)}' + (f', {smooth}-step mean' if smooth and smooth > 1 else ''),
               title_fontsize=7)
@@ -1117,7 +1103,7 @@ def plot_step_shares(records, ax=None):
             if max(len(x) for x in v) > 1: ax.fill_between(eps, [np.min(x) for x in v], [np.max(x) for x in v], color=c, alpha=0.2, lw=0)
             lowest = min([lowest] + [np.min(x) for x in v])
     ax.set_ylim(lowest - 0.06 * (100 - lowest) - 0.5, 100 + 0.03 * (100 - lowest) + 0.3)   # the region where the shares are
-    ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel('share of SAM steps (%)')
+    ax.set_xlabel(quantity('epoch').label); ax.set_ylabel('share of SAM steps (%)')
     ax.legend(fontsize=6, ncol=2)
     return ax
 
@@ -1140,7 +1126,7 @@ def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridi
         if e == model_epoch and np.abs(a).min() < 1e-6:
             q = np.stack([_quadratic_model(a, l, h['eigenvalue']) for l, h in zip(ls, hs)]).mean(0)
             ax.plot(a, q, color=c, lw=1.1, ls='--', label=f'epoch {e}: $f(w) + s\\alpha + \\lambda_1\\alpha^2/2$')
-    ax.set_xlabel(landscape_label('alpha')); ax.set_ylabel(landscape_label('loss_along'))
+    ax.set_xlabel(quantity('alpha').label); ax.set_ylabel(quantity('loss_along').label)
     n = len({r['seed'] for r in rs})
     ax.set_title(_opt_label(optimizer, rho), fontsize=9)
     ax.legend(fontsize=6, title=f'{n} seed{"s" * (n != 1)}', title_fontsize=6)
@@ -1195,7 +1181,6 @@ def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
 
 def _plot_curvature(records, ax):
     "Top eigenvalue per probed epoch, one line per run kind (SGD in its colour, SAM per rho), mean over seeds, min-max shaded."
-    from stablesam.style import plot_kwargs
     kinds = list(dict.fromkeys((r['optimizer'], r['rho']) for r in records if r.get('hessian')))
     colors = rho_colors({rho for o, rho in kinds if o != 'sgd'})
     for o, rho in kinds:
@@ -1205,7 +1190,7 @@ def _plot_curvature(records, ax):
         kw = plot_kwargs(o) if o == 'sgd' else dict(color=colors[rho], label=_opt_label(o, rho))
         ax.plot(eps, [np.mean(x) for x in v], marker='.', lw=1.2, **kw)
         if max(len(x) for x in v) > 1: ax.fill_between(eps, [min(x) for x in v], [max(x) for x in v], color=kw['color'], alpha=0.2, lw=0)
-    ax.set_xlabel(landscape_label('epoch')); ax.set_ylabel(landscape_label('hessian_top_eig'))
+    ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(quantity('hessian_top_eig').label)
     ax.set_title('sharpness at the probes', fontsize=9); ax.legend(fontsize=6)
 
 

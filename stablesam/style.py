@@ -52,6 +52,11 @@ QUANTITIES = {
     'acc_gap': Quantity('accuracy gap (train - test, %)', 100.0),
     'norm_ratio': Quantity('$\\|g\\| / \\|g^{asc}\\|$'), 'renorm_factor': Quantity('renormalization factor'),
     'diverged': Quantity('diverged runs (%)', 100.0),
+    'alignment': Quantity(r'$\langle g^{asc}, g\rangle - \|g\|^2$'), 'cosine': Quantity(r'$\cos\angle(g^{asc}, g)$'),
+    'grad_norm': Quantity(r'exact gradient norm $\|g\|$'), 'alpha': Quantity(r'step $\alpha$ along $e_1$'),
+    'loss_along': Quantity(r'training loss $f(w + \alpha e_1)$'), 'hessian_top_eig': Quantity(r'top Hessian eigenvalue $\lambda_1$'),
+    'ratio_below_1': Quantity(r'steps with $\|g\|/\|g^{asc}\| < 1$ (%)'),
+    'alignment_positive': Quantity(r'steps with $\langle g^{asc}, g\rangle > \|g\|^2$ (%)'),
 }
 
 def quantity(key: str) -> Quantity:
