@@ -47,7 +47,7 @@ MODEL_LABELS = dict(fcn='FCN', lenet='LeNet', resnet20='ResNet-20', resnet56='Re
                     resnext29_32x4d='ResNeXt-29-32x4d', wrn28_10='WRN-28-10', pyramidnet110='PyramidNet-110',
                     resnet18='ResNet-18', resnet50='ResNet-50', resnet101='ResNet-101', resnet152='ResNet-152',
                     vit_s32='ViT-S/32')
-DATASET_LABELS = dict(mnist='MNIST', cifar10='CIFAR-10', cifar100='CIFAR-100', imagenet='ImageNet-1k')
+DATASET_LABELS = dict(mnist='MNIST', cifar10='CIFAR-10', cifar100='CIFAR-100', imagenet='ImageNet-1k', digits='digits (scikit-learn, 8x8)')
 
 def _finite(v): return isinstance(v, (int, float)) and math.isfinite(v)
 
