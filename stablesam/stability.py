@@ -225,8 +225,8 @@ def load_stability_data(cfg: TrainConfig):
     data = get_datasets(cfg.dataset, cfg.data_root, augment=False, download=cfg.download)
     return dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
 
-def check_run(optimizers, seeds, subset=None) -> None:
-    "Raise a ValueError naming the first invalid optimizer list, seed list or subset size."
+def check_run(optimizers, seeds, subset=None, workers=1) -> None:
+    "Raise a ValueError naming the first invalid optimizer list, seed list, subset size or number of workers."
     bad = [o for o in optimizers if o not in OPTIMIZERS]
     if bad or not optimizers:
         raise ValueError(f"Invalid optimizers: {list(bad or optimizers)} (choose from {', '.join(OPTIMIZERS)})")
@@ -234,18 +234,32 @@ def check_run(optimizers, seeds, subset=None) -> None:
         raise ValueError(f"Invalid seeds: {list(seeds)} (one or more integers >= 0)")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 2):
         raise ValueError(f"Invalid subset: {subset} (at least 2 examples)")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"Invalid workers: {workers} (an integer >= 1)")
 
 def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
     "The records of the (optimizer, seed) pairs that reached epoch `epochs`, in their order (a partial pair is dropped)."
     done = {(r['optimizer'], r['seed']) for r in records if r['epoch'] == epochs}
     return [r for r in records if (r['optimizer'], r['seed']) in done]
 
+_SHARED = {}   # the data a forked worker inherits instead of receiving it pickled
+
+def _train_task(item):
+    "One (optimizer, seed) pair in a worker process: its index and records, or the exception that stopped it."
+    i, (cfg, n, folder, checkpoint_every, resume) = item
+    torch.set_num_threads(_SHARED['threads'])
+    try: return i, train_pair(cfg, _SHARED['data'], neighbouring_indices(n, cfg.seed), checkpoint=folder,
+                              checkpoint_every=checkpoint_every, resume=resume)
+    except Exception as e: return i, e
+
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
                   subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False,
-                  checkpoint_every: float = 600.0) -> list[dict]:
+                  checkpoint_every: float = 600.0, workers: int = 1) -> list[dict]:
     "Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."
     from tqdm.auto import tqdm
-    check_run(optimizers, seeds, subset)
+    check_run(optimizers, seeds, subset, workers)
+    if workers > 1 and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
+        raise ValueError(f"workers={workers} forks CPU processes; on device {cfg.device!r} train with workers=1")
     if data is None: data = load_stability_data(cfg)
     records = []
     if jsonl is not None:
@@ -260,13 +274,36 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
         if rec['epoch'] > 0:
             bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
     n = len(data.train) if subset is None else min(len(data.train), int(subset))
-    for seed, opt in todo:   # train_pair builds the two views: the pair is drawn here, once per seed
-        neighbours = neighbouring_indices(n, seed)
-        folder = None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}'
-        records += train_pair(dataclasses.replace(cfg, optimizer=opt, seed=seed), data, neighbours, on_record,
-                              checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
+    tasks = [(dataclasses.replace(cfg, optimizer=opt, seed=seed), n,
+              None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}', checkpoint_every, resume)
+             for seed, opt in todo]   # train_pair builds the two views: the pair is drawn once per seed
+    if workers == 1 or len(tasks) < 2:
+        for pair_cfg, _, folder, _, _ in tasks:
+            records += train_pair(pair_cfg, data, neighbouring_indices(n, pair_cfg.seed), on_record,
+                                  checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
+    else:
+        records += _run_parallel(tasks, data, min(workers, len(tasks)), on_record)
+    rank = {(int(s), o): i for i, (s, o) in enumerate((s, o) for s in seeds for o in optimizers)}
+    ordered = sorted(records, key=lambda r: (rank[r['seed'], r['optimizer']], r['epoch']))
+    if jsonl is not None and todo: write_jsonl(jsonl, ordered)  # the order of an uninterrupted one-process run
     bar.close()
-    return records
+    return ordered
+
+def _run_parallel(tasks, data, workers, on_record) -> list[dict]:
+    "The records of `tasks` trained in `workers` forked processes (most expensive first), in the order of `tasks`."
+    import multiprocessing as mp, os
+    cost = lambda i: 1 if tasks[i][0].optimizer == 'sgd' else 2   # a SAM-family step computes two gradients
+    order = sorted(range(len(tasks)), key=lambda i: -cost(i))
+    _SHARED.update(data=data, threads=max(1, (os.cpu_count() or 1) // workers))
+    results = [None] * len(tasks)
+    try:
+        with mp.get_context('fork').Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
+            for i, out in pool.imap_unordered(_train_task, [(i, tasks[i]) for i in order]):
+                if isinstance(out, Exception): raise out
+                results[i] = out
+                for rec in out: on_record(rec)   # a pair reaches records.jsonl once it has finished
+    finally: _SHARED.clear()
+    return [r for recs in results for r in recs]
 
 # %% ../nbs/06_stability.ipynb #1f5027ac
 CPU_SUBSET = 10_000  # training images of the CPU-size run (about 40 CPU-minutes for FCN, 60 epochs, 3 seeds)
@@ -304,6 +341,8 @@ def stability_parser() -> argparse.ArgumentParser:
                         'its checkpoint (--out/pairs/<optimizer>-seed<seed>/), train the others')
     p.add_argument('--checkpoint-every', type=float, default=600.0, metavar='SECONDS',
                    help='seconds between checkpoints of a pair within an epoch (0: after each epoch only; default: 600)')
+    p.add_argument('--workers', type=int, default=1,
+                   help='(optimizer, seed) pairs trained side by side in separate processes, one per core (default: 1)')
     return p
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -322,7 +361,7 @@ def main(argv=None) -> None:
     p, args = stability_parser(), parse_args(argv)
     out = Path(args.out)
     try:
-        check_run(args.optimizers, args.seeds, args.subset)
+        check_run(args.optimizers, args.seeds, args.subset, args.workers)
         cfg = stability_config(args.dataset, args.model, args.schedule, data_root=args.data_root, lr=args.lr,
                                rho=args.rho, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                                download=not args.no_download)
@@ -338,7 +377,8 @@ def main(argv=None) -> None:
                   machine=machine())
     t0 = time.perf_counter()
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data, jsonl=out / 'records.jsonl',
-                            progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every)
+                            progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                            workers=args.workers)
     write_json(out / 'config.json', dict(config, wall_time_s=previous + time.perf_counter() - t0))
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)

@@ -10,7 +10,7 @@ from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
 from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args, neighbouring_indices, neighbouring_subsets, param_distance,
-                                 stability_config, stability_summary, train_pair)
+                                 run_stability, stability_config, stability_summary, train_pair)
 from stablesam.train import read_jsonl
 
 
@@ -123,6 +123,7 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     (['--seeds', '0', '-1'], 'Invalid seeds: [0, -1]'),
     (['--subset', '1'], 'Invalid subset: 1'),
     (['--model', 'nonet'], "Unknown model: 'nonet'"),
+    (['--workers', '0'], 'Invalid workers: 0'),
 ])
 def test_cli_bad_input(tmp_path, args, message, capsys):
     write_fake_mnist(tmp_path / 'data', 16, 8)
@@ -147,6 +148,10 @@ def test_bad_arguments_in_python():
         check_run(['sgd', 'adam'], [0])
     with pytest.raises(ValueError, match='Invalid seeds'):
         check_run(['sgd'], [])
+    with pytest.raises(ValueError, match='Invalid workers: 1.5'):
+        check_run(['sgd'], [0], workers=1.5)
+    with pytest.raises(ValueError, match="forks CPU processes; on device 'cuda'"):
+        run_stability(stability_config(device='cuda'), ['sgd'], [0, 1], data=object(), workers=2)
     with pytest.raises(ValueError, match='Invalid n: 1'):
         neighbouring_indices(1)
     with pytest.raises(ValueError, match='Invalid subset: 1'):
@@ -171,3 +176,37 @@ def test_cpu_size_preset():
     assert (args.subset, args.device, args.epochs, args.seeds) == (CPU_SUBSET, 'cpu', 60, [0, 1, 2])
     assert parse_args(['--cpu-size', '--subset', '500']).subset == 500
     assert parse_args([]).subset is None and parse_args([]).device == 'auto'
+
+
+def _same_records(a, b):
+    """Two record lists equal key by key: exactly for the labels, to float tolerance for the measurements."""
+    assert len(a) == len(b)
+    for r, q in zip(a, b):
+        assert r.keys() == q.keys() and (r['optimizer'], r['seed'], r['epoch']) == (q['optimizer'], q['seed'], q['epoch'])
+        for k, v in r.items():
+            assert (v == pytest.approx(q[k], rel=1e-6, abs=1e-9)) if isinstance(v, float) else v == q[k], k
+
+
+def test_workers_give_the_records_of_one_process(tmp_path):
+    """Pairs trained in two forked processes give the records of a one-process run, in its order; a run stopped
+    after one finished pair and resumed with workers trains only the others and ends with the same records."""
+    write_fake_mnist(tmp_path / 'data', 64, 32)
+    cfg = stability_config('mnist', 'fcn', data_root=tmp_path / 'data', lr=0.1, epochs=2, batch_size=16, device='cpu',
+                           download=False)
+    run = lambda out, **kw: run_stability(cfg, ('sgd', 'stablesam'), (0, 1), jsonl=tmp_path / out / 'records.jsonl',
+                                          progress=False, **kw)
+    one = run('one')
+    two = run('two', workers=2)
+    assert [(r['optimizer'], r['seed'], r['epoch']) for r in one] == \
+        [(o, s, e) for s in (0, 1) for o in ('sgd', 'stablesam') for e in range(3)]
+    _same_records(two, one)
+    _same_records(read_jsonl(tmp_path / 'two' / 'records.jsonl'), one)
+    assert len({r['param_distance'] for r in one if r['epoch'] == 2}) == 4      # four different pairs
+    partial = tmp_path / 'resumed' / 'records.jsonl'
+    run('resumed', workers=2)
+    partial.write_text(''.join(l for l in partial.read_text().splitlines(True) if '"stablesam"' not in l))
+    for r in ('stablesam-seed0', 'stablesam-seed1'):
+        for f in (tmp_path / 'resumed' / 'pairs' / r).iterdir(): f.unlink()
+    resumed = run('resumed', workers=2, resume=True)
+    _same_records(read_jsonl(partial), one)
+    _same_records(resumed, one)
