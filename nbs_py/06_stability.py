@@ -484,8 +484,8 @@ def _train_task(item):
     "One (optimizer, seed) pair in a worker process: its index and records, or the exception that stopped it."
     i, (cfg, n, folder, checkpoint_every, resume) = item
     torch.set_num_threads(_SHARED['threads'])
-    try: return i, train_pair(cfg, _SHARED['data'], neighbouring_indices(n, cfg.seed), checkpoint=folder,
-                              checkpoint_every=checkpoint_every, resume=resume)
+    try: return i, train_pair(cfg, _SHARED['data'], neighbouring_indices(n, cfg.seed), _SHARED['progress'].put,
+                              checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
     except Exception as e: return i, e
 
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
@@ -505,8 +505,9 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
     done = {(r['optimizer'], r['seed']) for r in records}
     todo = [(int(seed), opt) for seed in seeds for opt in optimizers if (opt, int(seed)) not in done]
     bar = tqdm(total=len(todo) * cfg.epochs, desc='stability', disable=not progress)
-    def on_record(rec):
+    def save(rec):
         if jsonl is not None: append_jsonl(jsonl, rec)
+    def tick(rec):
         if rec['epoch'] > 0:
             bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
     n = len(data.train) if subset is None else min(len(data.train), int(subset))
@@ -515,29 +516,36 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
              for seed, opt in todo]   # train_pair builds the two views: the pair is drawn once per seed
     if workers == 1 or len(tasks) < 2:
         for pair_cfg, _, folder, _, _ in tasks:
-            records += train_pair(pair_cfg, data, neighbouring_indices(n, pair_cfg.seed), on_record,
+            records += train_pair(pair_cfg, data, neighbouring_indices(n, pair_cfg.seed), lambda r: (save(r), tick(r)),
                                   checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
     else:
-        records += _run_parallel(tasks, data, min(workers, len(tasks)), on_record)
+        records += _run_parallel(tasks, data, min(workers, len(tasks)), save, tick)
     rank = {(int(s), o): i for i, (s, o) in enumerate((s, o) for s in seeds for o in optimizers)}
     ordered = sorted(records, key=lambda r: (rank[r['seed'], r['optimizer']], r['epoch']))
     if jsonl is not None and todo: write_jsonl(jsonl, ordered)  # the order of an uninterrupted one-process run
     bar.close()
     return ordered
 
-def _run_parallel(tasks, data, workers, on_record) -> list[dict]:
+def _run_parallel(tasks, data, workers, save, tick) -> list[dict]:
     "The records of `tasks` trained in `workers` forked processes (most expensive first), in the order of `tasks`."
     import multiprocessing as mp, os
     cost = lambda i: 1 if tasks[i][0].optimizer == 'sgd' else 2   # a SAM-family step computes two gradients
-    order = sorted(range(len(tasks)), key=lambda i: -cost(i))
-    _SHARED.update(data=data, threads=max(1, (os.cpu_count() or 1) // workers))
+    ctx = mp.get_context('fork')
+    progress = ctx.SimpleQueue()   # every epoch's record, for the progress bar
+    _SHARED.update(data=data, threads=max(1, (os.cpu_count() or 1) // workers), progress=progress)
     results = [None] * len(tasks)
     try:
-        with mp.get_context('fork').Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
-            for i, out in pool.imap_unordered(_train_task, [(i, tasks[i]) for i in order]):
-                if isinstance(out, Exception): raise out
-                results[i] = out
-                for rec in out: on_record(rec)   # a pair reaches records.jsonl once it has finished
+        with ctx.Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
+            pending = {i: pool.apply_async(_train_task, ((i, tasks[i]),)) for i in sorted(range(len(tasks)), key=lambda i: -cost(i))}
+            while pending:
+                time.sleep(0.2)
+                while not progress.empty(): tick(progress.get())
+                for i in [i for i, r in pending.items() if r.ready()]:
+                    _, out = pending.pop(i).get()
+                    if isinstance(out, Exception): raise out
+                    results[i] = out
+                    for rec in out: save(rec)   # a pair reaches records.jsonl once it has finished
+            while not progress.empty(): tick(progress.get())
     finally: _SHARED.clear()
     return [r for recs in results for r in recs]
 
