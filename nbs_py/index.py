@@ -119,7 +119,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Algorithm 1 on several processes | DDP (`global` and `local` ascent), FSDP2; Lightning, Hugging Face, `torch.compile` | [distributed](00a_distributed.ipynb), [frameworks](00b_frameworks.ipynb) | CPU (2 gloo processes) |
 # | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb), [audit](01c_theory_audit.ipynb) | CPU |
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
-# | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN), GPU |
+# | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN at the paper's size, `--workers 2`), GPU |
 # | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb) | GPU (quick on CPU) |
 # | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
@@ -137,7 +137,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # |---|---|---|---|---|
 # | Figure 4 | full size | the paper's 2-D function | 10,000 starts x 1,000 steps, 3 radii | nothing |
 # | Section 4 audit | full audit (200 instances) | closed-form quadratics | as in the notebook | nothing |
-# | Figures 5-7, FCN panel | yes, all three settings | real MNIST | first 10,000 training images, full test set, 60 epochs, 3 seeds | all 60,000 images (the paper's size) |
+# | Figures 5-7, FCN panel | yes, all three settings, at the paper's size | real MNIST | all 60,000 training images (S and S' of 59,999), full test set, 60 epochs, 3 seeds; also on the first 10,000 | nothing (on a GPU the same runs take minutes) |
 # | Figures 5-7, conv-net panel | LeNet on MNIST as a stand-in, Figure 5 only | real MNIST | 3,000 training images, 60 epochs, 3 seeds | LeNet on CIFAR-10 (not available offline), all three settings |
 # | "robust with large learning rates" on networks | learning-rate sweep 0.01-3.16 | real MNIST | FCN and LeNet, 10,000 images, 3 epochs, 3 seeds | CIFAR models |
 # | Table 4's question (label noise) | 20/40/60/80% noise, paper and held-out protocols | real MNIST | FCN, 10,000 + 2,000 validation images, 15 epochs, 3 seeds | CIFAR-10 with ResNets, Table 4's size |
