@@ -269,7 +269,7 @@ def stability_figure(panels: dict, title: str | None = None, figsize=None):
     "The paper's layout: one column per model (`panels`: column title -> records), one row per quantity."
     import matplotlib.pyplot as plt
     if not panels: raise ValueError("stability_figure needs at least one panel")
-    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (4.2 * len(panels), 6.6), squeeze=False, layout='constrained')
+    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (4.2 * len(panels), 7.8), squeeze=False, layout='constrained')
     for j, (name, records) in enumerate(panels.items()): plot_stability(records, f'({chr(97 + j)}) {name}', axes=axes[:, j])
     if title is not None: fig.suptitle(title, fontsize=10)
     return fig
