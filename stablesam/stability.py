@@ -300,9 +300,13 @@ def _run_parallel(tasks, data, workers, save, tick) -> list[dict]:
     results = [None] * len(tasks)
     try:
         with ctx.Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
+            started = {p.pid for p in mp.active_children()}   # a pool replaces a worker that dies: a new pid means one did
             pending = {i: pool.apply_async(_train_task, ((i, tasks[i]),)) for i in sorted(range(len(tasks)), key=lambda i: -cost(i))}
             while pending:
                 time.sleep(0.2)
+                if not {p.pid for p in mp.active_children()} <= started:
+                    raise RuntimeError("a stability worker process died (killed, or out of memory?); the finished pairs "
+                                       "are in records.jsonl and the others in their checkpoints: continue with --resume")
                 while not progress.empty(): tick(progress.get())
                 for i in [i for i, r in pending.items() if r.ready()]:
                     _, out = pending.pop(i).get()

@@ -210,3 +210,26 @@ def test_workers_give_the_records_of_one_process(tmp_path):
     resumed = run('resumed', workers=2, resume=True)
     _same_records(read_jsonl(partial), one)
     _same_records(resumed, one)
+
+
+def test_a_dead_worker_stops_the_run(tmp_path, monkeypatch):
+    """A worker killed mid-pair (as by the out-of-memory killer) stops the run with an error naming --resume,
+    instead of waiting for a pair that will never finish."""
+    import os, signal
+    import stablesam.stability as stability
+    write_fake_mnist(tmp_path / 'data', 32, 16)
+    cfg = stability_config('mnist', 'fcn', data_root=tmp_path / 'data', lr=0.1, epochs=1, batch_size=16, device='cpu',
+                           download=False)
+    real_train_pair = stability.train_pair
+    def dies_on_sam(cfg, *args, **kwargs):
+        if cfg.optimizer == 'sam': os.kill(os.getpid(), signal.SIGKILL)
+        return real_train_pair(cfg, *args, **kwargs)
+    monkeypatch.setattr(stability, 'train_pair', dies_on_sam)   # the forked workers inherit the patch
+    def hung(*_): raise TimeoutError('the run waited for a dead worker')
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)   # a hang fails the test instead of stalling the suite
+    try:
+        with pytest.raises(RuntimeError, match='worker process died.*--resume'):
+            run_stability(cfg, ('sgd', 'sam'), (0,), jsonl=tmp_path / 'out' / 'records.jsonl', progress=False, workers=2)
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, previous)
+    assert {r['optimizer'] for r in read_jsonl(tmp_path / 'out' / 'records.jsonl')} <= {'sgd'}
