@@ -478,15 +478,14 @@ def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
     done = {(r['optimizer'], r['seed']) for r in records if r['epoch'] == epochs}
     return [r for r in records if (r['optimizer'], r['seed']) in done]
 
-_SHARED = {}   # the data a forked worker inherits instead of receiving it pickled
+_SHARED = {}   # what a forked worker inherits instead of receiving it pickled: the data and the pairs' common arguments
 
-def _train_task(item):
-    "One (optimizer, seed) pair in a worker process: its index and records, or the exception that stopped it."
-    i, (cfg, n, folder, checkpoint_every, resume) = item
+def _train_task(task):
+    "One (optimizer, seed) pair in a worker process: its records (an exception reaches the parent through the pool)."
+    cfg, folder = task
     torch.set_num_threads(_SHARED['threads'])
-    try: return i, train_pair(cfg, _SHARED['data'], neighbouring_indices(n, cfg.seed), _SHARED['progress'].put,
-                              checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
-    except Exception as e: return i, e
+    return train_pair(cfg, _SHARED['data'], neighbouring_indices(_SHARED['n'], cfg.seed), _SHARED['progress'].put,
+                      checkpoint=folder, **_SHARED['checkpointing'])
 
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
                   subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False,
@@ -511,47 +510,45 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
         if rec['epoch'] > 0:
             bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
     n = len(data.train) if subset is None else min(len(data.train), int(subset))
-    tasks = [(dataclasses.replace(cfg, optimizer=opt, seed=seed), n,
-              None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}', checkpoint_every, resume)
+    tasks = [(dataclasses.replace(cfg, optimizer=opt, seed=seed), None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}')
              for seed, opt in todo]   # train_pair builds the two views: the pair is drawn once per seed
+    checkpointing = dict(checkpoint_every=checkpoint_every, resume=resume)
     if workers == 1 or len(tasks) < 2:
-        for pair_cfg, _, folder, _, _ in tasks:
+        for pair_cfg, folder in tasks:
             records += train_pair(pair_cfg, data, neighbouring_indices(n, pair_cfg.seed), lambda r: (save(r), tick(r)),
-                                  checkpoint=folder, checkpoint_every=checkpoint_every, resume=resume)
+                                  checkpoint=folder, **checkpointing)
     else:
-        records += _run_parallel(tasks, data, min(workers, len(tasks)), save, tick)
+        records += _run_parallel(tasks, dict(data=data, n=n, checkpointing=checkpointing), min(workers, len(tasks)), save, tick)
     rank = {(int(s), o): i for i, (s, o) in enumerate((s, o) for s in seeds for o in optimizers)}
     ordered = sorted(records, key=lambda r: (rank[r['seed'], r['optimizer']], r['epoch']))
     if jsonl is not None and todo: write_jsonl(jsonl, ordered)  # the order of an uninterrupted one-process run
     bar.close()
     return ordered
 
-def _run_parallel(tasks, data, workers, save, tick) -> list[dict]:
-    "The records of `tasks` trained in `workers` forked processes (most expensive first), in the order of `tasks`."
+def _run_parallel(tasks, shared: dict, workers, save, tick) -> list[dict]:
+    "The records of `tasks` trained in `workers` forked processes (most expensive first), in the order they finish."
     import multiprocessing as mp, os
-    cost = lambda i: 1 if tasks[i][0].optimizer == 'sgd' else 2   # a SAM-family step computes two gradients
+    cost = lambda task: 1 if task[0].optimizer == 'sgd' else 2   # a SAM-family step computes two gradients
     ctx = mp.get_context('fork')
     progress = ctx.SimpleQueue()   # every epoch's record, for the progress bar
-    _SHARED.update(data=data, threads=max(1, (os.cpu_count() or 1) // workers), progress=progress)
-    results = [None] * len(tasks)
+    _SHARED.update(shared, threads=max(1, (os.cpu_count() or 1) // workers), progress=progress)
+    records = []
     try:
         with ctx.Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
             started = {p.pid for p in mp.active_children()}   # a pool replaces a worker that dies: a new pid means one did
-            pending = {i: pool.apply_async(_train_task, ((i, tasks[i]),)) for i in sorted(range(len(tasks)), key=lambda i: -cost(i))}
+            pending = [pool.apply_async(_train_task, (task,)) for task in sorted(tasks, key=cost, reverse=True)]
             while pending:
                 time.sleep(0.2)
                 if not {p.pid for p in mp.active_children()} <= started:
                     raise RuntimeError("a stability worker process died (killed, or out of memory?); the finished pairs "
                                        "are in records.jsonl and the others in their checkpoints: continue with --resume")
                 while not progress.empty(): tick(progress.get())
-                for i in [i for i, r in pending.items() if r.ready()]:
-                    _, out = pending.pop(i).get()
-                    if isinstance(out, Exception): raise out
-                    results[i] = out
-                    for rec in out: save(rec)   # a pair reaches records.jsonl once it has finished
+                for result in [r for r in pending if r.ready()]:
+                    pending.remove(result)
+                    for rec in result.get(): save(rec); records.append(rec)   # a pair reaches records.jsonl once it has finished
             while not progress.empty(): tick(progress.get())
     finally: _SHARED.clear()
-    return [r for recs in results for r in recs]
+    return records
 
 
 # %% [markdown]
