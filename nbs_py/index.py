@@ -124,7 +124,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
-# | all figures | one label, colour and marker per optimizer; axis labels for every recorded quantity | [style](10_style.ipynb) | CPU |
+# | all figures | one label, colour and marker per optimizer; axis labels for every recorded quantity | [variants](00_variants.ipynb) (the registry), [style](00_style.ipynb) | CPU |
 
 # %% [markdown]
 # ## What was run, on what data, at what size

@@ -4,22 +4,27 @@
 # %% [markdown]
 # # style
 #
-# > One vocabulary for every figure and table: each optimizer's name, label, colour and marker, and each recorded quantity's axis label
+# > One vocabulary for every figure and table: each optimizer's label, colour and marker, each recorded quantity's axis label, and one Markdown table writer
 
 # %% [markdown]
 # Every figure of the package draws an optimizer in the same colour and names it the same way, and
 # labels its axes with quantities ("test accuracy (%)"), never with the keys the records use
-# (`test_acc`). Both maps live here, and the toy, stability, landscape, results and main-job figures
-# import them. The toy problem's plain gradient descent (`gd`) is drawn like SGD, its stochastic
-# counterpart in the network experiments.
+# (`test_acc`). Each optimizer's label, colour and marker come from its record in the variant registry
+# (`stablesam.variants`), so a variant registered at run time is drawn in its own colour with no other
+# edit; the toy problem's plain gradient descent (`gd`), which is no optimizer variant, is drawn like SGD,
+# its stochastic counterpart in the network experiments. Any other name gets a grey dotted line labelled
+# with the name itself.
 
 # %%
 #| hide
 from fastcore.test import *
+from stablesam.variants import VARIANTS, register_variant, unregister_variant
 
 # %%
 #| export
 from typing import NamedTuple
+
+from stablesam.variants import VARIANTS
 
 
 class OptimizerStyle(NamedTuple):
@@ -29,20 +34,17 @@ class OptimizerStyle(NamedTuple):
     linestyle: str = '-'
     marker: str = 'o'
 
-OPTIMIZER_STYLES = {
-    'sgd': OptimizerStyle('SGD', 'black', '-', 'o'),
-    'gd': OptimizerStyle('GD', 'black', '-', 'o'),
-    'sam': OptimizerStyle('SAM', 'tab:blue', '-', 's'),
-    'stablesam': OptimizerStyle('StableSAM', 'tab:red', '-', '^'),
-    'asam': OptimizerStyle('ASAM', 'tab:green', '-', 'D'),
-    'stableasam': OptimizerStyle('StableASAM', 'tab:purple', '-', 'v'),
-    'usam': OptimizerStyle('USAM', 'tab:orange', '--', 'P'),
-    'stableusam': OptimizerStyle('StableUSAM', 'tab:brown', '--', 'X'),
-}
+
+TOY_STYLES = {'gd': OptimizerStyle('GD', 'black', '-', 'o')}  # the toy's full-batch gradient descent: drawn like SGD
+
 
 def optimizer_style(name: str) -> OptimizerStyle:
-    """The `OptimizerStyle` of optimizer `name` (a grey fallback, labelled with the name itself, for others)."""
-    return OPTIMIZER_STYLES.get(name, OptimizerStyle(str(name), 'tab:gray', ':', '.'))
+    """The `OptimizerStyle` of optimizer `name`: its registered variant's, the toy's `gd`, else grey and labelled `name`."""
+    if name in VARIANTS:
+        v = VARIANTS[name]
+        return OptimizerStyle(v.label, v.color, v.linestyle, v.marker)
+    return TOY_STYLES.get(name, OptimizerStyle(str(name), 'tab:gray', ':', '.'))
+
 
 def plot_kwargs(name: str) -> dict:
     """Matplotlib keyword arguments (label, color, linestyle) that draw optimizer `name` in the package's style."""
@@ -53,9 +55,11 @@ def plot_kwargs(name: str) -> dict:
 # %%
 test_eq(optimizer_style('stablesam').label, 'StableSAM')
 test_eq(optimizer_style('gd').color, optimizer_style('sgd').color)
-test_eq(len({s.color for k, s in OPTIMIZER_STYLES.items() if k != 'gd'}), len(OPTIMIZER_STYLES) - 1)  # one colour each
 test_eq(optimizer_style('lion'), OptimizerStyle('lion', 'tab:gray', ':', '.'))
 test_eq(plot_kwargs('sam'), dict(label='SAM', color='tab:blue', linestyle='-'))
+register_variant('my-sam', label='my SAM', color='tab:cyan', cls='SAM')
+test_eq(plot_kwargs('my-sam'), dict(label='my SAM', color='tab:cyan', linestyle='-'))  # no other edit
+unregister_variant('my-sam')
 
 
 # %% [markdown]
@@ -95,3 +99,30 @@ def quantity(key: str) -> Quantity:
 # %%
 test_eq(quantity('test_acc'), Quantity('test accuracy (%)', 100.0))
 test_fail(lambda: quantity('test_accuracy'), contains='QUANTITIES')
+
+
+# %% [markdown]
+# ## One Markdown table writer
+#
+# Every summary, verdict and report table of the package is written by `markdown_table`: rows are dicts,
+# and `columns` maps a row key to its header and its format (a format string, a function of the value, or
+# None for `str`). A missing or None value is shown as `-`.
+
+# %%
+#| export
+def markdown_table(rows, columns: dict) -> str:
+    """`rows` (dicts) as a Markdown table; `columns` maps a key to `(header, format)` (a format string, a function or None)."""
+    def cell(value, fmt):
+        if value is None: return '-'
+        if fmt is None: return str(value)
+        return fmt(value) if callable(fmt) else fmt.format(value)
+    lines = ['| ' + ' | '.join(header for header, _ in columns.values()) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(cell(r.get(k), fmt) for k, (_, fmt) in columns.items()) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+# %%
+table = markdown_table([dict(name='sam', acc=0.91234), dict(name='sgd', acc=None)],
+                       dict(name=('optimizer', lambda n: optimizer_style(n).label), acc=('test acc', '{:.2%}')))
+print(table)
+test_eq(table.splitlines(), ['| optimizer | test acc |', '|---|---|', '| SAM | 91.23% |', '| SGD | - |'])
