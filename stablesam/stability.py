@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['PANELS', 'FIGURE_SETTINGS', 'DEFAULT_MODELS', 'CPU_SUBSET', 'Neighbours', 'neighbouring_indices',
            'neighbouring_subsets', 'param_distance', 'stability_record', 'curves', 'plot_stability', 'stability_figure',
-           'stability_summary', 'format_summary', 'stability_config', 'train_pair', 'load_stability_data', 'check_run',
-           'finished_pairs', 'run_stability', 'stability_parser', 'parse_args', 'main', 'separation_epoch',
-           'stability_verdict', 'verdict_table', 'at_training_loss', 'format_at_training_loss']
+           'stability_summary', 'format_summary', 'stability_config', 'train_pair', 'load_stability_data',
+           'stability_data', 'check_run', 'finished_pairs', 'train_stability_pair', 'run_stability', 'stability_parser',
+           'parse_args', 'main', 'separation_epoch', 'stability_verdict', 'verdict_table', 'at_training_loss',
+           'format_at_training_loss']
 
 # %% ../nbs/06_stability.ipynb #e5f377c2
 import argparse
@@ -15,6 +16,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -150,9 +152,11 @@ def format_summary(summary: dict) -> str:
     return '\n'.join(lines + ([] if all(s['seeds'] == 1 for s in summary.values()) else ['', 'mean [min, max] over seeds']))
 
 # %% ../nbs/06_stability.ipynb #d6812a35
-from .config import RESUMABLE
-from .optim import OPTIMIZERS
-from .train import Trainer, TrainConfig
+from .config import RESUMABLE, TrainConfig
+from .experiment import add_common, command, executor_options, run_experiment
+from .models import MODELS
+from .train import Trainer
+from .variants import VARIANTS, variant
 
 FIGURE_SETTINGS = {'constant': dict(schedule='constant', weight_decay=0.0),      # Figure 5
              'weight-decay': dict(schedule='constant', weight_decay=5e-4),  # Figure 6
@@ -221,177 +225,141 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *
 
 # %% ../nbs/06_stability.ipynb #566b52e7
 def load_stability_data(cfg: TrainConfig):
-    "The `DataBundle` for `cfg`: all examples, without augmentation, decoded once into memory (Section 5.2)."
+    """The `DataBundle` for `cfg`: all examples, without augmentation, decoded once into memory (Section 5.2)."""
     data = get_datasets(cfg.dataset, cfg.data_root, augment=False, download=cfg.download)
     return dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
 
-def check_run(optimizers, seeds, subset=None, workers=1) -> None:
-    "Raise a ValueError naming the first invalid optimizer list, seed list, subset size or number of workers."
-    bad = [o for o in optimizers if o not in OPTIMIZERS]
+
+_DATA = {}   # this process's decoded datasets, by (dataset, data root)
+
+
+def stability_data(cfg: TrainConfig):
+    """`load_stability_data(cfg)`, decoded once per process and dataset."""
+    where = (cfg.dataset, str(Path(cfg.data_root).resolve()))
+    if where not in _DATA: _DATA[where] = load_stability_data(cfg)
+    return _DATA[where]
+
+
+def check_run(optimizers, seeds, subset=None) -> None:
+    """Raise a ValueError naming the first invalid optimizer list, seed list or subset size."""
+    bad = [o for o in optimizers if o not in VARIANTS]
     if bad or not optimizers:
-        raise ValueError(f"Invalid optimizers: {list(bad or optimizers)} (choose from {', '.join(OPTIMIZERS)})")
+        raise ValueError(f"Invalid optimizers: {list(bad or optimizers)} (choose from {', '.join(VARIANTS)})")
     if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
         raise ValueError(f"Invalid seeds: {list(seeds)} (one or more integers >= 0)")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 2):
         raise ValueError(f"Invalid subset: {subset} (at least 2 examples)")
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"Invalid workers: {workers} (an integer >= 1)")
+
 
 def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
-    "The records of the (optimizer, seed) pairs that reached epoch `epochs`, in their order (a partial pair is dropped)."
+    """The records of the (optimizer, seed) pairs that reached epoch `epochs`, in their order (a partial pair is dropped)."""
     done = {(r['optimizer'], r['seed']) for r in records if r['epoch'] == epochs}
     return [r for r in records if (r['optimizer'], r['seed']) in done]
 
-_SHARED = {}   # what a forked worker inherits instead of receiving it pickled: the data and the pairs' common arguments
 
-def _train_task(task):
-    "One (optimizer, seed) pair in a worker process: its records (an exception reaches the parent through the pool)."
-    cfg, folder = task
-    torch.set_num_threads(_SHARED['threads'])
-    return train_pair(cfg, _SHARED['data'], neighbouring_indices(_SHARED['n'], cfg.seed), _SHARED['progress'].put,
-                      checkpoint=folder, **_SHARED['checkpointing'])
+def train_stability_pair(spec: dict, run) -> list[dict]:
+    """One run spec of the stability experiment: the per-epoch records of its (optimizer, seed) pair."""
+    cfg = TrainConfig.from_dict(spec['config'])
+    data = stability_data(cfg)
+    n = len(data.train) if spec['subset'] is None else min(len(data.train), int(spec['subset']))
+    return train_pair(cfg, data, neighbouring_indices(n, cfg.seed), run.report, checkpoint=run.folder,
+                      checkpoint_every=spec['checkpoint_every'], resume=True)
+
+
+def _pair_cost(spec: dict) -> int:
+    """A pair's relative cost: a SAM-family step computes two gradients."""
+    return 1 if variant(spec['optimizer']).cls is None else 2
+
 
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
-                  subset: int | None = None, data=None, jsonl=None, progress: bool = True, resume: bool = False,
-                  checkpoint_every: float = 600.0, workers: int = 1) -> list[dict]:
-    "Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."
-    from tqdm.auto import tqdm
-    check_run(optimizers, seeds, subset, workers)
-    if workers > 1 and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
-        raise ValueError(f"workers={workers} forks CPU processes; on device {cfg.device!r} train with workers=1")
-    if data is None: data = load_stability_data(cfg)
-    records = []
-    if jsonl is not None:
-        jsonl = Path(jsonl); jsonl.parent.mkdir(parents=True, exist_ok=True)
-        if resume and jsonl.exists(): records = finished_pairs(read_jsonl(jsonl, torn_tail=True), cfg.epochs)
-        write_jsonl(jsonl, records)  # a resumed run keeps the finished pairs; a partial one continues from its checkpoint
-    done = {(r['optimizer'], r['seed']) for r in records}
-    todo = [(int(seed), opt) for seed in seeds for opt in optimizers if (opt, int(seed)) not in done]
-    bar = tqdm(total=len(todo) * cfg.epochs, desc='stability', disable=not progress)
-    def save(rec):
-        if jsonl is not None: append_jsonl(jsonl, rec)
-    def tick(rec):
-        if rec['epoch'] > 0:
-            bar.update(1); bar.set_postfix(opt=rec['optimizer'], seed=rec['seed'], dist=f"{rec['param_distance']:.4f}")
-    n = len(data.train) if subset is None else min(len(data.train), int(subset))
-    tasks = [(dataclasses.replace(cfg, optimizer=opt, seed=seed), None if jsonl is None else jsonl.parent / 'pairs' / f'{opt}-seed{seed}')
-             for seed, opt in todo]   # train_pair builds the two views: the pair is drawn once per seed
-    checkpointing = dict(checkpoint_every=checkpoint_every, resume=resume)
-    if workers == 1 or len(tasks) < 2:
-        for pair_cfg, folder in tasks:
-            records += train_pair(pair_cfg, data, neighbouring_indices(n, pair_cfg.seed), lambda r: (save(r), tick(r)),
-                                  checkpoint=folder, **checkpointing)
-    else:
-        records += _run_parallel(tasks, dict(data=data, n=n, checkpointing=checkpointing), min(workers, len(tasks)), save, tick)
-    rank = {(int(s), o): i for i, (s, o) in enumerate((s, o) for s in seeds for o in optimizers)}
-    ordered = sorted(records, key=lambda r: (rank[r['seed'], r['optimizer']], r['epoch']))
-    if jsonl is not None and todo: write_jsonl(jsonl, ordered)  # the order of an uninterrupted one-process run
-    bar.close()
-    return ordered
-
-def _run_parallel(tasks, shared: dict, workers, save, tick) -> list[dict]:
-    "The records of `tasks` trained in `workers` forked processes (most expensive first), in the order they finish."
-    import multiprocessing as mp, os
-    cost = lambda task: 1 if task[0].optimizer == 'sgd' else 2   # a SAM-family step computes two gradients
-    ctx = mp.get_context('fork')
-    progress = ctx.SimpleQueue()   # every epoch's record, for the progress bar
-    _SHARED.update(shared, threads=max(1, (os.cpu_count() or 1) // workers), progress=progress)
-    records = []
-    try:
-        with ctx.Pool(workers) as pool:   # leaving the block terminates the workers, also on an error
-            started = {p.pid for p in mp.active_children()}   # a pool replaces a worker that dies: a new pid means one did
-            pending = [pool.apply_async(_train_task, (task,)) for task in sorted(tasks, key=cost, reverse=True)]
-            while pending:
-                time.sleep(0.2)
-                if not {p.pid for p in mp.active_children()} <= started:
-                    raise RuntimeError("a stability worker process died (killed, or out of memory?); the finished pairs "
-                                       "are in records.jsonl and the others in their checkpoints: continue with --resume")
-                while not progress.empty(): tick(progress.get())
-                for result in [r for r in pending if r.ready()]:
-                    pending.remove(result)
-                    for rec in result.get(): save(rec); records.append(rec)   # a pair reaches records.jsonl once it has finished
-            while not progress.empty(): tick(progress.get())
-    finally: _SHARED.clear()
-    return records
+                  subset: int | None = None, data=None, out=None, progress: bool = True, fresh: bool = False,
+                  checkpoint_every: float = 600.0, executor: str = 'inline', processes: int = 2, slurm=None,
+                  command=None) -> list[dict]:
+    """Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."""
+    check_run(optimizers, seeds, subset)
+    if executor != 'inline' and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
+        raise ValueError(f"executor {executor!r} starts CPU processes; on device {cfg.device!r} use executor='inline'")
+    if data is not None: _DATA[cfg.dataset, str(Path(cfg.data_root).resolve())] = data
+    specs = [dict(optimizer=o, seed=int(s), subset=subset, checkpoint_every=checkpoint_every,
+                  config=dataclasses.replace(cfg, optimizer=o, seed=int(s)).to_dict())
+             for s in seeds for o in optimizers]
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE + ('optimizer', 'seed')}
+    settings = dict(train=fixed, optimizers=list(optimizers), seeds=[int(s) for s in seeds], subset=subset)
+    meta = None
+    if out is not None:
+        data = stability_data(cfg)
+        n = len(data.train) if subset is None else min(len(data.train), int(subset))
+        meta = dict(n_train=n - 1, n_test=len(data.test), seeds=[int(s) for s in seeds])
+    return run_experiment(out, specs, train_stability_pair, key=('optimizer', 'seed'), settings=settings,
+                          command=command, executor=executor, processes=processes, slurm=slurm, fresh=fresh,
+                          progress=progress, cost=_pair_cost, units=lambda spec: cfg.epochs + 1, desc='stability',
+                          meta=meta)
 
 # %% ../nbs/06_stability.ipynb #1f5027ac
 CPU_SUBSET = 10_000  # training images of the CPU-size run (about 40 CPU-minutes for FCN, 60 epochs, 3 seeds)
 
+
 def stability_parser() -> argparse.ArgumentParser:
-    "The `stablesam-stability` argument parser."
+    """The `stablesam-stability` argument parser."""
     p = argparse.ArgumentParser(prog='stablesam-stability', description=(
         "Algorithmic stability (paper Section 5.2, Figures 5-7): train two models from one initialisation on "
         "training sets that differ in one example and record their normalised parameter distance, the "
         "generalisation error and the accuracy gap per epoch."))
     p.add_argument('--dataset', default='mnist', choices=sorted(DEFAULT_MODELS), help='dataset (default: mnist)')
-    p.add_argument('--data-root', default='data', help='folder holding the dataset (default: data)')
-    p.add_argument('--model', default=None, help='model name (default: fcn for mnist, lenet for cifar10)')
-    p.add_argument('--optimizers', nargs='+', choices=OPTIMIZERS, default=['sgd', 'sam', 'stablesam'], metavar='NAME',
-                   help=f"optimizers to compare (any of {', '.join(OPTIMIZERS)}; default: sgd sam stablesam)")
+    p.add_argument('--model', default=None, choices=MODELS, metavar='MODEL',
+                   help='model name (default: fcn for mnist, lenet for cifar10)')
+    p.add_argument('--optimizers', nargs='+', choices=VARIANTS.keys(), default=['sgd', 'sam', 'stablesam'], metavar='NAME',
+                   help=f"optimizers to compare (any of {', '.join(VARIANTS)}; default: sgd sam stablesam)")
     p.add_argument('--rho', type=float, default=0.05, help='perturbation radius (default: 0.05)')
     p.add_argument('--lr', type=float, default=0.01, help='learning rate (default: 0.01)')
     p.add_argument('--epochs', type=int, default=60, help='epochs (default: 60, as in the paper)')
     p.add_argument('--schedule', default='constant', choices=list(FIGURE_SETTINGS),
                    help='constant: constant lr (Fig. 5); weight-decay: constant lr, weight decay 5e-4 (Fig. 6); '
                         'cosine: cosine lr (Fig. 7) (default: constant)')
-    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
-                   help='seeds; each fixes the neighbouring pair, the initialisation and the sampling order (default: 0 1 2)')
     p.add_argument('--subset', type=int, default=None, help='train on the first N training examples (default: all)')
     p.add_argument('--batch-size', type=int, default=128, help='batch size (default: 128)')
-    p.add_argument('--device', default='auto', help='device: auto (cuda if available), cpu, cuda, cuda:1, ... (default: auto)')
-    p.add_argument('--out', default='runs/stability', help='output folder (default: runs/stability)')
     p.add_argument('--cpu-size', action='store_true',
                    help=f'the CPU-size run: the first {CPU_SUBSET} training images (unless --subset), on the CPU; with the '
                         'default 60 epochs and seeds 0 1 2 the MNIST FCN setting takes about 40 minutes on one core')
-    p.add_argument('--no-download', action='store_true', help='never try to download the dataset')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.add_argument('--resume', action='store_true',
-                   help='continue the run in --out: keep its finished (optimizer, seed) pairs, continue a partial one from '
-                        'its checkpoint (--out/pairs/<optimizer>-seed<seed>/), train the others')
     p.add_argument('--checkpoint-every', type=float, default=600.0, metavar='SECONDS',
                    help='seconds between checkpoints of a pair within an epoch (0: after each epoch only; default: 600)')
-    p.add_argument('--workers', type=int, default=1,
-                   help='(optimizer, seed) pairs trained side by side in separate processes, one per core (default: 1)')
+    p.add_argument('--workers', type=int, default=None, help=argparse.SUPPRESS)   # 0.2's name of --processes
+    add_common(p, out='runs/stability')
     return p
 
+
 def parse_args(argv=None) -> argparse.Namespace:
-    "The `stablesam-stability` arguments with `--cpu-size` applied."
+    """The `stablesam-stability` arguments with `--cpu-size` and 0.2's `--workers` applied."""
     args = stability_parser().parse_args(argv)
     if args.cpu_size:
         args.device = 'cpu'
         if args.subset is None: args.subset = CPU_SUBSET
+    if args.workers is not None:
+        warnings.warn(f"--workers {args.workers} is now --executor processes --processes {args.workers}")
+        if args.workers > 1: args.executor, args.processes = 'processes', args.workers
     return args
 
+
+@command('stablesam-stability')
 def main(argv=None) -> None:
-    "The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."
-    import matplotlib, time
+    """The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."""
+    import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    p, args = stability_parser(), parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     out = Path(args.out)
-    try:
-        check_run(args.optimizers, args.seeds, args.subset, args.workers)
-        cfg = stability_config(args.dataset, args.model, args.schedule, data_root=args.data_root, lr=args.lr,
-                               rho=args.rho, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                               download=not args.no_download)
-        if (out / 'records.jsonl').exists() and not args.resume:
-            raise ValueError(f"{out / 'records.jsonl'} exists: pass --resume to continue that run, or choose another --out")
-        data = load_stability_data(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        p.error(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    previous = read_json(out / 'config.json').get('wall_time_s', 0.0) if args.resume and (out / 'config.json').exists() else 0.0
-    n_train = len(data.train) if args.subset is None else min(len(data.train), args.subset)
-    config = dict(vars(args), n_train=n_train - 1, n_test=len(data.test), command=['stablesam-stability', *(sys.argv[1:] if argv is None else argv)],
-                  machine=machine())
-    t0 = time.perf_counter()
-    records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, data=data, jsonl=out / 'records.jsonl',
-                            progress=not args.quiet, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                            workers=args.workers)
-    write_json(out / 'config.json', dict(config, wall_time_s=previous + time.perf_counter() - t0))
+    check_run(args.optimizers, args.seeds, args.subset)
+    cfg = stability_config(args.dataset, args.model, args.schedule, data_root=args.data_root, lr=args.lr,
+                           rho=args.rho, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                           download=args.download)
+    records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, out=out,
+                            checkpoint_every=args.checkpoint_every, command=['stablesam-stability', *argv],
+                            **executor_options(args))
     title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
     fig = plot_stability(records, title)
-    fig.savefig(out / 'stability.png', dpi=100); plt.close(fig)
+    fig.savefig(out / 'stability.png', dpi=150)
+    plt.close(fig)
     table = format_summary(stability_summary(records))
     (out / 'summary.md').write_text(f"# {title}\n\n{table}\n")
     print(table)

@@ -1,0 +1,528 @@
+# %%
+#| default_exp experiment
+
+# %% [markdown]
+# # experiment
+#
+# > One way to run an experiment, here or on a cluster: specs in, records out, resumable, and the command line every experiment shares
+
+# %% [markdown]
+# An experiment of this package (the stability pairs of Figures 5-7, the learning-rate sweep, the label-noise
+# sweep, the landscape runs of Figures 1-3, the main job's comparison, a table's training runs) is a list of
+# **run specs**, plain dicts of settings, and a **function that trains one spec** and returns its records
+# (a list of dicts). `run_experiment` does everything else, the same way for all of them:
+#
+# - it alone writes the results folder: `records.jsonl` (strict JSON, a torn last line tolerated) and
+#   `config.json` (one schema: `command` as an argv list, `settings`, `n_train`, `n_test`, `seeds`, wall time,
+#   machine, package versions, and which runs are done);
+# - it resumes by default: runs recorded as done are kept, the others are trained (each may continue from its
+#   own checkpoint in `runs/<spec id>/`); a folder made with other settings is refused with a message naming
+#   the setting; `fresh=True` starts over;
+# - it runs the specs through an **executor**: `inline` (this process), `processes` (N local processes
+#   started with `spawn`, so the same code runs on Linux, macOS and Windows) or `slurm` (through submitit, the
+#   library research groups use to submit Python functions to SLURM; a preempted job is requeued and continues
+#   from its run's checkpoint);
+# - it shows one progress bar and returns the records in the order of a one-process run, whatever the
+#   executor and however often the run was interrupted.
+#
+# A spec's **key** is the tuple of its fields that also appear in each of its records (for the stability
+# experiment: optimizer and seed); the runner uses it to tell which records belong to which run.
+
+# %%
+#| hide
+from fastcore.test import *
+import tempfile
+from pathlib import Path
+
+# %%
+#| export
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from stablesam.runs import CONFIG, machine, read_json, read_jsonl, remove_temporaries, write_json, write_jsonl
+
+# %% [markdown]
+# ## Specs and their runs
+#
+# A train function is called as `train(spec, run)`. `run.folder` is the spec's own folder for checkpoints
+# (None when the experiment has no folder), and `run.report(record)` tells the progress bar that one unit of
+# work (an epoch, say) is done. The function must be importable at module level (the `processes` and `slurm`
+# executors send it to other processes by name) and must give the same records wherever it runs.
+
+# %%
+#| export
+RECORDS = 'records.jsonl'
+RUNS = 'runs'        # each spec's own folder (checkpoints) under the results folder
+EXECUTORS = ('inline', 'processes', 'slurm')
+
+
+class Run(NamedTuple):
+    """What a train function gets besides its spec: its own folder (or None) and a progress callback."""
+    folder: Path | None
+    report: Callable
+
+
+def spec_key(spec: dict, key) -> tuple:
+    """The values of the `key` fields of a spec or of one of its records."""
+    return tuple(spec[k] for k in key)
+
+
+def spec_id(spec: dict, key) -> str:
+    """A spec's name for folders and logs: `field=value` of its key fields, joined by commas."""
+    return ','.join(f'{k}={spec[k]}' for k in key)
+
+
+# %%
+test_eq(spec_id(dict(optimizer='sam', seed=0, lr=0.1), ('optimizer', 'seed')), 'optimizer=sam,seed=0')
+test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')), ('sam', 0))
+
+
+# %% [markdown]
+# ## The results folder
+#
+# The runner appends a finished run's records to `records.jsonl`, then marks the run done in `config.json`
+# (written atomically). A run killed before it is marked done is trained again on resume (from its own
+# checkpoint where it has one), and whatever it had appended, a torn line included, is dropped. So a folder
+# resumed any number of times ends with the records of an uninterrupted run. At the end `records.jsonl` is
+# rewritten in the order of a one-process run.
+#
+# A resumed folder must hold the same settings: `check_settings` names each one that differs.
+
+# %%
+#| export
+def check_settings(saved: dict, now: dict, where) -> None:
+    """Raise a ValueError naming every setting that differs between a results folder's config and this run's."""
+    diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"{where} holds an experiment with other settings ({'; '.join(diff)}): "
+                         "choose another --out, or pass --fresh to start it over")
+
+
+def _reset(out: Path) -> None:
+    """Delete what a runner wrote in `out` (records, config, the runs' checkpoints and job logs)."""
+    import shutil
+    for name in (RECORDS, CONFIG):
+        (out / name).unlink(missing_ok=True)
+    for name in (RUNS, 'slurm'):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _strict_round_trip(records: list) -> list:
+    """`records` as they read back from `records.jsonl` (strict JSON: non-finite floats become None)."""
+    from stablesam.runs import strict_json
+    return [json.loads(json.dumps(strict_json(r), allow_nan=False)) for r in records]
+
+
+# %%
+test_fail(lambda: check_settings(dict(epochs=2, lr=0.1), dict(epochs=3, lr=0.1), 'out'),
+          contains="epochs: 2 there, 3 now")
+check_settings(dict(epochs=2), dict(epochs=2), 'out')
+
+# %% [markdown]
+# ## Executors
+#
+# `inline` trains the specs one after another in this process. `processes` starts N worker processes with
+# `spawn` (no fork-only path), each with `cpu_count // N` torch threads, and hands them the specs most
+# expensive first (`cost`); a worker that dies (killed, out of memory) stops the run with an error that says
+# the same command resumes it. Workers report progress through a queue.
+
+# %%
+#| export
+_REPORTS = None   # in a worker process: the queue that carries progress reports to the parent
+
+
+def _init_worker(reports, threads: int) -> None:
+    """Set up a worker process: its progress queue and its torch threads."""
+    global _REPORTS
+    _REPORTS = reports
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _progress_note(record) -> dict:
+    """The scalar fields of a record (what the progress bar shows)."""
+    if not isinstance(record, dict): return {}
+    return {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def _train_spec(train, spec: dict, folder, j: int) -> list:
+    """Train spec number `j` of a run in a worker process; its records (progress goes to the parent's queue)."""
+    return train(spec, Run(None if folder is None else Path(folder), lambda rec: _REPORTS.put((j, _progress_note(rec)))))
+
+
+def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
+    """Train `todo` in `processes` spawned worker processes, calling `finish(j, records)` as spec `j` ends."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    ctx = mp.get_context('spawn')
+    reports = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(reports, threads)) as pool:
+        pending = {pool.submit(_train_spec, train, todo[j], folders[j], j): j for j in range(len(todo))}
+        try:
+            while pending:
+                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(reports, tick)
+                for future in done:
+                    finish(pending.pop(future), future.result())
+            _drain(reports, tick)
+        except BrokenProcessPool as e:
+            raise RuntimeError("a worker process died (killed, or out of memory?); the finished runs are recorded: "
+                               "run the same command again to continue") from e
+        finally:
+            for future in pending: future.cancel()
+
+
+def _drain(queue, tick) -> None:
+    """Pass every progress report waiting in `queue` to `tick`."""
+    import queue as q
+    while True:
+        try: tick(*queue.get_nowait())
+        except q.Empty: return
+
+
+# %% [markdown]
+# `slurm` submits one job per spec through submitit (`pip install 'stablesam[slurm]'`). Each job is a
+# `submitit.helpers.Checkpointable`: when SLURM preempts it or its time runs out, submitit requeues the same
+# call, and the train function continues from the checkpoint in its run folder. `slurm` settings (a dict, or
+# `--slurm KEY=VALUE` on a command line) go to `AutoExecutor.update_parameters` (`timeout_min`,
+# `slurm_partition`, `gpus_per_node`, ...), except `cluster`: `local` runs the jobs as local processes
+# (how the tests check this path without a cluster), `debug` in this process. The parent waits for the jobs
+# and records each as it finishes; if the parent itself is stopped, cancel its jobs (`scancel`) before
+# running the same command again, which resubmits the runs not recorded as done.
+
+# %%
+#| export
+def _slurm_job_class():
+    """The Checkpointable job callable (submitit imported only when the slurm executor is used)."""
+    try:
+        from submitit.helpers import Checkpointable
+    except ImportError as e:
+        raise RuntimeError("the slurm executor needs submitit: pip install 'stablesam[slurm]'") from e
+
+    class SpecJob(Checkpointable):
+        """One spec as a SLURM job: requeued on preemption, resuming from the run's own checkpoint."""
+        def __call__(self, train, spec, folder, threads):
+            import torch
+            torch.set_num_threads(threads)
+            return train(spec, Run(None if folder is None else Path(folder), _progress_note))
+    return SpecJob
+
+
+def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
+    """Submit `todo` (named `names`) as SLURM jobs through submitit and call `finish(j, records)` as job `j` ends."""
+    import submitit
+    SpecJob = _slurm_job_class()
+    params = dict(slurm or {})
+    cluster = params.pop('cluster', None)
+    threads = int(params.pop('threads', 1))
+    executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
+    if params: executor.update_parameters(**params)
+    jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads) for i in range(len(todo))}
+    while jobs:
+        for i, job in list(jobs.items()):
+            if job.done():
+                del jobs[i]
+                try: records = job.result()
+                except Exception as e:
+                    raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
+                                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
+                                       f"(log: {job.paths.stderr})") from e
+                finish(i, records)
+        if jobs: time.sleep(0.5)
+
+
+# %% [markdown]
+# ## `run_experiment`
+
+# %%
+#| export
+def run_experiment(out, specs: list, train, *, key, settings: dict, command=None, executor: str = 'inline',
+                   processes: int = 2, fresh: bool = False, progress: bool = True, cost=None, units=None,
+                   slurm: dict | None = None, desc: str | None = None, meta: dict | None = None) -> list:
+    """Train every spec of `specs` with `train(spec, run)` into results folder `out`; returns all records in spec order."""
+    specs = [dict(s) for s in specs]
+    keys = [spec_key(s, key) for s in specs]
+    if len(set(keys)) != len(keys): raise ValueError(f"Two specs share a key {key}: each run needs its own")
+    if executor not in EXECUTORS:
+        raise ValueError(f"Unknown executor: {executor!r} (choose from {', '.join(EXECUTORS)})")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"Invalid processes: {processes} (an integer >= 1)")
+    if out is None: return _run_in_memory(specs, train, executor, progress, units, desc)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh: _reset(out)
+    remove_temporaries(out)
+    saved = read_json(out / CONFIG) if (out / CONFIG).exists() else None
+    if saved is not None and 'done' not in saved:
+        raise ValueError(f"{out / CONFIG} was not written by the experiment runner (an older results folder): "
+                         "choose another --out, or pass --fresh to start over")
+    if saved is not None: check_settings(saved['settings'], json.loads(json.dumps(settings)), out / CONFIG)
+    done = {tuple(k) for k in (saved or {}).get('done', [])} & set(keys)
+    kept = read_jsonl(out / RECORDS, torn_tail=True) if (out / RECORDS).exists() and done else []
+    by_key = {k: [] for k in keys}
+    for r in kept:
+        k = spec_key(r, key)
+        if k in done: by_key[k].append(r)
+    write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
+    config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
+                  settings=settings, **(meta or {}), runs=len(specs), executor=executor,
+                  processes=processes if executor == 'processes' else 1, machine=machine(), versions=_versions())
+    wall0, run_wall = (saved or {}).get('wall_time_s', 0.0), dict((saved or {}).get('run_wall_s', {}))
+    t0, started = time.perf_counter(), {}
+
+    def write_config():
+        write_json(out / CONFIG, dict(config, done=[list(k) for k in keys if k in done], run_wall_s=run_wall,
+                                      wall_time_s=round(wall0 + time.perf_counter() - t0, 1)))
+    write_config()
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    if cost is not None: todo.sort(key=lambda i: -cost(specs[i]))
+    folders = {i: out / RUNS / spec_id(specs[i], key) for i in todo}
+    bar = _progress_bar(sum((units or _one)(specs[i]) for i in todo), desc or out.name, progress)
+    counted = {i: 0 for i in todo}
+
+    def finish(j, records):
+        i = todo[j]
+        records = _strict_round_trip(records)
+        wrong = [spec_key(r, key) for r in records if spec_key(r, key) != keys[i]]
+        if wrong: raise ValueError(f"run {spec_id(specs[i], key)} returned records of another run: {wrong[0]}")
+        with open(out / RECORDS, 'a') as f: f.write(''.join(json.dumps(r, allow_nan=False) + '\n' for r in records))
+        by_key[keys[i]] = records
+        done.add(keys[i])
+        run_wall[spec_id(specs[i], key)] = round(time.perf_counter() - started.get(i, t0), 1)
+        write_config()
+        bar.update((units or _one)(specs[i]) - counted[i])
+        counted[i] = (units or _one)(specs[i])
+
+    def tick(j, note):
+        i = todo[j]
+        if counted[i] < (units or _one)(specs[i]):
+            counted[i] += 1
+            bar.update(1)
+        shown = {k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in list(_progress_note(note).items())[:4]}
+        if shown: bar.set_postfix(shown)
+
+    todo_specs, todo_folders = [specs[i] for i in todo], [folders[i] for i in todo]
+    if executor == 'inline' or (executor == 'processes' and len(todo) < 2):
+        for j, i in enumerate(todo):
+            started[i] = time.perf_counter()
+            finish(j, train(specs[i], Run(folders[i], partial(tick, j))))
+    elif executor == 'processes':
+        _run_processes(train, todo_specs, todo_folders, min(processes, len(todo)), finish, tick)
+    else:
+        _run_slurm(train, todo_specs, todo_folders, [spec_id(s, key) for s in todo_specs], out, slurm, finish)
+    bar.close()
+    records = [r for k in keys for r in by_key[k]]
+    write_jsonl(out / RECORDS, records)   # the order of a one-process run
+    write_config()
+    return records
+
+
+def _run_in_memory(specs, train, executor, progress, units, desc) -> list:
+    """The records of `specs` trained in this process with no results folder (nothing written, nothing resumed)."""
+    if executor != 'inline': raise ValueError(f"executor {executor!r} needs a results folder (out)")
+    bar = _progress_bar(sum((units or _one)(s) for s in specs), desc or 'runs', progress)
+    records = []
+    for spec in specs:
+        records += _strict_round_trip(train(spec, Run(None, lambda note: bar.update(1))))
+    bar.close()
+    return records
+
+
+def _one(spec) -> int:
+    """Default progress units of a spec: one."""
+    return 1
+
+
+def _versions() -> dict:
+    """Package versions for `config.json` (torch's only where torch is already imported)."""
+    if 'torch' not in sys.modules: return {}
+    from stablesam.runs import package_versions
+    return package_versions()
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """The runner's one progress bar."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+# %% [markdown]
+# A toy experiment shows the contract. Its train function squares a number per "epoch" and reports each
+# epoch; it must live in an importable module for the `processes` and `slurm` executors, so the toy here
+# runs inline (the tests run the real experiments under all three executors).
+
+# %%
+def toy_train(spec, run):
+    """Records of a toy run: `x**2 * epoch` for each epoch."""
+    recs = []
+    for epoch in range(1, spec['epochs'] + 1):
+        recs.append(dict(x=spec['x'], epoch=epoch, y=spec['x'] ** 2 * epoch))
+        run.report(recs[-1])
+    return recs
+
+
+tmp = Path(tempfile.mkdtemp())
+specs = [dict(x=x, epochs=2) for x in (3, 1, 2)]
+recs = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
+test_eq([(r['x'], r['epoch']) for r in recs], [(3, 1), (3, 2), (1, 1), (1, 2), (2, 1), (2, 2)])
+cfg = read_json(tmp / 'toy' / CONFIG)
+test_eq((cfg['command'], cfg['done'], cfg['runs']), (['toy'], [[3], [1], [2]], 3))
+
+# %% [markdown]
+# Resuming: a run not marked done is trained again and its stray records (a torn line too) are dropped;
+# a changed setting is refused; `fresh=True` starts over.
+
+# %%
+cfg['done'] = [[3]]
+write_json(tmp / 'toy' / CONFIG, cfg)
+with open(tmp / 'toy' / RECORDS, 'a') as f: f.write('{"x": 1, "epoch": 1, "y"')   # killed mid-append
+again = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
+test_eq(again, recs)
+test_eq(read_jsonl(tmp / 'toy' / RECORDS), recs)
+test_fail(lambda: run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=3), progress=False),
+          contains='epochs: 2 there, 3 now')
+test_eq(len(run_experiment(tmp / 'toy', specs[:1], toy_train, key=('x',), settings=dict(epochs=3), fresh=True,
+                           progress=False)), 2)
+
+# %% [markdown]
+# ## The command line every experiment shares
+#
+# Every `stablesam-*` command takes the same options for what they share, from one function: the data
+# root and `--download/--no-download`, the device, the seeds, the output folder, `--resume/--fresh`,
+# `--progress/--no-progress` (with `--quiet` for `--no-progress`), the executor, its processes and its
+# SLURM settings, and `--debug`. A command adds those it uses (`stablesam-train` generates most of its
+# options from `TrainConfig` and adds the rest here).
+
+# %%
+#| export
+COMMON = ('data_root', 'download', 'device', 'seeds', 'out', 'resume', 'progress', 'executor', 'debug')
+
+
+def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, data_root='data') -> argparse.ArgumentParser:
+    """Add the shared options `names` (default: all of `COMMON`) to parser `p`, the same way for every command."""
+    names = names or COMMON
+    unknown = sorted(set(names) - set(COMMON))
+    if unknown: raise ValueError(f"Unknown common options: {unknown} (choose from {', '.join(COMMON)})")
+    if 'data_root' in names:
+        p.add_argument('--data-root', default=data_root, help=f'folder holding the datasets (default: {data_root})')
+    if 'download' in names:
+        p.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
+                       help='download a missing MNIST/CIFAR dataset (--no-download: fail with a message instead)')
+    if 'device' in names:
+        p.add_argument('--device', default='auto', help='device: auto (cuda if available), cpu, cuda, cuda:N (default: auto)')
+    if 'seeds' in names:
+        p.add_argument('--seeds', type=int, nargs='+', default=list(seeds),
+                       help=f"seeds (default: {' '.join(map(str, seeds))})")
+    if 'out' in names:
+        p.add_argument('--out', required=out is None, default=out, help='results folder' + (f' (default: {out})' if out else ''))
+    if 'resume' in names:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument('--resume', action='store_true', default=True,
+                       help='continue the experiment in --out if it holds one with the same settings (the default)')
+        g.add_argument('--fresh', action='store_true', help='delete what --out holds of this experiment and start over')
+    if 'progress' in names:
+        p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
+                       help='show a progress bar (--no-progress for logs)')
+        p.add_argument('--quiet', dest='progress', action='store_false', help='the same as --no-progress')
+    if 'executor' in names:
+        p.add_argument('--executor', choices=EXECUTORS, default='inline',
+                       help='where the runs train: inline (this process), processes (--processes local processes, '
+                            'spawned), slurm (one SLURM job per run through submitit; --slurm KEY=VALUE ...)')
+        p.add_argument('--processes', type=int, default=2, help='worker processes of --executor processes (default: 2)')
+        p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=_key_value,
+                       help="submitit settings of --executor slurm, e.g. timeout_min=120 slurm_partition=gpu "
+                            "gpus_per_node=1 (cluster=local runs the jobs as local processes)")
+    if 'debug' in names:
+        p.add_argument('--debug', action='store_true', help='show the traceback of an unexpected error')
+    return p
+
+
+def _key_value(text: str):
+    """`KEY=VALUE` as a pair, the value read as JSON where it parses (numbers, true/false), else a string."""
+    if '=' not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split('=', 1)
+    try: v = json.loads(v)
+    except json.JSONDecodeError: pass
+    return k, v
+
+
+def executor_options(args) -> dict:
+    """The runner's keyword arguments from parsed common options."""
+    return dict(executor=args.executor, processes=args.processes, slurm=dict(args.slurm), fresh=args.fresh,
+                progress=args.progress)
+
+
+# %% [markdown]
+# One exit wrapper for every command: status 0 on success, 2 for a usage error (argparse's own message, or
+# a setting that turns out invalid: a bad value, a missing file, a results folder of other settings), 3 when
+# training diverged (an exception with `exit_status = 3`), 130 when interrupted, and 1 for anything
+# unexpected, with one line naming what failed (the traceback only with `--debug`).
+
+# %%
+#| export
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def command(prog: str):
+    """Decorator for a command's `main(argv)`: errors become one line on stderr and the exit status documented above."""
+    def wrap(main):
+        def run(argv=None):
+            argv = sys.argv[1:] if argv is None else list(argv)
+            try:
+                status = main(argv)
+            except SystemExit:
+                raise
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted; the same command continues where it stopped", file=sys.stderr)
+                return 130
+            except Exception as e:
+                if '--debug' in argv: traceback.print_exc()
+                status = getattr(e, 'exit_status', None)
+                if status is not None:
+                    print(f"{prog}: {e}", file=sys.stderr)
+                    return status
+                if isinstance(e, USAGE_ERRORS):
+                    print(f"{prog}: error: {e}", file=sys.stderr)
+                    return 2
+                hint = '' if '--debug' in argv else ' (--debug shows the traceback)'
+                print(f"{prog}: unexpected error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+                return 1
+            return 0 if status is None else status
+        run.__name__, run.__doc__, run.__wrapped__ = main.__name__, main.__doc__, main
+        return run
+    return wrap
+
+
+# %%
+@command('demo')
+def demo(argv):
+    """A command that fails as its argument says."""
+    p = add_common(argparse.ArgumentParser(prog='demo'), 'debug')
+    p.add_argument('what')
+    what = p.parse_args(argv).what
+    if what == 'bad': raise ValueError('invalid lr: -1')
+    if what == 'crash': raise KeyError('oops')
+    if what == 'diverge':
+        e = RuntimeError('diverged at epoch 3')
+        e.exit_status = 3
+        raise e
+
+
+test_eq([demo([w]) for w in ('ok', 'bad', 'crash', 'diverge')], [0, 2, 1, 3])
+p = add_common(argparse.ArgumentParser(prog='x'), out='runs/x')
+a = p.parse_args(['--quiet', '--fresh', '--executor', 'slurm', '--slurm', 'cluster=local', 'timeout_min=5'])
+test_eq((a.progress, a.fresh, executor_options(a)['slurm']), (False, True, dict(cluster='local', timeout_min=5)))
+try:
+    p.parse_args(['--executor', 'mpi'])
+    raise AssertionError('an unknown executor was accepted')
+except SystemExit as e: test_eq(e.code, 2)

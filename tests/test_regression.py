@@ -1,0 +1,52 @@
+"""Each experiment's quick configuration gives the records the code before the 0.3 runner gave (tests/regression/)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from stablesam.data import write_fake_mnist
+from stablesam.runs import read_jsonl
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+FIXTURES = Path(__file__).parent / 'regression'
+
+
+def assert_same_records(got, want, rel=1e-9, path='records'):
+    """Equal nested records, floats to `rel` (the fixtures were written with one torch thread)."""
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-12), f"{path}: {got!r} != {want!r}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        for k in want: assert_same_records(got[k], want[k], rel, f'{path}.{k}')
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{path}: {len(got)} items != {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)): assert_same_records(g, w, rel, f'{path}[{i}]')
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"
+
+
+def fixture(name):
+    return json.loads((FIXTURES / f'{name}.json').read_text())
+
+
+def summary(name, tmp):
+    """A fixture summary with its temporary folder put back."""
+    return (FIXTURES / f'{name}.summary.md').read_text().replace('TMP', str(tmp))
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    """The generated MNIST-format files the fixtures were made on."""
+    root = tmp_path_factory.mktemp('data')
+    write_fake_mnist(root, 160, 64)
+    return root
+
+
+def test_stability(root, tmp_path):
+    from stablesam.stability import main
+    assert main(['--data-root', str(root), '--epochs', '2', '--seeds', '0', '1', '--subset', '48', '--batch-size', '16',
+                 '--device', 'cpu', '--no-download', '--quiet', '--out', str(tmp_path / 'st'),
+                 '--optimizers', 'sgd', 'sam', 'stablesam']) == 0
+    assert_same_records(read_jsonl(tmp_path / 'st' / 'records.jsonl'), fixture('stability'))
+    assert (tmp_path / 'st' / 'summary.md').read_text() == summary('stability', tmp_path)
