@@ -47,12 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stablesam.config import TrainConfig
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
-from stablesam.optim import OPTIMIZERS
+from stablesam.experiment import add_common, command, executor_options, run_experiment
+from stablesam.models import MODELS
 from stablesam.results import PROTOCOLS, run_scores
-from stablesam.style import plot_kwargs, quantity
-from stablesam.runs import machine, read_jsonl, strict_json, write_json, write_jsonl
-from stablesam.train import Diverged, Trainer, TrainConfig
+from stablesam.runs import strict_json
+from stablesam.style import markdown_table, plot_kwargs, quantity
+from stablesam.train import Diverged, Trainer
+from stablesam.variants import VARIANTS, variant_order
 
 
 # %% [markdown]
@@ -116,30 +119,33 @@ test_eq(_bad[-1]['diverged'], True); assert _bad[-1]['outcome'] in ('nonfinite',
 # %% [markdown]
 # ## Sweeps that resume
 #
-# A sweep is a list of runs, each a `TrainConfig` with its tags. `run_sweep` skips the runs whose records
-# are already in `records.jsonl`, runs the others, and rewrites the file atomically after each run, so
-# a sweep killed at any point loses at most the run in progress. `config.json` records the settings, the
-# command that reproduces the sweep and the wall time summed over its sessions.
+# A sweep is a list of run specs, each the tags of one run (model, optimizer, learning rate or noise level,
+# seed) with the settings it trains with. The experiment runner (`stablesam.experiment.run_experiment`)
+# trains them with `train_sweep_run` and writes `records.jsonl` and `config.json`; a sweep killed at any
+# point loses at most the runs in progress, and the same call continues it. A process decodes the MNIST
+# subset once (`mnist_data`), however many runs it trains.
 
 # %%
 #| export
-def run_sweep(runs, out, *, keys, meta: dict, progress: bool = True, resume: bool = False) -> list[dict]:
-    """Run `runs` ((tags, cfg, data, val) tuples; `tags` holds `keys`) into `out`/records.jsonl; on `resume` skip recorded runs."""
-    from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    path, cfg_path = out / 'records.jsonl', out / 'config.json'
-    if path.exists() and not resume: raise FileExistsError(f"{path} exists: pass resume=True (--resume) to continue it")
-    records = read_jsonl(path) if path.exists() else []
-    previous = json.loads(cfg_path.read_text()).get('wall_time_s', 0.0) if resume and cfg_path.exists() else 0.0
-    key = lambda d: tuple(d[k] for k in keys)
-    done, runs, t0 = {key(r) for r in records}, list(runs), time.perf_counter()
-    def save():
-        write_json(cfg_path, dict(meta, runs=len(runs), runs_done=len({key(r) for r in records}),
-                                  wall_time_s=round(previous + time.perf_counter() - t0, 1), machine=machine()))
-    for tags, cfg, data, val in tqdm([r for r in runs if key(r[0]) not in done], desc=out.name, disable=not progress):
-        records += run_epochs(cfg, data, val=val, **tags)
-        write_jsonl(path, records); save()
-    save()
+_DATA = {}   # this process's decoded MNIST subsets, by (data root, n_train)
+
+
+def mnist_data(data_root, n_train=None) -> DataBundle:
+    """`mnist_in_memory(data_root, n_train)`, decoded once per process."""
+    where = (str(Path(data_root).resolve()), n_train)
+    if where not in _DATA: _DATA[where] = mnist_in_memory(data_root, n_train)
+    return _DATA[where]
+
+
+def train_sweep_run(spec: dict, run) -> list[dict]:
+    """One run of the learning-rate or label-noise sweep (`spec`: its tags and settings); its per-epoch records."""
+    data, val = mnist_data(spec['data_root'], spec['n_train']), None
+    if 'noise' in spec:
+        train, val = noisy_split(data, spec['noise'], spec['seed'], spec['n_val'])
+        data = dataclasses.replace(data, train=train)
+    cfg = sweep_config(spec['model'], spec['optimizer'], spec['lr'], spec['seed'], **spec['train'])
+    records = run_epochs(cfg, data, val=val, **{k: spec[k] for k in spec['tags']})
+    run.report(records[-1])
     return records
 
 
@@ -168,15 +174,22 @@ def sweep_config(model, optimizer, lr, seed, *, epochs, batch_size=128, momentum
                        momentum=momentum, rho=rho, weight_decay=0.0, label_smoothing=0.0, schedule=schedule, augment=False,
                        progress=False, download=False, device=device, **settings).validate()
 
-def lr_sweep(data: DataBundle, out, *, models=('fcn', 'lenet'), optimizers=('sgd', 'sam', 'stablesam'), lrs=LR_GRID,
-             seeds=(0, 1, 2), epochs=3, command=None, resume=False, progress=True, **settings) -> list[dict]:
-    """The learning-rate sweep: every model, optimizer, learning rate and seed, recorded into `out` (resumable)."""
-    runs = [(dict(model=m, optimizer=o, lr=lr, seed=s), sweep_config(m, o, lr, s, epochs=epochs, **settings), data, None)
-            for m in models for o in optimizers for lr in lrs for s in seeds]
-    meta = dict(experiment='lr_sweep', dataset='mnist', models=list(models), optimizers=list(optimizers), lrs=list(lrs),
-                seeds=list(seeds), epochs=epochs, n_train=len(data.train), n_test=len(data.test),
-                settings=dataclasses.asdict(runs[0][1]) if runs else {}, command=command)
-    return run_sweep(runs, out, keys=('model', 'optimizer', 'lr', 'seed'), meta=meta, resume=resume, progress=progress)
+def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizers=('sgd', 'sam', 'stablesam'),
+             lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, **options) -> list[dict]:
+    """The learning-rate sweep: every model, optimizer, learning rate and seed, recorded into `out` (resumable).
+
+    `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...)."""
+    train = dict(train or {}, epochs=epochs)
+    tags = ('model', 'optimizer', 'lr', 'seed')
+    specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train, tags=tags)
+             for m in models for o in optimizers for lr in lrs for s in seeds]
+    data = mnist_data(data_root, n_train)
+    fixed = {k: v for k, v in train.items() if k != 'device'}
+    settings = dict(dataset='mnist', models=list(models), optimizers=list(optimizers), lrs=list(lrs), seeds=list(seeds),
+                    n_train=n_train, train=fixed)
+    meta = dict(n_train=len(data.train), n_test=len(data.test), seeds=list(seeds))
+    return run_experiment(out, specs, train_sweep_run, key=tags, settings=settings, command=command, meta=meta,
+                          desc='lr_sweep', **options)
 
 
 # %% [markdown]
@@ -198,8 +211,8 @@ def lr_sweep_summary(records: list[dict]) -> list[dict]:
     for (m, o, lr, s), r in final_records(records, ('model', 'optimizer', 'lr', 'seed')).items():
         groups.setdefault((m, o, lr), []).append(r)
     rows = []
-    order = lambda o: OPTIMIZERS.index(o) if o in OPTIMIZERS else len(OPTIMIZERS)
-    for (m, o, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order(kv[0][1]), kv[0][2])):
+    order = variant_order(o for _, o, _ in groups)
+    for (m, o, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]), kv[0][2])):
         acc = np.array([r['test_acc'] if r.get('test_acc') is not None else np.nan for r in rs], dtype=float)
         rows.append(dict(model=m, optimizer=o, lr=lr, runs=len(rs), diverged=float(np.mean([r['diverged'] for r in rs])),
                          acc_mean=float(np.nanmean(acc)) if np.isfinite(acc).any() else None,
@@ -261,12 +274,6 @@ def compare_divergence(records: list[dict], a='stablesam', b='sam') -> dict:
         out[m] = dict(fewer=[lr for lr in lrs if rows[m, a, lr] < rows[m, b, lr]], more=[lr for lr in lrs if rows[m, a, lr] > rows[m, b, lr]])
     return out
 
-def markdown_table(rows: list[dict], columns: dict) -> str:
-    """`rows` as a Markdown table; `columns` maps a key to (header, format)."""
-    cell = lambda v, f: '-' if v is None else (f.format(v) if f else str(v))
-    lines = ['| ' + ' | '.join(h for h, _ in columns.values()) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(cell(r.get(k), f) for k, (h, f) in columns.items()) + ' |' for r in rows]
-    return '\n'.join(lines)
 
 
 # %% [markdown]
@@ -275,14 +282,14 @@ def markdown_table(rows: list[dict], columns: dict) -> str:
 
 # %%
 _out = tmp / 'lr_sweep'
-_recs = lr_sweep(_fake, _out, models=('fcn',), lrs=(0.05, 1e4), seeds=(0,), epochs=2, batch_size=64, device='cpu', progress=False)
+_quick = dict(models=('fcn',), lrs=(0.05, 1e4), seeds=(0,), epochs=2, train=dict(batch_size=64, device='cpu'))
+_recs = lr_sweep(_out, tmp, **_quick, progress=False)
 test_eq(len(final_records(_recs, ('model', 'optimizer', 'lr', 'seed'))), 6)
 test_eq({r['lr']: r['diverged'] for r in _recs if r['optimizer'] == 'sgd'}, {0.05: False, 1e4: True})
-test_fail(lambda: lr_sweep(_fake, _out, models=('fcn',), lrs=(0.05,), seeds=(0,), epochs=2), contains='resume')
-_again = lr_sweep(_fake, _out, models=('fcn',), lrs=(0.05, 1e4), seeds=(0,), epochs=2, batch_size=64, device='cpu',
-                  progress=False, resume=True)
+test_fail(lambda: lr_sweep(_out, tmp, **dict(_quick, epochs=3), progress=False), contains='epochs: 2 there, 3 now')
+_again = lr_sweep(_out, tmp, **_quick, progress=False)
 test_eq(_again, _recs)   # nothing left to run: the records are read back unchanged
-test_eq(json.loads((_out / 'config.json').read_text())['runs_done'], 6)
+test_eq(len(json.loads((_out / 'config.json').read_text())['done']), 6)
 fig = plot_lr_sweep(_recs); plt.close(fig)
 
 # %% [markdown]
@@ -309,22 +316,22 @@ def noisy_split(data: DataBundle, noise: float, seed: int, n_val: int) -> tuple:
     noisy = LabelledView(view.base, view.indices, noisy_labels(view.targets, noise, data.num_classes, seed))
     return validation_split(noisy, n_val, seed)
 
-def label_noise_sweep(data: DataBundle, out, *, noises=NOISE_LEVELS, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2),
-                      n_val=2000, model='fcn', epochs=20, lr=0.05, schedule='cosine', command=None, resume=False,
-                      progress=True, **settings) -> list[dict]:
-    """Train every optimizer at every noise level and seed with a held-out validation split; records into `out` (resumable)."""
-    runs = []
-    for noise in noises:
-        for seed in seeds:
-            train, val = noisy_split(data, noise, seed, n_val)
-            bundle = dataclasses.replace(data, train=train)
-            for o in optimizers:
-                cfg = sweep_config(model, o, lr, seed, epochs=epochs, schedule=schedule, **settings)
-                runs.append((dict(model=model, noise=noise, optimizer=o, seed=seed), cfg, bundle, val))
-    meta = dict(experiment='label_noise', dataset='mnist', model=model, noises=list(noises), optimizers=list(optimizers),
-                seeds=list(seeds), epochs=epochs, lr=lr, schedule=schedule, n_train=len(data.train) - n_val, n_val=n_val,
-                n_test=len(data.test), settings=dataclasses.asdict(runs[0][1]) if runs else {}, command=command)
-    return run_sweep(runs, out, keys=('noise', 'optimizer', 'seed'), meta=meta, resume=resume, progress=progress)
+def label_noise_sweep(out, data_root, *, n_train=None, noises=NOISE_LEVELS, optimizers=('sgd', 'sam', 'stablesam'),
+                      seeds=(0, 1, 2), n_val=2000, model='fcn', epochs=20, lr=0.05, schedule='cosine', train=None,
+                      command=None, **options) -> list[dict]:
+    """Every optimizer at every noise level and seed with a held-out validation split, recorded into `out` (resumable)."""
+    train = dict(train or {}, epochs=epochs, schedule=schedule)
+    tags = ('model', 'noise', 'optimizer', 'seed')
+    specs = [dict(model=model, noise=noise, optimizer=o, seed=seed, lr=lr, n_val=n_val, data_root=str(data_root),
+                  n_train=n_train, train=train, tags=tags)
+             for noise in noises for seed in seeds for o in optimizers]
+    data = mnist_data(data_root, n_train)
+    fixed = {k: v for k, v in train.items() if k != 'device'}
+    settings = dict(dataset='mnist', model=model, noises=list(noises), optimizers=list(optimizers), seeds=list(seeds),
+                    lr=lr, n_val=n_val, n_train=n_train, train=fixed)
+    meta = dict(n_train=len(data.train) - n_val, n_val=n_val, n_test=len(data.test), seeds=list(seeds))
+    return run_experiment(out, specs, train_sweep_run, key=('noise', 'optimizer', 'seed'), settings=settings,
+                          command=command, meta=meta, desc='label_noise', **options)
 
 
 # %% [markdown]
@@ -348,7 +355,8 @@ def label_noise_table(records: list[dict]) -> list[dict]:
     for protocol in PROTOCOLS:
         cells = {}
         for (noise, o, seed), run in runs.items(): cells.setdefault((noise, o), {})[seed] = selected_accuracy(run, protocol)
-        for (noise, o), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][0], OPTIMIZERS.index(kv[0][1]) if kv[0][1] in OPTIMIZERS else 99)):
+        order = variant_order(o for _, o in cells)
+        for (noise, o), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
             a = np.array(list(by_seed.values()))
             rows.append(dict(protocol=protocol, noise=noise, optimizer=o, seeds=len(a), mean=float(a.mean()),
                              std=float(a.std(ddof=1)) if len(a) > 1 else None, min=float(a.min()), max=float(a.max()),
@@ -395,8 +403,8 @@ def plot_label_noise(records: list[dict], figsize=(9, 3)):
 # The quick configuration (generated data; it exercises the code, it is not a finding):
 
 # %%
-_recs = label_noise_sweep(_fake, tmp / 'noise', noises=(0.4,), seeds=(0, 1), n_val=64, epochs=2, batch_size=64,
-                          device='cpu', progress=False)
+_recs = label_noise_sweep(tmp / 'noise', tmp, noises=(0.4,), seeds=(0, 1), n_val=64, epochs=2,
+                          train=dict(batch_size=64, device='cpu'), progress=False)
 test_eq(len(final_records(_recs, ('noise', 'optimizer', 'seed'))), 6)
 assert all(r['val_acc'] is not None for r in _recs)
 _rows = label_noise_table(_recs)
@@ -431,54 +439,55 @@ def robustness_parser():
     for name, text in (('lr-sweep', 'share of diverged runs and final test accuracy against the learning rate'),
                        ('label-noise', 'test accuracy with a fraction of the training labels randomised')):
         q = sub.add_parser(name, help=text, description=text)
-        q.add_argument('--data-root', default='data', help='folder holding MNIST/raw (default: data)')
-        q.add_argument('--out', required=True, help='output folder (records.jsonl, config.json, summary.md, figure.png)')
         q.add_argument('--n-train', type=int, default=5000 if name == 'lr-sweep' else 12000,
                        help='training images (a seeded subset; label-noise holds --n-val of them out)')
         q.add_argument('--epochs', type=int, default=3 if name == 'lr-sweep' else 15, help='epochs per run')
-        q.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds (default: 0 1 2)')
-        q.add_argument('--optimizers', nargs='+', default=['sgd', 'sam', 'stablesam'], help='optimizers')
+        q.add_argument('--optimizers', nargs='+', choices=VARIANTS.keys(), default=['sgd', 'sam', 'stablesam'],
+                       metavar='NAME', help=f"optimizers (any of {', '.join(VARIANTS)}; default: sgd sam stablesam)")
         q.add_argument('--rho', type=float, default=0.05, help='perturbation radius (default: 0.05)')
         q.add_argument('--batch-size', type=int, default=128, help='batch size (default: 128)')
-        q.add_argument('--device', default='auto', help='device (default: auto)')
-        q.add_argument('--resume', action='store_true', help='continue the sweep in --out')
-        q.add_argument('--quiet', action='store_true', help='no progress bar')
         if name == 'lr-sweep':
-            q.add_argument('--models', nargs='+', default=['fcn', 'lenet'], help='models (default: fcn lenet)')
-            q.add_argument('--lrs', type=float, nargs='+', default=list(LR_GRID), help='learning rates (default: 0.01 ... 3.16)')
+            q.add_argument('--models', nargs='+', choices=MODELS, default=['fcn', 'lenet'], metavar='MODEL',
+                           help='models (default: fcn lenet)')
+            q.add_argument('--lrs', type=float, nargs='+', default=list(LR_GRID),
+                           help='learning rates (default: 0.01 ... 3.16)')
         else:
-            q.add_argument('--model', default='fcn', help='model (default: fcn)')
+            q.add_argument('--model', default='fcn', choices=MODELS, metavar='MODEL', help='model (default: fcn)')
             q.add_argument('--noises', type=float, nargs='+', default=list(NOISE_LEVELS), help='noise fractions')
             q.add_argument('--n-val', type=int, default=2000, help='validation images held out of the training images')
             q.add_argument('--lr', type=float, default=0.05, help='learning rate (cosine schedule; default: 0.05)')
+        add_common(q)
     return p
 
+
+@command('stablesam-robustness')
 def main(argv=None):
     """The `stablesam-robustness` command."""
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    p = robustness_parser(); args = p.parse_args(argv)
-    command = ['stablesam-robustness', *(sys.argv[1:] if argv is None else argv)]
-    common = dict(optimizers=args.optimizers, seeds=args.seeds, epochs=args.epochs, rho=args.rho, batch_size=args.batch_size,
-                  device=args.device, command=command, resume=args.resume, progress=not args.quiet)
-    try:
-        data = mnist_in_memory(args.data_root, args.n_train)
-        if args.experiment == 'lr-sweep':
-            records = lr_sweep(data, args.out, models=args.models, lrs=args.lrs, **common)
-            table = markdown_table(lr_sweep_verdict(records), LR_COLUMNS)
-            fig = plot_lr_sweep(records, MODEL_TITLES)
-        else:
-            records = label_noise_sweep(data, args.out, noises=args.noises, n_val=args.n_val, model=args.model, lr=args.lr, **common)
-            table = markdown_table(label_noise_table(records), NOISE_COLUMNS) + '\n\n' + markdown_table(label_noise_verdict(label_noise_table(records)), VERDICT_COLUMNS)
-            fig = plot_label_noise(records)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        p.error(str(e))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = robustness_parser().parse_args(argv)
+    cmd = ['stablesam-robustness', *argv]
+    common = dict(optimizers=args.optimizers, seeds=args.seeds, epochs=args.epochs, n_train=args.n_train, command=cmd,
+                  train=dict(rho=args.rho, batch_size=args.batch_size, device=args.device), **executor_options(args))
+    if args.experiment == 'lr-sweep':
+        records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, **common)
+        table = markdown_table(lr_sweep_verdict(records), LR_COLUMNS)
+        fig = plot_lr_sweep(records, MODEL_TITLES)
+    else:
+        records = label_noise_sweep(args.out, args.data_root, noises=args.noises, n_val=args.n_val, model=args.model,
+                                    lr=args.lr, **common)
+        rows = label_noise_table(records)
+        table = markdown_table(rows, NOISE_COLUMNS) + '\n\n' + markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS)
+        fig = plot_label_noise(records)
     out = Path(args.out)
-    fig.savefig(out / 'figure.png', dpi=110); plt.close(fig)
-    (out / 'summary.md').write_text(f"# {args.experiment}: {' '.join(command)}\n\n{table}\n")
+    fig.savefig(out / 'figure.png', dpi=150)
+    plt.close(fig)
+    (out / 'summary.md').write_text(f"# {args.experiment}: {' '.join(cmd)}\n\n{table}\n")
     print(table)
     print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'summary.md'}, {out / 'figure.png'}")
+
 
 MODEL_TITLES = {'fcn': 'FCN 784-500-500-10 on MNIST', 'lenet': 'LeNet on MNIST'}
 LR_COLUMNS = dict(model=('model', None), optimizer=('optimizer', None), largest_stable_lr=('largest lr, no seed diverged', '{:g}'),

@@ -37,12 +37,13 @@ import math
 import sys
 from pathlib import Path
 
+from stablesam.experiment import add_common, command
 from stablesam.runs import CONFIG, read_run
-from stablesam.style import OPTIMIZER_STYLES, optimizer_style, quantity
+from stablesam.style import markdown_table, optimizer_style, quantity
+from stablesam.variants import variant_order
 
 # %%
 #| export
-OPT_ORDER = tuple(k for k in OPTIMIZER_STYLES if k != 'gd')  # table columns in the package's order (stablesam.style)
 MODEL_LABELS = dict(fcn='FCN', lenet='LeNet', resnet20='ResNet-20', resnet56='ResNet-56',
                     resnext29_32x4d='ResNeXt-29-32x4d', wrn28_10='WRN-28-10', pyramidnet110='PyramidNet-110',
                     resnet18='ResNet-18', resnet50='ResNet-50', resnet101='ResNet-101', resnet152='ResNet-152',
@@ -120,9 +121,8 @@ def summarize(runs, metric='best_test_acc', protocol='paper'):
         rows.append(dict(zip(_CELL, key), base=rs[0]['config'].get('base'), rho=rho, n_seeds=len(by_rho[rho]),
                          seeds=sorted(by_rho[rho]), mean=mean, std=std, protocol=protocol,
                          rho_means={('' if k is None else k): v[0] for k, v in sorted(stats.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))}))
-    order = lambda row: (row['dataset'], row['label_noise'], row['model'],
-                         OPT_ORDER.index(row['optimizer']) if row['optimizer'] in OPT_ORDER else 99)
-    return sorted(rows, key=order)
+    names = variant_order(row['optimizer'] for row in rows)
+    return sorted(rows, key=lambda row: (row['dataset'], row['label_noise'], row['model'], names.index(row['optimizer'])))
 
 
 # %% [markdown]
@@ -179,8 +179,8 @@ test_close(paper[0]['mean'], 0.94, eps=1e-12); test_close(held[0]['mean'], 0.87,
 def _fmt(row): return f"{100 * row['mean']:.2f}" + (f" ± {100 * row['std']:.2f}" if row['n_seeds'] > 1 else " (1 seed)")
 
 def _md(header, body):
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
+    """A table of positional rows (`body`: lists of formatted cells) under `header`, through `markdown_table`."""
+    return markdown_table([dict(enumerate(r)) for r in body], {i: (h, None) for i, h in enumerate(header)})
 
 def _cells_row(cells):
     """Formatted cells with the best (highest mean) in bold."""
@@ -192,7 +192,7 @@ def table_markdown(rows):
     out = []
     clean = [r for r in rows if not r['label_noise']]
     if clean:
-        opts = [o for o in OPT_ORDER if any(r['optimizer'] == o for r in clean)]
+        opts = variant_order(r['optimizer'] for r in clean)   # registry order; an unregistered name last
         bases = sorted({r['base'] for r in clean if r['optimizer'] == 'sgd'}, key=lambda b: (b != 'sgd', b))
         label = lambda o: '/'.join({'sgd': 'SGD', 'adamw': 'AdamW'}.get(b, b) for b in bases) if o == 'sgd' and bases else optimizer_style(o).label
         keys = list(dict.fromkeys((r['dataset'], r['model']) for r in clean))
@@ -203,8 +203,9 @@ def table_markdown(rows):
         out.append(_md(['Dataset', 'Model', *map(label, opts)], body))
     noisy = [r for r in rows if r['label_noise']]
     if noisy:
+        order = variant_order(r['optimizer'] for r in noisy)
         cols = list(dict.fromkeys((r['dataset'], r['model'], r['optimizer']) for r in sorted(
-            noisy, key=lambda r: (r['model'], OPT_ORDER.index(r['optimizer'])))))
+            noisy, key=lambda r: (r['model'], order.index(r['optimizer'])))))
         body = []
         for noise in sorted({r['label_noise'] for r in noisy}):
             cells = [next((r for r in noisy if (r['dataset'], r['model'], r['optimizer'], r['label_noise']) == (*c, noise)), None) for c in cols]
@@ -270,6 +271,7 @@ def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
 
 # %%
 #| export
+@command('stablesam-results')
 def main(argv=None):
     """`stablesam-results RUNS_DIR`: write results.md, results.csv and curves.png and print the Markdown tables."""
     ap = argparse.ArgumentParser(prog='stablesam-results', description='Tabulate run folders in the paper\'s layout: mean ± '
@@ -279,26 +281,27 @@ def main(argv=None):
     ap.add_argument('--metric', default='best_test_acc', choices=('best_test_acc', 'final_test_acc'),
                     help='per-run number tabulated (the paper: the best test accuracy)')
     ap.add_argument('--protocol', default='paper', choices=list(PROTOCOLS),
-                    help='paper: best test accuracy, rho by test (default); held-out: rho and epoch chosen on the validation split')
+                    help='paper: best test accuracy, rho by test (default); held-out: rho and epoch chosen on the '
+                         'validation split')
     ap.add_argument('--no-figure', action='store_true', help='skip the training-curve figure')
+    add_common(ap, 'debug')
     args = ap.parse_args(argv)
-    try:
-        runs = load_runs(args.runs_dir)
-        if not runs: raise FileNotFoundError(f"No run folders with metrics under {args.runs_dir}")
-        rows = summarize(runs, args.metric, args.protocol)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'stablesam-results: error: {e}', file=sys.stderr)
-        return 2
-    out = Path(args.out or args.runs_dir); out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(args.runs_dir)
+    if not runs: raise FileNotFoundError(f"No run folders with metrics under {args.runs_dir}")
+    rows = summarize(runs, args.metric, args.protocol)
+    out = Path(args.out or args.runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
     md = table_markdown(rows)
-    (out / 'results.md').write_text(md + '\n'); (out / 'results.csv').write_text(table_csv(rows))
+    (out / 'results.md').write_text(md + '\n')
+    (out / 'results.csv').write_text(table_csv(rows))
     if not args.no_figure:
         import matplotlib.pyplot as plt  # headless: matplotlib falls back to the Agg backend by itself
-        fig = plot_curves(runs, rows=rows); fig.savefig(out / 'curves.png', dpi=100); plt.close(fig)
+        fig = plot_curves(runs, rows=rows)
+        fig.savefig(out / 'curves.png', dpi=150)
+        plt.close(fig)
     print(md)
     print(f"\n{len(runs)} runs, {len(rows)} cells; wrote {out / 'results.md'}, {out / 'results.csv'}"
           + ('' if args.no_figure else f", {out / 'curves.png'}"))
-    return 0
 
 
 # %% [markdown]

@@ -30,9 +30,10 @@ def fixture(name):
     return json.loads((FIXTURES / f'{name}.json').read_text())
 
 
-def summary(name, tmp):
-    """A fixture summary with its temporary folder put back."""
-    return (FIXTURES / f'{name}.summary.md').read_text().replace('TMP', str(tmp))
+def assert_same_summary(path, name, root, tmp):
+    """The summary at `path` equals the fixture's, temporary folders aside (the fixture's were TMP/data and TMP)."""
+    got = Path(path).read_text().replace(str(root), 'TMP/data').replace(str(tmp), 'TMP')
+    assert got == (FIXTURES / f'{name}.summary.md').read_text()
 
 
 @pytest.fixture(scope='module')
@@ -49,4 +50,22 @@ def test_stability(root, tmp_path):
                  '--device', 'cpu', '--no-download', '--quiet', '--out', str(tmp_path / 'st'),
                  '--optimizers', 'sgd', 'sam', 'stablesam']) == 0
     assert_same_records(read_jsonl(tmp_path / 'st' / 'records.jsonl'), fixture('stability'))
-    assert (tmp_path / 'st' / 'summary.md').read_text() == summary('stability', tmp_path)
+    assert_same_summary(tmp_path / 'st' / 'summary.md', 'stability', root, tmp_path)
+
+
+def test_lr_sweep(root, tmp_path):
+    from stablesam.robustness import main
+    out = tmp_path / 'lr'
+    assert main(['lr-sweep', '--data-root', str(root), '--n-train', '64', '--epochs', '2', '--seeds', '0', '1', '--lrs', '0.05',
+                 '3.0', '--models', 'fcn', '--batch-size', '16', '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
+    assert_same_records(read_jsonl(out / 'records.jsonl'), fixture('lr_sweep'))
+    assert_same_summary(out / 'summary.md', 'lr_sweep', root, tmp_path)
+
+
+def test_label_noise(root, tmp_path):
+    from stablesam.robustness import main
+    out = tmp_path / 'ln'
+    assert main(['label-noise', '--data-root', str(root), '--n-train', '96', '--n-val', '32', '--epochs', '2', '--seeds',
+                 '0', '1', '--noises', '0.4', '--batch-size', '16', '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
+    assert_same_records(read_jsonl(out / 'records.jsonl'), fixture('label_noise'))
+    assert_same_summary(out / 'summary.md', 'label_noise', root, tmp_path)
