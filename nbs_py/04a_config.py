@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from stablesam.data import DATASETS
 from stablesam.models import MODELS
-from stablesam.optim import ASCENTS, BASES, OPTIMIZERS
+from stablesam.optim import ASCENTS, BASES, RENORM_NORMS
+from stablesam.variants import VARIANTS, variant
 
 # %% [markdown]
 # ## Configuration
@@ -44,6 +45,13 @@ from stablesam.optim import ASCENTS, BASES, OPTIMIZERS
 # compared with that setting's default, so older runs resume: on one process they were `'global'` runs
 # without FSDP (under DDP their SAM steps used the older mixed semantics, which no longer exists).
 
+# %% [markdown]
+# Each setting is declared with `setting(default, help, choices)`: its help text (what `stablesam-train
+# --help` prints) and, for a name, its choices live in the field's metadata, so no setting can lack either,
+# and the command line, `validate` and the docs read the same words. The optimizer's choices are the variant
+# registry's names at the moment they are read (`stablesam.variants.VARIANTS`), so a variant registered at
+# run time is a valid `--optimizer`.
+
 # %%
 #| export
 AMP_MODES = ('none', 'bf16', 'fp16')
@@ -51,44 +59,68 @@ LR_SCHEDULES = ('cosine', 'constant')
 NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
 RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every', 'on_nonfinite')
 
+
+def setting(default, help: str, choices=None):
+    """A `TrainConfig` field with its help text and, for a name, its choices (a collection, read when used)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, choices=choices))
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (defaults: the CIFAR recipe of Table 2 with plain SGD)."""
-    dataset: str = 'cifar10'
-    data_root: str = 'data'
-    model: str = 'resnet20'
-    optimizer: str = 'sgd'
-    base: str = 'sgd'
-    rho: float = 0.05
-    lr: float = 0.1
-    momentum: float = 0.9
-    epochs: int = 200
-    batch_size: int = 128
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    label_noise: float = 0.0
-    schedule: str = 'cosine'
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    amp: str = 'none'
-    quick: bool = False
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_split: int | None = None
-    augment: bool = True
-    bn_first_pass: bool = True
-    ascent: str = 'global'
-    fsdp: bool = False
-    gamma0: float | None = None
-    renorm_norm: str = 'plain'
-    workers: int | None = None
-    device: str = 'auto'
-    download: bool = True
-    progress: bool = True
-    in_memory: bool = True
-    checkpoint_every: float = 600.0
-    on_nonfinite: str = 'stop'
+    dataset: str = setting('cifar10', "dataset (imagenet: an ImageFolder tree with train/ and val/ under --data-root)",
+                           DATASETS)
+    data_root: str = setting('data', "folder holding the datasets (torchvision downloads MNIST/CIFAR there on first use)")
+    model: str = setting('resnet20', "network", MODELS)
+    optimizer: str = setting('sgd', "optimizer variant (sgd: the base optimizer alone; see stablesam.variants)",
+                             VARIANTS.keys())
+    base: str = setting('sgd', "base optimizer of the SAM family (sgd has momentum --momentum)", BASES)
+    rho: float = setting(0.05, "perturbation radius rho of the SAM family")
+    lr: float = setting(0.1, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    epochs: int = setting(200, "number of training epochs")
+    batch_size: int = setting(128, "global mini-batch size (split over the processes under torchrun)")
+    weight_decay: float = setting(5e-4, "weight decay (decoupled for AdamW)")
+    label_smoothing: float = setting(0.1, "label smoothing factor of the training loss")
+    label_noise: float = setting(0.0, "fraction of training labels randomised (Table 4), exactly that fraction, "
+                                      "seeded by --seed")
+    schedule: str = setting('cosine', "learning-rate schedule (cosine: per-step decay to 0)", LR_SCHEDULES)
+    seed: int = setting(0, "random seed: model initialisation, data order, augmentation, label noise, subsets")
+    out: str | None = setting(None, "run folder for config.json, metrics.jsonl and checkpoint.pt (none: nothing is "
+                                    "written)")
+    resume: bool = setting(False, "continue the run in --out from its checkpoint (starts it if there is none yet)")
+    amp: str = setting('none', "mixed precision (fp16 with a GradScaler; GPU)", AMP_MODES)
+    quick: bool = setting(False, "the same code path on a tiny subset: one epoch, 256 train / 256 test examples, "
+                                 "batch <= 64")
+    train_subset: int | None = setting(None, "train on a seeded random subset of this many examples")
+    test_subset: int | None = setting(None, "evaluate on a seeded random subset of this many test examples")
+    val_split: int | None = setting(None, "hold this many training examples out (seeded) as a validation split, "
+                                          "evaluated every epoch (val_loss, val_acc: the held-out protocol of "
+                                          "stablesam-results --protocol held-out)")
+    augment: bool = setting(True, "data augmentation of the training set (--no-augment: evaluation transform only)")
+    bn_first_pass: bool = setting(True, "keep BatchNorm statistics from the first pass only in SAM steps "
+                                        "(--no-bn-first-pass to update in both)")
+    ascent: str = setting('global', "SAM ascent under torchrun (global: Algorithm 1 on the global batch, equals one "
+                                    "process; local: per-replica ascent and renormalization, then the average, "
+                                    "m-sharpness)", ASCENTS)
+    fsdp: bool = setting(False, "shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel; needs "
+                                "torchrun, --ascent global and no --amp fp16; checkpoints hold the gathered full "
+                                "state, at epoch ends only")
+    gamma0: float | None = setting(None, "renormalizing variants: clamp the renormalization factor to "
+                                         "[gamma0, sqrt(gamma0)] (Remark 19)")
+    renorm_norm: str = setting('plain', "renormalizing variants: plain (||g||/||g_asc||) or adaptive (the authors' "
+                                        "StableASAM)", RENORM_NORMS)
+    workers: int | None = setting(None, "data loader worker processes (default: 8 on GPU, 0 on CPU)")
+    device: str = setting('auto', "device: auto, cpu, cuda, cuda:N")
+    download: bool = setting(True, "download missing MNIST/CIFAR data (--no-download: fail with a message instead)")
+    progress: bool = setting(True, "show a progress bar and per-epoch lines (--no-progress or --quiet for logs)")
+    in_memory: bool = setting(True, "decode MNIST/CIFAR once into tensors on the device and augment there in batches "
+                                    "(--no-in-memory: a DataLoader with per-image transforms, as for ImageNet folders)")
+    checkpoint_every: float = setting(600.0, "seconds between checkpoints within an epoch (0: at epoch ends only); a "
+                                             "killed run loses at most that")
+    on_nonfinite: str = setting('stop', "a non-finite loss or gradient: stop (exit status 3, the last good checkpoint "
+                                        "kept) or skip (the step is skipped and counted in skipped_steps; with --amp "
+                                        "fp16 the GradScaler skips overflowing gradients itself)", NONFINITE)
 
     def to_dict(self):
         """All settings as a JSON-ready dict."""
@@ -105,44 +137,48 @@ class TrainConfig:
     def resolved(self):
         """This config with `quick` applied (one epoch on 256 examples, batch at most 64)."""
         if not self.quick: return self
-        sub = lambda n: 256 if n is None else min(n, 256)
-        return dataclasses.replace(self, epochs=1, train_subset=sub(self.train_subset), test_subset=sub(self.test_subset),
-                                   batch_size=min(self.batch_size, 64))
+        return dataclasses.replace(self, epochs=1, train_subset=_at_most(self.train_subset, 256),
+                                   test_subset=_at_most(self.test_subset, 256), batch_size=min(self.batch_size, 64))
+
+    def validate(self):
+        """Raise a ValueError naming the first invalid setting; returns the config."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata['choices']
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"Unknown {f.name}: {getattr(self, f.name)!r} (choose from {', '.join(choices)})")
+        for key in ('rho', 'lr', 'momentum', 'weight_decay'):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"Invalid {key}: {v}")
+        for key in ('epochs', 'batch_size'):
+            v = getattr(self, key)
+            if not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v} (a positive integer)")
+        for key in ('train_subset', 'test_subset', 'val_split'):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")
+        if not 0 <= self.label_noise <= 1:
+            raise ValueError(f"Invalid label_noise: {self.label_noise} (must be in [0, 1])")
+        if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
+        v = self.checkpoint_every
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
+        if self.fsdp and (self.ascent == 'local' or self.amp == 'fp16'):
+            raise ValueError(f"Invalid fsdp with ascent={self.ascent!r}, amp={self.amp!r}: FSDP shards need ascent "
+                             "'global' (no replica holds whole parameters) and no fp16 GradScaler")
+        if self.gamma0 is not None and not variant(self.optimizer).stable:
+            raise ValueError(f"Invalid gamma0 with optimizer {self.optimizer!r}: gamma0 clamps the renormalization "
+                             f"factor of a renormalizing variant ({', '.join(k for k, v in VARIANTS.items() if v.stable)})")
+        return self
+
+
+def _at_most(n, cap):
+    """`n` capped at `cap` (`cap` where `n` is None: all examples)."""
+    return cap if n is None else min(n, cap)
 
 
 # %% [markdown]
 # `validate` raises a `ValueError` that names the first invalid setting and, for a name, the choices.
-
-# %%
-#| export
-def _validate(self):
-    """Raise a ValueError naming the first invalid setting; returns the config."""
-    for key, choices in (('dataset', DATASETS), ('model', MODELS), ('optimizer', OPTIMIZERS), ('base', BASES),
-                         ('schedule', LR_SCHEDULES), ('amp', AMP_MODES), ('on_nonfinite', NONFINITE),
-                         ('ascent', ASCENTS)):
-        if getattr(self, key) not in choices:
-            raise ValueError(f"Unknown {key}: {getattr(self, key)!r} (choose from {', '.join(choices)})")
-    for key in ('rho', 'lr', 'momentum', 'weight_decay'):
-        v = getattr(self, key)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"Invalid {key}: {v}")
-    for key in ('epochs', 'batch_size'):
-        v = getattr(self, key)
-        if not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v} (a positive integer)")
-    for key in ('train_subset', 'test_subset', 'val_split'):
-        v = getattr(self, key)
-        if v is not None and not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v}")
-    if not 0 <= self.label_smoothing < 1: raise ValueError(f"Invalid label_smoothing: {self.label_smoothing} (must be in [0, 1))")
-    if not 0 <= self.label_noise <= 1: raise ValueError(f"Invalid label_noise: {self.label_noise} (must be in [0, 1])")
-    if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
-    v = self.checkpoint_every
-    if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-        raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
-    if self.fsdp and (self.ascent == 'local' or self.amp == 'fp16'):
-        raise ValueError(f"Invalid fsdp with ascent={self.ascent!r}, amp={self.amp!r}: FSDP shards need ascent 'global' "
-                         "(no replica holds whole parameters) and no fp16 GradScaler")
-    return self
-
-TrainConfig.validate = _validate
 
 # %%
 cfg = TrainConfig(optimizer='stablesam', quick=True)
@@ -156,6 +192,9 @@ test_fail(lambda: TrainConfig(on_nonfinite='ignore').validate(), contains="Unkno
 test_fail(lambda: TrainConfig(ascent='mixed').validate(), contains="Unknown ascent: 'mixed' (choose from global, local)")
 test_fail(lambda: TrainConfig(fsdp=True, ascent='local').validate(), contains="Invalid fsdp with ascent='local'")
 test_fail(lambda: TrainConfig(fsdp=True, amp='fp16').validate(), contains="amp='fp16'")
+test_fail(lambda: TrainConfig(optimizer='sam', gamma0=0.5).validate(), contains="Invalid gamma0 with optimizer 'sam'")
+TrainConfig(optimizer='stablesam', gamma0=0.5).validate()
+assert all(f.metadata.get('help') for f in dataclasses.fields(TrainConfig))   # every setting has its help text
 TrainConfig(fsdp=True, amp='bf16').validate()
 
 
@@ -187,7 +226,8 @@ assert 'never shortened' in epochs_change(3, TrainConfig(epochs=2, schedule='con
 #
 # `PRESETS` holds the hyperparameters of Tables 2-4. A preset supplies defaults; settings given
 # explicitly win. Where the paper fixes $\rho$ per optimizer family (Table 3, Table 4), the preset's
-# `rho` maps the family (`sam`: SAM, StableSAM, USAM, StableUSAM; `asam`: ASAM, StableASAM) to its
+# `rho` maps the variant's rho family (its `family` in the registry: `sam` for SAM, StableSAM, USAM, StableUSAM;
+# `asam` for ASAM, StableASAM) to its
 # value; Table 2 swept $\rho$ (see `table_runs` in [cli](05a_cli.ipynb)), so the `cifar` preset's $\rho$
 # is only the default when none is given.
 
@@ -217,8 +257,7 @@ def preset_config(preset, **settings):
     if preset is None: return TrainConfig(**settings)
     if preset not in PRESETS: raise ValueError(f"Unknown preset: {preset!r} (choose from {', '.join(PRESETS)})")
     p = {k: v for k, v in PRESETS[preset].items() if k != 'help'}
-    family = 'asam' if 'asam' in settings.get('optimizer', 'sgd') else 'sam'
-    p['rho'] = p['rho'][family]
+    p['rho'] = p['rho'][variant(settings.get('optimizer', 'sgd')).family or 'sam']   # the variant's rho grid
     return TrainConfig(**{**p, **settings})
 
 

@@ -89,7 +89,8 @@ test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')),
 #
 # The runner appends a finished run's records to `records.jsonl`, then marks the run done in `config.json`
 # (written atomically). A run killed before it is marked done is trained again on resume (from its own
-# checkpoint where it has one), and whatever it had appended, a torn line included, is dropped. So a folder
+# checkpoint where it has one), and whatever it had appended, a torn line included, is dropped; so is a run
+# marked done whose records are missing from `records.jsonl`. So a folder
 # resumed any number of times ends with the records of an uninterrupted run. At the end `records.jsonl` is
 # rewritten in the order of a one-process run.
 #
@@ -273,6 +274,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     for r in kept:
         k = spec_key(r, key)
         if k in done: by_key[k].append(r)
+    done = {k for k in done if by_key[k]}   # a run marked done whose records are gone is trained again
     write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
     config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
@@ -463,7 +465,8 @@ def executor_options(args) -> dict:
 
 
 # %% [markdown]
-# One exit wrapper for every command: status 0 on success, 2 for a usage error (argparse's own message, or
+# One exit wrapper for every command, which returns the status (so `main(argv)` is testable, and the console
+# script exits with it): 0 on success, 2 for a usage error (argparse's own message, or
 # a setting that turns out invalid: a bad value, a missing file, a results folder of other settings), 3 when
 # training diverged (an exception with `exit_status = 3`), 130 when interrupted, and 1 for anything
 # unexpected, with one line naming what failed (the traceback only with `--debug`).
@@ -480,8 +483,8 @@ def command(prog: str):
             argv = sys.argv[1:] if argv is None else list(argv)
             try:
                 status = main(argv)
-            except SystemExit:
-                raise
+            except SystemExit as e:   # argparse: --help (0) or a usage error (2), its message already printed
+                return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; the same command continues where it stopped", file=sys.stderr)
                 return 130
@@ -519,6 +522,7 @@ def demo(argv):
 
 
 test_eq([demo([w]) for w in ('ok', 'bad', 'crash', 'diverge')], [0, 2, 1, 3])
+test_eq((demo([]), demo(['--help'])), (2, 0))   # argparse's usage error and --help
 p = add_common(argparse.ArgumentParser(prog='x'), out='runs/x')
 a = p.parse_args(['--quiet', '--fresh', '--executor', 'slurm', '--slurm', 'cluster=local', 'timeout_min=5'])
 test_eq((a.progress, a.fresh, executor_options(a)['slurm']), (False, True, dict(cluster='local', timeout_min=5)))

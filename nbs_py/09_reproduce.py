@@ -250,45 +250,57 @@ def plot_comparison(records, title=None):
 fig = plot_comparison(fake); plt.show(); plt.close(fig)
 
 # %% [markdown]
-# `run_comparison` trains the three optimizers for each seed through `stablesam.robustness.run_sweep` (the
-# runner of the package's other real-data sweeps) and writes the setting's folder `OUT/<setting>/` in the
+# `run_comparison` trains the three optimizers for each seed through the experiment runner
+# (`stablesam.experiment.run_experiment`, the runner of every experiment of the package), one run spec per
+# (optimizer, seed) trained by `train_comparison_run`, and writes the setting's folder `OUT/<setting>/` in the
 # layout of `results/`: `records.jsonl` (one strict-JSON record per run and epoch: a non-finite number is
-# written as `null`), `config.json` (every setting, the command line, `n_train`, `n_test`, the seeds, the
-# wall time in seconds and the machine), `summary.md` (the verdict table) and `comparison.png`. Each seed's
-# dataset (with its noisy labels) is loaded once, decoded into memory, and shared by the three optimizers'
-# `Trainer`s. A job that is stopped resumes from its records: finished runs are kept, the others are
-# trained again; a folder whose records were written with other settings is an error.
+# written as `null`), `config.json` (the settings, the command line, `n_train`, `n_test`, the seeds, the
+# wall time in seconds and the machine), `summary.md` (the verdict table) and `comparison.png`. A job that
+# is stopped resumes from its records: finished runs are kept, the others are trained again; a folder whose
+# records were written with other settings is an error that names the setting.
 
 # %%
 #| export
 _NOT_SETTINGS = ('optimizer', 'seed', 'data_root', 'device', 'download', 'progress', 'workers', 'out', 'resume')
 
+
+def train_comparison_run(spec: dict, run) -> list:
+    """One (optimizer, seed) run of the comparison: its per-epoch records."""
+    from stablesam.data import get_datasets, in_memory
+    from stablesam.robustness import run_epochs
+    data = get_datasets(spec['dataset'], spec['data_root'], label_noise=spec['label_noise'], seed=spec['seed'],
+                        augment=False, download=True)
+    data = dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
+    cfg = compare_config(spec['optimizer'], spec['seed'], spec['dataset'], spec['data_root'], spec['epochs'],
+                         spec['label_noise'], spec['device'])
+    tags = dict(dataset=spec['dataset'], model='fcn', label_noise=spec['label_noise'], epochs=spec['epochs'],
+                seed=spec['seed'], optimizer=spec['optimizer'])
+    records = run_epochs(cfg, data, **tags)
+    run.report(records[-1])
+    return records
+
+
 def run_comparison(out, setting='digits-quick', dataset='digits', data_root='data', epochs=20, n_seeds=5,
                    label_noise=0.4, seed=0, device='cpu', command=None, progress=True, **_):
-    "Train SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1`; write `out/setting/` (records, config, summary, figure); returns its records."
+    """SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1` into `out/setting/` (records, config, summary, figure)."""
     import matplotlib.pyplot as plt
-    from stablesam.data import get_datasets, in_memory
-    from stablesam.robustness import run_sweep
+    from stablesam.data import get_datasets
+    from stablesam.experiment import run_experiment
     dest = Path(out) / setting
     seeds = list(range(seed, seed + n_seeds))
     train = {k: v for k, v in compare_config('sgd', seed, dataset, data_root, epochs, label_noise, device).to_dict().items()
              if k not in _NOT_SETTINGS}
-    if (dest / 'config.json').exists() and json.loads((dest / 'config.json').read_text()).get('train') != train:
-        raise ValueError(f"{dest / 'records.jsonl'} holds runs with other settings than {train}: choose another --out")
-    runs = []
-    for s in seeds:
-        data = get_datasets(dataset, data_root, label_noise=label_noise, seed=s, augment=False, download=True)
-        data = dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
-        tags = dict(dataset=dataset, model='fcn', label_noise=label_noise, epochs=epochs, seed=s)
-        runs += [(dict(tags, optimizer=o), compare_config(o, s, dataset, data_root, epochs, label_noise, device), data, None)
-                 for o in COMPARED]
-    meta = dict(setting=setting, command=command or command_line(out, stages=['compare'], seed=seed), dataset=dataset,
-                model='fcn', optimizers=list(COMPARED), seeds=seeds, epochs=epochs, label_noise=label_noise,
-                n_train=len(data.train), n_test=len(data.test), train=train)
-    records = run_sweep(runs, dest, keys=('optimizer', 'seed'), meta=meta, resume=True, progress=progress)
+    specs = [dict(dataset=dataset, data_root=str(data_root), label_noise=label_noise, epochs=epochs, device=device,
+                  optimizer=o, seed=s) for s in seeds for o in COMPARED]
+    data = get_datasets(dataset, data_root, label_noise=label_noise, seed=seed, augment=False, download=True)
+    meta = dict(setting=setting, dataset=dataset, model='fcn', optimizers=list(COMPARED), seeds=seeds, epochs=epochs,
+                label_noise=label_noise, n_train=len(data.train), n_test=len(data.test))
+    records = run_experiment(dest, specs, train_comparison_run, key=('optimizer', 'seed'),
+                             settings=dict(train=train, seeds=seeds), meta=meta, progress=progress, desc=setting,
+                             command=command or command_line(out, stages=['compare'], seed=seed))
     (dest / 'summary.md').write_text(comparison_table(records) + '\n')
     fig = plot_comparison(records)
-    fig.savefig(dest / 'comparison.png', dpi=100)
+    fig.savefig(dest / 'comparison.png', dpi=150)
     plt.close(fig)
     return records
 
@@ -331,24 +343,15 @@ def mnist_present(data_root):
                for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
 
 def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=None, command=None, **_):
-    "The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`) through `stablesam.stability`; writes `out/stability/`."
+    """The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`); writes `out/stability/`."""
     import matplotlib.pyplot as plt
     from stablesam import stability as st
-    from stablesam.runs import machine
-    from stablesam.train import write_json
     dest = Path(out) / 'stability'
     seeds, subset = list(range(seed, seed + n_seeds)), subset or st.CPU_SUBSET
     cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu', download=False)
-    data = st.load_stability_data(cfg)
-    before = json.loads((dest / 'config.json').read_text()).get('wall_time_s', 0.0) if (dest / 'config.json').exists() else 0.0
-    t0 = time.perf_counter()
-    records = st.run_stability(cfg, seeds=seeds, subset=subset, data=data, jsonl=dest / 'records.jsonl', resume=True)
-    write_json(dest / 'config.json', dict(command=command, dataset='mnist', model='fcn', schedule='constant', seeds=seeds,
-                                          n_train=min(len(data.train), subset) - 1, n_test=len(data.test),
-                                          train=cfg.to_dict(), wall_time_s=round(before + time.perf_counter() - t0, 1),
-                                          machine=machine()))
+    records = st.run_stability(cfg, seeds=seeds, subset=subset, out=dest, command=command)
     fig = st.plot_stability(records, f"FCN on MNIST ({subset:,} images), constant lr")
-    fig.savefig(dest / 'stability.png', dpi=100)
+    fig.savefig(dest / 'stability.png', dpi=150)
     plt.close(fig)
     (dest / 'summary.md').write_text(st.format_summary(st.stability_summary(records)) + '\n')
     return records

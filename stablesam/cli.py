@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TABLE2_MODELS', 'RHO_GRID', 'TABLE_OPTIMIZERS', 'TABLES', 'table_runs', 'table_commands', 'build_parser',
-           'config_from_args', 'main']
+           'config_from_args', 'train_table_run', 'given_settings', 'run_table', 'main']
 
 # %% ../nbs/05a_cli.ipynb #c3b59b59
 import argparse
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .config import AMP_MODES, LR_SCHEDULES, NONFINITE, PRESETS, TrainConfig, preset_config
-from .data import DATASETS
-from .models import MODELS
-from .optim import ASCENTS, BASES, OPTIMIZERS
+from .config import PRESETS, TrainConfig, preset_config
+from .experiment import add_common, command, run_experiment
 from .runs import CONFIG, read_json
 from .train import Diverged, Trainer
+from .variants import variant
 
 # %% ../nbs/05a_cli.ipynb #26659e66
 TABLE2_MODELS = ('resnet20', 'resnet56', 'resnext29_32x4d', 'wrn28_10', 'pyramidnet110')
@@ -45,7 +44,8 @@ def table_runs(table, seeds=(0, 1, 2), runs_dir='runs', data_root='data', extra=
             for ds in ('cifar10', 'cifar100'):
                 for model in TABLE2_MODELS:
                     for opt in TABLE_OPTIMIZERS:
-                        for rho in (None,) if opt == 'sgd' else RHO_GRID['asam' if 'asam' in opt else 'sam']:
+                        family = variant(opt).family
+                        for rho in (None,) if family is None else RHO_GRID[family]:
                             tag = opt if rho is None else f'{opt}_rho{_rho_tag(rho)}'
                             add('cifar', f'{ds}/{model}/{tag}/seed{seed}', dataset=ds, model=model, optimizer=opt,
                                 **({} if rho is None else dict(rho=rho)), seed=seed)
@@ -67,70 +67,32 @@ def table_commands(table, **kwargs):
     return [shlex.join(['stablesam-train', *args]) for args in table_runs(table, **kwargs)]
 
 # %% ../nbs/05a_cli.ipynb #8d9645d5
-_HELP = dict(
-    dataset=f"dataset: {', '.join(DATASETS)} (imagenet: an ImageFolder tree with train/ and val/ under --data-root)",
-    data_root="folder holding the datasets (torchvision downloads MNIST/CIFAR there on first use)",
-    model=f"network: {', '.join(MODELS)}",
-    optimizer=f"optimizer: {', '.join(OPTIMIZERS)} (sgd: the base optimizer alone)",
-    base=f"base optimizer of the SAM family: {', '.join(BASES)} (sgd has momentum --momentum)",
-    rho="perturbation radius rho of the SAM family",
-    lr="peak learning rate",
-    momentum="SGD momentum",
-    epochs="number of training epochs",
-    batch_size="global mini-batch size (split over the processes under torchrun)",
-    weight_decay="weight decay (decoupled for AdamW)",
-    label_smoothing="label smoothing factor of the training loss",
-    label_noise="fraction of training labels randomised (Table 4), exactly that fraction, seeded by --seed",
-    schedule=f"learning-rate schedule: {', '.join(LR_SCHEDULES)} (cosine: per-step decay to 0)",
-    seed="random seed: model initialisation, data order, augmentation, label noise, subsets",
-    out="run folder for config.json, metrics.jsonl and checkpoint.pt (none: nothing is written)",
-    resume="continue the run in --out from its checkpoint (starts it if there is none yet)",
-    amp=f"mixed precision: {', '.join(AMP_MODES)} (fp16 with a GradScaler; GPU)",
-    quick="the same code path on a tiny subset: one epoch, 256 train / 256 test examples, batch <= 64",
-    train_subset="train on a seeded random subset of this many examples",
-    test_subset="evaluate on a seeded random subset of this many test examples",
-    val_split="hold this many training examples out (seeded) as a validation split, evaluated every epoch "
-              "(val_loss, val_acc: the held-out protocol of stablesam-results --protocol held-out)",
-    augment="data augmentation of the training set (--no-augment: evaluation transform only)",
-    bn_first_pass="keep BatchNorm statistics from the first pass only in SAM steps (--no-bn-first-pass to update in both)",
-    ascent=f"SAM ascent under torchrun: {', '.join(ASCENTS)} (global: Algorithm 1 on the global batch, equals one "
-           "process; local: per-replica ascent and renormalization, then the average, m-sharpness)",
-    fsdp="shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel; needs torchrun, "
-         "--ascent global and no --amp fp16; checkpoints hold the gathered full state, at epoch ends only",
-    gamma0="Stable variants: clamp the renormalization factor to [gamma0, sqrt(gamma0)] (Remark 19)",
-    renorm_norm="Stable variants: 'plain' (||g||/||g_asc||) or 'adaptive' (the authors' StableASAM)",
-    workers="data loader worker processes (default: 8 on GPU, 0 on CPU)",
-    device="device: auto, cpu, cuda, cuda:N",
-    download="download missing MNIST/CIFAR data (--no-download: fail with a message instead)",
-    progress="show a progress bar and per-epoch lines (--no-progress for logs)",
-    in_memory="decode MNIST/CIFAR once into tensors on the device and augment there in batches "
-              "(--no-in-memory: a DataLoader with per-image transforms, as for ImageNet folders)",
-    checkpoint_every="seconds between checkpoints within an epoch (0: at epoch ends only); a killed run loses at most that",
-    on_nonfinite=f"a non-finite loss or gradient: {' or '.join(NONFINITE)} (stop: exit status 3, the last good checkpoint "
-                 "kept; skip: the step is skipped and counted in skipped_steps; with --amp fp16 the GradScaler skips "
-                 "overflowing gradients itself)",
-)
-
 def build_parser():
-    """The argument parser of `stablesam-train`."""
+    """The argument parser of `stablesam-train`: one flag per `TrainConfig` setting, with its help and choices."""
     ap = argparse.ArgumentParser(prog='stablesam-train', description='Train an image classifier with SGD or a SAM '
-        'variant (StableSAM: Algorithm 1 of the paper), writing a run folder.')
+                                 'variant (StableSAM: Algorithm 1 of the paper), writing a run folder.')
     ap.add_argument('--preset', choices=list(PRESETS), default=None,
                     help='the paper\'s hyperparameters: ' + '; '.join(f"{k}: {v['help']}" for k, v in PRESETS.items()))
-    ap.add_argument('--sweep', choices=TABLES, default=None, help='print the commands of a table\'s runs (--seeds, --out '
-                    'as the runs folder, --data-root) one a line, and exit')
+    ap.add_argument('--sweep', choices=TABLES, default=None,
+                    help='the runs of a table (--seeds, --out as the runs folder, --data-root): printed as commands one '
+                         'a line, or, with --executor, trained through the experiment runner')
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds of --sweep (default: 0 1 2)')
     for f in dataclasses.fields(TrainConfig):
-        flag = '--' + f.name.replace('_', '-')
+        flag, help, choices = '--' + f.name.replace('_', '-'), f.metadata['help'], f.metadata['choices']
         if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
             continue
         conv = next(c for c in (int, float, str) if f.type is c or c in getattr(f.type, '__args__', ()))
-        ap.add_argument(flag, type=_number(conv, f.name), default=None, metavar=f.name.upper(),
-                        help=_HELP[f.name] + f' (default: {f.default})')
+        ap.add_argument(flag, type=_number(conv, f.name), default=None, metavar=f.name.upper(), choices=choices,
+                        help=help + (f" ({', '.join(choices)})" if choices is not None else '') + f' (default: {f.default})')
+    ap.add_argument('--quiet', dest='progress', action='store_false', help='the same as --no-progress')
+    add_common(ap, 'executor', 'debug')
+    ap.set_defaults(executor=None)   # --sweep prints its commands unless an executor is named
     return ap
 
+
 def _number(conv, name):
+    """An argparse type that converts with `conv` and names the setting in its error."""
     def parse(s):
         try: return conv(s)
         except ValueError: raise argparse.ArgumentTypeError(f"invalid {name}: {s!r}")
@@ -147,25 +109,62 @@ def config_from_args(args):
         return TrainConfig.from_dict({**base, **given})
     return preset_config(args.preset, **given)
 
+
+def train_table_run(spec: dict, run) -> list:
+    """One run of a table sweep (`spec['args']`: its `stablesam-train` arguments): its final and best test accuracy."""
+    cfg = config_from_args(build_parser().parse_args([*spec['args'], '--no-progress']))
+    history = Trainer(cfg).fit()
+    run.report(history[-1])
+    return [dict(out=spec['out'], epochs=len(history), final_test_acc=history[-1]['test_acc'],
+                 best_test_acc=max(m['test_acc'] for m in history))]
+
+
+def given_settings(args) -> list:
+    """The `TrainConfig` flags given on the command line (besides --out and --data-root), as arguments again."""
+    flags = []
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is None or f.name in ('out', 'data_root'): continue
+        flag = '--' + f.name.replace('_', '-')
+        flags += [flag if v else '--no-' + flag[2:]] if f.type is bool else [flag, str(v)]
+    return flags
+
+
+def run_table(table, args, argv) -> list:
+    """Train the runs of `table` through the experiment runner (`--sweep TABLE --executor ...`)."""
+    runs_dir = args.out or 'runs'
+    jobs = table_runs(table, seeds=args.seeds, runs_dir=runs_dir, data_root=args.data_root or 'data',
+                      extra=given_settings(args))
+    specs = [dict(out=job[job.index('--out') + 1], args=job) for job in jobs]
+    return run_experiment(Path(runs_dir) / table, specs, train_table_run, key=('out',), desc=table,
+                          settings=dict(table=table, seeds=list(args.seeds), extra=given_settings(args)),
+                          command=['stablesam-train', *argv], executor=args.executor, processes=args.processes,
+                          slurm=dict(args.slurm), progress=args.progress is not False)
+
+
+@command('stablesam-train')
 def main(argv=None):
     """The `stablesam-train` command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.sweep and args.executor:
+        records = run_table(args.sweep, args, argv)
+        print(f"{len(records)} runs of {args.sweep} done; stablesam-results {args.out or 'runs'}/{args.sweep} tabulates them")
+        return 0
     if args.sweep:
-        for c in table_commands(args.sweep, seeds=args.seeds, runs_dir=args.out or 'runs', data_root=args.data_root or 'data'):
+        for c in table_commands(args.sweep, seeds=args.seeds, runs_dir=args.out or 'runs', data_root=args.data_root or 'data',
+                                extra=given_settings(args)):
             print(c)
         return 0
+    trainer = None
     try:
         cfg = config_from_args(args)
         trainer = Trainer(cfg)
         history = trainer.fit()
     except Diverged as e:
-        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and trainer.rank > 0: return 3
+        if trainer is not None and trainer.rank > 0: return 3
         print(f'stablesam-train: diverged: {e}', file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        if int(os.environ.get('WORLD_SIZE', '1')) > 1: raise
-        print(f'stablesam-train: error: {e}', file=sys.stderr)
-        return 2
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     if history and trainer.rank == 0:

@@ -185,6 +185,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     for r in kept:
         k = spec_key(r, key)
         if k in done: by_key[k].append(r)
+    done = {k for k in done if by_key[k]}   # a run marked done whose records are gone is trained again
     write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
     config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
@@ -335,8 +336,8 @@ def command(prog: str):
             argv = sys.argv[1:] if argv is None else list(argv)
             try:
                 status = main(argv)
-            except SystemExit:
-                raise
+            except SystemExit as e:   # argparse: --help (0) or a usage error (2), its message already printed
+                return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; the same command continues where it stopped", file=sys.stderr)
                 return 130

@@ -69,3 +69,10 @@ def test_label_noise(root, tmp_path):
                  '0', '1', '--noises', '0.4', '--batch-size', '16', '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
     assert_same_records(read_jsonl(out / 'records.jsonl'), fixture('label_noise'))
     assert_same_summary(out / 'summary.md', 'label_noise', root, tmp_path)
+
+
+def test_comparison(tmp_path):
+    from stablesam.reproduce import run_comparison
+    run_comparison(tmp_path / 'cmp', epochs=2, n_seeds=2, progress=False)
+    assert_same_records(read_jsonl(tmp_path / 'cmp' / 'digits-quick' / 'records.jsonl'), fixture('comparison'))
+    assert_same_summary(tmp_path / 'cmp' / 'digits-quick' / 'summary.md', 'comparison', tmp_path, tmp_path)

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, write_fake_cifar, write_fake_mnist
-from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args, neighbouring_indices, neighbouring_subsets, param_distance,
+from stablesam.stability import (CPU_SUBSET, Neighbours, check_run, format_summary, main, parse_args,
+                                 neighbouring_indices, neighbouring_subsets, param_distance,
                                  run_stability, stability_config, stability_summary, train_pair)
-from stablesam.train import read_jsonl
+from stablesam.runs import read_jsonl
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -90,7 +91,7 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     out = tmp_path / 'out'
     assert main(['--dataset', dataset, '--data-root', str(tmp_path / 'data'), '--optimizers', 'sgd', 'stablesam',
                     '--epochs', '2', '--seeds', '0', '1', '--subset', '40', '--batch-size', '13', '--lr', '0.05',
-                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) is None   # console scripts sys.exit() the result
+                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) == 0   # console scripts sys.exit() it
     recs = read_jsonl(out / 'records.jsonl')
     assert len(recs) == 2 * 2 * 3                                   # optimizers x seeds x (epochs 0..2)
     assert {(r['optimizer'], r['seed'], r['epoch']) for r in recs} == \
@@ -122,23 +123,32 @@ def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     (['--epochs', 'two'], "invalid int value: 'two'"),
     (['--seeds', '0', '-1'], 'Invalid seeds: [0, -1]'),
     (['--subset', '1'], 'Invalid subset: 1'),
-    (['--model', 'nonet'], "Unknown model: 'nonet'"),
-    (['--workers', '0'], 'Invalid workers: 0'),
+    (['--model', 'nonet'], "invalid choice: 'nonet'"),
+    (['--executor', 'processes', '--processes', '0'], 'Invalid processes: 0'),
+    (['--executor', 'mpi'], "invalid choice: 'mpi'"),
 ])
 def test_cli_bad_input(tmp_path, args, message, capsys):
     write_fake_mnist(tmp_path / 'data', 16, 8)
-    with pytest.raises(SystemExit) as e:
-        main(['--data-root', str(tmp_path / 'data'), '--no-download', '--epochs', '1', '--out', str(tmp_path / 'o'),
-              '--quiet'] + args)
-    assert e.value.code == 2
+    assert main(['--data-root', str(tmp_path / 'data'), '--no-download', '--epochs', '1', '--out', str(tmp_path / 'o'),
+                 '--quiet'] + args) == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_missing_data_names_folder(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(['--data-root', str(tmp_path / 'nothing'), '--no-download', '--out', str(tmp_path / 'o'), '--quiet'])
-    assert e.value.code == 2
+    assert main(['--data-root', str(tmp_path / 'nothing'), '--no-download', '--out', str(tmp_path / 'o'), '--quiet']) == 2
     assert str(tmp_path / 'nothing') in capsys.readouterr().err
+
+
+def test_cli_refuses_a_folder_of_other_settings(tmp_path, capsys):
+    write_fake_mnist(tmp_path / 'data', 24, 12)
+    args = ['--data-root', str(tmp_path / 'data'), '--no-download', '--seeds', '0', '--optimizers', 'sgd',
+            '--batch-size', '8', '--device', 'cpu', '--quiet', '--out', str(tmp_path / 'o')]
+    assert main(args + ['--epochs', '1']) == 0
+    assert main(args + ['--epochs', '2']) == 2
+    err = capsys.readouterr().err
+    assert 'epochs' in err and '1 there, 2 now' in err and '--fresh' in err
+    assert main(args + ['--epochs', '2', '--fresh']) == 0
+    assert max(r['epoch'] for r in read_jsonl(tmp_path / 'o' / 'records.jsonl')) == 2
 
 
 def test_bad_arguments_in_python():
@@ -148,10 +158,8 @@ def test_bad_arguments_in_python():
         check_run(['sgd', 'adam'], [0])
     with pytest.raises(ValueError, match='Invalid seeds'):
         check_run(['sgd'], [])
-    with pytest.raises(ValueError, match='Invalid workers: 1.5'):
-        check_run(['sgd'], [0], workers=1.5)
-    with pytest.raises(ValueError, match="forks CPU processes; on device 'cuda'"):
-        run_stability(stability_config(device='cuda'), ['sgd'], [0, 1], data=object(), workers=2)
+    with pytest.raises(ValueError, match="starts CPU processes; on device 'cuda'"):
+        run_stability(stability_config(device='cuda'), ['sgd'], [0, 1], executor='processes')
     with pytest.raises(ValueError, match='Invalid n: 1'):
         neighbouring_indices(1)
     with pytest.raises(ValueError, match='Invalid subset: 1'):
@@ -178,58 +186,7 @@ def test_cpu_size_preset():
     assert parse_args([]).subset is None and parse_args([]).device == 'auto'
 
 
-def _same_records(a, b):
-    """Two record lists equal key by key: exactly for the labels, to float tolerance for the measurements."""
-    assert len(a) == len(b)
-    for r, q in zip(a, b):
-        assert r.keys() == q.keys() and (r['optimizer'], r['seed'], r['epoch']) == (q['optimizer'], q['seed'], q['epoch'])
-        for k, v in r.items():
-            assert (v == pytest.approx(q[k], rel=1e-6, abs=1e-9)) if isinstance(v, float) else v == q[k], k
-
-
-def test_workers_give_the_records_of_one_process(tmp_path):
-    """Pairs trained in two forked processes give the records of a one-process run, in its order; a run stopped
-    after one finished pair and resumed with workers trains only the others and ends with the same records."""
-    write_fake_mnist(tmp_path / 'data', 64, 32)
-    cfg = stability_config('mnist', 'fcn', data_root=tmp_path / 'data', lr=0.1, epochs=2, batch_size=16, device='cpu',
-                           download=False)
-    run = lambda out, **kw: run_stability(cfg, ('sgd', 'stablesam'), (0, 1), jsonl=tmp_path / out / 'records.jsonl',
-                                          progress=False, **kw)
-    one = run('one')
-    two = run('two', workers=2)
-    assert [(r['optimizer'], r['seed'], r['epoch']) for r in one] == \
-        [(o, s, e) for s in (0, 1) for o in ('sgd', 'stablesam') for e in range(3)]
-    _same_records(two, one)
-    _same_records(read_jsonl(tmp_path / 'two' / 'records.jsonl'), one)
-    assert len({r['param_distance'] for r in one if r['epoch'] == 2}) == 4      # four different pairs
-    partial = tmp_path / 'resumed' / 'records.jsonl'
-    run('resumed', workers=2)
-    partial.write_text(''.join(l for l in partial.read_text().splitlines(True) if '"stablesam"' not in l))
-    for r in ('stablesam-seed0', 'stablesam-seed1'):
-        for f in (tmp_path / 'resumed' / 'pairs' / r).iterdir(): f.unlink()
-    resumed = run('resumed', workers=2, resume=True)
-    _same_records(read_jsonl(partial), one)
-    _same_records(resumed, one)
-
-
-def test_a_dead_worker_stops_the_run(tmp_path, monkeypatch):
-    """A worker killed mid-pair (as by the out-of-memory killer) stops the run with an error naming --resume,
-    instead of waiting for a pair that will never finish."""
-    import os, signal
-    import stablesam.stability as stability
-    write_fake_mnist(tmp_path / 'data', 32, 16)
-    cfg = stability_config('mnist', 'fcn', data_root=tmp_path / 'data', lr=0.1, epochs=1, batch_size=16, device='cpu',
-                           download=False)
-    real_train_pair = stability.train_pair
-    def dies_on_sam(cfg, *args, **kwargs):
-        if cfg.optimizer == 'sam': os.kill(os.getpid(), signal.SIGKILL)
-        return real_train_pair(cfg, *args, **kwargs)
-    monkeypatch.setattr(stability, 'train_pair', dies_on_sam)   # the forked workers inherit the patch
-    def hung(*_): raise TimeoutError('the run waited for a dead worker')
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(120)   # a hang fails the test instead of stalling the suite
-    try:
-        with pytest.raises(RuntimeError, match='worker process died.*--resume'):
-            run_stability(cfg, ('sgd', 'sam'), (0,), jsonl=tmp_path / 'out' / 'records.jsonl', progress=False, workers=2)
-    finally: signal.alarm(0); signal.signal(signal.SIGALRM, previous)
-    assert {r['optimizer'] for r in read_jsonl(tmp_path / 'out' / 'records.jsonl')} <= {'sgd'}
+def test_workers_is_the_old_name_of_processes():
+    with pytest.warns(UserWarning, match='--workers 2 is now --executor processes --processes 2'):
+        args = parse_args(['--workers', '2'])
+    assert (args.executor, args.processes) == ('processes', 2)
