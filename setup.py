@@ -15,6 +15,7 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+slurm_requirements = cfg.get('slurm_requirements', '').split()
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -30,7 +31,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements + slurm_requirements, 'slurm': slurm_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

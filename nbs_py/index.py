@@ -107,7 +107,8 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # as Markdown and CSV with the training curves (`--protocol held-out` chooses $\rho$ and the epoch on a
 # `--val-split` instead of the test set). The figures: `stablesam-stability` (Figures 5-7),
 # `stablesam-robustness lr-sweep` / `label-noise` (the large-learning-rate and noisy-label claims on networks)
-# and the flagged cells of the [landscape](07_landscape.ipynb) notebook (Figures 1-3). `stablesam-train --quick`
+# and the [landscape_experiment](07a_landscape_experiment.ipynb) notebook (Figures 1-3 on MNIST; at the paper's size, the
+# flagged cells of [landscape](07_landscape.ipynb)). `stablesam-train --quick`
 # runs the same code on a tiny subset for one epoch, on a CPU.
 
 # %% [markdown]
@@ -120,7 +121,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb), [audit](01c_theory_audit.ipynb) | CPU |
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
 # | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN at the paper's size, `--workers 2`), GPU |
-# | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb) | GPU (quick on CPU) |
+# | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb), [landscape_experiment](07a_landscape_experiment.ipynb) | GPU (quick on CPU) |
 # | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |

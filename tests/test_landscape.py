@@ -14,8 +14,9 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def exact_hessian(model, loss_of_forward, method='autograd'):
-    """The Hessian of the loss in the flattened parameters of `model`: torch.autograd.functional.hessian
-    (`method='autograd'`) or torch.func.hessian (`'func'`, forward-over-reverse, much faster for many small models)."""
+    """Hessian of the loss in the flattened parameters of `model`, by `torch.autograd` or `torch.func` (`method`)."""
+    # 'autograd': torch.autograd.functional.hessian; 'func': torch.func.hessian, forward-over-reverse, much faster
+    # for many small models
     names, shapes = zip(*[(n, p.shape) for n, p in model.named_parameters()])
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -65,7 +66,8 @@ def test_hvp_matches_exact_hessian_times_vector():
 def test_relu_batchnorm_network_in_eval_mode():
     """A ReLU + BatchNorm convnet: eval-mode closure, eigenvalue agrees with the exact Hessian, BN stats untouched."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).double()
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 3)).double()
     model.train()(torch.randn(16, 2, 6, 6, dtype=torch.float64))   # non-trivial running stats
     x, y = torch.randn(20, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (20,))
     state = {k: v.clone() for k, v in model.state_dict().items()}

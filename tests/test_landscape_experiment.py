@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablesam.landscape import (_epoch_list, _quadratic_model, epoch_ranges, landscape_config, landscape_experiment, landscape_runs, landscape_summary,
-                                 parabola_fit, format_landscape_summary)
+from stablesam.landscape_experiment import (_epoch_list, _quadratic_model, epoch_ranges, format_landscape_summary,
+                                            landscape_config, landscape_experiment, landscape_runs, landscape_summary,
+                                            parabola_fit)
 from stablesam.train import read_jsonl
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -36,9 +37,11 @@ def test_quadratic_model_is_exact_on_a_quadratic():
 
 
 def test_summary_counts_steps_per_range():
-    rec = lambda seed, epoch, ratio, align: dict(optimizer='sam', rho=0.05, seed=seed, epoch=epoch, norm_ratio=ratio, alignment=align,
-                                                 cosine=[0.5] * len(ratio))
-    records = [rec(0, 1, [0.5, 1.5], [1, -1]), rec(0, 2, [0.5, 0.5], [1, 1]), rec(1, 1, [2., 2.], [-1, -1]), rec(1, 2, [.9, .9], [1, 1]),
+    def rec(seed, epoch, ratio, align):
+        return dict(optimizer='sam', rho=0.05, seed=seed, epoch=epoch, norm_ratio=ratio, alignment=align,
+                    cosine=[0.5] * len(ratio))
+    records = [rec(0, 1, [0.5, 1.5], [1, -1]), rec(0, 2, [0.5, 0.5], [1, 1]), rec(1, 1, [2., 2.], [-1, -1]),
+               rec(1, 2, [.9, .9], [1, 1]),
                dict(optimizer='sgd', rho=None, seed=0, epoch=2, hessian=dict(eigenvalue=2.0, curvature=1.0, r2=0.99))]
     s = landscape_summary(records, ranges=[(1, 1), (2, 2), (1, 2)])
     first, second, whole = s['steps']
@@ -66,8 +69,10 @@ def test_sweep_resumes_to_the_same_records(tmp_path):
     cfg = landscape_config(data_root=str(DATA), train_subset=256, test_subset=256, epochs=2)
     kw = dict(rhos=(0.1,), seeds=(0, 1), probe_epochs=(2,), n_probe=64, probe_iters=30)
     full = landscape_experiment(tmp_path / 'full', cfg, log=None, **kw)
-    assert [json.loads(l, parse_constant=strict) for l in (tmp_path / 'full' / 'records.jsonl').read_text().splitlines()] == full
-    assert [(r['optimizer'], r['seed'], r['epoch']) for r in full] == [(o, s, e) for s in (0, 1) for o in ('sgd', 'sam') for e in (1, 2)]
+    written = (tmp_path / 'full' / 'records.jsonl').read_text().splitlines()
+    assert [json.loads(l, parse_constant=strict) for l in written] == full
+    assert [(r['optimizer'], r['seed'], r['epoch']) for r in full] == [(o, s, e) for s in (0, 1)
+                                                                       for o in ('sgd', 'sam') for e in (1, 2)]
     part = tmp_path / 'part'
     part.mkdir()
     (part / 'config.json').write_text((tmp_path / 'full' / 'config.json').read_text())
@@ -96,7 +101,8 @@ def test_committed_results_are_complete_and_strict():
     if done == runs:   # a finished sweep: every run has every epoch, the summary and the figure are there
         epochs = cfg['settings']['train']['epochs']
         for key in runs:
-            assert sorted(r['epoch'] for r in records if (r['optimizer'], r['rho'], r['seed']) == key) == list(range(epochs + 1))
+            epochs_done = sorted(r['epoch'] for r in records if (r['optimizer'], r['rho'], r['seed']) == key)
+            assert epochs_done == list(range(epochs + 1))
         assert (RESULTS / 'summary.md').exists() and (RESULTS / 'landscape.png').stat().st_size > 10_000
         for k in ('n_train', 'n_test', 'seeds', 'wall_time_s', 'machine', 'command'):
             assert cfg[k], k
@@ -104,7 +110,7 @@ def test_committed_results_are_complete_and_strict():
 
 @needs_mnist
 def test_sweep_killed_by_a_signal_resumes(tmp_path):
-    """A sweep process killed (SIGKILL) once its first run is written continues to the records of an uninterrupted sweep."""
+    """A sweep killed (SIGKILL) once its first run is written continues to the records of an uninterrupted sweep."""
     import os
     import signal
     import subprocess
@@ -114,7 +120,7 @@ def test_sweep_killed_by_a_signal_resumes(tmp_path):
     kw = dict(rhos=(0.1, 0.2), seeds=(0,), probe_epochs=(2,), n_probe=64, probe_iters=30)
     out = tmp_path / 'killed'
     code = ("import torch, warnings; torch.set_num_threads(1); warnings.simplefilter('ignore')\n"
-            "from stablesam.landscape import landscape_config, landscape_experiment\n"
+            "from stablesam.landscape_experiment import landscape_config, landscape_experiment\n"
             f"landscape_experiment({str(out)!r}, landscape_config(**{settings!r}), log=None, **{kw!r})\n")
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     proc = subprocess.Popen([sys.executable, '-c', code], env=env)
