@@ -88,9 +88,9 @@ test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')),
 # ## The results folder
 #
 # The runner appends a finished run's records to `records.jsonl`, then marks the run done in `config.json`
-# (written atomically). A run killed before it is marked done is trained again on resume (from its own
+# (written atomically) with the number of its records. A run killed before it is marked done is trained again on resume (from its own
 # checkpoint where it has one), and whatever it had appended, a torn line included, is dropped; so is a run
-# marked done whose records are missing from `records.jsonl`. So a folder
+# marked done whose records in `records.jsonl` are not all there. So a folder
 # resumed any number of times ends with the records of an uninterrupted run. At the end `records.jsonl` is
 # rewritten in the order of a one-process run.
 #
@@ -268,13 +268,14 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
         raise ValueError(f"{out / CONFIG} was not written by the experiment runner (an older results folder): "
                          "choose another --out, or pass --fresh to start over")
     if saved is not None: check_settings(saved['settings'], json.loads(json.dumps(settings)), out / CONFIG)
-    done = {tuple(k) for k in (saved or {}).get('done', [])} & set(keys)
-    kept = read_jsonl(out / RECORDS, torn_tail=True) if (out / RECORDS).exists() and done else []
+    counts = {tuple(d['run']): d['records'] for d in (saved or {}).get('done', [])}
+    kept = read_jsonl(out / RECORDS, torn_tail=True) if (out / RECORDS).exists() and counts else []
     by_key = {k: [] for k in keys}
     for r in kept:
         k = spec_key(r, key)
-        if k in done: by_key[k].append(r)
-    done = {k for k in done if by_key[k]}   # a run marked done whose records are gone is trained again
+        if k in counts and k in by_key: by_key[k].append(r)
+    done = {k for k in keys if k in counts and len(by_key[k]) == counts[k]}   # else trained again
+    by_key = {k: (v if k in done else []) for k, v in by_key.items()}
     write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
     config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
@@ -283,7 +284,8 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     t0, started = time.perf_counter(), {}
 
     def write_config():
-        write_json(out / CONFIG, dict(config, done=[list(k) for k in keys if k in done], run_wall_s=run_wall,
+        write_json(out / CONFIG, dict(config, done=[dict(run=list(k), records=len(by_key[k])) for k in keys if k in done],
+                                      run_wall_s=run_wall,
                                       wall_time_s=round(wall0 + time.perf_counter() - t0, 1)))
     write_config()
     todo = [i for i, k in enumerate(keys) if k not in done]
@@ -378,14 +380,15 @@ specs = [dict(x=x, epochs=2) for x in (3, 1, 2)]
 recs = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
 test_eq([(r['x'], r['epoch']) for r in recs], [(3, 1), (3, 2), (1, 1), (1, 2), (2, 1), (2, 2)])
 cfg = read_json(tmp / 'toy' / CONFIG)
-test_eq((cfg['command'], cfg['done'], cfg['runs']), (['toy'], [[3], [1], [2]], 3))
+test_eq((cfg['command'], cfg['runs']), (['toy'], 3))
+test_eq(cfg['done'], [dict(run=[3], records=2), dict(run=[1], records=2), dict(run=[2], records=2)])
 
 # %% [markdown]
 # Resuming: a run not marked done is trained again and its stray records (a torn line too) are dropped;
 # a changed setting is refused; `fresh=True` starts over.
 
 # %%
-cfg['done'] = [[3]]
+cfg['done'] = cfg['done'][:1]
 write_json(tmp / 'toy' / CONFIG, cfg)
 with open(tmp / 'toy' / RECORDS, 'a') as f: f.write('{"x": 1, "epoch": 1, "y"')   # killed mid-append
 again = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
@@ -441,7 +444,7 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, da
                        help='where the runs train: inline (this process), processes (--processes local processes, '
                             'spawned), slurm (one SLURM job per run through submitit; --slurm KEY=VALUE ...)')
         p.add_argument('--processes', type=int, default=2, help='worker processes of --executor processes (default: 2)')
-        p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=_key_value,
+        p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
                        help="submitit settings of --executor slurm, e.g. timeout_min=120 slurm_partition=gpu "
                             "gpus_per_node=1 (cluster=local runs the jobs as local processes)")
     if 'debug' in names:
@@ -449,7 +452,7 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, da
     return p
 
 
-def _key_value(text: str):
+def key_value(text: str):
     """`KEY=VALUE` as a pair, the value read as JSON where it parses (numbers, true/false), else a string."""
     if '=' not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split('=', 1)

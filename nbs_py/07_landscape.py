@@ -574,7 +574,7 @@ def _rows(source, fname):
     return list(getattr(source, 'history', source))
 
 
-def _smoothed(v, window):
+def smoothed(v, window):
     """Moving average of `v` over `window` steps (shorter at the start)."""
     c = np.cumsum(np.insert(np.asarray(v, dtype=float), 0, 0.))
     n = np.arange(1, len(v) + 1)
@@ -582,7 +582,8 @@ def _smoothed(v, window):
     return (c[n] - c[lo]) / (n - lo)
 
 
-def _axes(ax, n=1, figsize=(5, 3.2)):
+def axes_or_new(ax, n=1, figsize=(5, 3.2)):
+    """`ax` if given, else `n` new axes side by side in a new figure."""
     import matplotlib.pyplot as plt
     if ax is not None: return ax
     return plt.subplots(1, n, figsize=figsize)[1]
@@ -592,7 +593,7 @@ def _curve(ax, x, v, smooth, **kw):
     if smooth and smooth > 1:
         line, = ax.plot(x, v, alpha=0.25, lw=0.7, color=kw.get('color'))
         kw.setdefault('color', line.get_color())
-        ax.plot(x, _smoothed(v, smooth), **kw)
+        ax.plot(x, smoothed(v, smooth), **kw)
     else: ax.plot(x, v, **kw)
 
 
@@ -640,7 +641,7 @@ def _run_colors(runs):
 #| export
 def plot_norm_ratio(runs, ax=None, smooth=None, key='norm_ratio'):
     """Figure 1: $\\|g\\|/\\|g^{asc}\\|$ per step, one curve per run (`{label: StepStats, history or run folder}`)."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     for (label, src), c in zip(runs.items(), _run_colors(runs)):
         x, v = stats_series(_rows(src, STEP_STATS), key)
         name, c = _run_style(label, c)
@@ -656,7 +657,7 @@ def plot_norm_ratio(runs, ax=None, smooth=None, key='norm_ratio'):
 #| export
 def plot_alignment(runs, axes=None, smooth=None):
     """Figure 3: $\\langle g^{asc}, g\\rangle - \\|g\\|^2$ (left) and $\\cos\\angle(g^{asc}, g)$ (right), per step."""
-    axes = _axes(axes, 2, figsize=(10, 3.2))
+    axes = axes_or_new(axes, 2, figsize=(10, 3.2))
     for (label, src), c in zip(runs.items(), _run_colors(runs)):
         rows = _rows(src, STEP_STATS)
         name, c = _run_style(label, c)
@@ -676,7 +677,7 @@ def plot_alignment(runs, axes=None, smooth=None):
 def plot_loss_along(probes, ax=None):
     """Figure 2: $f(w + \\alpha e_1)$ against $\\alpha$ per probed epoch (`HessianProbe`, its history or run folder)."""
     import matplotlib as mpl
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     rows = _rows(probes, HESSIAN_PROBE)
     colors = mpl.colormaps['viridis'](np.linspace(0, 0.9, max(len(rows), 1)))
     for r, c in zip(rows, colors):
@@ -697,7 +698,7 @@ plot_alignment({'fake': rec}, axes=axes[1:])
 plt.tight_layout()
 plt.show()
 plt.close(fig)
-test_close(_smoothed([1., 2, 3, 4], 2), np.array([1, 1.5, 2.5, 3.5]), eps=1e-12)
+test_close(smoothed([1., 2, 3, 4], 2), np.array([1, 1.5, 2.5, 3.5]), eps=1e-12)
 
 
 # %% [markdown]

@@ -48,8 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stablesam.landscape import HessianProbe, StepStats, _axes, _smoothed, fixed_batch, rho_colors, stats_series
-from stablesam.runs import append_jsonl, machine, read_jsonl
+from stablesam.landscape import HessianProbe, StepStats, axes_or_new, smoothed, fixed_batch, rho_colors, stats_series
+from stablesam.experiment import add_common, command, executor_options, key_value
+from stablesam.runs import read_jsonl
 from stablesam.style import optimizer_style, plot_kwargs, quantity
 
 # %%
@@ -149,67 +150,69 @@ def landscape_runs(rhos, seeds, sgd=True):
             for o, r in ([('sgd', None)] if sgd else []) + [('sam', float(rho)) for rho in rhos]]
 
 
-def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1, 2), *, sgd=True,
-                         probe_epochs=(0, 1, 2, 5, 10, 20), n_probe=1000, probe_iters=100, resume=True, log=print):
-    """Figures 1-3 on `cfg` (default `landscape_config()`), SGD and SAM per rho and seed: the records, also in `out`."""
-    import time
+_DATA = {}   # this process's training data of the last seed it trained
+
+
+def landscape_data(cfg):
+    """The datasets of `cfg` (its seeded training subset), kept for the next run of the same seed."""
     from stablesam.data import get_datasets
-    from stablesam.train import Trainer, write_json, write_jsonl
+    where = (cfg.dataset, str(Path(cfg.data_root).resolve()), cfg.train_subset, cfg.label_noise, cfg.seed)
+    if where not in _DATA:
+        _DATA.clear()
+        _DATA[where] = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset,
+                                    label_noise=cfg.label_noise, seed=cfg.seed, augment=cfg.augment, download=cfg.download)
+    return _DATA[where]
+
+
+def train_landscape_run(spec: dict, run) -> list:
+    """One run of the sweep (SGD, or SAM at one rho, for one seed): its per-epoch records with statistics and probes."""
+    from stablesam.config import TrainConfig
+    from stablesam.train import Trainer
+    cfg = TrainConfig.from_dict(spec['config'])
+    data = landscape_data(cfg)
+    x, y = fixed_batch(data.train, min(spec['n_probe'], len(data.train)), seed=cfg.seed)
+    probe = HessianProbe(list(zip(x.split(250), y.split(250))), spec['probe_epochs'], iters=spec['probe_iters'])
+    rec = StepStats(alignment=True) if cfg.optimizer != 'sgd' else None
+    trainer = Trainer(cfg, data=data, callbacks=[c for c in (rec, probe) if c is not None])
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='top_hessian_eig')   # epoch 0: a +-lambda pair, slow to converge
+        trainer.fit()
+    records = _run_records(cfg, trainer, rec, probe)
+    run.report(records[-1])
+    return records
+
+
+def landscape_command(out, cfg, rhos, seeds, sgd, probe_epochs, n_probe, probe_iters) -> list:
+    """The `stablesam-landscape` argv that runs this sweep (what `config.json` records)."""
+    defaults = landscape_config().to_dict()
+    changed = [f'{k}={v if isinstance(v, str) else json.dumps(v)}' for k, v in cfg.to_dict().items()
+               if v != defaults[k] and k not in ('out', 'resume')]
+    return (['stablesam-landscape', '--out', str(out), '--rhos', *map(str, rhos), '--seeds', *map(str, seeds),
+             '--probe-epochs', *map(str, probe_epochs), '--n-probe', str(n_probe), '--probe-iters', str(probe_iters)]
+            + ([] if sgd else ['--no-sgd']) + (['--train', *changed] if changed else []))
+
+
+def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1, 2), *, sgd=True,
+                         probe_epochs=(0, 1, 2, 5, 10, 20), n_probe=1000, probe_iters=100, command=None,
+                         **options):
+    """Figures 1-3 on `cfg` (default `landscape_config()`), SGD and SAM per rho and seed: the records, also in `out`."""
+    from stablesam.experiment import run_experiment
     cfg = landscape_config() if cfg is None else cfg.resolved().validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    jsonl, cfg_path = out / 'records.jsonl', out / 'config.json'
     probe_epochs = sorted(e for e in set(int(e) for e in probe_epochs) if e <= cfg.epochs)
     settings = dict(train={k: v for k, v in cfg.to_dict().items() if k not in _PATH_SETTINGS},
                     rhos=[float(r) for r in rhos], seeds=list(seeds), sgd=bool(sgd), probe_epochs=probe_epochs,
                     n_probe=int(n_probe), probe_iters=int(probe_iters))
-    old = json.loads(cfg_path.read_text()) if resume and cfg_path.exists() else None
-    if old is not None and old.get('settings') != settings:
-        raise ValueError(f"{cfg_path} was written by a sweep with other settings; choose another out or resume=False")
-    if jsonl.exists() and not resume: raise FileExistsError(f"{jsonl} exists: pass resume=True to continue that sweep")
     runs = landscape_runs(rhos, seeds, sgd)
-    last = max(cfg.epochs, max(probe_epochs, default=0))
-    records = read_jsonl(jsonl, torn_tail=True) if jsonl.exists() else []
-    done = {_run_key(r) for r in records if r['epoch'] == last}
-    records = [r for r in records if _run_key(r) in done and _run_key(r) in set(runs)]
-    write_jsonl(jsonl, records)   # drops a partial run and runs of other sweeps
-    wall, run_wall = (old or {}).get('wall_time_s', 0.0), dict((old or {}).get('run_wall_s', {}))
-    defaults = landscape_config().to_dict()
-    changed = ', '.join(f'{k}={v!r}' for k, v in settings['train'].items() if v != defaults[k])
-    call = (f"landscape_experiment({str(out)!r}, landscape_config({changed}), rhos={tuple(settings['rhos'])!r}, "
-            f"seeds={tuple(seeds)!r}, sgd={sgd!r}, probe_epochs={tuple(probe_epochs)!r}, n_probe={n_probe!r}, "
-            f"probe_iters={probe_iters!r})")
-    command = f'python -c "from stablesam.landscape_experiment import landscape_config, landscape_experiment; {call}"'
-    meta = dict(settings=settings, call=call, command=command, cwd='the repository root', data_root=cfg.data_root,
-                n_train=None, n_test=None, seeds=list(seeds), runs=[list(r) for r in runs], machine=machine())
-    data = {}
-    for opt, rho, seed in runs:
-        if (opt, rho, seed) in done: continue
-        t0 = time.perf_counter()
-        run_cfg = dataclasses.replace(cfg, optimizer=opt, rho=cfg.rho if rho is None else rho, seed=seed, out=None)
-        if seed not in data:
-            data = {seed: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset,
-                                       label_noise=cfg.label_noise, seed=seed, augment=cfg.augment,
-                                       download=cfg.download)}
-        x, y = fixed_batch(data[seed].train, min(n_probe, len(data[seed].train)), seed=seed)
-        probe = HessianProbe(list(zip(x.split(250), y.split(250))), probe_epochs, iters=probe_iters)
-        rec = StepStats(alignment=True) if opt != 'sgd' else None
-        trainer = Trainer(run_cfg, data=data[seed], callbacks=[c for c in (rec, probe) if c is not None])
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='top_hessian_eig')   # epoch 0: a +-lambda pair, slow to converge
-            trainer.fit()
-        new = _run_records(run_cfg, trainer, rec, probe)
-        for r in new: append_jsonl(jsonl, r)
-        records += new
-        dt = time.perf_counter() - t0
-        wall += dt
-        run_wall[f'{opt} rho={rho} seed={seed}'] = dt
-        meta.update(n_train=len(trainer.data.train), n_test=len(trainer.data.test))
-        write_json(cfg_path, dict(meta, wall_time_s=wall, run_wall_s=run_wall))
-        if log: log(f"{opt} rho={rho} seed={seed}: {dt:.0f}s, test acc {trainer.history[-1]['test_acc']:.4f}")
-    if old is not None and meta['n_train'] is None: meta.update(n_train=old.get('n_train'), n_test=old.get('n_test'))
-    write_json(cfg_path, dict(meta, wall_time_s=wall, run_wall_s=run_wall))
-    return records
+    specs = [dict(optimizer=o, rho=r, seed=s, n_probe=int(n_probe), probe_iters=int(probe_iters),
+                  probe_epochs=probe_epochs,
+                  config=dataclasses.replace(cfg, optimizer=o, rho=cfg.rho if r is None else r, seed=s, out=None).to_dict())
+             for o, r, s in runs]
+    data = landscape_data(dataclasses.replace(cfg, seed=seeds[0])) if seeds else None
+    meta = dict(data_root=cfg.data_root, n_train=len(data.train) if data else None,
+                n_test=min(len(data.test), cfg.test_subset or len(data.test)) if data else None, seeds=list(seeds))
+    if command is None: command = landscape_command(out, cfg, rhos, seeds, sgd, probe_epochs, n_probe, probe_iters)
+    return run_experiment(out, specs, train_landscape_run, key=('optimizer', 'rho', 'seed'), settings=settings,
+                          command=command, meta=meta, desc='landscape', **options)
 
 
 # %% [markdown]
@@ -369,7 +372,7 @@ def _by_run(records, key):
 def _band(ax, x, curves, color, label, smooth):
     """Mean over seeds (line) and min-max band (shaded) of the `smooth`-step moving averages of `curves`."""
     n = min(len(c) for c in curves)
-    m = np.stack([_smoothed(c[:n], smooth) if smooth and smooth > 1 else np.asarray(c[:n], float) for c in curves])
+    m = np.stack([smoothed(c[:n], smooth) if smooth and smooth > 1 else np.asarray(c[:n], float) for c in curves])
     ax.plot(x[:n], m.mean(0), color=color, lw=1.3, label=label)
     if len(curves) > 1: ax.fill_between(x[:n], m.min(0), m.max(0), color=color, alpha=0.25, lw=0)
     return m
@@ -390,7 +393,7 @@ def _roi(ax, values, include=(), q=(1, 99), pad=0.08):
 #| export
 def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
     """A per-step statistic of the SAM runs over training, one colour per rho (mean over seeds, min-max band shaded)."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     runs = _by_run(records, key)
     colors, drawn = rho_colors(runs), []
     for rho, seeds in runs.items():
@@ -408,7 +411,7 @@ def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
 
 def plot_step_shares(records, ax=None):
     """Per epoch and rho: share of SAM steps with ratio < 1 (solid), alignment > 0 (dashed); seed mean and min-max."""
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     colors = rho_colors({r['rho'] for r in records if 'norm_ratio' in r})
     lowest = 100.0
     for rho, c in colors.items():
@@ -433,7 +436,7 @@ def plot_step_shares(records, ax=None):
 def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridis', model_epoch='last'):
     """Figure 2 from records: $f(w + \\alpha e_1)$ per probed epoch, seed mean and min-max, quadratic model dashed."""
     import matplotlib as mpl
-    ax = _axes(ax)
+    ax = axes_or_new(ax)
     rs = [r for r in records if r.get('hessian') and r['optimizer'] == optimizer and r['rho'] == rho]
     eps = sorted({r['epoch'] for r in rs})
     colors = mpl.colormaps[cmap](np.linspace(0, 0.9, max(len(eps), 1)))
@@ -531,12 +534,61 @@ def write_landscape_report(out, title=None):
     head = (f"# {title or out.name}\n\nFrom `records.jsonl` ({len(records)} records; n_train {cfg.get('n_train')}, "
             f"n_test {cfg.get('n_test')}, seeds {cfg.get('seeds')}, "
             f"wall time {cfg.get('wall_time_s', 0) / 60:.1f} min on {cfg.get('machine')}). Seeds: mean (min-max).\n\n"
-            f"Reproduce (from the repository root): `{cfg.get('command')}`\n\n")
+            f"Reproduce (from the repository root): `{_shell(cfg.get('command'))}`\n\n")
     (out / 'summary.md').write_text(head + format_landscape_summary(summary))
     fig = landscape_figure(records, title)
-    fig.savefig(out / 'landscape.png', dpi=110)
+    fig.savefig(out / 'landscape.png', dpi=150)
     plt.close(fig)
     return summary
+
+
+def _shell(command) -> str:
+    """A recorded command as one shell line (an argv list joined and quoted; a string as it is)."""
+    import shlex
+    return shlex.join(command) if isinstance(command, list) else str(command)
+
+
+# %% [markdown]
+# ## Command line
+#
+# `stablesam-landscape` runs the sweep and writes its report: `records.jsonl` and `config.json` (through the
+# experiment runner), `summary.md` and `landscape.png`. Training settings other than the defaults of
+# `landscape_config` are given as `--train KEY=VALUE` (any `TrainConfig` setting); the shared options
+# (`--data-root`, `--seeds`, `--out`, `--fresh`, `--executor`, ...) are those of every command.
+#
+# ```sh
+# stablesam-landscape --out results/landscape/fcn-mnist-10k --data-root ../shared/data --executor processes
+# ```
+
+# %%
+#| export
+@command('stablesam-landscape')
+def main(argv=None):
+    """The `stablesam-landscape` command: the sweep of Figures 1-3, its records, summary and figure."""
+    import argparse
+    import sys
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog='stablesam-landscape', description=(
+        'Figures 1-3 on real data: SGD and SAM at several radii, with per-step gradient-norm ratios and '
+        'alignments and Hessian probes along the top eigenvector; writes records, summary.md and landscape.png.'))
+    p.add_argument('--rhos', type=float, nargs='+', default=[0.01, 0.05, 0.1, 0.2], help='SAM radii')
+    p.add_argument('--sgd', action=argparse.BooleanOptionalAction, default=True, help='an SGD run per seed too')
+    p.add_argument('--probe-epochs', type=int, nargs='+', default=[0, 1, 2, 5, 10, 20],
+                   help='epochs after which the Hessian is probed (0: before training)')
+    p.add_argument('--n-probe', type=int, default=1000, help='training examples of the Hessian probes')
+    p.add_argument('--probe-iters', type=int, default=100, help='power-iteration steps of a probe')
+    p.add_argument('--train', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
+                   help='TrainConfig settings other than landscape_config\'s, e.g. epochs=20 train_subset=10000')
+    p.add_argument('--title', default=None, help='title of summary.md and the figure')
+    add_common(p, data_root=LANDSCAPE_DEFAULTS['data_root'])
+    args = p.parse_args(argv)
+    cfg = landscape_config(**{'data_root': args.data_root, 'device': args.device, 'download': args.download,
+                              **dict(args.train)})
+    landscape_experiment(args.out, cfg, args.rhos, args.seeds, sgd=args.sgd, probe_epochs=args.probe_epochs,
+                         n_probe=args.n_probe, probe_iters=args.probe_iters, command=['stablesam-landscape', *argv],
+                         **executor_options(args))
+    write_landscape_report(args.out, args.title)
+    print((Path(args.out) / 'summary.md').read_text())
 
 
 # %% [markdown]
@@ -556,7 +608,7 @@ if not (Path(mnist_root) / 'MNIST' / 'raw' / 'train-images-idx3-ubyte').exists()
     write_fake_mnist(mnist_root, n_train=512, n_test=1000)
 quick_out = Path(tempfile.mkdtemp()) / 'fcn-mnist-quick'
 quick_cfg = landscape_config(data_root=mnist_root, train_subset=512, test_subset=1000, epochs=3)
-quick_kw = dict(rhos=(0.05, 0.2), seeds=(0, 1), probe_epochs=(0, 3), n_probe=128, log=None)
+quick_kw = dict(rhos=(0.05, 0.2), seeds=(0, 1), probe_epochs=(0, 3), n_probe=128, progress=False)
 quick_recs = landscape_experiment(quick_out, quick_cfg, **quick_kw)
 test_eq(len(quick_recs), 2 * 3 * 4)    # 2 seeds x (SGD + 2 rho) x (epoch 0 + 3 epochs)
 test_eq(sorted({(r['optimizer'], r['rho']) for r in quick_recs}, key=str), [('sam', 0.05), ('sam', 0.2), ('sgd', None)])
@@ -575,10 +627,10 @@ kept = [r for r in quick_recs if (r['optimizer'], r['rho'], r['seed']) != ('sam'
 tail = [r for r in quick_recs if (r['optimizer'], r['rho'], r['seed']) == ('sam', 0.2, 1) and r['epoch'] < 3]
 # the last line cut mid-way
 (quick_out / 'records.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in kept + tail) + '{"optimizer": "sa')
-trained = []
-resumed = landscape_experiment(quick_out, quick_cfg, **{**quick_kw, 'log': trained.append})
-test_eq(len(trained), 1)
-assert trained[0].startswith('sam rho=0.2 seed=1')
+before = json.loads((quick_out / 'config.json').read_text())['run_wall_s']
+resumed = landscape_experiment(quick_out, quick_cfg, **quick_kw)
+after = json.loads((quick_out / 'config.json').read_text())['run_wall_s']
+test_eq([k for k in after if after[k] != before[k]], ['optimizer=sam,rho=0.2,seed=1'])   # that run alone was trained
 test_eq(resumed, quick_recs)
 test_eq(read_jsonl(quick_out / 'records.jsonl'), quick_recs)
 test_fail(lambda: landscape_experiment(quick_out, dataclasses.replace(quick_cfg, lr=0.1), **quick_kw),

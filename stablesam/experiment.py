@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RECORDS', 'RUNS', 'EXECUTORS', 'COMMON', 'USAGE_ERRORS', 'Run', 'spec_key', 'spec_id', 'check_settings',
-           'run_experiment', 'add_common', 'executor_options', 'command']
+           'run_experiment', 'add_common', 'key_value', 'executor_options', 'command']
 
 # %% ../nbs/04c_experiment.ipynb #728ed577
 import argparse
@@ -179,13 +179,14 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
         raise ValueError(f"{out / CONFIG} was not written by the experiment runner (an older results folder): "
                          "choose another --out, or pass --fresh to start over")
     if saved is not None: check_settings(saved['settings'], json.loads(json.dumps(settings)), out / CONFIG)
-    done = {tuple(k) for k in (saved or {}).get('done', [])} & set(keys)
-    kept = read_jsonl(out / RECORDS, torn_tail=True) if (out / RECORDS).exists() and done else []
+    counts = {tuple(d['run']): d['records'] for d in (saved or {}).get('done', [])}
+    kept = read_jsonl(out / RECORDS, torn_tail=True) if (out / RECORDS).exists() and counts else []
     by_key = {k: [] for k in keys}
     for r in kept:
         k = spec_key(r, key)
-        if k in done: by_key[k].append(r)
-    done = {k for k in done if by_key[k]}   # a run marked done whose records are gone is trained again
+        if k in counts and k in by_key: by_key[k].append(r)
+    done = {k for k in keys if k in counts and len(by_key[k]) == counts[k]}   # else trained again
+    by_key = {k: (v if k in done else []) for k, v in by_key.items()}
     write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
     config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
@@ -194,7 +195,8 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     t0, started = time.perf_counter(), {}
 
     def write_config():
-        write_json(out / CONFIG, dict(config, done=[list(k) for k in keys if k in done], run_wall_s=run_wall,
+        write_json(out / CONFIG, dict(config, done=[dict(run=list(k), records=len(by_key[k])) for k in keys if k in done],
+                                      run_wall_s=run_wall,
                                       wall_time_s=round(wall0 + time.perf_counter() - t0, 1)))
     write_config()
     todo = [i for i, k in enumerate(keys) if k not in done]
@@ -303,7 +305,7 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, da
                        help='where the runs train: inline (this process), processes (--processes local processes, '
                             'spawned), slurm (one SLURM job per run through submitit; --slurm KEY=VALUE ...)')
         p.add_argument('--processes', type=int, default=2, help='worker processes of --executor processes (default: 2)')
-        p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=_key_value,
+        p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
                        help="submitit settings of --executor slurm, e.g. timeout_min=120 slurm_partition=gpu "
                             "gpus_per_node=1 (cluster=local runs the jobs as local processes)")
     if 'debug' in names:
@@ -311,7 +313,7 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, da
     return p
 
 
-def _key_value(text: str):
+def key_value(text: str):
     """`KEY=VALUE` as a pair, the value read as JSON where it parses (numbers, true/false), else a string."""
     if '=' not in text: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split('=', 1)

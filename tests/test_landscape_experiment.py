@@ -64,11 +64,22 @@ def test_summary_counts_steps_per_range():
 
 @needs_mnist
 @pytest.mark.filterwarnings('ignore:top_hessian_eig')
-def test_sweep_resumes_to_the_same_records(tmp_path):
+def counting(monkeypatch):
+    """The (optimizer, rho, seed) of every run the sweep trains from now on."""
+    import stablesam.landscape_experiment as lx
+    trained, real = [], lx.train_landscape_run
+    def train(spec, run):
+        trained.append((spec['optimizer'], spec['rho'], spec['seed']))
+        return real(spec, run)
+    monkeypatch.setattr(lx, 'train_landscape_run', train)
+    return trained
+
+
+def test_sweep_resumes_to_the_same_records(tmp_path, monkeypatch):
     """Killed mid-run (its records cut, the last line half-written): the second call retrains only that run."""
     cfg = landscape_config(data_root=str(DATA), train_subset=256, test_subset=256, epochs=2)
     kw = dict(rhos=(0.1,), seeds=(0, 1), probe_epochs=(2,), n_probe=64, probe_iters=30)
-    full = landscape_experiment(tmp_path / 'full', cfg, log=None, **kw)
+    full = landscape_experiment(tmp_path / 'full', cfg, progress=False, **kw)
     written = (tmp_path / 'full' / 'records.jsonl').read_text().splitlines()
     assert [json.loads(l, parse_constant=strict) for l in written] == full
     assert [(r['optimizer'], r['seed'], r['epoch']) for r in full] == [(o, s, e) for s in (0, 1)
@@ -78,17 +89,17 @@ def test_sweep_resumes_to_the_same_records(tmp_path):
     (part / 'config.json').write_text((tmp_path / 'full' / 'config.json').read_text())
     lines = (tmp_path / 'full' / 'records.jsonl').read_text().splitlines()
     (part / 'records.jsonl').write_text('\n'.join(lines[:-1]) + '\n' + lines[-1][:30])
-    log = []
-    assert landscape_experiment(part, cfg, log=log.append, **kw) == full
-    assert len(log) == 1 and log[0].startswith('sam rho=0.1 seed=1')
-    log.clear()
+    trained = counting(monkeypatch)
+    assert landscape_experiment(part, cfg, progress=False, **kw) == full
+    assert trained == [('sam', 0.1, 1)]
+    trained.clear()
     (part / 'records.jsonl').write_text('\n'.join(lines[:-3]) + '\n')   # killed during seed 1's SGD run, then SAM's
-    assert landscape_experiment(part, cfg, log=log.append, **kw) == full
-    assert [l.split(':')[0] for l in log] == ['sgd rho=None seed=1', 'sam rho=0.1 seed=1']
+    assert landscape_experiment(part, cfg, progress=False, **kw) == full
+    assert trained == [('sgd', None, 1), ('sam', 0.1, 1)]
     assert read_jsonl(part / 'records.jsonl') == full
     cfg_json = json.loads((part / 'config.json').read_text())
     assert cfg_json['n_train'] == 256 and cfg_json['n_test'] == 256 and cfg_json['seeds'] == [0, 1]
-    assert cfg_json['wall_time_s'] > 0 and 'landscape_experiment(' in cfg_json['command']
+    assert cfg_json['wall_time_s'] > 0 and cfg_json['command'][0] == 'stablesam-landscape'
 
 
 @pytest.mark.skipif(not (RESULTS / 'records.jsonl').exists(), reason='no committed records')
@@ -109,7 +120,7 @@ def test_committed_results_are_complete_and_strict():
 
 
 @needs_mnist
-def test_sweep_killed_by_a_signal_resumes(tmp_path):
+def test_sweep_killed_by_a_signal_resumes(tmp_path, monkeypatch):
     """A sweep killed (SIGKILL) once its first run is written continues to the records of an uninterrupted sweep."""
     import os
     import signal
@@ -121,7 +132,7 @@ def test_sweep_killed_by_a_signal_resumes(tmp_path):
     out = tmp_path / 'killed'
     code = ("import torch, warnings; torch.set_num_threads(1); warnings.simplefilter('ignore')\n"
             "from stablesam.landscape_experiment import landscape_config, landscape_experiment\n"
-            f"landscape_experiment({str(out)!r}, landscape_config(**{settings!r}), log=None, **{kw!r})\n")
+            f"landscape_experiment({str(out)!r}, landscape_config(**{settings!r}), progress=False, **{kw!r})\n")
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     proc = subprocess.Popen([sys.executable, '-c', code], env=env)
     t0 = time.time()
@@ -131,7 +142,7 @@ def test_sweep_killed_by_a_signal_resumes(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(read_jsonl(out / 'records.jsonl')) < 6   # killed before the last run was written
-    log = []
-    resumed = landscape_experiment(out, landscape_config(**settings), log=log.append, **kw)
-    assert 1 <= len(log) < 3   # the finished runs are not trained again
-    assert resumed == landscape_experiment(tmp_path / 'whole', landscape_config(**settings), log=None, **kw)
+    trained = counting(monkeypatch)
+    resumed = landscape_experiment(out, landscape_config(**settings), progress=False, **kw)
+    assert 1 <= len(trained) < 3   # the finished runs are not trained again
+    assert resumed == landscape_experiment(tmp_path / 'whole', landscape_config(**settings), progress=False, **kw)

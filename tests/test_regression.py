@@ -76,3 +76,27 @@ def test_comparison(tmp_path):
     run_comparison(tmp_path / 'cmp', epochs=2, n_seeds=2, progress=False)
     assert_same_records(read_jsonl(tmp_path / 'cmp' / 'digits-quick' / 'records.jsonl'), fixture('comparison'))
     assert_same_summary(tmp_path / 'cmp' / 'digits-quick' / 'summary.md', 'comparison', tmp_path, tmp_path)
+
+
+def test_landscape(root, tmp_path):
+    """Records as before; the summary too, but for its reproduce line (now the stablesam-landscape command)."""
+    from stablesam.landscape_experiment import landscape_config, landscape_experiment, write_landscape_report
+    cfg = landscape_config(data_root=str(root), train_subset=64, epochs=2, batch_size=16, device='cpu')
+    landscape_experiment(tmp_path / 'ls', cfg, rhos=(0.05,), seeds=(0,), probe_epochs=(0, 2), n_probe=32, probe_iters=5,
+                         progress=False)
+    assert_same_records(read_jsonl(tmp_path / 'ls' / 'records.jsonl'), fixture('landscape'))
+    write_landscape_report(tmp_path / 'ls')
+    got = (tmp_path / 'ls' / 'summary.md').read_text().splitlines()
+    want = (FIXTURES / 'landscape.summary.md').read_text().splitlines()
+    reproduce = [i for i, line in enumerate(want) if line.startswith('Reproduce')]
+    assert len(got) == len(want) and reproduce
+    for i, (g, w) in enumerate(zip(got, want)):
+        if i in reproduce: assert g.startswith('Reproduce (from the repository root): `stablesam-landscape --out ')
+        elif i == 2: assert g.split('wall time')[0] == w.split('wall time')[0]   # the wall time differs
+        else: assert g == w
+
+
+def test_train_sweep(capsys):
+    from stablesam.cli import main
+    assert main(['--sweep', 'table4', '--seeds', '0']) == 0
+    assert capsys.readouterr().out.splitlines() == fixture('train_sweep')
