@@ -101,15 +101,19 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # the global batch; `--ascent local` perturbs each replica with its own gradient; `--fsdp` shards the model). A
 # killed run continues exactly with `--resume`, from within an epoch too (a checkpoint every
 # `--checkpoint-every` seconds, 600 by default); a run whose loss turns non-finite stops with exit status 3
-# and keeps its last good checkpoint (`--on-nonfinite skip` skips such steps instead). The whole grid of a table, as command lines for a
-# job scheduler: `stablesam-train --sweep table2` (Table 3: `table3`, Table 4: `table4`), and
-# `stablesam-results runs/table2` builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell)
-# as Markdown and CSV with the training curves (`--protocol held-out` chooses $\rho$ and the epoch on a
-# `--val-split` instead of the test set). The figures: `stablesam-stability` (Figures 5-7),
-# `stablesam-robustness lr-sweep` / `label-noise` (the large-learning-rate and noisy-label claims on networks)
-# and the [landscape_experiment](07a_landscape_experiment.ipynb) notebook (Figures 1-3 on MNIST; at the paper's size, the
-# flagged cells of [landscape](07_landscape.ipynb)). `stablesam-train --quick`
-# runs the same code on a tiny subset for one epoch, on a CPU.
+# and keeps its last good checkpoint (`--on-nonfinite skip` skips such steps instead). The whole grid of a
+# table: `stablesam-train --sweep table2` prints its command lines (Table 3: `table3`, Table 4: `table4`), and
+# `stablesam-train --sweep table2 --executor slurm --slurm gpus_per_node=1 timeout_min=600` submits them as
+# SLURM jobs (requeued on preemption, each continuing from its checkpoint); `stablesam-results runs/table2`
+# builds the table (mean $\pm$ std over seeds, $\rho$ chosen per cell) as Markdown and CSV with the training
+# curves (`--protocol held-out` chooses $\rho$ and the epoch on a `--val-split` instead of the test set). The
+# figures: `stablesam-stability` (Figures 5-7), `stablesam-robustness lr-sweep` / `label-noise` (the
+# large-learning-rate and noisy-label claims on networks) and `stablesam-landscape` (Figures 1-3). Every
+# experiment command shares one set of options: `--data-root`, `--download/--no-download`, `--device`,
+# `--seeds`, `--out`, `--fresh` (it resumes by default), `--progress/--no-progress` (`--quiet`), `--executor
+# inline|processes|slurm` with `--processes N` or `--slurm KEY=VALUE ...`, and `--debug`; each exits with 2 on
+# a usage error, 3 when training diverged and 1 on anything unexpected. `stablesam-train --quick` runs the
+# same code on a tiny subset for one epoch, on a CPU.
 
 # %% [markdown]
 # ## What the package reproduces
@@ -120,12 +124,13 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | Algorithm 1 on several processes | DDP (`global` and `local` ascent), FSDP2; Lightning, Hugging Face, `torch.compile` | [distributed](00a_distributed.ipynb), [frameworks](00b_frameworks.ipynb) | CPU (2 gloo processes) |
 # | Section 4, Lemma 5 - Theorem 18, Table 1 | numerical audit of every statement | [theory](01_theory.ipynb), [audit](01c_theory_audit.ipynb) | CPU |
 # | Section 5.1, Figure 4 | toy saddle problem, success rate against learning rate | [toy](02_toy.ipynb) | CPU |
-# | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN at the paper's size, `--workers 2`), GPU |
+# | Section 5.2, Figures 5-7 | algorithmic stability on neighbouring training sets | [stability](06_stability.ipynb) | CPU (MNIST FCN at the paper's size, `--executor processes`), GPU |
 # | Figures 1-3 | gradient-norm ratio, alignment, loss along the top Hessian direction | [landscape](07_landscape.ipynb), [landscape_experiment](07a_landscape_experiment.ipynb) | GPU (quick on CPU) |
 # | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
-# | all figures | one label, colour and marker per optimizer; axis labels for every recorded quantity | [variants](00_variants.ipynb) (the registry), [style](00_style.ipynb) | CPU |
+# | all experiments | one runner: specs in, records out, resumable; inline, spawned processes or SLURM (submitit) | [experiment](04c_experiment.ipynb) | CPU, cluster |
+# | all figures and tables | one registry of optimizer variants; one label, colour and marker each; axis labels for every recorded quantity | [variants](00_variants.ipynb), [style](00_style.ipynb) | CPU |
 
 # %% [markdown]
 # ## What was run, on what data, at what size
@@ -159,5 +164,22 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 #   `> subtitle` line; run it with `tools/run_nb.py`, add it to `nbs/sidebar.yml`, then `nbdev_export`.
 # - Cells that need a GPU or hours start with `#| gpu` or `#| slow` (`tst_flags` in `settings.ini`); the
 #   same code runs next to them in a quick configuration.
-# - Before committing: `nbdev_export && nbdev_clean && python tools/check_pairs.py`, then the test command
-#   above. `bash .ci/run` runs all of it as CI does.
+# - Before committing: `nbdev_export && nbdev_clean && python tools/check_pairs.py && ruff check .`, then the
+#   test command above. `bash .ci/run` runs all of it as CI does. Ruff lints only (`ruff.toml`: lines up to 120,
+#   no `;` chains, no named lambdas); nothing is auto-formatted.
+#
+# **A new optimizer variant** is one entry in the registry: a line in `VARIANTS` in
+# [variants](00_variants.ipynb) (label, colour, marker, rho family, whether it renormalizes, and its class
+# and flags), plus its class in [optim](00_optim.ipynb) if it needs new code (most are flags of `SAM`). The
+# optimizer factory, `stablesam-train --optimizer`, every experiment's `--optimizers`, the presets' rho grid,
+# the Trainer's `gamma0`, figures and tables then know it, and `tests/test_optim.py` runs its checks over every
+# registered variant. From your own code, `stablesam.optim.register_variant('mysam', label=..., color=...,
+# cls=MySAM)` does the same at run time, with no edit to the package.
+#
+# **A new experiment** is one notebook (its `nbs_py/` script, and the module it exports) plus its entry point
+# in `settings.ini` and its line in `nbs/sidebar.yml`: in the notebook, a function that trains one run spec
+# (a plain dict) and returns its records, a function that lists the specs and hands them to
+# `stablesam.experiment.run_experiment` (which writes `records.jsonl` and `config.json`, resumes, and runs them
+# inline, in processes or on SLURM), a `main` built with `add_common` and `@command` (the options and exit
+# statuses every command shares), and the figure and verdict read from the records. Its quick configuration
+# runs in the notebook; its regression records go in `tests/regression/`.
