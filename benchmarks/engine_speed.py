@@ -13,9 +13,10 @@ backward, step (StableSAM: `first_step` / `second_step`), on the same decoded te
 optimizer and loss (label smoothing 0.1), in a fresh process too. The first epoch of each run is a warm-up and
 left out; each ratio is a median over epochs, and the printed ratio the median over --rounds interleaved rounds.
 Both wall time and the process's CPU time are compared: on a shared, loaded machine the wall time of a run
-depends on what else runs at that moment, while the CPU time measures the work each side does. The augmentation benchmark times one epoch over a fake CIFAR-10
-training set of --n images in the real file format: a DataLoader over the per-image transforms (random crop
-with 4-pixel padding, flip, to tensor, normalise), against slicing the decoded tensors and `CropFlip` on the batch.
+depends on what else runs at that moment, while the CPU time measures the work each side does. The augmentation
+benchmark times one epoch over a fake CIFAR-10 training set of --n images in the real file format: a DataLoader
+over the per-image transforms (random crop with 4-pixel padding, flip, to tensor, normalise), against slicing the
+decoded tensors and `CropFlip` on the batch.
 """
 import argparse
 import json
@@ -45,7 +46,9 @@ def plain_loop(args, optimizer):
     torch.manual_seed(0)
     model = get_model('fcn', 10, 1, 28)
     opt = make_optimizer(optimizer, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.05)
-    loss_fn = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1)
+
+    def loss_fn(out, y): return F.cross_entropy(out, y, label_smoothing=0.1)
+
     sam, times = is_sam(opt), []
     for _ in range(args.epochs):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -71,7 +74,7 @@ def run(cmd, env):
 
 
 def cli_epochs(args, optimizer, out, env):
-    """Epoch times of `stablesam-train`: (wall, CPU) seconds, the `time` and `cpu_time` of each epoch in its metrics.jsonl."""
+    """Epoch times of `stablesam-train`: (wall, CPU) seconds, each epoch's `time`, `cpu_time` in its metrics.jsonl."""
     run([sys.executable, '-c', CLI, '--dataset', 'mnist', '--data-root', args.data_root, '--model', 'fcn',
          '--train-subset', str(args.n), '--batch-size', str(args.batch_size), '--no-augment', '--optimizer', optimizer,
          '--epochs', str(args.epochs), '--no-progress', '--no-download', '--out', str(out)], env)
@@ -125,15 +128,18 @@ def main():
     ratios = {(opt, kind): [] for opt in ('sgd', 'stablesam') for kind in ('wall', 'CPU')}
     print(f"MNIST FCN, {args.n} images, batch {args.batch_size}, {args.threads} thread(s), {args.epochs} epochs "
           f"(first left out) x {args.rounds} rounds")
-    median = lambda times, k: statistics.median(t[k] for t in times[1:])
+
+    def median(times, k):   # over the epochs after the warm-up
+        return statistics.median(t[k] for t in times[1:])
+
     for r in range(args.rounds):
         for opt in ('sgd', 'stablesam'):
             engine, plain = cli_epochs(args, opt, tmp / f'{opt}{r}', env), plain_epochs(args, opt, env)
             for k, kind in enumerate(('wall', 'CPU')):
                 ratios[opt, kind].append(median(engine, k) / median(plain, k))
-            print(f"round {r + 1} {opt:10s} stablesam-train {median(engine, 0):.3f} s/epoch wall, {median(engine, 1):.3f} CPU; "
-                  f"plain loop {median(plain, 0):.3f} wall, {median(plain, 1):.3f} CPU; ratios {ratios[opt, 'wall'][-1]:.3f} wall, "
-                  f"{ratios[opt, 'CPU'][-1]:.3f} CPU", flush=True)
+            print(f"round {r + 1} {opt:10s} stablesam-train {median(engine, 0):.3f} s/epoch wall, "
+                  f"{median(engine, 1):.3f} CPU; plain loop {median(plain, 0):.3f} wall, {median(plain, 1):.3f} CPU; "
+                  f"ratios {ratios[opt, 'wall'][-1]:.3f} wall, {ratios[opt, 'CPU'][-1]:.3f} CPU", flush=True)
     for (opt, kind), rs in ratios.items():
         print(f"{opt:10s} stablesam-train / plain loop epoch {kind} time: median {statistics.median(rs):.3f} "
               f"(rounds: {', '.join(f'{x:.3f}' for x in rs)}; target <= 1.10)")

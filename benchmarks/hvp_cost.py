@@ -28,9 +28,11 @@ def _timed(fn, device, reps):
     """Median seconds of `reps` calls of `fn`."""
     times = []
     for _ in range(reps):
-        _sync(device); t0 = time.perf_counter()
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-        _sync(device); times.append(time.perf_counter() - t0)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

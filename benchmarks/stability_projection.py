@@ -5,8 +5,9 @@ Usage: python benchmarks/stability_projection.py [--data-root ../shared/data] [-
 It times one epoch of `stablesam.stability.train_pair` (both models trained, both evaluated on their training
 set and the test set, the parameter distance) per optimizer on the first N real MNIST images, on one thread,
 scales linearly to 59,999 images, and divides by the number of processes run side by side (one per core: the
-experiment's runs are independent: `stablesam-stability --workers N` runs them so). Also prints the ratio of the measured epoch to a plain loop over the same
-work (train both models by index slicing, evaluate both in batches of 1024), which is the engine's overhead.
+experiment's runs are independent: `stablesam-stability --executor processes --processes N` runs them so). Also prints the ratio of the
+measured epoch to a plain loop over the same work (train both models by index slicing, evaluate both in batches
+of 1024), which is the engine's overhead.
 Absolute times depend on what else runs; quote the load with the numbers.
 """
 import argparse
@@ -36,9 +37,13 @@ def plain_epoch(opt_name, x, y, tests, batch=128, lr=0.01, rho=0.05):
         for idx in torch.randperm(len(x)).split(batch):
             xb, yb = x[idx], y[idx]
             F.cross_entropy(model(xb), yb).backward()
-            if opt_name == 'sgd': opt.step(); opt.zero_grad()
+            if opt_name == 'sgd':
+                opt.step()
+                opt.zero_grad()
             else:
-                opt.first_step(zero_grad=True); F.cross_entropy(model(xb), yb).backward(); opt.second_step(zero_grad=True)
+                opt.first_step(zero_grad=True)
+                F.cross_entropy(model(xb), yb).backward()
+                opt.second_step(zero_grad=True)
         with torch.no_grad():
             for xs, ys in tests:
                 for xb, yb in zip(xs.split(1024), ys.split(1024)): F.cross_entropy(model(xb), yb, reduction='sum')
@@ -55,7 +60,8 @@ def main():
     cfg = stability_config('mnist', 'fcn', 'constant', data_root=args.data_root, epochs=1, download=False, device='cpu')
     data = load_stability_data(cfg)
     _, _, nb = neighbouring_subsets(data.train, seed=0, subset=args.n_train)
-    x, y = decode(data.train); x, y = x[:args.n_train - 1], y[:args.n_train - 1]
+    x, y = decode(data.train)
+    x, y = x[:args.n_train - 1], y[:args.n_train - 1]
     tests = [(x, y), decode(data.test)]
     total = 0.0
     print(f"one epoch on {args.n_train - 1} images, one thread (load average {os.getloadavg()[0]:.1f}):")

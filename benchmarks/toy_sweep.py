@@ -10,7 +10,8 @@ one array expression per formula of Algorithm 1, every run for every step, nothi
 reduced number of starts, interleaved with the fast sweep on the same size (ratios, not absolute times, are
 what a shared machine can measure). The straightforward sweep costs the same at every step (it drops nothing),
 so its full-size time is extrapolated from a few steps at the full array size (100 x 10,000) and compared with
-the measured full-size fast sweep. Both sweeps' rates are compared, curve by curve, against their binomial sampling noise.
+the measured full-size fast sweep. Both sweeps' rates are compared, curve by curve, against their binomial
+sampling noise.
 """
 import argparse
 import time
@@ -73,7 +74,9 @@ def main():
     ap.add_argument("--no-full", dest="full", action="store_false", help="skip the full-size sweep")
     args = ap.parse_args()
     methods, rhos, lrs, steps = ("gd", "sam", "stablesam"), (0.05, 0.2, 0.5), paper_lrs(), 1000
-    steps_per_sweep = lambda n: (1 + 2 * len(rhos)) * lrs.size * n * steps   # GD once
+
+    def steps_per_sweep(n): return (1 + 2 * len(rhos)) * lrs.size * n * steps   # GD once
+
     print(f"threads: {default_threads()}")
     t, c = time.perf_counter(), time.process_time()
     sweep(methods, rhos, lrs[:2], n_starts=4, steps=3, progress=False)   # compiles the kernel for each method
@@ -92,8 +95,10 @@ def main():
               f"{'met' if t_full < 60 else 'MISSED'}")
         print(f"  CPU time of this process: {c_full:.1f} s, i.e. about {c_full / default_threads():.1f} s wall on "
               f"{default_threads()} idle cores (the wall time above includes waiting for a shared CPU)")
-        print("  rates at lr = 0.001, 0.01, 0.1, 0.3:", {f"{m} rho={r:g}": np.round(np.interp(np.log([1e-3, 1e-2, 0.1, 0.3]), np.log(lrs), full[m][i]), 3).tolist()
-                                                       for m in methods for i, r in enumerate(rhos) if m != "gd" or i == 0})
+        at = np.log([1e-3, 1e-2, 0.1, 0.3])
+        print("  rates at lr = 0.001, 0.01, 0.1, 0.3:",
+              {f"{m} rho={r:g}": np.round(np.interp(at, np.log(lrs), full[m][i]), 3).tolist()
+               for m in methods for i, r in enumerate(rhos) if m != "gd" or i == 0})
 
     n, probe = args.starts, args.probe_steps
     wall = {"fast": [], "plain": [], "probe": []}
@@ -104,11 +109,13 @@ def main():
             if name == "fast": fast = sweep(methods, rhos, lrs, n_starts=n, steps=steps, progress=False)
             elif name == "plain": plain = straightforward_sweep(methods, rhos, lrs, n, steps)
             else: straightforward_sweep(methods, rhos, lrs, 10_000, probe)   # full-size arrays, a few steps
-            wall[name].append(time.perf_counter() - t); cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
         print(f"round {k + 1}: reduced sweep ({n} starts, {steps_per_sweep(n):.2e} trajectory-steps): "
               f"fast {wall['fast'][-1]:.2f} s (CPU {cpu['fast'][-1]:.2f} s), "
               f"straightforward float64 {wall['plain'][-1]:.2f} s (CPU {cpu['plain'][-1]:.2f} s); "
-              f"straightforward at full array size, {probe} steps: {wall['probe'][-1]:.2f} s (CPU {cpu['probe'][-1]:.2f} s)")
+              f"straightforward at full array size, {probe} steps: {wall['probe'][-1]:.2f} s "
+              f"(CPU {cpu['probe'][-1]:.2f} s)")
     tf, tp = min(wall["fast"]), min(wall["plain"])
     cf, cp = min(cpu["fast"]), min(cpu["plain"])
     print(f"speedup at the reduced size (same work): wall {tp / tf:.1f}x, CPU time {cp / cf:.1f}x "
@@ -116,13 +123,14 @@ def main():
     if args.full:
         scale = steps / probe   # the straightforward sweep costs the same every step: it drops nothing
         est_wall, est_cpu = min(wall["probe"]) * scale, min(cpu["probe"]) * scale
-        print(f"straightforward float64 at full size (from {probe} steps at full array size): about {est_wall / 60:.1f} min "
-              f"wall, {est_cpu / 60:.1f} min CPU")
+        print(f"straightforward float64 at full size (from {probe} steps at full array size): "
+              f"about {est_wall / 60:.1f} min wall, {est_cpu / 60:.1f} min CPU")
         print(f"speedup at full size: wall {est_wall / t_full:.1f}x, CPU time {est_cpu / c_full:.1f}x  target >= 20x: "
               f"{'met' if est_wall / t_full >= 20 else 'MISSED'}")
     worst, shift = compare(fast, plain, n)
-    print(f"agreement fast (float32) vs straightforward (float64), {n} starts: largest per-lr difference {worst:.2f} SE, "
-          f"largest per-curve mean shift {shift:.2f} SE -> {'same within sampling noise' if worst < 4 and shift < 3 else 'DIFFERENT'}")
+    verdict = 'same within sampling noise' if worst < 4 and shift < 3 else 'DIFFERENT'
+    print(f"agreement fast (float32) vs straightforward (float64), {n} starts: largest per-lr difference "
+          f"{worst:.2f} SE, largest per-curve mean shift {shift:.2f} SE -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ def main():
     write_fake_cifar(root, n_train=args.batch_size, n_test=16)
     trainers = {}
     for opt in ('sgd', 'stablesam'):
-        cfg = TrainConfig(dataset='cifar10', data_root=root, model=args.model, optimizer=opt, batch_size=args.batch_size,
-                          epochs=1, progress=False, device='cpu')
+        cfg = TrainConfig(dataset='cifar10', data_root=root, model=args.model, optimizer=opt,
+                          batch_size=args.batch_size, epochs=1, progress=False, device='cpu')
         t = Trainer(cfg)
         t.net.train()
         x, y = next(t.batches())  # the first batch of epoch 0, augmented as in training
@@ -43,9 +43,11 @@ def main():
             seconds[opt] += time.perf_counter() - t0
     n = args.rounds * args.steps * args.batch_size
     ips = {k: n / s for k, s in seconds.items()}
-    print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps")
+    print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds x {args.steps} steps")
     for k, v in ips.items(): print(f"{k:10s} {v:8.1f} images/s")
-    print(f"StableSAM/SGD throughput ratio: {ips['stablesam'] / ips['sgd']:.3f} (time ratio {seconds['stablesam'] / seconds['sgd']:.3f})")
+    print(f"StableSAM/SGD throughput ratio: {ips['stablesam'] / ips['sgd']:.3f} "
+          f"(time ratio {seconds['stablesam'] / seconds['sgd']:.3f})")
 
 
 if __name__ == '__main__':

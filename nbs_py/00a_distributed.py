@@ -55,7 +55,8 @@ c = 0.02 * torch.ones(d, dtype=torch.float64) + torch.randn(W, d, generator=gen,
 g_i = w - c                                                   # each replica's own gradient
 g_asc_i = g_i + rho * g_i / g_i.norm(dim=1, keepdim=True)     # its own surrogate gradient
 mixed = g_i.norm(dim=1).mean() / g_asc_i.mean(0).norm()        # the 0.1 factor: mean of norms / norm of mean
-g = g_i.mean(0); g_asc = g + rho * g / g.norm()                # global: one ascent from the mean gradient
+g = g_i.mean(0)                                                # global: one ascent from the mean gradient
+g_asc = g + rho * g / g.norm()
 global_factor = g.norm() / g_asc.norm()
 local_factors = g_i.norm(dim=1) / g_asc_i.norm(dim=1)
 print(f"mixed factor {mixed:.3f} (sqrt(W) = {W ** 0.5:.3f}); global {global_factor:.4f}; "
@@ -105,7 +106,8 @@ loss_fn = torch.nn.functional.cross_entropy
 (a, opt_a), (b, opt_b) = make(), make()
 for _ in range(3):
     sam_step(opt_a, a, loss_fn, x, y)
-    loss_fn(b(x), y).backward(); opt_b.first_step(zero_grad=True)
+    loss_fn(b(x), y).backward()
+    opt_b.first_step(zero_grad=True)
     with freeze_bn_stats(b): loss_fn(b(x), y).backward()
     opt_b.second_step(zero_grad=True)
 for p, q in zip(a.state_dict().values(), b.state_dict().values()): test_eq(p, q)
@@ -136,14 +138,14 @@ for p, q in zip(a.state_dict().values(), b.state_dict().values()): test_eq(p, q)
 # %%
 #| export
 def shard_model(model):
-    "Shard `model` in place with FSDP2 (`fully_shard`): each child that holds parameters, then the root."
+    """Shard `model` in place with FSDP2 (`fully_shard`): each child that holds parameters, then the root."""
     from torch.distributed.fsdp import fully_shard
     for child in model.children():
         if any(True for _ in child.parameters()): fully_shard(child)
     return fully_shard(model)
 
 def is_sharded(model):
-    "Whether `model` has DTensor (FSDP2-sharded) parameters."
+    """Whether `model` has DTensor (FSDP2-sharded) parameters."""
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
@@ -163,7 +165,7 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 def checkpoint_state(model, opt):
-    "The (model, optimizer) state dicts of `model` and `opt`, gathered in full if `model` is sharded (call on every rank)."
+    """The (model, optimizer) state dicts of `model`, `opt`; in full if `model` is sharded (call it on every rank)."""
     if not is_sharded(model): return model.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     base = opt.base_optimizer if isinstance(opt, SAM) else opt
@@ -172,9 +174,10 @@ def checkpoint_state(model, opt):
     return get_model_state_dict(model, options=_full_options()), osd
 
 def load_checkpoint_state(model, opt, model_state, opt_state):
-    "Load `checkpoint_state`'s output into `model` and `opt`, sharding it again if `model` is sharded."
+    """Load `checkpoint_state`'s output into `model` and `opt`, sharding it again if `model` is sharded."""
     if not is_sharded(model):
-        model.load_state_dict(model_state); opt.load_state_dict(opt_state)
+        model.load_state_dict(model_state)
+        opt.load_state_dict(opt_state)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     osd = dict(opt_state)

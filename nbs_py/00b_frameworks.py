@@ -42,7 +42,7 @@ from stablesam.optim import freeze_bn_stats
 
 
 class LitSAM(L.LightningModule):
-    "A LightningModule trained by manual optimization with the SAM-family optimizer `make_opt(params)`."
+    """A LightningModule trained by manual optimization with the SAM-family optimizer `make_opt(params)`."""
     def __init__(self, net, make_opt):
         super().__init__()
         self.net, self.make_opt = net, make_opt
@@ -89,12 +89,12 @@ from stablesam.optim import freeze_bn_stats
 
 
 def sam_of(optimizer):
-    "The SAM optimizer inside accelerate's `AcceleratedOptimizer` (or `optimizer` itself)."
+    """The SAM optimizer inside accelerate's `AcceleratedOptimizer` (or `optimizer` itself)."""
     return getattr(optimizer, 'optimizer', optimizer)
 
 
 class SAMTrainer(transformers.Trainer):
-    "A Hugging Face Trainer for a SAM-family optimizer (pass it as `optimizers=(opt, None)`; `max_grad_norm=0`)."
+    """A Hugging Face Trainer for a SAM-family optimizer (pass it as `optimizers=(opt, None)`; `max_grad_norm=0`)."""
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
         inputs = self._prepare_inputs(inputs)
@@ -130,7 +130,7 @@ from stablesam.optim import sam_step
 
 
 def train_compiled(net, opt, batches, backend='inductor'):
-    "Train `net` with the SAM-family `opt` on `batches`, the model compiled; returns the per-step renormalization factors."
+    """Train `net`, compiled, with the SAM-family `opt` on `batches`; returns the per-step renormalization factors."""
     model = torch.compile(net, backend=backend)
     factors = []
     for x, y in batches:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stablesam.style import markdown_table
 from stablesam.theory import (
     Quadratics, random_quadratics, empirical_minimizer, strong_convexity_smoothness, max_grad_norm, certify_mu_L,
     certify_minimizer, certify_max_grad_norm, coercivity_lower_bound, sgd_lr_max, sam_lr_max, stablesam_lr_max,
@@ -72,14 +73,14 @@ Z99 = 2.576  # two-sided 99% normal quantile for Monte Carlo bands
 
 
 def rel_slack(bound, measured):
-    "Relative slack `(bound - measured) / max(|bound|, |measured|)` (negative: bound exceeded)."
+    """Relative slack `(bound - measured) / max(|bound|, |measured|)` (negative: bound exceeded)."""
     bound, measured = np.asarray(bound, float), np.asarray(measured, float)
     scale = np.maximum(np.maximum(np.abs(bound), np.abs(measured)), 1e-300)
     return (bound - measured) / scale
 
 
 def mean_se(x, axis=-1):
-    "Monte Carlo mean and standard error along `axis` (scaled first, so huge divergent values do not overflow)."
+    """Monte Carlo mean and standard error along `axis` (scaled first, so huge divergent values do not overflow)."""
     scale = np.abs(x).max(axis, keepdims=True)
     scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
     y = x / scale
@@ -89,7 +90,7 @@ def mean_se(x, axis=-1):
 
 
 def make_row(statement, regime, failed, slack, note='', *, fails_as='violated'):
-    "One audit row from per-instance failure flags and slacks; any failure gives the status `fails_as`."
+    """One audit row from per-instance failure flags and slacks; any failure gives the status `fails_as`."""
     if fails_as not in AUDIT_STATUSES or fails_as in ('holds', 'vacuous'):
         raise ValueError(f"Invalid fails_as: {fails_as!r}")
     failed, slack = np.atleast_1d(failed), np.atleast_1d(slack)
@@ -99,7 +100,7 @@ def make_row(statement, regime, failed, slack, note='', *, fails_as='violated'):
 
 
 def vacuity_row(statement, regime, met, margin, note=''):
-    "A `vacuous` row: `met` flags the instances where the incompatible hypotheses held together (must be none)."
+    """A `vacuous` row: `met` flags the instances where the incompatible hypotheses held together (must be none)."""
     met, margin = np.atleast_1d(met), np.atleast_1d(margin)
     if met.any(): raise ValueError(f"{statement}: hypotheses met together on {int(met.sum())} instances, not vacuous")
     return dict(statement=statement, regime=regime, status='vacuous', instances=int(met.size), violations=0,
@@ -107,23 +108,25 @@ def vacuity_row(statement, regime, met, margin, note=''):
 
 
 def audit_rows(rows, statement, regime=''):
-    "The rows of `statement` whose regime starts with `regime` (rows are looked up by name, never by position)."
+    """The rows of `statement` whose regime starts with `regime` (rows are looked up by name, never by position)."""
     found = [r for r in rows if r['statement'] == statement and r['regime'].startswith(regime)]
     if not found: raise KeyError(f"No audit row {statement!r} with regime {regime!r}")
     return found
 
 
 def status_counts(rows):
-    "How many rows carry each status, in the order of `AUDIT_STATUSES`: one phrase ('30 holds, 9 violated, ...')."
+    """How many rows carry each status, in the order of `AUDIT_STATUSES`: one phrase ('30 holds, 9 violated, ...')."""
     return ', '.join(f"{sum(r['status'] == s for r in rows)} {s}" for s in AUDIT_STATUSES)
 
 
+def _escape_pipes(value):
+    """`value` as table-cell text, its `|` escaped so that it does not end the cell."""
+    return str(value).replace('|', '\\|')
+
+
 def audit_table(rows, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack', 'note')):
-    "The audit rows as a Markdown table, every cell in full."
-    fmt = lambda k, v: f'{v:.3g}' if k == 'worst_slack' else str(v).replace('|', '\\|')
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(fmt(k, r[k]) for k in columns) + ' |' for r in rows]
-    return '\n'.join(lines)
+    """The audit rows as a Markdown table, every cell in full."""
+    return markdown_table(rows, {k: (k, '{:.3g}' if k == 'worst_slack' else _escape_pipes) for k in columns})
 
 
 # %%
@@ -136,10 +139,12 @@ test_fail(lambda: make_row('Lemma 5', 'x', [True], [0.0], fails_as='wrong'), con
 test_eq(vacuity_row('Lemma 13', 'A2+A3', [False, False], [-1.0, -0.5])['worst_slack'], -0.5)
 test_fail(lambda: vacuity_row('Lemma 13', 'A2+A3', [True], [0.1]), contains='not vacuous')
 test_eq(status_counts([r]), '0 holds, 1 violated, 0 vacuous, 0 outside, 0 does not follow')
-test_eq(audit_rows([r], 'Lemma 5')[0], r); test_fail(lambda: audit_rows([r], 'Lemma 6'), contains='No audit row')
+test_eq(audit_rows([r], 'Lemma 5')[0], r)
+test_fail(lambda: audit_rows([r], 'Lemma 6'), contains='No audit row')
 test_close(rel_slack(1.0, 3.0), -2 / 3, eps=1e-15)
 m_, se_ = mean_se(np.array([[1.0, 3.0], [1e300, 3e300]]))
-test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12); test_close(se_ / [1.0, 1e300], 1.0, eps=1e-12)
+test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12)
+test_close(se_ / [1.0, 1e300], 1.0, eps=1e-12)
 
 
 # %% [markdown]
@@ -153,7 +158,7 @@ test_close(m_ / [2.0, 2e300], 1.0, eps=1e-12); test_close(se_ / [1.0, 1e300], 1.
 #| export
 @dataclass(frozen=True)
 class AuditSize:
-    "Instances per statement, Monte Carlo `paths` and `steps`, and the number of cvxpy-certified instances."
+    """Instances per statement, Monte Carlo `paths` and `steps`, and the number of cvxpy-certified instances."""
     instances: int = 16
     paths: int = 32
     steps: int = 60
@@ -161,7 +166,7 @@ class AuditSize:
 
     @classmethod
     def for_instances(cls, n, *, paths=None, steps=None, certify=None):
-        "The default size for `n` instances per statement (more paths and steps from 100 instances on)."
+        """The default size for `n` instances per statement (more paths and steps from 100 instances on)."""
         big = n >= 100
         return cls(n, paths or (64 if big else 32), steps or (120 if big else 60),
                    certify if certify is not None else max(2, n // 25))
@@ -186,12 +191,12 @@ SHAPES = ((2, 1), (3, 2), (5, 3), (8, 5))
 
 
 def loguniform(rng, lo, hi, size):
-    "Log-uniform draws in `[lo, hi]`."
+    """Log-uniform draws in `[lo, hi]`."""
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
 
 
 def draw_constants(rng, B):
-    "`(mu, L, rho, C, u)` for `B` instances: u is the learning rate as a fraction of the statement's maximum."
+    """`(mu, L, rho, C, u)` for `B` instances: u is the learning rate as a fraction of the statement's maximum."""
     mu = loguniform(rng, 0.05, 1.0, B)
     kappa = np.where(rng.uniform(size=B) < 0.125, 1.0, loguniform(rng, 1.0, 100.0, B))
     rho = loguniform(rng, 1e-3, 3.0, B)
@@ -201,14 +206,14 @@ def draw_constants(rng, B):
 
 
 def in_range(rng, lo, hi, size):
-    "Values in `[lo, hi]`, a quarter at each endpoint."
+    """Values in `[lo, hi]`, a quarter at each endpoint."""
     v = rng.uniform(size=size)
     x = lo + (hi - lo) * rng.uniform(size=size)
     return np.where(v < 0.25, lo, np.where(v < 0.5, hi, x))
 
 
 def shape_groups(n_instances):
-    "Split `n_instances` over the problem `SHAPES`: yields `(B, n, d)`."
+    """Split `n_instances` over the problem `SHAPES`: yields `(B, n, d)`."""
     base, extra = divmod(n_instances, len(SHAPES))
     for k, (n, d) in enumerate(SHAPES):
         B = base + (k < extra)
@@ -216,7 +221,7 @@ def shape_groups(n_instances):
 
 
 def grouped_constants(rng, N):
-    "Draw the constants of `N` instances (`draw_constants`), then yield `(B, n, d, (mu, L, rho, C, u))` per shape."
+    """Draw the constants of `N` instances (`draw_constants`), then yield `(B, n, d, (mu, L, rho, C, u))` per shape."""
     consts, k = draw_constants(rng, N), 0
     for B, n, d in shape_groups(N):
         yield B, n, d, tuple(x[k:k + B] for x in consts)
@@ -224,7 +229,7 @@ def grouped_constants(rng, N):
 
 
 def stack_problems(*qs):
-    "Stack problems along the batch axis."
+    """Stack problems along the batch axis."""
     return Quadratics(np.concatenate([q.H for q in qs]), np.concatenate([q.c for q in qs]))
 
 
@@ -246,7 +251,7 @@ test_eq(sum(B for B, *_ in grouped_constants(np.random.default_rng(0), 9)), 9)
 # %%
 #| export
 def check_lemma5(rng, size):
-    "Lemma 5 (coercivity) on quadratics with certified constants and on quadratic + softplus functions."
+    """Lemma 5 (coercivity) on quadratics with certified constants and on quadratic + softplus functions."""
     N, rows = size.instances, []
     flags, slacks = [], []
     for B, n, d, (mu, L, *_) in grouped_constants(rng, N):
@@ -258,7 +263,8 @@ def check_lemma5(rng, size):
         dg = np.einsum('bij,bpj->bpi', q.H[:, 0], dv)
         lhs = (dg * dv).sum(-1)
         rhs = coercivity_lower_bound(m[:, None], l[:, None], (dv ** 2).sum(-1), (dg ** 2).sum(-1))
-        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1)); slacks.append(rel_slack(lhs, rhs).min(-1))
+        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1))
+        slacks.append(rel_slack(lhs, rhs).min(-1))
     rows.append(make_row('Lemma 5', 'quadratics, certified mu <= L (incl. mu = L), random v, w',
                          np.concatenate(flags), np.concatenate(slacks),
                          'tight: equality along eigenvectors (worst slack is rounding, ~1e-15)'))
@@ -266,15 +272,19 @@ def check_lemma5(rng, size):
     for B, n, d in shape_groups(N):
         A = random_quadratics(1, d, 0.1, 2.0, batch=(B,), seed=rng).H[:, 0]
         bvec, alpha = rng.standard_normal((B, 4, d)), rng.uniform(0.1, 2.0, (B, 4))
-        grad = lambda x: (np.einsum('bij,bpj->bpi', A, x)
-                          + np.einsum('bk,bpk,bkd->bpd', alpha, 1 / (1 + np.exp(-np.einsum('bkd,bpd->bpk', bvec, x))), bvec))
+
+        def grad(x):   # of 1/2 x^T A x + sum_k alpha_k log(1 + exp(b_k^T x))
+            sigmoid = 1 / (1 + np.exp(-np.einsum('bkd,bpd->bpk', bvec, x)))
+            return np.einsum('bij,bpj->bpi', A, x) + np.einsum('bk,bpk,bkd->bpd', alpha, sigmoid, bvec)
+
         m = np.linalg.eigvalsh(A)[:, 0]
         l = np.linalg.eigvalsh(A)[:, -1] + (alpha * (bvec ** 2).sum(-1)).sum(-1) / 4
         v, w = 2 * rng.standard_normal((2, B, 64, d))
         dv, dg = v - w, grad(v) - grad(w)
         lhs = (dg * dv).sum(-1)
         rhs = coercivity_lower_bound(m[:, None], l[:, None], (dv ** 2).sum(-1), (dg ** 2).sum(-1))
-        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1)); slacks.append(rel_slack(lhs, rhs).min(-1))
+        flags.append((lhs < rhs - 1e-10 * np.abs(rhs)).any(-1))
+        slacks.append(rel_slack(lhs, rhs).min(-1))
     rows.append(make_row('Lemma 5', 'non-quadratic (quadratic + softplus terms), valid mu, L',
                          np.concatenate(flags), np.concatenate(slacks)))
     return rows
@@ -321,7 +331,7 @@ assert rows5[0]['worst_slack'] < 1e-8   # equality is attained: the lemma is tig
 # %%
 #| export
 def one_step_check(rng, N, *, same_example, method, shared_xi, shared_hessian=False, stable_factor='stated'):
-    "Per-instance (failed, slack) of one step of Lemma 6/7 (`sam`) or 13/14 (`stablesam`)."
+    """Per-instance (failed, slack) of one step of Lemma 6/7 (`sam`) or 13/14 (`stablesam`)."""
     flags, slacks = [], []
     for B, n, d, (mu, L, rho, C, u) in grouped_constants(rng, N):
         q = random_quadratics(2, d, mu, L, batch=(B,), shared_hessian=shared_hessian, seed=rng)
@@ -345,30 +355,34 @@ def one_step_check(rng, N, *, same_example, method, shared_xi, shared_hessian=Fa
               else stablesam_contraction_corrected(m, l, rho, G, eta, g0))
         extra = 0.0 if same_example else 2 * eta * G * (1.0 if method == 'sam' else g1)
         rhs = qf * 2 * half + extra
-        flags.append(lhs > rhs * (1 + 1e-9)); slacks.append(rel_slack(rhs, lhs))
+        flags.append(lhs > rhs * (1 + 1e-9))
+        slacks.append(rel_slack(rhs, lhs))
     return np.concatenate(flags), np.concatenate(slacks)
 
 
 def check_one_step(rng, size):
-    "Lemmas 6, 7 (SAM) and 13, 14 (StableSAM, Assumption 3 dropped): one step from two points."
+    """Lemmas 6, 7 (SAM) and 13, 14 (StableSAM, Assumption 3 dropped): one step from two points."""
     N = size.instances
     A1 = 'Assumption 1 (shared xi_t in [rho/G, C rho/G])'
     A12 = 'Assumptions 1-2 (shared xi_t, shared gamma_t in [gamma0, gamma1]), Assumption 3 dropped'
-    cases = [('Lemma 6', f'{A1}, eta <= eta_SAM', dict(same_example=True, method='sam', shared_xi=True), '', 'violated'),
+    cases = [('Lemma 6', f'{A1}, eta <= eta_SAM', dict(same_example=True, method='sam', shared_xi=True),
+              '', 'violated'),
              ('Lemma 6', 'Algorithm 1 SAM (xi_t = rho/||g|| per run; Assumption 1 not met)',
               dict(same_example=True, method='sam', shared_xi=False),
               "Algorithm 1's per-run xi_t breaks Assumption 1 (its ascent directions are not Lipschitz)", 'outside'),
              ('Lemma 7', f'{A1}, one shared Hessian, eta <= eta_SAM',
               dict(same_example=False, method='sam', shared_xi=True, shared_hessian=True), '', 'violated'),
-             ('Lemma 7', f'{A1}, per-example Hessians, eta <= eta_SAM', dict(same_example=False, method='sam', shared_xi=True),
+             ('Lemma 7', f'{A1}, per-example Hessians, eta <= eta_SAM',
+              dict(same_example=False, method='sam', shared_xi=True),
               'holds because G covers the ascent points of both examples', 'violated'),
-             ('Lemma 7', 'Algorithm 1 SAM (Assumption 1 not met)', dict(same_example=False, method='sam', shared_xi=False),
-              '', 'outside'),
+             ('Lemma 7', 'Algorithm 1 SAM (Assumption 1 not met)',
+              dict(same_example=False, method='sam', shared_xi=False), '', 'outside'),
              ('Lemma 13', f'{A12}, stated factor', dict(same_example=True, method='stablesam', shared_xi=True),
               'the step eta*gamma_t < eta contracts less than the stated factor (no gamma in it)', 'violated'),
              ('Lemma 13', f'corrected: factor 1 - gamma0 (1 + mu rho/G) eta mu L/(mu+L); {A12}',
               dict(same_example=True, method='stablesam', shared_xi=True, stable_factor='corrected'), '', 'violated'),
-             ('Lemma 14', f'{A12}, stated factor', dict(same_example=False, method='stablesam', shared_xi=True), '', 'violated'),
+             ('Lemma 14', f'{A12}, stated factor', dict(same_example=False, method='stablesam', shared_xi=True),
+              '', 'violated'),
              ('Lemma 14', f'corrected: factor with gamma0 (as Lemma 13); {A12}',
               dict(same_example=False, method='stablesam', shared_xi=True, stable_factor='corrected'), '', 'violated')]
     return [make_row(stmt, regime, *one_step_check(rng, N, **kw), note, fails_as=fails)
@@ -378,7 +392,8 @@ def check_one_step(rng, size):
 # %%
 rows_1 = check_one_step(np.random.default_rng(0), AuditSize(24))
 test_eq(audit_rows(rows_1, 'Lemma 6', 'Assumption 1')[0]['status'], 'holds')
-test_eq(audit_rows(rows_1, 'Lemma 7', 'Assumption 1 (shared xi_t in [rho/G, C rho/G]), one shared')[0]['status'], 'holds')
+test_eq(audit_rows(rows_1, 'Lemma 7', 'Assumption 1 (shared xi_t in [rho/G, C rho/G]), one shared')[0]['status'],
+        'holds')
 test_eq(audit_rows(rows_1, 'Lemma 13', 'corrected')[0]['status'], 'holds')
 assert audit_rows(rows_1, 'Lemma 6', 'Algorithm 1')[0]['status'] in ('holds', 'outside')
 Markdown(audit_table(rows_1))
@@ -411,21 +426,24 @@ Markdown(audit_table(rows_1))
 # %%
 #| export
 def assumption23_data(rng, N, P, T, clamp=None):
-    "Per instance: best Assumption-3 margins (certified mu, mu -> 0) and max of gamma_t (1 + rho s_min/G)."
+    """Per instance: best Assumption-3 margins (certified mu, mu -> 0) and max of gamma_t (1 + rho s_min/G)."""
     parts = []
     for B, n, d, (mu, L, rho, _, _) in grouped_constants(rng, N):
         q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
         ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
         smin = np.linalg.eigvalsh(q.H)[..., 0]                                     # (B, n)
         eta = loguniform(rng, 1e-3, 1.0, B) * stablesam_lr_max(m, l, rho, l * 10, 1.0, 1.0)
-        w = np.broadcast_to((ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)))[:, None], (B, P, d)).copy()
+        start = ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d))
+        w = np.broadcast_to(start[:, None], (B, P, d)).copy()
         bi = np.arange(B)[:, None]
         gam, lam, far, gn = [], [], np.linalg.norm(w - ws[:, None], axis=-1), []
         for t in range(T):
             i = rng.integers(0, n, (B, P))
             step, e_len, f = sam_direction(q.H[bi, i], q.c[bi, i], w, rho[:, None], 'stablesam', gamma0=clamp)
             ratio = sam_direction(q.H[bi, i], q.c[bi, i], w, rho[:, None], 'sam')[2]
-            gam.append(f); lam.append(smin[bi, i]); gn.append(ratio)
+            gam.append(f)
+            lam.append(smin[bi, i])
+            gn.append(ratio)
             w = w - eta[:, None, None] * step
             far = np.maximum(far, np.linalg.norm(w - ws[:, None], axis=-1))
         gam, lam, ratio = np.array(gam), np.array(lam), np.array(gn)
@@ -440,7 +458,7 @@ def assumption23_data(rng, N, P, T, clamp=None):
 
 
 def check_assumptions23(rng, size):
-    "Assumptions 2 and 3 never hold together: the statements that assume both are vacuous (also under Remark 19's clamp)."
+    """Assumptions 2 and 3 never hold together: statements assuming both are vacuous (also with Remark 19's clamp)."""
     N, P, T = size.instances, size.paths, size.steps
     r = assumption23_data(rng, N, P, T)
     met = (r['loose'] >= 0) | (r['tight'] >= 0)
@@ -477,12 +495,13 @@ Markdown(audit_table(rows_v, columns=('statement', 'regime', 'status', 'instance
 # %%
 #| export
 def check_bound_remarks(rng, size):
-    "Remarks 9, 12, 16, 19 and Table 1's learning-rate ranges: comparisons between the bounds as formulas."
+    """Remarks 9, 12, 16, 19 and Table 1's learning-rate ranges: comparisons between the bounds as formulas."""
     N = size.instances
     mu, L, rho, C, u = draw_constants(rng, N)
     G = loguniform(rng, 1e-2, 1e2, N) * np.maximum(mu, L * rho)
     n = rng.integers(2, 100, N)
-    g1 = in_range(rng, 0.05, 0.999, N); g0 = g1 * in_range(rng, 0.05, 1.0, N)
+    g1 = in_range(rng, 0.05, 0.999, N)
+    g0 = g1 * in_range(rng, 0.05, 1.0, N)
     eta = u * sam_lr_max(mu, L, rho, G, C)
     rows = []
     r1, r2 = sam_lr_max(mu, L, rho, G, C), sgd_lr_max(mu, L)
@@ -500,31 +519,36 @@ def check_bound_remarks(rng, size):
         rhos = np.logspace(-3, 1, 25)
         Gs = np.stack([max_grad_norm(q, ws, R0 + r) for r in rhos])               # (25, B)
         b = stability_bound(nn, m, l, rhos[:, None], Gs)
-        flags.append((np.diff(b, axis=0) > 1e-12 * b[1:]).any(0)); slacks.append(rel_slack(b[:-1], b[1:]).min(0))
-    rows.append(make_row('Remark 12', 'eps_gen bound decreases with rho when G is certified on a ball that holds the ascent points',
+        flags.append((np.diff(b, axis=0) > 1e-12 * b[1:]).any(0))
+        slacks.append(rel_slack(b[:-1], b[1:]).min(0))
+    rows.append(make_row('Remark 12',
+                         'eps_gen bound decreases with rho when G is certified on a ball that holds the ascent points',
                          np.concatenate(flags), np.concatenate(slacks),
                          'G grows with rho (ball radius R0 + rho), so G^2/(1 + mu rho/G) grows: a larger rho loosens '
                          'the bound; a looser upper bound does not show worse generalisation either, so the claim '
                          'does not follow (it is not a theorem violated)', fails_as='does not follow'))
     st, sm = stability_bound_corrected(n, mu, L, rho, G, g0, g1), stability_bound(n, mu, L, rho, G)
-    rows.append(make_row('Remark 16', 'claimed reduction, with the corrected Theorem 15: gamma1/gamma0 x SAM bound < SAM bound',
+    rows.append(make_row('Remark 16',
+                         'claimed reduction, with the corrected Theorem 15: gamma1/gamma0 x SAM bound < SAM bound',
                          st >= sm, rel_slack(sm, st), "gamma1/gamma0 >= 1: the corrected bound is never below SAM's, "
                          "so the claimed reduction does not follow from the bounds", fails_as='does not follow'))
     eq = excess_risk_bound(n, mu, L, rho, G, eta, g1, g1)
     rows.append(make_row('Remark 19', 'gamma0 = gamma1 < 1: Theorem 18 bound < Theorem 11 bound', eq >= sam_b,
                          rel_slack(sam_b, eq), fails_as='does not follow'))
     cl = excess_risk_bound(n, mu, L, rho, G, eta, g0, np.sqrt(g0))
-    rows.append(make_row('Remark 19', 'gamma1^2 <= gamma0 (clamp to [gamma0, sqrt(gamma0)]): Theorem 18 bound <= Theorem 11 bound',
+    rows.append(make_row('Remark 19',
+                         'gamma1^2 <= gamma0 (clamp to [gamma0, sqrt(gamma0)]): Theorem 18 bound <= Theorem 11 bound',
                          cl > sam_b * (1 + 1e-12), rel_slack(sam_b, cl), fails_as='does not follow'))
     s1 = stablesam_lr_max(mu, L, rho, G, C, g1)
-    rows.append(make_row('Table 1', 'learning-rate ranges: eta_SAM <= eta_SGD and eta_SAM < eta_StableSAM = eta_SAM/gamma1',
+    rows.append(make_row('Table 1',
+                         'learning-rate ranges: eta_SAM <= eta_SGD and eta_SAM < eta_StableSAM = eta_SAM/gamma1',
                          (r1 > r2) | (s1 <= r1), np.minimum(rel_slack(r2, r1), rel_slack(s1, r1)),
                          f'eta_StableSAM exceeds eta_SGD in {int((s1 > r2).sum())} of {N} draws'))
     return rows
 
 
 def clamp_factor_range(rng, N, P, T, gamma0):
-    "Smallest and largest factor of Algorithm 1 StableSAM runs with Remark 19's clamp `gamma0`, per instance."
+    """Smallest and largest factor of Algorithm 1 StableSAM runs with Remark 19's clamp `gamma0`, per instance."""
     q = random_quadratics(3, 2, loguniform(rng, 0.05, 1, N), 1.0, batch=(N,), seed=rng)
     w0 = np.broadcast_to(rng.standard_normal((N, 1, 2)), (N, P, 2))
     out = run(q, w0, 0.5, loguniform(rng, 1e-3, 3, N), 'stablesam', idx=rng.integers(0, 3, (T, N, P)), gamma0=gamma0)
@@ -532,18 +556,21 @@ def clamp_factor_range(rng, N, P, T, gamma0):
 
 
 def check_clamp(rng, size):
-    "Remark 19: the clamp keeps gamma_t in [gamma0, sqrt(gamma0)] (Assumption 2 with gamma1^2 = gamma0)."
+    """Remark 19: the clamp keeps gamma_t in [gamma0, sqrt(gamma0)] (Assumption 2 with gamma1^2 = gamma0)."""
     N, flags, slacks = max(4, size.instances // 4), [], []
     for gamma0 in (0.1, 0.5, 0.9):
         lo, hi = clamp_factor_range(rng, N, 8, 20, gamma0)
         flags.append((lo < gamma0 - 1e-15) | (hi > np.sqrt(gamma0) + 1e-15))
         slacks.append(np.minimum(lo - gamma0, np.sqrt(gamma0) - hi))
-    return [make_row('Remark 19', 'the clamp keeps gamma_t in [gamma0, sqrt(gamma0)] (Assumption 2 with gamma1^2 = gamma0)',
-                     np.concatenate(flags), np.concatenate(slacks), 'Algorithm 1 StableSAM with gamma0 in {0.1, 0.5, 0.9}')]
+    return [make_row('Remark 19',
+                     'the clamp keeps gamma_t in [gamma0, sqrt(gamma0)] (Assumption 2 with gamma1^2 = gamma0)',
+                     np.concatenate(flags), np.concatenate(slacks),
+                     'Algorithm 1 StableSAM with gamma0 in {0.1, 0.5, 0.9}')]
 
 
 # %%
-rows_b = check_bound_remarks(np.random.default_rng(0), AuditSize(32)) + check_clamp(np.random.default_rng(0), AuditSize(32))
+rows_b = (check_bound_remarks(np.random.default_rng(0), AuditSize(32))
+          + check_clamp(np.random.default_rng(0), AuditSize(32)))
 test_eq(audit_rows(rows_b, 'Remark 16')[0]['status'], 'does not follow')
 test_eq(audit_rows(rows_b, 'Remark 12', 'eps_gen')[0]['status'], 'does not follow')
 test_eq(audit_rows(rows_b, 'Remark 19', 'the clamp')[0]['status'], 'holds')
@@ -561,7 +588,7 @@ Markdown(audit_table(rows_b, columns=('statement', 'regime', 'status', 'instance
 # %%
 #| export
 def check_constants(rng, size):
-    "The certified constants (cvxpy against numpy), and Definitions 2 + 4 read globally (vacuous)."
+    """The certified constants (cvxpy against numpy), and Definitions 2 + 4 read globally (vacuous)."""
     gaps = []
     for k in range(size.certify):
         n, d = SHAPES[k % len(SHAPES)]
@@ -575,7 +602,8 @@ def check_constants(rng, size):
         gaps.append(max(abs(mc - m[0]) / m[0], abs(lc - l[0]) / l[0],
                         np.linalg.norm(wc - ws[0]) / max(1.0, np.linalg.norm(ws[0])), abs(Gc - G[0]) / G[0]))
     gaps = np.array(gaps)
-    rows = [make_row('Constants', 'cvxpy (SDP for mu, L; QP for w*; S-lemma SDP for G) vs numpy', gaps > 1e-5, 1e-5 - gaps,
+    rows = [make_row('Constants', 'cvxpy (SDP for mu, L; QP for w*; S-lemma SDP for G) vs numpy',
+                     gaps > 1e-5, 1e-5 - gaps,
                      f'largest relative gap {gaps.max():.2e}; slack = 1e-5 - gap')]
     q = random_quadratics(4, 3, 0.2, 5.0, batch=(16,), seed=rng)
     ws, (m, _) = empirical_minimizer(q), strong_convexity_smoothness(q.H)

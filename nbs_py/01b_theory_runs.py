@@ -19,6 +19,8 @@ from stablesam.theory_checks import AuditSize, audit_rows, audit_table
 
 # %%
 #| export
+from typing import NamedTuple
+
 import numpy as np
 
 from stablesam.theory import (
@@ -54,7 +56,7 @@ from stablesam.theory_checks import (
 #| export
 def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
                  problem=None, exact=False):
-    "Coupled runs on neighbouring sets `S`, `S'` (same sampling; `exact`: all n^T sequences), the ball of G settled by fixed-point iteration."
+    """Coupled runs on neighbouring sets `S`, `S'` (same sampling; `exact`: all n^T sequences), G's ball settled."""
     mu, L, rho, C, u = consts
     if method == 'sgd': rho = np.zeros(B)
     if problem is None:
@@ -69,12 +71,16 @@ def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, 
     if exact: P = n ** T                          # every sampling sequence once: the mean over paths is exact
     idx = np.broadcast_to(all_sequences(n, T)[:, None] if exact else rng.integers(0, n, (T, Bn, P)), (T, B, P))
     vx, vg = (np.broadcast_to(in_range(rng, 0.0, 1.0, (T, Bn, P)), (T, B, P)) for _ in range(2))
-    g1 = in_range(rng, 0.05, 0.999, B); g0 = g1 * in_range(rng, 0.05, 1.0, B)
+    g1 = in_range(rng, 0.05, 0.999, B)
+    g0 = g1 * in_range(rng, 0.05, 1.0, B)
     if gammas is not None: g0, g1 = (np.broadcast_to(g, (B,)).copy() for g in gammas)
     reach = (C * rho if shared_xi else rho)
     R = np.maximum(np.linalg.norm(w0 - ws, axis=-1), np.linalg.norm(allq.c - ws[:, None], axis=-1).max(-1)) + reach
     two = stack_problems(q, q2)
-    dup = lambda a: None if a is None else np.concatenate([a, a], axis=1 if np.ndim(a) == 3 else 0)
+
+    def dup(a):   # the same array for the runs on S and on S' (stacked along the batch axis)
+        return None if a is None else np.concatenate([a, a], axis=1 if np.ndim(a) == 3 else 0)
+
     for _ in range(6):
         G = max_grad_norm(allq, ws, R)
         if gamma_mode != 'free': g1 = 1 / (1 + m * rho / G)      # a valid gamma1 (Assumption 2) a priori
@@ -100,56 +106,89 @@ def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, 
                 mu=m, L=l, rho=rho, G=G, C=C, eta=eta, gamma0=g0, gamma1=g1)
 
 
+class StabilityCase(NamedTuple):
+    """One row of `check_stability`: the statement and regime, how the coupled runs go, and which bound is checked."""
+    statement: str
+    regime: str
+    method: str              # the algorithm run: 'sgd', 'sam' or 'stablesam'
+    shared_xi: bool          # Assumption 1's xi_t, shared by both runs (else Algorithm 1's, one per run)
+    gamma_mode: str | None   # StableSAM's factor: 'shared' (the run on S's), 'free' (any shared sequence), 'own'
+    lr: str                  # whose learning-rate range the runs use: 'sgd', 'sam' or 'stablesam'
+    bound: str               # 'stated' or 'corrected' (x 1/gamma0)
+    fails_as: str            # the status of the row if the bound fails: 'violated' or 'outside'
+
+
 def check_stability(rng, size):
-    "Uniform stability: Theorem 8, Remark 9 (SGD) and Theorem 15 with Assumption 3 dropped."
+    """Uniform stability: Theorem 8, Remark 9 (SGD) and Theorem 15 with Assumption 3 dropped."""
     N, P, T = size.instances, size.paths, size.steps
     A12 = 'Assumption 3 dropped; shared xi_t'
-    cases = [('Theorem 8', 'Assumption 1 (shared xi_t), eta <= eta_SAM, batch size 1', 'sam', True, None, 'sam', 'stated', 'violated'),
-             ('Theorem 8', 'Algorithm 1 SAM (xi_t per run; Assumption 1 not met), eta <= eta_SAM', 'sam', False, None, 'sam', 'stated', 'outside'),
-             ('Remark 9', 'SGD (Hardt et al.): eps_gen <= 2G^2(mu+L)/(n mu L), eta <= 2/(mu+L)', 'sgd', False, None, 'sgd', 'stated', 'violated'),
-             ('Theorem 15', f'{A12}; gamma_t = renormalisation factor of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'stated', 'violated'),
-             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t of the run on S, used by both runs', 'stablesam', True, 'shared', 'stablesam', 'corrected', 'violated'),
-             ('Theorem 15', f'{A12}; gamma_t any shared sequence in [gamma0, gamma1] (Assumption 2)', 'stablesam', True, 'free', 'stablesam', 'stated', 'violated'),
-             ('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t any shared sequence in [gamma0, gamma1]', 'stablesam', True, 'free', 'stablesam', 'corrected', 'violated'),
-             ('Theorem 15', 'Algorithm 1 StableSAM (xi_t, gamma_t per run; Assumptions 1, 3 not met), tight gamma0, gamma1', 'stablesam', False, 'own', 'stablesam', 'stated', 'outside')]
+    cases = [
+        StabilityCase('Theorem 8', 'Assumption 1 (shared xi_t), eta <= eta_SAM, batch size 1',
+                      'sam', True, None, 'sam', 'stated', 'violated'),
+        StabilityCase('Theorem 8', 'Algorithm 1 SAM (xi_t per run; Assumption 1 not met), eta <= eta_SAM',
+                      'sam', False, None, 'sam', 'stated', 'outside'),
+        StabilityCase('Remark 9', 'SGD (Hardt et al.): eps_gen <= 2G^2(mu+L)/(n mu L), eta <= 2/(mu+L)',
+                      'sgd', False, None, 'sgd', 'stated', 'violated'),
+        StabilityCase('Theorem 15', f'{A12}; gamma_t = renormalisation factor of the run on S, used by both runs',
+                      'stablesam', True, 'shared', 'stablesam', 'stated', 'violated'),
+        StabilityCase('Theorem 15', f'corrected bound x 1/gamma0; {A12}; gamma_t of the run on S, used by both runs',
+                      'stablesam', True, 'shared', 'stablesam', 'corrected', 'violated'),
+        StabilityCase('Theorem 15', f'{A12}; gamma_t any shared sequence in [gamma0, gamma1] (Assumption 2)',
+                      'stablesam', True, 'free', 'stablesam', 'stated', 'violated'),
+        StabilityCase('Theorem 15',
+                      f'corrected bound x 1/gamma0; {A12}; gamma_t any shared sequence in [gamma0, gamma1]',
+                      'stablesam', True, 'free', 'stablesam', 'corrected', 'violated'),
+        StabilityCase('Theorem 15',
+                      'Algorithm 1 StableSAM (xi_t, gamma_t per run; Assumptions 1, 3 not met), tight gamma0, gamma1',
+                      'stablesam', False, 'own', 'stablesam', 'stated', 'outside')]
     rows, data = [], {}
-    for stmt, regime, method, sxi, gmode, lr, kind, fails in cases:
-        key = (method, sxi, gmode, lr)
+    for case in cases:
+        key = (case.method, case.shared_xi, case.gamma_mode, case.lr)
         if key not in data:
             consts = draw_constants(rng, N)
             parts, k = [], 0
             for B, n, d in shape_groups(N):
-                cs = tuple(x[k:k + B].copy() for x in consts)
+                cs = tuple(x[k:k + B].copy() for x in consts)   # (mu, L, rho, C, u)
                 edge = dict()
-                if k == 0 and gmode == 'free':   # the corner of the regime: mu = L, edge learning rate, small gamma
-                    cs[1][:] = cs[0]; cs[3][:] = 1 + 1e-9; cs[4][:] = 1.0
+                if k == 0 and case.gamma_mode == 'free':
+                    # the corner of the regime: mu = L, edge learning rate, small gamma
+                    cs[1][:] = cs[0]
+                    cs[3][:] = 1 + 1e-9
+                    cs[4][:] = 1.0
                     edge = dict(gammas=(0.01, 0.01), shared_hessian=True)
-                part = coupled_runs(rng, B, n, d, cs, method, shared_xi=sxi, gamma_mode=gmode, lr=lr, P=P, T=T,
-                                    **({'shared_hessian': bool(k % 2)} | edge))
-                parts.append(part | dict(corner=np.full(B, bool(edge)))); k += B
+                part = coupled_runs(rng, B, n, d, cs, case.method, shared_xi=case.shared_xi, gamma_mode=case.gamma_mode,
+                                    lr=case.lr, P=P, T=T, **({'shared_hessian': bool(k % 2)} | edge))
+                parts.append(part | dict(corner=np.full(B, bool(edge))))
+                k += B
             data[key] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         r = data[key]
-        if kind == 'corrected':
+        if case.bound == 'corrected':
             bound = stability_bound_corrected(r['n'], r['mu'], r['L'], r['rho'], r['G'], r['gamma0'], r['gamma1'])
         else:
-            bound = stability_bound(r['n'], r['mu'], r['L'], r['rho'], r['G'], r['gamma1'] if method == 'stablesam' else 1.0)
+            gamma1 = r['gamma1'] if case.method == 'stablesam' else 1.0
+            bound = stability_bound(r['n'], r['mu'], r['L'], r['rho'], r['G'], gamma1)
         ok, failed = r['ok'], r['lower'] > bound * (1 + 1e-9)
         note = f"T={T}, {P} paths; eps = max over S u S' of E|f(w_T,z)-f(v_T,z)|"
-        if gmode == 'shared': note += "; the algorithm's own factor, shared as Lemmas 13-14 write it: the main StableSAM result"
-        if gmode == 'free':
-            note += (f"; includes {int(r['corner'].sum())} draws at the degenerate corner mu = L, gamma_t = gamma0 = gamma1 = 0.01 "
-                     f"imposed, eta = eta_max (so eta gamma_t (1 + xi_t L) L = 1: each step lands on the sampled minimiser)")
+        if case.gamma_mode == 'shared':
+            note += "; the algorithm's own factor, shared as Lemmas 13-14 write it: the main StableSAM result"
+        if case.gamma_mode == 'free':
+            note += (f"; includes {int(r['corner'].sum())} draws at the degenerate corner mu = L, "
+                     "gamma_t = gamma0 = gamma1 = 0.01 imposed, eta = eta_max "
+                     "(so eta gamma_t (1 + xi_t L) L = 1: each step lands on the sampled minimiser)")
             if (failed & ok).any():
-                note += f"; {int((failed & ok & r['corner']).sum())} of the {int((failed & ok).sum())} failing draws are corner draws"
+                note += (f"; {int((failed & ok & r['corner']).sum())} of the {int((failed & ok).sum())} failing draws "
+                         "are corner draws")
         if (~ok).any(): note += f'; {int((~ok).sum())} instances excluded (ball of G did not settle)'
-        rows.append(make_row(stmt, regime, failed[ok], rel_slack(bound, r['mean'])[ok], note, fails_as=fails))
+        rows.append(make_row(case.statement, case.regime, failed[ok], rel_slack(bound, r['mean'])[ok], note,
+                             fails_as=case.fails_as))
     return rows
 
 
 # %%
 rows_st = check_stability(np.random.default_rng(0), AuditSize(8, paths=16, steps=40))
 test_eq(audit_rows(rows_st, 'Theorem 8', 'Assumption 1')[0]['status'], 'holds')
-test_eq({r['status'] for r in audit_rows(rows_st, 'Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t = ')}, {'holds'})
+test_eq({r['status'] for r in audit_rows(rows_st, 'Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t = ')},
+        {'holds'})
 Markdown(audit_table(rows_st, columns=('statement', 'regime', 'status', 'instances', 'violations', 'worst_slack')))
 
 
@@ -175,7 +214,7 @@ Markdown(audit_table(rows_st, columns=('statement', 'regime', 'status', 'instanc
 # %%
 #| export
 def convergence_data(rng, N, method, *, batch1, P, T):
-    "Runs of Algorithm 1 with any learning rate; per-instance measured risks, bounds and constants."
+    """Runs of Algorithm 1 with any learning rate; per-instance measured risks, bounds and constants."""
     out_parts = []
     for B, n, d, (mu, L, rho, _, _) in grouped_constants(rng, N):
         q = random_quadratics(n, d, mu, L, batch=(B,), seed=rng)
@@ -183,7 +222,8 @@ def convergence_data(rng, N, method, *, batch1, P, T):
         m, l = strong_convexity_smoothness(q.H)
         eta = np.exp(rng.uniform(np.log(1e-3 / l), np.log(np.minimum(3 / m, 10 / l))))
         Pb = P if batch1 else 1
-        w0 = np.broadcast_to((ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d)))[:, None], (B, Pb, d))
+        start = ws + loguniform(rng, 0.1, 3.0, (B, 1)) * rng.standard_normal((B, d))
+        w0 = np.broadcast_to(start[:, None], (B, Pb, d))
         prob, idx = (q, rng.integers(0, n, (T, B, Pb))) if batch1 else (fb, np.zeros((T, B, 1), int))
         out = run(prob, w0, eta, rho, method, idx=idx, center=ws, risk=lambda w: empirical_risk(fb, w))
         G = max_grad_norm(q, ws, out['radius'] + rho)
@@ -199,7 +239,7 @@ def convergence_data(rng, N, method, *, batch1, P, T):
 
 
 def check_convergence(rng, size):
-    "Theorems 10 and 17 (noise ball), full batch and batch size one, any eta and the corrected range."
+    """Theorems 10 and 17 (noise ball), full batch and batch size one, any eta and the corrected range."""
     N, P, T, rows = size.instances, size.paths, size.steps, []
     for stmt, method, lrname in (('Theorem 10', 'sam', '1/(2 mu (1+mu rho/G))'),
                                  ('Theorem 17', 'stablesam', '1/(2 mu gamma0 (1+mu rho/G))')):
@@ -237,7 +277,7 @@ Markdown(audit_table(rows_cv, columns=('statement', 'regime', 'status', 'instanc
 # %%
 #| export
 def excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
-    "Runs on training sets drawn from a finite population: per-instance excess-risk flags and slacks (finite T and the limit)."
+    """Runs on training sets drawn from a finite population: per-instance excess-risk flags and slacks (T and limit)."""
     parts = []
     for B, n, d, (mu, L, rho, C, u) in grouped_constants(rng, N):
         if method == 'sgd': rho = np.zeros(B)
@@ -279,32 +319,45 @@ def excess_data(rng, N, method, *, shared_xi, lr, P, T, M=24, clamp=None):
         parts.append(dict(corr=(eta <= noise_ball_lr_max(m, rho, G, g0)) & ~bad,
                           viol=((mean - Z99 * se) > bound * (1 + 1e-9))[1:].any(0) & ~bad,
                           slack=rel_slack(bound, mean)[1:].min(0), ok=~bad,
-                          lviol=(mean[-1] - Z99 * se[-1] > limit * (1 + 1e-9)) & ~bad, lslack=rel_slack(limit, mean[-1]),
+                          lviol=(mean[-1] - Z99 * se[-1] > limit * (1 + 1e-9)) & ~bad,
+                          lslack=rel_slack(limit, mean[-1]),
                           settled=settled & ~bad))
     return {k_: np.concatenate([p[k_] for p in parts]) for k_ in parts[0]}
 
 
+class ExcessCase(NamedTuple):
+    """One statement of `check_excess_risk`: its regime, the algorithm run, its learning rates and Remark 19's clamp."""
+    statement: str
+    regime: str
+    method: str             # the algorithm run: 'sgd', 'sam' or 'stablesam'
+    shared_xi: bool         # Assumption 1's xi_t in [rho/G, C rho/G] (else Algorithm 1's)
+    lr: str                 # whose learning-rate range the runs use: 'sgd', 'sam' or 'stablesam'
+    clamp: float | None     # Remark 19's clamp gamma0 (None: no clamp)
+
+
 def check_excess_risk(rng, size):
-    "Theorems 11, 18 and Table 1: expected excess risk at every t <= T and as T -> infinity."
+    """Theorems 11, 18 and Table 1: expected excess risk at every t <= T and as T -> infinity."""
     N, P, T, rows = size.instances, size.paths, size.steps, []
-    cases = [('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM', 'sam', False, 'sam', None),
-             ('Theorem 11', 'Assumption 1 (xi_t in [rho/G, C rho/G]), eta <= eta_SAM', 'sam', True, 'sam', None),
-             ('Table 1', 'SGD row (Hardt et al.), eta <= 2/(mu+L)', 'sgd', False, 'sgd', None),
-             ('Theorem 18', 'corrected (Thm 15 x 1/gamma0, Thm 17 with eta <= 1/(2 mu gamma0(1+a))): '
-              'Algorithm 1 StableSAM with Remark 19 clamp gamma0 = 0.5', 'stablesam', False, 'stablesam', 0.5)]
-    for stmt, regime, method, sxi, lr, clamp in cases:
-        r = excess_data(rng, N, method, shared_xi=sxi, lr=lr, P=P, T=T, clamp=clamp)
+    cases = [
+        ExcessCase('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM', 'sam', False, 'sam', None),
+        ExcessCase('Theorem 11', 'Assumption 1 (xi_t in [rho/G, C rho/G]), eta <= eta_SAM', 'sam', True, 'sam', None),
+        ExcessCase('Table 1', 'SGD row (Hardt et al.), eta <= 2/(mu+L)', 'sgd', False, 'sgd', None),
+        ExcessCase('Theorem 18', 'corrected (Thm 15 x 1/gamma0, Thm 17 with eta <= 1/(2 mu gamma0(1+a))): '
+                   'Algorithm 1 StableSAM with Remark 19 clamp gamma0 = 0.5', 'stablesam', False, 'stablesam', 0.5)]
+    for case in cases:
+        r = excess_data(rng, N, case.method, shared_xi=case.shared_xi, lr=case.lr, P=P, T=T, clamp=case.clamp)
         ok, st = r['ok'], r['settled']
         note = f'pool of 24 examples, T={T}, {P} (S, path) draws; checked at every t <= T'
         if (~ok).any(): note += f'; {int((~ok).sum())} excluded (ball of G did not settle)'
-        rows.append(make_row(stmt, regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
-        if stmt == 'Theorem 11' and not sxi:
-            rows.append(make_row('Table 1', 'SAM row (= Theorem 11): ' + regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
+        rows.append(make_row(case.statement, case.regime + ', finite T', r['viol'][ok], r['slack'][ok], note))
+        if case.statement == 'Theorem 11' and not case.shared_xi:
+            rows.append(make_row('Table 1', 'SAM row (= Theorem 11): ' + case.regime + ', finite T',
+                                 r['viol'][ok], r['slack'][ok], note))
             c = r['corr']
-            rows.append(make_row(stmt, 'eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))) (the full-batch correction of '
-                                 'Theorem 10); Algorithm 1 SAM, batch size 1, finite T',
+            rows.append(make_row(case.statement, 'eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))) '
+                                 '(the full-batch correction of Theorem 10); Algorithm 1 SAM, batch size 1, finite T',
                                  r['viol'][c], r['slack'][c], note + '; the subset of the draws inside that range'))
-        rows.append(make_row(stmt, regime + ', T -> infinity', r['lviol'][st], r['lslack'][st],
+        rows.append(make_row(case.statement, case.regime + ', T -> infinity', r['lviol'][st], r['lslack'][st],
                              f'{int(st.sum())} of {ok.sum()} instances had settled by T={T}'))
     return rows
 

@@ -93,14 +93,14 @@ from stablesam.theory_runs import coupled_runs, check_stability, check_convergen
 # %%
 #| export
 def interval_G(points, reach, h=1.0, c=(0.0,)):
-    "G on the smallest interval holding `points` widened by `reach`, for 1-d examples `f_i = h (w - c_i)^2 / 2`."
+    """G on the smallest interval holding `points` widened by `reach`, for 1-d examples `f_i = h (w - c_i)^2 / 2`."""
     lo, hi = min(points) - reach, max(points) + reach
     q = Quadratics(np.full((len(c), 1, 1), h), np.array(c, float)[:, None])
     return float(max_grad_norm(q, np.array([(lo + hi) / 2]), np.array((hi - lo) / 2)))
 
 
 def counterexample_row(statement, regime, rows, lhs, rhs, G, instance, status='violated', **extra):
-    "One counterexample: the audit rows it belongs to, measured `lhs` against the bound `rhs` at constant `G`."
+    """One counterexample: the audit rows it belongs to, measured `lhs` against the bound `rhs` at constant `G`."""
     return dict(statement=statement, regime=regime, rows=rows, lhs=float(lhs), rhs=float(rhs), G=float(G),
                 instance=instance, status=status, violated=bool(lhs > rhs * (1 + 1e-9) + 1e-15), **extra)
 
@@ -122,7 +122,7 @@ UNIT_HESSIAN, C_EDGE = np.ones((1, 1)), 1 + 1e-9     # f = w^2/2 (d = 1, H = 1) 
 
 
 def counterexample_lemma6(G=None):
-    "Lemma 6 for Algorithm 1 SAM (per-run xi_t): w = 0.01, v = -0.01 on f = w^2/2, eta = eta_max."
+    """Lemma 6 for Algorithm 1 SAM (per-run xi_t): w = 0.01, v = -0.01 on f = w^2/2, eta = eta_max."""
     w, v, rho = 0.01, -0.01, 0.1
     G = interval_G([w, v], rho) if G is None else G
     eta = sam_lr_max(1.0, 1.0, rho, G, C_EDGE)
@@ -133,7 +133,8 @@ def counterexample_lemma6(G=None):
     return counterexample_row('Lemma 6', 'Algorithm 1 SAM (per-run xi_t)', (('Lemma 6', 'Algorithm 1 SAM'),),
                               abs(own[1, 0] - own[0, 0]), rhs, G, status='outside',
                               lhs_shared_xi=float(abs(shared[1, 0] - shared[0, 0])),
-                              instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, C=1+1e-9, G={G:.4g}, eta=eta_max={eta:.4g}')
+                              instance=f'd=1, f=w^2/2, w={w}, v={v}, rho={rho}, C=1+1e-9, G={G:.4g}, '
+                                       f'eta=eta_max={eta:.4g}')
 
 
 # %%
@@ -150,12 +151,13 @@ print(f"per-run xi: {c6['lhs']:.4g} > {c6['rhs']:.4g}; shared xi = rho/G: {c6['l
 # %%
 #| export
 def counterexample_lemma13(G=None):
-    "Lemma 13 (Assumptions 1-2, Assumption 3 dropped): w = 1, v = -1 on f = w^2/2, shared xi = rho/G and gamma_t = 0.1."
+    """Lemma 13 (Assumptions 1-2, Assumption 3 dropped): w = 1, v = -1, f = w^2/2, shared xi = rho/G, gamma_t = 0.1."""
     w, v, rho, gam = 1.0, -1.0, 0.1, 0.1
     G = interval_G([w, v], C_EDGE * rho) if G is None else G
     eta = 0.1 * stablesam_lr_max(1.0, 1.0, rho, G, C_EDGE, gam)
     x = np.array([[w], [v]])
-    new = x - eta * sam_direction(UNIT_HESSIAN, np.zeros(1), x, rho, 'stablesam', xi=np.full(2, rho / G), gamma=np.full(2, gam))[0]
+    new = x - eta * sam_direction(UNIT_HESSIAN, np.zeros(1), x, rho, 'stablesam', xi=np.full(2, rho / G),
+                                  gamma=np.full(2, gam))[0]
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w)
     return counterexample_row('Lemma 13', 'Assumptions 1-2, Assumption 3 dropped', (('Lemma 13', 'Assumptions 1-2'),),
                               abs(new[1, 0] - new[0, 0]), rhs, G,
@@ -164,11 +166,15 @@ def counterexample_lemma13(G=None):
 
 
 def counterexample_lemma14(G=None):
-    "Lemma 14 likewise, with examples c = 0 (run on S) and c' = 0.1 (run on S') of the same Hessian."
+    """Lemma 14 likewise, with examples c = 0 (run on S) and c' = 0.1 (run on S') of the same Hessian."""
     w, v, rho, gam, cz, cz2 = 1.0, -1.0, 0.1, 0.1, 0.0, 0.1
     G = interval_G([w, v], C_EDGE * rho, c=(cz, cz2)) if G is None else G
     eta = 0.1 * stablesam_lr_max(1.0, 1.0, rho, G, C_EDGE, gam)
-    step = lambda x, c: x - eta * sam_direction(UNIT_HESSIAN, np.array([c]), np.array([x]), rho, 'stablesam', xi=rho / G, gamma=gam)[0][0]
+
+    def step(x, c):   # one StableSAM step from x on the example with minimiser c
+        return x - eta * sam_direction(UNIT_HESSIAN, np.array([c]), np.array([x]), rho, 'stablesam', xi=rho / G,
+                                       gamma=gam)[0][0]
+
     rhs = sam_contraction(1.0, 1.0, rho, G, eta) * abs(v - w) + 2 * eta * gam * G
     return counterexample_row('Lemma 14', 'Assumptions 1-2, Assumption 3 dropped', (('Lemma 14', 'Assumptions 1-2'),),
                               abs(step(v, cz2) - step(w, cz)), rhs, G,
@@ -187,24 +193,25 @@ for f in (counterexample_lemma13, counterexample_lemma14): assert f()['violated'
 # %%
 #| export
 def noise_ball_one_step(statement, method, G=None):
-    "Theorem 10 (`sam`) or 17 (`stablesam`) after one step of eta = 1 from w0 = 1 on f = w^2/2 (n = 1)."
+    """Theorem 10 (`sam`) or 17 (`stablesam`) after one step of eta = 1 from w0 = 1 on f = w^2/2 (n = 1)."""
     w0, rho, eta = 1.0, 0.01, 1.0
     out = run_all_sequences(Quadratics(np.ones((1, 1, 1)), np.zeros((1, 1))), np.array([w0]), eta, rho, method, T=1)
     w1, gam = out['w'][0, 0], float(out['factor_min'])
     G = interval_G([w0, w1], rho) if G is None else G
     rhs = noise_ball_bound(1, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta, gam, gam)
-    return counterexample_row(statement, 'any constant eta (here eta = 1/L)', ((statement, 'Algorithm 1'),), 0.5 * w1 ** 2,
-                              rhs, G, instance=f'd=n=1, f=w^2/2, w0={w0}, rho={rho}, eta={eta}, T=1, G={G:.4g}'
-                                               + (f', gamma0=gamma1={gam:.4g}' if method == 'stablesam' else ''))
+    return counterexample_row(statement, 'any constant eta (here eta = 1/L)', ((statement, 'Algorithm 1'),),
+                              0.5 * w1 ** 2, rhs, G,
+                              instance=f'd=n=1, f=w^2/2, w0={w0}, rho={rho}, eta={eta}, T=1, G={G:.4g}'
+                                       + (f', gamma0=gamma1={gam:.4g}' if method == 'stablesam' else ''))
 
 
 def counterexample_theorem10(G=None):
-    "Theorem 10 with eta = 1/L: the bound is negative after one step."
+    """Theorem 10 with eta = 1/L: the bound is negative after one step."""
     return noise_ball_one_step('Theorem 10', 'sam', G)
 
 
 def counterexample_theorem17(G=None):
-    "Theorem 17 with eta = 1/L: the bound is negative after one step (gamma0 = gamma1 = the step's factor)."
+    """Theorem 17 with eta = 1/L: the bound is negative after one step (gamma0 = gamma1 = the step's factor)."""
     return noise_ball_one_step('Theorem 17', 'stablesam', G)
 
 
@@ -222,7 +229,7 @@ for f in (counterexample_theorem10, counterexample_theorem17): assert f()['rhs']
 # %%
 #| export
 def counterexample_theorem15(G=None):
-    "Theorem 15 (Assumption 3 dropped, gamma_t shared and imposed = 0.01): the degenerate corner mu = L, eta = eta_max."
+    """Theorem 15 (Assumption 3 dropped, shared gamma_t imposed = 0.01): the degenerate corner mu = L, eta = eta_max."""
     rho, gam, T = 0.01, 0.01, 8
     S = Quadratics(np.ones((2, 1, 1)), np.array([[1.0], [-1.0]]))
     S2 = Quadratics(np.ones((2, 1, 1)), np.array([[-1.0], [-1.0]]))
@@ -232,17 +239,20 @@ def counterexample_theorem15(G=None):
     w = run_all_sequences(S, np.zeros(1), eta, rho, 'stablesam', **kw)['w']
     v = run_all_sequences(S2, np.zeros(1), eta, rho, 'stablesam', **kw)['w']
     lhs = np.abs(losses(S, w) - losses(S, v)).mean(0).max()        # max over z in S u S' = {c = 1, c = -1}
-    return counterexample_row('Theorem 15', 'Assumptions 1-2 (gamma_t shared, in [gamma0, gamma1]), Assumption 3 dropped',
+    return counterexample_row('Theorem 15',
+                              'Assumptions 1-2 (gamma_t shared, in [gamma0, gamma1]), Assumption 3 dropped',
                               (('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t any'),), lhs,
                               stability_bound(2, 1.0, 1.0, rho, G, gam), G, step_factor=float(eta * gam * (1 + xi)),
                               instance=f"d=1, n=2, H=1 shared, S: c=(1,-1), S': c=(-1,-1), w0=0, rho={rho}, xi=rho/G, "
-                                       f"gamma_t={gam}, G={G:.4g}, eta=eta_max={eta:.4g}, T={T}, exact over 2^{T} sequences; "
-                                       f"degenerate corner: mu = L, gamma_t imposed, eta gamma_t (1 + xi) = {eta * gam * (1 + xi):.6g}")
+                                       f"gamma_t={gam}, G={G:.4g}, eta=eta_max={eta:.4g}, T={T}, "
+                                       f"exact over 2^{T} sequences; degenerate corner: mu = L, gamma_t imposed, "
+                                       f"eta gamma_t (1 + xi) = {eta * gam * (1 + xi):.6g}")
 
 
 # %%
 c15 = counterexample_theorem15()
-assert c15['violated']; test_close(c15['step_factor'], 1.0, eps=1e-9)
+assert c15['violated']
+test_close(c15['step_factor'], 1.0, eps=1e-9)
 
 # %% [markdown]
 # **Theorem 10 with batch size one, inside the full-batch correction** $\eta \le 1/(2\mu(1+\mu\rho/G))$:
@@ -253,18 +263,19 @@ assert c15['violated']; test_close(c15['step_factor'], 1.0, eps=1e-9)
 
 # %%
 #| export
-PAIR_PROBLEM = Quadratics(np.ones((2, 1, 1)), np.array([[1.0], [-1.0]]))      # f_i = (w - c_i)^2/2, c = (1, -1): F_S - F* = w^2/2
+# f_i = (w - c_i)^2/2, c = (1, -1): F_S - F* = w^2/2
+PAIR_PROBLEM = Quadratics(np.ones((2, 1, 1)), np.array([[1.0], [-1.0]]))
 
 
 @functools.lru_cache(maxsize=4)
 def pair_paths(T=16, w0=1.0, rho=1.0, eta=0.01):
-    "Algorithm 1 SAM on `PAIR_PROBLEM` over all 2^T sequences: `(w_T, how many steps picked c = -1, radius)` per sequence (cached)."
+    """Algorithm 1 SAM on `PAIR_PROBLEM`, all 2^T sequences: `(w_T, steps that picked c = -1, radius)` each (cached)."""
     out = run_all_sequences(PAIR_PROBLEM, np.array([w0]), eta, rho, 'sam', T=T, center=np.zeros(1))
     return out['w'][:, 0], all_sequences(2, T).sum(0), float(out['radius'])
 
 
 def counterexample_theorem10_batch1(G=None):
-    "Theorem 10 with batch size 1 inside eta <= 1/(2 mu (1+mu rho/G)): PAIR_PROBLEM, w0 = 1, rho = 1, eta = 0.01, T = 16."
+    """Theorem 10, batch size 1, inside eta <= 1/(2 mu (1+mu rho/G)): PAIR_PROBLEM, w0=1, rho=1, eta=0.01, T=16."""
     T, w0, rho, eta = 16, 1.0, 1.0, 0.01
     w, _, radius = pair_paths(T, w0, rho, eta)
     G = float(max_grad_norm(PAIR_PROBLEM, np.zeros(1), np.array(radius + rho))) if G is None else G
@@ -272,45 +283,51 @@ def counterexample_theorem10_batch1(G=None):
                               (('Theorem 10', 'eta <= 1/(2 mu (1+mu rho/G)) (the full-batch correction)'),),
                               np.mean(0.5 * w ** 2), noise_ball_bound(T, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta), G,
                               inside=bool(eta <= noise_ball_lr_max(1.0, rho, G)),
-                              instance=f'd=1, n=2, f_i=(w-c_i)^2/2, c=(1,-1), w0={w0}, rho={rho}, eta={eta}, G={G:.4g}, '
-                                       f'T={T}, exact over 2^{T} sequences')
+                              instance=f'd=1, n=2, f_i=(w-c_i)^2/2, c=(1,-1), w0={w0}, rho={rho}, eta={eta}, '
+                                       f'G={G:.4g}, T={T}, exact over 2^{T} sequences')
 
 
 def counterexample_theorem11_edge(G=None):
-    "Theorem 11 at eta = eta_SAM: one step from w0 = 1 on a one-example population f = w^2/2, n = 100."
+    """Theorem 11 at eta = eta_SAM: one step from w0 = 1 on a one-example population f = w^2/2, n = 100."""
     w0, rho, n = 1.0, 0.01, 100
     G = interval_G([w0, 0.0], rho) if G is None else G           # the ball of w0 and w* = 0 (it holds w1 too)
     eta = sam_lr_max(1.0, 1.0, rho, G, C_EDGE)
-    w1 = run_all_sequences(Quadratics(np.ones((1, 1, 1)), np.zeros((1, 1))), np.array([w0]), eta, rho, 'sam', T=1)['w'][0, 0]
+    one = Quadratics(np.ones((1, 1, 1)), np.zeros((1, 1)))
+    w1 = run_all_sequences(one, np.array([w0]), eta, rho, 'sam', T=1)['w'][0, 0]
     rhs = stability_bound(n, 1.0, 1.0, rho, G) + noise_ball_bound(1, 0.5 * w0 ** 2, 1.0, 1.0, rho, G, eta)
-    return counterexample_row('Theorem 11', 'eta <= eta_SAM, finite T', (('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM, finite T'),
-                                                                       ('Table 1', 'SAM row')), 0.5 * w1 ** 2, rhs, G,
+    return counterexample_row('Theorem 11', 'eta <= eta_SAM, finite T',
+                              (('Theorem 11', 'Algorithm 1 SAM, eta <= eta_SAM, finite T'), ('Table 1', 'SAM row')),
+                              0.5 * w1 ** 2, rhs, G,
                               inside=bool(interval_G([w0, w1], rho) <= G + 1e-12),   # G covers w1 too
-                              instance=f'd=1, population = one example f=w^2/2 (so F_D = F_S = f), n={n}, w0={w0}, rho={rho}, '
-                                       f'C=1+1e-9, G={G:.4g}, eta=eta_SAM={eta:.4g}, T=1')
+                              instance=f'd=1, population = one example f=w^2/2 (so F_D = F_S = f), n={n}, w0={w0}, '
+                                       f'rho={rho}, C=1+1e-9, G={G:.4g}, eta=eta_SAM={eta:.4g}, T=1')
 
 
 def counterexample_theorem11_batch1(G=None):
-    "Theorem 11 inside eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))): the PAIR_PROBLEM paths with S ~ D^n, n = 10^4, exact."
+    """Theorem 11 inside eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G))): PAIR_PROBLEM paths, S ~ D^n, n = 10^4, exact."""
     from scipy.stats import binom
     n, T, w0, rho, eta = 10_000, 16, 1.0, 1.0, 0.01
     w, minus, radius = pair_paths(T, w0, rho, eta)
     G = float(max_grad_norm(PAIR_PROBLEM, np.zeros(1), np.array(radius + rho))) if G is None else G   # whole population
-    k = np.arange(n + 1); pk = binom.pmf(k, n, 0.5); p = k / n             # k examples of S have c = +1
+    k = np.arange(n + 1)                                                    # k examples of S have c = +1
+    pk = binom.pmf(k, n, 0.5)
+    p = k / n
     weight = np.array([np.sum(pk * p ** (T - m) * (1 - p) ** m) for m in range(T + 1)])[minus]
     lhs = np.sum(weight * 0.5 * w ** 2)                                     # E_S E_path F_D(w_T) - F_D*
     e0 = np.sum(pk * 0.5 * (w0 - (2 * k - n) / n) ** 2)                     # E_S [F_S(w0) - F_S(w_S*)]
     rhs = stability_bound(n, 1.0, 1.0, rho, G) + noise_ball_bound(T, e0, 1.0, 1.0, rho, G, eta)
     return counterexample_row('Theorem 11', 'batch size 1, eta <= min(eta_SAM, 1/(2 mu (1+mu rho/G)))',
                               (('Theorem 11', 'eta <= min(eta_SAM'),), lhs, rhs, G,
-                              inside=bool(eta <= min(noise_ball_lr_max(1.0, rho, G), sam_lr_max(1.0, 1.0, rho, G, C_EDGE))),
+                              inside=bool(eta <= min(noise_ball_lr_max(1.0, rho, G),
+                                                     sam_lr_max(1.0, 1.0, rho, G, C_EDGE))),
                               instance=f'd=1, population uniform on c=+1/-1 (f=(w-c)^2/2), n={n}, w0={w0}, rho={rho}, '
                                        f'eta={eta}, G={G:.4g}, T={T}, exact over S (binomial) and 2^{T} sequences')
 
 
 # %%
 for f in (counterexample_theorem10_batch1, counterexample_theorem11_edge, counterexample_theorem11_batch1):
-    c = f(); assert c['violated'] and c['inside'], f.__name__
+    c = f()
+    assert c['violated'] and c['inside'], f.__name__
 test_close(counterexample_theorem10_batch1()['G'], 3.009, eps=1e-3)
 
 # %% [markdown]
@@ -330,7 +347,7 @@ COUNTEREXAMPLES = (counterexample_lemma6, counterexample_lemma13, counterexample
 
 
 def smallest_G(counterexample, factor=1e6, iters=40):
-    "The smallest G, at or above the tight one, at which `counterexample(G)` no longer violates (`inf`: none up to `factor` x)."
+    """The smallest G >= the tight one at which `counterexample(G)` stops violating (`inf`: none up to `factor` x)."""
     G0 = counterexample()['G']
     grid = G0 * np.logspace(0, np.log10(factor), int(4 * np.log10(factor)) + 1)
     held = [not counterexample(G)['violated'] for G in grid]
@@ -346,19 +363,20 @@ def smallest_G(counterexample, factor=1e6, iters=40):
 
 @functools.lru_cache(maxsize=1)
 def _counterexample_table():
-    "Every counterexample with its tight G and the smallest G at which it disappears (computed once)."
+    """Every counterexample with its tight G and the smallest G at which it disappears (computed once)."""
     return tuple(f() | dict(name=f.__name__, G_vanishes=smallest_G(f)) for f in COUNTEREXAMPLES)
 
 
 def counterexamples():
-    "The smallest concrete counterexample of each violated (or outside) statement: list of dicts with the numbers."
+    """The smallest concrete counterexample of each violated (or outside) statement: list of dicts with the numbers."""
     return [dict(c) for c in _counterexample_table()]
 
 
 # %%
 cex = counterexamples()
 assert all(c['violated'] for c in cex)
-Markdown(audit_table([dict(c, G_vanishes=f"{c['G_vanishes']:.4g}", measured=f"{c['lhs']:.4g}", bound=f"{c['rhs']:.4g}") for c in cex],
+Markdown(audit_table([dict(c, G_vanishes=f"{c['G_vanishes']:.4g}", measured=f"{c['lhs']:.4g}", bound=f"{c['rhs']:.4g}")
+                      for c in cex],
                      columns=('name', 'status', 'instance', 'measured', 'bound', 'G_vanishes')))
 
 # %% [markdown]
@@ -373,7 +391,8 @@ test_eq({c['name'][15:]: round(c['G_vanishes'], 2) for c in cex[2:]},
         dict(lemma14=4.05, theorem10=1.42, theorem17=1.42, theorem15=7.08, theorem10_batch1=3.6, theorem11_edge=1.32,
              theorem11_batch1=3.44))
 g10 = next(c for c in cex if c['name'] == 'counterexample_theorem10_batch1')
-assert g10['G'] < g10['G_vanishes'] < np.inf and not counterexample_theorem10_batch1(g10['G_vanishes'] * 1.001)['violated']
+assert g10['G'] < g10['G_vanishes'] < np.inf
+assert not counterexample_theorem10_batch1(g10['G_vanishes'] * 1.001)['violated']
 
 
 # %% [markdown]
@@ -390,16 +409,17 @@ assert g10['G'] < g10['G_vanishes'] < np.inf and not counterexample_theorem10_ba
 # %%
 #| export
 def theorem15_search(draws=1000, seed=0, T=8):
-    "Exact search for Theorem 15 counterexamples (Assumption 3 dropped, gamma_t any shared sequence) away from the degenerate corner."
+    """Exact search for Theorem 15 counterexamples off the degenerate corner (no Assumption 3, any shared gamma_t)."""
     rng, parts = np.random.default_rng(seed), []
     for (n, d), B in (((2, 1), draws - draws // 2), ((2, 2), draws // 2)):
         mu = loguniform(rng, 0.05, 1.0, B)
-        consts = (mu, mu * loguniform(rng, 1.1, 100.0, B), loguniform(rng, 1e-3, 3.0, B), 1 + loguniform(rng, 1e-3, 9.0, B),
+        consts = (mu, mu * loguniform(rng, 1.1, 100.0, B), loguniform(rng, 1e-3, 3.0, B),
+                  1 + loguniform(rng, 1e-3, 9.0, B),
                   np.where(rng.uniform(size=B) < 0.25, 1.0, loguniform(rng, 0.05, 1.0, B)))
         g1 = loguniform(rng, 0.01, 0.999, B)
         g0 = g1 / loguniform(rng, 1.05, 20.0, B)
-        r = coupled_runs(rng, B, n, d, consts, 'stablesam', shared_xi=True, gamma_mode='free', lr='stablesam', P=None, T=T,
-                         gammas=(g0, g1), exact=True)
+        r = coupled_runs(rng, B, n, d, consts, 'stablesam', shared_xi=True, gamma_mode='free', lr='stablesam',
+                         P=None, T=T, gammas=(g0, g1), exact=True)
         parts.append(r | dict(d=np.full(B, d)))
     r = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     bound = stability_bound(r['n'], r['mu'], r['L'], r['rho'], r['G'], r['gamma1'])
@@ -410,21 +430,24 @@ def theorem15_search(draws=1000, seed=0, T=8):
     pick = int(f[np.lexsort((-r['gamma1'][f], r['d'][f]))[0]]) if f.size else int(np.argmin(slack))
     return dict(draws=int(r['ok'].sum()), T=T, found=int(failed.sum()), worst_slack=float(slack.min()),
                 max_gamma1=float(r['gamma1'][failed].max()) if failed.any() else float('nan'),
-                shown={k: float(r[k][pick]) for k in ('d', 'mu', 'L', 'rho', 'C', 'G', 'eta', 'gamma0', 'gamma1', 'mean')}
+                shown={k: float(r[k][pick])
+                       for k in ('d', 'mu', 'L', 'rho', 'C', 'G', 'eta', 'gamma0', 'gamma1', 'mean')}
                 | dict(bound=float(bound[pick])))
 
 
 def theorem15_search_note(search):
-    "The sentence the audit adds to the Theorem 15 row about the non-degenerate search."
+    """The sentence the audit adds to the Theorem 15 row about the non-degenerate search."""
     w = search['shown']
     inst = (f"d={w['d']:.0f}, n=2, mu={w['mu']:.3g}, L={w['L']:.3g}, rho={w['rho']:.3g}, C={w['C']:.3g}, gamma_t in "
-            f"[{w['gamma0']:.3g}, {w['gamma1']:.3g}], eta={w['eta']:.3g}, G={w['G']:.3g}: eps {w['mean']:.3g} vs bound {w['bound']:.3g}")
+            f"[{w['gamma0']:.3g}, {w['gamma1']:.3g}], eta={w['eta']:.3g}, G={w['G']:.3g}: "
+            f"eps {w['mean']:.3g} vs bound {w['bound']:.3g}")
     head = (f"non-degenerate exact search (n=2, d in {{1, 2}}, kappa >= 1.1, gamma_t varying in [gamma0, gamma1], all "
             f"2^{search['T']} sequences): ")
     if search['found']:
-        return head + (f"{search['found']} of {search['draws']} draws violate, all with gamma1 <= {search['max_gamma1']:.3g}; "
-                       f"smallest (lowest d, largest gamma1): {inst}")
-    return head + f"no counterexample in {search['draws']} draws (smallest slack {search['worst_slack']:.3g}; tightest: {inst})"
+        return head + (f"{search['found']} of {search['draws']} draws violate, "
+                       f"all with gamma1 <= {search['max_gamma1']:.3g}; smallest (lowest d, largest gamma1): {inst}")
+    return head + (f"no counterexample in {search['draws']} draws "
+                   f"(smallest slack {search['worst_slack']:.3g}; tightest: {inst})")
 
 
 # %%
@@ -443,11 +466,14 @@ assert s15['draws'] <= 400 and (s15['found'] == 0 or s15['shown']['mean'] > s15[
 # %%
 #| export
 def stability_vs_lr(seed=0, n=2, d=2, mu=1.0, L=1.5, rho=0.05, C=2.0, gamma=0.01, P=64, T=150, n_lr=10):
-    "Measured eps_gen and the bounds of Theorems 8 (SAM, Assumption 1) and 15 (StableSAM, shared gamma_t = `gamma`) over learning rates."
+    """Measured eps_gen, bounds of Theorems 8 (SAM) and 15 (StableSAM, shared gamma_t = `gamma`), by learning rate."""
     rng = np.random.default_rng(seed)
     q = random_quadratics(n, d, mu, L, batch=(1,), seed=rng)
     q2 = neighbour(q, mu, L, seed=rng)
-    rep = lambda x: Quadratics(np.repeat(x.H, n_lr, 0), np.repeat(x.c, n_lr, 0))
+
+    def rep(x):   # the instance once per learning rate
+        return Quadratics(np.repeat(x.H, n_lr, 0), np.repeat(x.c, n_lr, 0))
+
     consts = (np.full(n_lr, mu), np.full(n_lr, L), np.full(n_lr, rho), np.full(n_lr, C), np.logspace(-2, 0, n_lr))
     common = dict(shared_xi=True, P=P, T=T, problem=(rep(q), rep(q2)))
     sam = coupled_runs(np.random.default_rng(seed), n_lr, n, d, consts, 'sam', gamma_mode=None, lr='sam', **common)
@@ -460,7 +486,7 @@ def stability_vs_lr(seed=0, n=2, d=2, mu=1.0, L=1.5, rho=0.05, C=2.0, gamma=0.01
 
 
 def convergence_vs_lr(seed=0, n=4, d=3, mu=1.0, L=1.5, rho=0.05, P=64, T=41, n_lr=24):
-    "Measured E[F_S(w_T) - F*] (batch size 1) and the bounds of Theorems 10 (SAM) and 17 (StableSAM) over learning rates."
+    """Measured E[F_S(w_T) - F*] (batch size 1) and the bounds of Theorems 10 (SAM), 17 (StableSAM) by learning rate."""
     rng = np.random.default_rng(seed)
     q0 = random_quadratics(n, d, mu, L, batch=(1,), seed=rng)
     q = Quadratics(np.repeat(q0.H, n_lr, 0), np.repeat(q0.c, n_lr, 0))
@@ -482,7 +508,7 @@ def convergence_vs_lr(seed=0, n=4, d=3, mu=1.0, L=1.5, rho=0.05, P=64, T=41, n_l
 
 
 def lr_regimes(seed=0, n=4, d=3, mu=0.5, L=2.0, C=2.0, gamma1s=(0.5, 0.9), n_rho=40):
-    "Table 1's admitted learning rates (SGD, SAM, StableSAM) over rho, with G certified per rho."
+    """Table 1's admitted learning rates (SGD, SAM, StableSAM) over rho, with G certified per rho."""
     rng = np.random.default_rng(seed)
     q = random_quadratics(n, d, mu, L, batch=(1,), seed=rng)
     ws, (m, l) = empirical_minimizer(q), strong_convexity_smoothness(q.H)
@@ -503,16 +529,18 @@ def _band(ax, x, mean, se, label, color):
 
 
 def _spans(ax, x, mask, color, label):
-    "Shade the x-ranges (log axis) of the points where `mask` holds, one legend entry."
+    """Shade the x-ranges (log axis) of the points where `mask` holds, one legend entry."""
     edges = np.sqrt(x[1:] * x[:-1])
     lo, hi = np.r_[x[0], edges], np.r_[edges, x[-1]]
-    for k in np.flatnonzero(mask): ax.axvspan(lo[k], hi[k], color=color, alpha=0.2, lw=0, label=label if k == np.flatnonzero(mask)[0] else None)
+    for k in np.flatnonzero(mask):
+        ax.axvspan(lo[k], hi[k], color=color, alpha=0.2, lw=0, label=label if k == np.flatnonzero(mask)[0] else None)
 
 
 # %%
 sv = stability_vs_lr()
 fig, axs = plt.subplots(1, 2, figsize=(10, 3.3))
-for ax, key, title in zip(axs, ('sam', 'stablesam'), ('Theorem 8: SAM, Assumption 1', 'Theorem 15: StableSAM, shared gamma_t = 0.01')):
+titles = ('Theorem 8: SAM, Assumption 1', 'Theorem 15: StableSAM, shared gamma_t = 0.01')
+for ax, key, title in zip(axs, ('sam', 'stablesam'), titles):
     r = sv[key]
     _band(ax, r['eta'], r['mean'], r['se'], 'measured eps_gen', 'C0')
     ax.plot(r['eta'], r['bound'], 'k-', label='bound as stated')
@@ -520,7 +548,9 @@ for ax, key, title in zip(axs, ('sam', 'stablesam'), ('Theorem 8: SAM, Assumptio
     ax.set(xscale='log', yscale='log', xlabel='learning rate eta (up to the admitted maximum)',
            ylabel="eps_gen = max_z E|f(w_T,z) - f(v_T,z)|", title=title)
     ax.legend(fontsize=8)
-plt.tight_layout(); plt.show(); plt.close(fig)
+plt.tight_layout()
+plt.show()
+plt.close(fig)
 
 # %% [markdown]
 # Theorem 8's bound does not depend on $\eta$ and sits well above the measurement. Theorem 15's stated
@@ -549,7 +579,9 @@ for ax, key, title in zip(axs, ('sam', 'stablesam'), ('Theorem 10: SAM', 'Theore
     ax.set(xscale='log', yscale='log', xlabel='learning rate eta', ylabel='E[F_S(w_T) - F_S(w*)]', title=title,
            ylim=(r['mean'].min() / 5, top))
     ax.legend(fontsize=7, loc='upper left')
-plt.tight_layout(); plt.show(); plt.close(fig)
+plt.tight_layout()
+plt.show()
+plt.close(fig)
 
 # %% [markdown]
 # Wherever the bound is positive it lies above the measurement, with room to spare below the corrected
@@ -572,14 +604,17 @@ for k, v in lr.items():
     if k in ('rho', 'G'): continue
     axs[0].plot(lr['rho'], v / lr['SGD'], ':' if k == 'noise_ball' else '-',
                 label='Theorems 10/17 need (corrected)' if k == 'noise_ball' else k)
-axs[0].set(xscale='log', yscale='log', xlabel='rho', ylabel='eta_max / (2/(mu+L))', title="Table 1: admitted learning rates")
+axs[0].set(xscale='log', yscale='log', xlabel='rho', ylabel='eta_max / (2/(mu+L))',
+           title="Table 1: admitted learning rates")
 axs[0].legend(fontsize=8)
 names = ['SGD', 'SAM'] + [k for k in lr if k.startswith('StableSAM')]
 i = len(lr['rho']) // 2
 axs[1].bar(range(len(names)), [lr[k][i] for k in names], color=['C0', 'C1', 'C3', 'C4'][:len(names)])
 axs[1].set_xticks(range(len(names)), [k.replace(' (', '\n(') for k in names], fontsize=8)
 axs[1].set(ylabel='eta_max', title=f"side by side at rho = {lr['rho'][i]:.2g} (StableSAM: vacuous)")
-plt.tight_layout(); plt.show(); plt.close(fig)
+plt.tight_layout()
+plt.show()
+plt.close(fig)
 
 # %% [markdown]
 # ## The audit
@@ -602,19 +637,20 @@ THEOREM15_FREE = ('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t any'
 
 
 def counterexample_note(c, row):
-    "What a counterexample adds to its row's note: the instance, the numbers and how robust it is in G."
+    """What a counterexample adds to its row's note: the instance, the numbers and how robust it is in G."""
     robust = (f"it disappears for G >= {c['G_vanishes']:.4g}" if np.isfinite(c['G_vanishes'])
               else "it persists for every G up to 1e6 x that")
     note = (f"{row['violations']} of {row['instances']} random draws fail; smallest counterexample (+1 instance): "
             f"{c['instance']} gives {c['lhs']:.4g} > bound {c['rhs']:.4g}; the verdict reads G as the tight Lipschitz "
             f"constant on the smallest ball holding the proof's points (G = {c['G']:.4g}): {robust}")
     if 'lhs_shared_xi' in c:
-        note += f"; under the lemma's own hypothesis (one shared xi_t = rho/G) the left side is {c['lhs_shared_xi']:.2g} <= bound"
+        note += (f"; under the lemma's own hypothesis (one shared xi_t = rho/G) the left side is "
+                 f"{c['lhs_shared_xi']:.2g} <= bound")
     return note
 
 
 def attach_counterexample(rows, c):
-    "Add counterexample `c` to each of its rows (one more failing instance, its status word, the note)."
+    """Add counterexample `c` to each of its rows (one more failing instance, its status word, the note)."""
     for statement, regime in c['rows']:
         for r in audit_rows(rows, statement, regime):
             r['note'] = (r['note'] + '; ' if r['note'] else '') + counterexample_note(c, r)
@@ -624,7 +660,7 @@ def attach_counterexample(rows, c):
 
 
 def verify_all(n_instances=16, seed=0, *, paths=None, steps=None, n_certify=None, search_draws=None, progress=False):
-    "Audit every statement of Section 4; returns a list of row dicts (statement, regime, status, instances, violations, worst_slack, note)."
+    """Audit every statement of Section 4; returns the rows (dicts: statement, regime, status, instances, ..., note)."""
     if n_instances < len(SHAPES): raise ValueError(f"Invalid n_instances: {n_instances} (need >= {len(SHAPES)})")
     size = AuditSize.for_instances(n_instances, paths=paths, steps=steps, certify=n_certify)
     rng = np.random.default_rng(seed)
@@ -649,10 +685,13 @@ ci_seconds = time.time() - t0
 test_eq(set(r['statement'] for r in rows), set(ORDER))
 test_eq(set(rows[0]), {'statement', 'regime', 'status', 'instances', 'violations', 'worst_slack', 'note'})
 test_eq({r['status'] for r in rows} <= {'holds', 'violated', 'vacuous', 'outside', 'does not follow'}, True)
-st = lambda s, reg: audit_rows(rows, s, reg)[0]['status']
-test_eq(st('Lemma 6', 'Assumption 1'), 'holds'); test_eq(st('Lemma 6', 'Algorithm 1'), 'outside')
-test_eq(st('Lemma 13', 'as stated'), 'vacuous'); test_eq(st('Theorem 10', 'corrected'), 'holds')
-test_eq(st('Remark 12', 'eps_gen'), 'does not follow'); test_eq(st('Remark 16', 'claimed'), 'does not follow')
+def st(s, reg): return audit_rows(rows, s, reg)[0]['status']
+test_eq(st('Lemma 6', 'Assumption 1'), 'holds')
+test_eq(st('Lemma 6', 'Algorithm 1'), 'outside')
+test_eq(st('Lemma 13', 'as stated'), 'vacuous')
+test_eq(st('Theorem 10', 'corrected'), 'holds')
+test_eq(st('Remark 12', 'eps_gen'), 'does not follow')
+test_eq(st('Remark 16', 'claimed'), 'does not follow')
 test_eq(st('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t = '), 'holds')
 print(f'{len(rows)} rows in {ci_seconds:.1f}s')
 

@@ -40,7 +40,8 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 plt.rcParams['figure.dpi'] = 72
 with warnings.catch_warnings():   # no ipywidgets here: tqdm.auto warns once on import, then uses the text bar
-    warnings.simplefilter("ignore"); import tqdm.auto
+    warnings.simplefilter("ignore")
+    import tqdm.auto
 
 # %%
 #| export
@@ -62,11 +63,11 @@ MINIMA = ((1., 1.), (-1., -1.))
 SADDLE = (0., 0.)
 
 def toy_loss(x1, x2):
-    "Section 5.1's $f(x_1, x_2) = x_1^4/4 - x_1 x_2 + x_2^2/2$."
+    """Section 5.1's $f(x_1, x_2) = x_1^4/4 - x_1 x_2 + x_2^2/2$."""
     return x1**4 / 4 - x1 * x2 + x2**2 / 2
 
 def toy_grad(x1, x2):
-    "The closed-form gradient $(x_1^3 - x_2,\\ x_2 - x_1)$ of `toy_loss`."
+    """The closed-form gradient $(x_1^3 - x_2,\\ x_2 - x_1)$ of `toy_loss`."""
     return x1 * x1 * x1 - x2, x2 - x1
 
 
@@ -100,7 +101,7 @@ METHODS = {  # method: (ascent step, normalized ascent, renormalized surrogate g
     "usam": (True, False, False), "stableusam": (True, False, True)}
 
 def _check_method(method):
-    "The flags of `method`, or a ValueError naming it."
+    """The flags of `method`, or a ValueError naming it."""
     if method not in METHODS: raise ValueError(f"Invalid method: {method!r} (choose from {tuple(METHODS)})")
     return METHODS[method]
 
@@ -108,7 +109,7 @@ def _check_method(method):
 # %%
 #| export
 def plain_run(method, x, lr, rho, steps, dtype=np.float64):
-    "Final point of one `method` run from `x = (x1, x2)` after `steps` steps, as a plain scalar loop (the reference)."
+    """Final point of one `method` run from `x = (x1, x2)` after `steps` steps: a plain scalar loop (the reference)."""
     ascent, normalize, stable = _check_method(method)
     c = float if np.dtype(dtype) == np.float64 else np.dtype(dtype).type
     sqrt = math.sqrt if c is float else np.sqrt
@@ -142,7 +143,9 @@ def plain_run(method, x, lr, rho, steps, dtype=np.float64):
 # %%
 from scipy.optimize import brentq
 def _cross(t):
-    w = 0.5 * np.array([np.cos(t), np.sin(t)]); g = np.array(toy_grad(*w)); return g[0] * w[1] - g[1] * w[0]
+    w = 0.5 * np.array([np.cos(t), np.sin(t)])
+    g = np.array(toy_grad(*w))
+    return g[0] * w[1] - g[1] * w[0]
 _trap = 0.5 * np.array([np.cos(_t := brentq(_cross, 0.3, 1.)), np.sin(_t)])
 _g = np.array(toy_grad(*_trap))
 test_close(_trap + 0.5 * _g / np.linalg.norm(_g), (0., 0.), eps=1e-12)   # the ascent point is the saddle
@@ -158,7 +161,7 @@ test_fail(lambda: plain_run("adam", (0., 0.), 0.1, 0.1, 1), contains="Invalid me
 # %%
 #| export
 def reached_minimum(x1, x2, tol=0.05):
-    "Whether the points `(x1, x2)` are finite and within Euclidean distance `tol` of $(1,1)$ or $(-1,-1)$."
+    """Whether the points `(x1, x2)` are finite and within Euclidean distance `tol` of $(1,1)$ or $(-1,-1)$."""
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     with np.errstate(all="ignore"):
         d2 = np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2)
@@ -186,8 +189,10 @@ test_eq(reached_minimum([1., -1.04, 0., np.inf, np.nan], [1.03, -1., 0., 1., 1.]
 #| exporti
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
-    "One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."
-    literally(ascent); literally(normalize); literally(stable)
+    """One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."""
+    literally(ascent)
+    literally(normalize)
+    literally(stable)
     for j in range(x1.size):
         y1, y2 = x1[j], x2[j]
         g1 = y1 * y1 * y1 - y2
@@ -233,9 +238,12 @@ def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
 # %%
 #| exporti
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
-    "Final points of the runs `first, first + stride, ...` of `(x1_all, x2_all, lr_all, rho_all)`, `width` lanes at a time."
-    literally(ascent); literally(normalize); literally(stable)
+def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width,
+          out1, out2):
+    """Final points of runs `first, first+stride, ...` in `x1_all, x2_all, lr_all, rho_all`, `width` lanes at a time."""
+    literally(ascent)
+    literally(normalize)
+    literally(stable)
     dt = x1_all.dtype
     x1, x2, lr, rho = np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt)
     s1, s2 = np.zeros((period + 1, width), dt), np.zeros((period + 1, width), dt)   # the last period + 1 states
@@ -244,7 +252,8 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
     while True:
         for j in range(width):            # free lanes take waiting runs
             if run[j] < 0 and nxt < x1_all.size:
-                run[j], x1[j], x2[j], lr[j], rho[j], left[j] = nxt, x1_all[nxt], x2_all[nxt], lr_all[nxt], rho_all[nxt], steps
+                run[j], x1[j], x2[j] = nxt, x1_all[nxt], x2_all[nxt]
+                lr[j], rho[j], left[j] = lr_all[nxt], rho_all[nxt], steps
                 nxt += stride
                 busy += 1
         if busy == 0: return
@@ -271,7 +280,7 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
 
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
-    "`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."
+    """`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."""
     if not ascent:   # constant flags: numba compiles one belt per method, without the other branches
         _belt(first, stride, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
     elif normalize and stable:
@@ -287,7 +296,7 @@ def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps
 # %%
 #| exporti
 def _check_run(lrs, rho, steps):
-    "`lrs` as a flat float64 array, or a ValueError naming the bad learning rates, `rho` or `steps`."
+    """`lrs` as a flat float64 array, or a ValueError naming the bad learning rates, `rho` or `steps`."""
     lrs = np.asarray(lrs, np.float64).reshape(-1)
     bad = ~(np.isfinite(lrs) & (lrs > 0))
     if bad.any(): raise ValueError(f"Invalid lrs: {lrs[bad]} (must be finite and > 0)")
@@ -305,12 +314,12 @@ def _check_run(lrs, rho, steps):
 # %%
 #| export
 def default_threads():
-    "Threads for the sweeps: the CPU cores this process may use."
+    """Threads for the sweeps: the CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=64, width=128, period=2,
                  chunk=65536, bar=None):
-    "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
+    """Final points `(x1, x2)` of `method` from every start with every lr: `([len(rho),] len(lrs), len(starts))`."""
     ascent, normalize, stable = _check_method(method)
     rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one sweep for all, a leading axis
     shape = () if rhos.ndim == 0 else (rhos.size,)
@@ -361,17 +370,19 @@ test_fail(lambda: final_points("gd", _starts, _lrs, 0., dtype=np.float16), conta
 # %%
 #| export
 def sample_starts(n_starts, seed=0):
-    "`n_starts` starting points uniform on $[-2, 2]^2$, shape `(n_starts, 2)`."
-    if int(n_starts) != n_starts or n_starts < 1: raise ValueError(f"Invalid n_starts: {n_starts} (must be an integer >= 1)")
+    """`n_starts` starting points uniform on $[-2, 2]^2$, shape `(n_starts, 2)`."""
+    if int(n_starts) != n_starts or n_starts < 1:
+        raise ValueError(f"Invalid n_starts: {n_starts} (must be an integer >= 1)")
     return np.random.default_rng(seed).uniform(-2., 2., (int(n_starts), 2))
 
 def success_rates(method, lrs, rho, *, n_starts=10_000, steps=1000, tol=0.05, seed=0, dtype=np.float32,
                   threads=None, progress=True):
-    "Per learning rate, the share of `n_starts` runs of `method` (starts uniform in $[-2,2]^2$) ending within `tol` of a minimum."
+    """Share of `n_starts` runs of `method` per lr (starts uniform in $[-2,2]^2$) ending within `tol` of a minimum."""
     _check_method(method)
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     starts, lrs = sample_starts(n_starts, seed), _check_run(lrs, rho, steps)
-    with tqdm(total=lrs.size * starts.shape[0], desc=f"{method} rho={rho}", unit="run", disable=not progress, leave=False) as bar:
+    with tqdm(total=lrs.size * starts.shape[0], desc=f"{method} rho={rho}", unit="run", disable=not progress,
+              leave=False) as bar:
         x1, x2 = final_points(method, starts, lrs, rho, steps, dtype=dtype, threads=threads, bar=bar)
     return reached_minimum(x1, x2, tol).mean(1)
 
@@ -407,7 +418,7 @@ with warnings.catch_warnings():
 OUTCOMES = ("minimum", "near minimum", "saddle", "diverged", "elsewhere")
 
 def outcome_shares(x1, x2, tol=0.05, near=0.5):
-    "Share of the final points `(x1, x2)` in each of `OUTCOMES`, along the last axis."
+    """Share of the final points `(x1, x2)` in each of `OUTCOMES`, along the last axis."""
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     with np.errstate(all="ignore"):
         d = np.sqrt(np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2))
@@ -432,12 +443,12 @@ test_eq({k: float(v) for k, v in _sh.items()}, dict(zip(OUTCOMES, [.2] * 5)))
 # %%
 #| export
 def paper_lrs(n=100, lo=1e-3, hi=0.3):
-    "The paper's learning rates: `n` values log-spaced from `lo` to `hi`."
+    """The paper's learning rates: `n` values log-spaced from `lo` to `hi`."""
     return np.geomspace(lo, hi, n)
 
 def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000,
           tol=0.05, seed=0, dtype=np.float32, threads=None, progress=True):
-    "Success rates for every method and `rho`: a dict with `lrs`, `rhos` and, per method, an array `(len(rhos), len(lrs))`."
+    """Success rates per method and `rho`: a dict with `lrs`, `rhos` and per method an array `(len(rhos), len(lrs))`."""
     for m in methods: _check_method(m)
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     rhos = tuple(float(r) for r in rhos)
@@ -446,21 +457,22 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
     total = sum(lrs.size * starts.shape[0] * (1 if m == "gd" else len(rhos)) for m in methods)
     with tqdm(total=total, desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
-        for m in methods:             # all radii of a method in one final_points call; GD once, the same curve in every panel
+        for m in methods:   # all radii of a method in one final_points call; GD once, the same curve in every panel
             bar.set_postfix_str(m)
-            x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads, bar=bar)
+            x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads,
+                                  bar=bar)
             out[m] = np.broadcast_to(reached_minimum(x1, x2, tol).mean(-1), (len(rhos), lrs.size)).copy()
     return out
 
 
 # %%
 #| export
-from stablesam.style import optimizer_style
+from stablesam.style import markdown_table, optimizer_style
 
 _DRAWN = ("gd", "sam", "stablesam", "usam", "stableusam")  # the methods Figure 4 draws, in legend order
 
 def plot_contour(ax):
-    "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
+    """Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."""
     g = np.linspace(-2, 2, 101)
     X1, X2 = np.meshgrid(g, g)
     ax.contour(X1, X2, toy_loss(X1, X2), levels=np.linspace(-0.25, 3, 10), cmap="viridis", linewidths=0.8)
@@ -468,12 +480,14 @@ def plot_contour(ax):
     ax.plot(0, 0, "kx", ms=6)
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title="(a) $f(x_1, x_2)$", aspect="equal")
 
-def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05, methods=("gd", "sam", "stablesam"),
-            seed=0, rates=None, axs=None, threads=None, progress=True, figsize=(10, 2.9)):
-    "Figure 4: contour plot of $f$ and success rate against learning rate, one panel per `rho`; returns `(figure, rates)`."
+def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05,
+            methods=("gd", "sam", "stablesam"), seed=0, rates=None, axs=None, threads=None, progress=True,
+            figsize=(10, 2.9)):
+    """Figure 4: contour plot of $f$ and success rate against lr, one panel per `rho`; returns `(figure, rates)`."""
     import matplotlib.pyplot as plt
     if rates is None:
-        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, threads=threads, progress=progress)
+        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, threads=threads,
+                      progress=progress)
     rhos, lrs = rates["rhos"], rates["lrs"]
     if axs is None: fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
     else:
@@ -505,7 +519,7 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
 def _se(p, n): return np.sqrt(np.maximum(p * (1 - p), 1 / n) / n)
 
 def claims(rates, large_lr=0.1, small_lr=0.01):
-    "The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts with `claim`, `measured`, `verdict`."
+    """The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts (`claim`, `measured`, `verdict`)."""
     lrs, rhos, n = rates["lrs"], rates["rhos"], rates["n_starts"]
     big, small = lrs >= large_lr, lrs <= small_lr
     def above(a, b): return a - b > 2 * np.sqrt(_se(a, n) ** 2 + _se(b, n) ** 2)   # beyond noise
@@ -516,14 +530,15 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
         best = np.maximum(sam, st)
         worse = above(best, gd)
         gd_ok.append(not worse.any())
-        gd_txt.append(f"rho={r:g}: GD lower at {worse.sum()}/{lrs.size} lrs" + (
-            f" (lr {lrs[worse].min():.3g}-{lrs[worse].max():.3g}, by up to {(best - gd)[worse].max():.3f})" if worse.any() else ""))
+        where = (f" (lr {lrs[worse].min():.3g}-{lrs[worse].max():.3g}, by up to {(best - gd)[worse].max():.3f})"
+                 if worse.any() else "")
+        gd_txt.append(f"rho={r:g}: GD lower at {worse.sum()}/{lrs.size} lrs" + where)
         if big.any():
             peak, after = sam.max(), np.arange(lrs.size) >= np.argmax(sam)
             below = after & (sam < peak / 2)
             sam_ok.append(sam[big].mean() < peak / 2)
-            sam_txt.append(f"rho={r:g}: peak {peak:.3f}, mean over lr>={large_lr:g} {sam[big].mean():.3f}, below half its peak "
-                           + (f"from lr {lrs[below][0]:.3g}" if below.any() else "never"))
+            sam_txt.append(f"rho={r:g}: peak {peak:.3f}, mean over lr>={large_lr:g} {sam[big].mean():.3f}, "
+                           "below half its peak " + (f"from lr {lrs[below][0]:.3g}" if below.any() else "never"))
             st_ok.append(np.ptp(st[big]) <= 0.05)
             st_txt.append(f"rho={r:g}: {span(st[big])} (StableSAM) vs {span(sam[big])} (SAM)")
         if small.sum() >= 2:
@@ -534,9 +549,11 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
     rows = [dict(claim="GD always has the highest success rate", measured="; ".join(gd_txt),
                  verdict="supported" if all(gd_ok) else "not at every lr")]
     if big.any():
-        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})", measured="; ".join(sam_txt),
+        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})",
+                         measured="; ".join(sam_txt),
                          verdict="supported" if all(sam_ok) else ("for some rho" if any(sam_ok) else "not supported")))
-        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})", measured="; ".join(st_txt),
+        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})",
+                         measured="; ".join(st_txt),
                          verdict="supported" if all(st_ok) else "not supported"))
     if small.sum() >= 2:
         rows.append(dict(claim="the success rate rises with lr for small lr, for every optimizer",
@@ -545,9 +562,9 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
     return rows
 
 def claims_markdown(rows):
-    "The rows of `claims` as a Markdown table."
-    return "\n".join(["| claim (Section 5.1) | our measurement | verdict |", "|---|---|---|"] +
-                     [f"| {r['claim']} | {r['measured']} | **{r['verdict']}** |" for r in rows])
+    """The rows of `claims` as a Markdown table."""
+    return markdown_table(rows, dict(claim=("claim (Section 5.1)", None), measured=("our measurement", None),
+                                     verdict=("verdict", "**{}**")))
 
 
 # %% [markdown]
@@ -558,7 +575,8 @@ def claims_markdown(rows):
 # %%
 _t = time.time()
 fig, ci = figure4(lrs=paper_lrs(25), n_starts=1500, progress=False)
-plt.show(); plt.close(fig)
+plt.show()
+plt.close(fig)
 print(f"CI-size Figure 4 in {time.time() - _t:.1f}s")
 ci_claims = claims(ci)
 display(Markdown(claims_markdown(ci_claims)))
@@ -579,7 +597,8 @@ assert (ci["gd"][0][ci["lrs"] >= 0.05] > 0.97).all()   # GD succeeds from almost
 #| slow
 _t = time.time()
 fig, full = figure4(progress=False)
-plt.show(); plt.close(fig)
+plt.show()
+plt.close(fig)
 print(f"full-size Figure 4 in {time.time() - _t:.1f}s on {default_threads()} threads")
 display(Markdown(claims_markdown(claims(full))))
 
@@ -597,7 +616,8 @@ for _m, _rho in [("gd", 0.), ("sam", 0.2), ("stablesam", 0.2), ("sam", 0.5), ("s
     for _j, _lr in enumerate(_lrs):
         _rows.append(f"| {_m} | {_rho:g} | {_lr:g} | " + " | ".join(f"{_sh[k][_j]:.3f}" for k in OUTCOMES) + " |")
         if _m == "gd" and _lr >= 0.05: assert _sh["minimum"][_j] > 0.97
-display(Markdown("\n".join(["| method | rho | lr | " + " | ".join(OUTCOMES) + " |", "|---|---|---|" + "---|" * len(OUTCOMES)] + _rows)))
+_head = ["| method | rho | lr | " + " | ".join(OUTCOMES) + " |", "|---|---|---|" + "---|" * len(OUTCOMES)]
+display(Markdown("\n".join(_head + _rows)))
 
 # %% [markdown]
 # ## Ablation: number of steps and tolerance
@@ -618,15 +638,19 @@ for _m in ("gd", "sam", "stablesam"):
     for _s, _ls in zip((300, 1000, 3000), (":", "-", "--")):
         axs[0].plot(_lrs, reached_minimum(*abl[_m, _s]).mean(1), color=_c, ls=_ls, label=f"{_label}, {_s} steps")
     for _tol, _ls in zip((0.01, 0.05, 0.2), (":", "-", "--")):
-        axs[1].plot(_lrs, reached_minimum(*abl[_m, 1000], _tol).mean(1), color=_c, ls=_ls, label=f"{_label}, tol {_tol:g}")
+        axs[1].plot(_lrs, reached_minimum(*abl[_m, 1000], _tol).mean(1), color=_c, ls=_ls,
+                    label=f"{_label}, tol {_tol:g}")
 for _ax, _t in zip(axs, ("steps (tol 0.05)", "tolerance (1000 steps)")):
     _ax.set(xscale="log", xlabel="learning rate", ylabel="success rate", title=f"$\\rho$ = {_rho:g}: {_t}")
-_h = [plt.Line2D([], [], color=optimizer_style(m).color, label=optimizer_style(m).label) for m in ("gd", "sam", "stablesam")]
-axs[0].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"{s} steps") for s, l in zip((300, 1000, 3000), (":", "-", "--"))],
-              fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-axs[1].legend(handles=_h + [plt.Line2D([], [], color="gray", ls=l, label=f"tol {t:g}") for t, l in zip((0.01, 0.05, 0.2), (":", "-", "--"))],
-              fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-plt.show(); plt.close(fig)
+_h = [plt.Line2D([], [], color=optimizer_style(m).color, label=optimizer_style(m).label)
+      for m in ("gd", "sam", "stablesam")]
+_dashes = (":", "-", "--")
+_steps = [plt.Line2D([], [], color="gray", ls=l, label=f"{s} steps") for s, l in zip((300, 1000, 3000), _dashes)]
+_tols = [plt.Line2D([], [], color="gray", ls=l, label=f"tol {t:g}") for t, l in zip((0.01, 0.05, 0.2), _dashes)]
+axs[0].legend(handles=_h + _steps, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+axs[1].legend(handles=_h + _tols, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+plt.show()
+plt.close(fig)
 _small = _lrs <= 0.003
 # more steps help small learning rates (the runs were not there yet), for every method
 for _m in ("gd", "sam", "stablesam"):
@@ -674,17 +698,24 @@ import torch
 from stablesam.optim import SAM, StableSAM, USAM, StableUSAM
 
 def optim_run(method, x, lr, rho, steps):
-    "Final point of `steps` steps of the `stablesam.optim` optimizer for `method` on $f$."
+    """Final point of `steps` steps of the `stablesam.optim` optimizer for `method` on $f$."""
     w = [torch.nn.Parameter(torch.tensor(float(v), dtype=torch.float64)) for v in x]
-    loss = lambda: toy_loss(w[0], w[1])
+
+    def loss(): return toy_loss(w[0], w[1])
+
     if method == "gd": opt = torch.optim.SGD(w, lr=lr)
     else:
         cls = {"sam": SAM, "stablesam": StableSAM, "usam": USAM, "stableusam": StableUSAM}[method]
         opt = cls(w, torch.optim.SGD, rho=rho, lr=lr)
     for _ in range(steps):
-        opt.zero_grad(); loss().backward()
-        if method == "gd": opt.step(); continue
-        opt.first_step(zero_grad=True); loss().backward(); opt.second_step(zero_grad=True)
+        opt.zero_grad()
+        loss().backward()
+        if method == "gd":
+            opt.step()
+            continue
+        opt.first_step(zero_grad=True)
+        loss().backward()
+        opt.second_step(zero_grad=True)
     return tuple(p.item() for p in w)
 
 for _x in [(1.5, -0.7), (-0.3, 0.2), (0.05, -1.9)]:

@@ -145,5 +145,6 @@ print(f'ViT-S/32: {n_params(vit) / 1e6:.1f}M parameters')
 # %%
 #| slow
 for name in MODELS:
-    nc, ch, size = {'fcn': (10, 1, 28)}.get(name, (1000, 3, 224) if name in ('resnet50', 'resnet101', 'resnet152', 'vit_s32') else (10, 3, 32))
+    imagenet = name in ('resnet50', 'resnet101', 'resnet152', 'vit_s32')
+    nc, ch, size = {'fcn': (10, 1, 28)}.get(name, (1000, 3, 224) if imagenet else (10, 3, 32))
     print(f'{name:16s} {n_params(get_model(name, nc, ch, size)) / 1e6:7.2f}M')

@@ -49,7 +49,7 @@ def _fake_images(n, num_classes, size, channels, seed, split=0, contrast=56, noi
 
 # %% ../nbs/03_data.ipynb #af1b3fc2
 def write_fake_mnist(root, n_train=256, n_test=128, seed=0, noise=40):
-    """Write a small MNIST (28x28 grey, 10 classes; pixel noise std `noise` sets how hard) as the IDX files torchvision reads, in `root`/MNIST/raw."""
+    """Write a fake MNIST (28x28, 10 classes, pixel noise std `noise`): torchvision's IDX files in `root`/MNIST/raw."""
     raw = Path(root) / 'MNIST' / 'raw'
     raw.mkdir(parents=True, exist_ok=True)
     for split, n, k in (('train', n_train, 0), ('t10k', n_test, 1)):
@@ -62,7 +62,7 @@ def write_fake_mnist(root, n_train=256, n_test=128, seed=0, noise=40):
 FAKE_MARKER = 'FAKE_DATA'
 
 def write_fake_cifar(root, n_train=256, n_test=128, num_classes=10, seed=0):
-    """Write a small CIFAR-10/100 as the python pickles torchvision reads, in `root`/cifar-10-batches-py (or cifar-100-python)."""
+    """Write a small CIFAR-10/100 as torchvision's pickles in `root`/cifar-10-batches-py (or cifar-100-python)."""
     if num_classes not in (10, 100):
         raise ValueError(f"Invalid num_classes for CIFAR: {num_classes} (choose 10 or 100)")
     folder = Path(root) / ('cifar-10-batches-py' if num_classes == 10 else 'cifar-100-python')
@@ -79,7 +79,8 @@ def write_fake_cifar(root, n_train=256, n_test=128, num_classes=10, seed=0):
         dump('test_batch', xte, yte)
         meta = ('batches.meta', {'label_names': [f'class{i}' for i in range(10)]})
     else:
-        dump('train', xtr, ytr); dump('test', xte, yte)
+        dump('train', xtr, ytr)
+        dump('test', xte, yte)
         meta = ('meta', {'fine_label_names': [f'class{i}' for i in range(100)]})
     with open(folder / meta[0], 'wb') as f: pickle.dump(meta[1], f)
     (folder / FAKE_MARKER).write_text('written by stablesam.data.write_fake_cifar: checksums are not checked\n')
@@ -87,7 +88,7 @@ def write_fake_cifar(root, n_train=256, n_test=128, num_classes=10, seed=0):
 
 # %% ../nbs/03_data.ipynb #f59e0506
 def write_fake_imagefolder(root, n_train=60, n_test=30, num_classes=3, image_size=64, seed=0):
-    """Write a small ImageNet-style ImageFolder tree of PNG images: `root`/train/<class>/*.png and `root`/val/<class>/*.png."""
+    """Write a small ImageNet-style ImageFolder of PNGs: `root`/train/<class>/*.png and `root`/val/<class>/*.png."""
     from PIL import Image
     for split, n, k in (('train', n_train, 0), ('val', n_test, 1)):
         x, y = _fake_images(n, num_classes, image_size, 3, seed, split=k)
@@ -153,7 +154,7 @@ def _targets(ds):
 
 # %% ../nbs/03_data.ipynb #844cca22
 def validation_split(dataset, n_val, seed=0):
-    """Views (train, val) of `dataset`: `n_val` items drawn with `seed` held out for validation, the rest (in order) for training."""
+    """Views (train, val) of `dataset`: `n_val` items drawn by `seed` held out, the rest (in order) for training."""
     n = len(dataset)
     if isinstance(n_val, bool) or int(n_val) != n_val or not 0 < n_val < n:
         raise ValueError(f"Invalid validation split: {n_val} (between 1 and {n - 1} of the {n} training examples)")
@@ -184,7 +185,8 @@ def _idx_shape(path):
     path, ndim = Path(path), 3 if 'idx3' in Path(path).name else 1
     size, header = path.stat().st_size, 4 + 4 * ndim
     with open(path, 'rb') as f: head = f.read(header)
-    if len(head) < header: raise DataFileError(f"Damaged MNIST file {path}: {size} bytes, shorter than its {header}-byte header")
+    if len(head) < header:
+        raise DataFileError(f"Damaged MNIST file {path}: {size} bytes, shorter than its {header}-byte header")
     magic = int.from_bytes(head[:4], 'big')
     if magic != _IDX_MAGIC[ndim]:
         raise DataFileError(f"Damaged MNIST file {path}: bad magic number 0x{magic:08x} "
@@ -197,10 +199,11 @@ def _idx_shape(path):
     return shape
 
 def _check_mnist(root, train):
-    """Check one MNIST split's idx files where both are present: headers, sizes, 28x28 images, one label in 0-9 per image."""
+    """Check one MNIST split's idx files if both are present: headers, sizes, 28x28 images, a label in 0-9 per image."""
     raw, split = Path(root).expanduser() / 'MNIST' / 'raw', 'train' if train else 't10k'
     images, labels = raw / f'{split}-images-idx3-ubyte', raw / f'{split}-labels-idx1-ubyte'
-    if not (images.is_file() and labels.is_file()): return  # missing files are torchvision's (and `_missing`'s) to report
+    if not (images.is_file() and labels.is_file()):
+        return  # missing files are torchvision's (and `_missing`'s) to report
     (n, h, w), (m,) = _idx_shape(images), _idx_shape(labels)
     if (h, w) != (28, 28): raise DataFileError(f"Damaged MNIST file {images}: images of {h}x{w} pixels, expected 28x28")
     if n != m: raise DataFileError(f"MNIST files disagree: {images} holds {n} images, {labels} {m} labels")
@@ -209,7 +212,7 @@ def _check_mnist(root, train):
 
 # %% ../nbs/03_data.ipynb #43efe281
 def _check_cifar(name, root, train):
-    """Check one CIFAR split's pickles and meta file where present: rows of 3x32x32 bytes, one label each, real files' MD5."""
+    """Check a CIFAR split's pickles and meta file where present: 3x32x32-byte rows, one label each, real files' MD5."""
     from torchvision.datasets.utils import check_integrity
     cls = {'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
     folder = Path(root).expanduser() / cls.base_folder
@@ -218,8 +221,11 @@ def _check_cifar(name, root, train):
         path = folder / fname
         if not path.is_file(): continue  # missing files are torchvision's (and `_missing`'s) to report
         size = path.stat().st_size
-        bad = lambda what: DataFileError(f"Damaged {name} file {path} ({size} bytes): {what}; "
-                                         + ('write it again (write_fake_cifar)' if fake else f'extract {cls.filename} again'))
+
+        def bad(what):   # the error for this file: what is wrong and how to get a good copy
+            fix = 'write it again (write_fake_cifar)' if fake else f'extract {cls.filename} again'
+            return DataFileError(f"Damaged {name} file {path} ({size} bytes): {what}; " + fix)
+
         try:
             with open(path, 'rb') as f: d = pickle.load(f, encoding='latin1')
         except Exception as e: raise bad(f"cannot be unpickled ({type(e).__name__}: {e})") from e
@@ -229,7 +235,8 @@ def _check_cifar(name, root, train):
             key = 'labels' if name == 'cifar10' else 'fine_labels'
             x = d.get('data') if isinstance(d, dict) else None
             if getattr(x, 'ndim', 0) != 2 or x.shape[1] != 3 * 32 * 32:
-                raise bad(f"'data' holds {getattr(x, 'shape', type(x).__name__)}, expected rows of 3*32*32 = 3072 bytes")
+                raise bad(f"'data' holds {getattr(x, 'shape', type(x).__name__)}, "
+                          "expected rows of 3*32*32 = 3072 bytes")
             if len(d.get(key, ())) != len(x): raise bad(f"{len(x)} images but {len(d.get(key, ()))} {key!r}")
         if not fake and not check_integrity(str(path), md5):
             raise bad(f"its MD5 sum differs from the real file's ({md5})")
@@ -248,7 +255,8 @@ class _CIFAR10(tvd.CIFAR10):
 class _CIFAR100(_CIFAR10, tvd.CIFAR100): pass
 
 _FOLDERS = {'mnist': 'MNIST/raw', 'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python', 'imagenet': '.'}
-_WHAT = {'mnist': 'the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)',
+_WHAT = {'mnist': 'the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+                  't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)',
          'cifar10': 'the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)',
          'cifar100': 'the extracted cifar-100-python.tar.gz (train, test, meta)',
          'imagenet': 'an ImageFolder tree: train/<class>/*.JPEG and val/<class>/*.JPEG (val sorted into class folders)'}
@@ -289,9 +297,10 @@ class _InMemory(TensorDataset):
         self.targets = y
 
 def _digits_split(target):
-    """The fixed train/test split of the digits: (train, test) sorted index arrays, `DIGITS_TEST_PER_CLASS` test images per class."""
+    """The digits' fixed split: sorted index arrays (train, test), `DIGITS_TEST_PER_CLASS` test images per class."""
     rng = np.random.default_rng(_DIGITS_SPLIT_SEED)
-    test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(target == c))[:DIGITS_TEST_PER_CLASS] for c in range(10)]))
+    per_class = [rng.permutation(np.flatnonzero(target == c))[:DIGITS_TEST_PER_CLASS] for c in range(10)]
+    test = np.sort(np.concatenate(per_class))
     return np.setdiff1d(np.arange(len(target)), test), test
 
 def _digits():
@@ -306,19 +315,21 @@ def _digits():
 
 # %% ../nbs/03_data.ipynb #c1c42024
 def eval_subset(dataset, n, seed=0):
-    """A seeded random subset of `n` items of `dataset`, in the order drawn (`dataset` itself if `n` is None or not smaller)."""
+    """A seeded random subset of `n` items of `dataset` in drawn order (`dataset` if `n` is None or not smaller)."""
     if n is None or n >= len(dataset): return dataset
     if int(n) != n or n < 1: raise ValueError(f"Invalid test_subset: {n} (a positive number of examples or None)")
     perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return torch.utils.data.Subset(dataset, perm[:int(n)].tolist())
 
 # %% ../nbs/03_data.ipynb #7d5f56ce
-def get_datasets(name, root, *, train_subset=None, test_subset=None, label_noise=0.0, seed=0, augment=True, download=True):
-    """The training and test sets of `name` under `root`, with the paper's augmentation, optional seeded subsets and label noise."""
+def get_datasets(name, root, *, train_subset=None, test_subset=None, label_noise=0.0, seed=0, augment=True,
+                 download=True):
+    """The training and test sets of `name` in `root`: paper's augmentation, optional seeded subsets and label noise."""
     _check_dataset(name)
     if train_subset is not None and (int(train_subset) != train_subset or train_subset < 1):
         raise ValueError(f"Invalid train_subset: {train_subset} (a positive number of examples or None)")
-    if not (0.0 <= label_noise <= 1.0): raise ValueError(f"Invalid label noise fraction: {label_noise} (must be in [0, 1])")
+    if not (0.0 <= label_noise <= 1.0):
+        raise ValueError(f"Invalid label noise fraction: {label_noise} (must be in [0, 1])")
     root = Path(root).expanduser()
     ttrain, ttest = get_transforms(name, True, augment), get_transforms(name, False)
     if name == 'digits': (train, test), num_classes, in_channels, size = _digits(), 10, 1, 8  # root unused
@@ -349,8 +360,10 @@ class EpochSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch): self.epoch = epoch
     def order(self):
         """This rank's indices for the current epoch."""
-        if self.shuffle: perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
-        else: perm = torch.arange(self.n)
+        if self.shuffle:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
+        else:
+            perm = torch.arange(self.n)
         perm = perm[:self.n - self.n % self.world_size]
         return perm[self.rank::self.world_size]
     def __iter__(self): return iter([(int(i), self.epoch) for i in self.order()])
@@ -404,13 +417,15 @@ def _mul32(x, m):
 
 def _hash32(x):
     """A 32-bit integer hash (lowbias32: a bijection of [0, 2**32)) of each element of an int64 tensor."""
-    x = x ^ (x >> 16); x = _mul32(x, 0x7feb352d)
-    x = x ^ (x >> 15); x = _mul32(x, 0x846ca68b)
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7feb352d)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846ca68b)
     return x ^ (x >> 16)
 
 # %% ../nbs/03_data.ipynb #0f96b062
 class CropFlip:
-    """Batched random crop (`padding` pixels of `fill` on each side) and horizontal flip, drawn per (seed, epoch, index)."""
+    """Batched random crop (`padding` pixels of `fill` around) and horizontal flip, drawn per (seed, epoch, index)."""
     def __init__(self, padding=4, flip=True, fill=0.0):
         self.padding, self.flip, self.fill = int(padding), bool(flip), torch.as_tensor(fill, dtype=torch.float32)
 
@@ -432,7 +447,8 @@ class CropFlip:
         rows = dy[:, None] + torch.arange(h, device=x.device)
         cols = dx[:, None] + torch.arange(w, device=x.device)
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-        i, j = torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None]
+        i = torch.arange(n, device=x.device)[:, None, None, None]
+        j = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[i, j, rows[:, None, :, None], cols[:, None, None, :]]
 
     def to(self, device):
@@ -450,19 +466,21 @@ _DETERMINISTIC = _POINTWISE + (T.Resize, T.CenterCrop)
 
 def _innermost(ds):
     """The dataset under views and subsets (the one that holds the transform)."""
-    while isinstance(ds, (LabelledView, torch.utils.data.Subset)): ds = ds.base if isinstance(ds, LabelledView) else ds.dataset
+    while isinstance(ds, (LabelledView, torch.utils.data.Subset)):
+        ds = ds.base if isinstance(ds, LabelledView) else ds.dataset
     return ds
 
 def _with_transform(ds, transform):
-    """`ds` with the innermost dataset's transform replaced (views rebuilt around a shallow copy; the data is shared)."""
+    """`ds` with the innermost dataset's transform replaced (views rebuilt around a shallow copy; data shared)."""
     if isinstance(ds, LabelledView): return LabelledView(_with_transform(ds.base, transform), ds.indices, ds.targets)
-    if isinstance(ds, torch.utils.data.Subset): return torch.utils.data.Subset(_with_transform(ds.dataset, transform), ds.indices)
+    if isinstance(ds, torch.utils.data.Subset):
+        return torch.utils.data.Subset(_with_transform(ds.dataset, transform), ds.indices)
     ds = copy.copy(ds)
     ds.transform = transform
     return ds
 
 def _batchable_crop(crop, size):
-    """The padding of a `RandomCrop` that `CropFlip` reproduces (same size as the image, equal zero padding), else None."""
+    """The padding of a `RandomCrop` that `CropFlip` reproduces (image-sized, equal zero padding), else None."""
     pad = crop.padding if isinstance(crop.padding, (list, tuple)) else [crop.padding or 0]
     ok = (len(set(pad)) == 1 and crop.fill == 0 and crop.padding_mode == 'constant' and not crop.pad_if_needed
           and tuple(crop.size) == tuple(size))
@@ -470,7 +488,7 @@ def _batchable_crop(crop, size):
 
 # %% ../nbs/03_data.ipynb #ec848046
 def split_augmentation(dataset):
-    """`(plain, augment)`: `dataset` without its random per-image transforms and their batched `CropFlip` (None if it had none); `(None, None)` if they have no batched form."""
+    """`(plain, augment)`: dataset minus random transforms, their `CropFlip` or None; `(None, None)` if unbatchable."""
     inner = _innermost(dataset)
     t = getattr(inner, 'transform', None)
     steps = list(t.transforms) if isinstance(t, T.Compose) else [] if t is None else [t]

@@ -15,14 +15,14 @@ except ImportError: DTensor = ()
 
 # %% ../nbs/00a_distributed.ipynb #bcbb93e7
 def shard_model(model):
-    "Shard `model` in place with FSDP2 (`fully_shard`): each child that holds parameters, then the root."
+    """Shard `model` in place with FSDP2 (`fully_shard`): each child that holds parameters, then the root."""
     from torch.distributed.fsdp import fully_shard
     for child in model.children():
         if any(True for _ in child.parameters()): fully_shard(child)
     return fully_shard(model)
 
 def is_sharded(model):
-    "Whether `model` has DTensor (FSDP2-sharded) parameters."
+    """Whether `model` has DTensor (FSDP2-sharded) parameters."""
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 # %% ../nbs/00a_distributed.ipynb #fcf92069
@@ -31,7 +31,7 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 def checkpoint_state(model, opt):
-    "The (model, optimizer) state dicts of `model` and `opt`, gathered in full if `model` is sharded (call on every rank)."
+    """The (model, optimizer) state dicts of `model`, `opt`; in full if `model` is sharded (call it on every rank)."""
     if not is_sharded(model): return model.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     base = opt.base_optimizer if isinstance(opt, SAM) else opt
@@ -40,9 +40,10 @@ def checkpoint_state(model, opt):
     return get_model_state_dict(model, options=_full_options()), osd
 
 def load_checkpoint_state(model, opt, model_state, opt_state):
-    "Load `checkpoint_state`'s output into `model` and `opt`, sharding it again if `model` is sharded."
+    """Load `checkpoint_state`'s output into `model` and `opt`, sharding it again if `model` is sharded."""
     if not is_sharded(model):
-        model.load_state_dict(model_state); opt.load_state_dict(opt_state)
+        model.load_state_dict(model_state)
+        opt.load_state_dict(opt_state)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     osd = dict(opt_state)

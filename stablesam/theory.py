@@ -18,7 +18,7 @@ import numpy as np
 # %% ../nbs/01_theory.ipynb #c36eee94
 @dataclass
 class Quadratics:
-    "Per-example losses `f(w, z_i) = 1/2 (w - c_i)^T H_i (w - c_i)`, batched over leading axes."
+    """Per-example losses `f(w, z_i) = 1/2 (w - c_i)^T H_i (w - c_i)`, batched over leading axes."""
     H: np.ndarray  # (..., n, d, d), symmetric positive definite
     c: np.ndarray  # (..., n, d), per-example minimisers
 
@@ -30,18 +30,18 @@ class Quadratics:
     def batch_shape(self): return self.c.shape[:-2]
 
     def __getitem__(self, i):
-        "Instance (or sub-batch) `i` along the leading batch axes."
+        """Instance (or sub-batch) `i` along the leading batch axes."""
         return Quadratics(self.H[i], self.c[i])
 
 # %% ../nbs/01_theory.ipynb #835eba12
 def _rotations(rng, shape, d):
-    "Uniformly random orthogonal `d x d` matrices with leading `shape`."
+    """Uniformly random orthogonal `d x d` matrices with leading `shape`."""
     q, r = np.linalg.qr(rng.standard_normal(shape + (d, d)))
     return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
 
 
 def random_spectra(rng, shape, d, mu, L):
-    "Eigenvalues of shape `shape + (n, d)` in `[mu, L]` (`mu`, `L` broadcast over `shape`) hitting both ends."
+    """Eigenvalues of shape `shape + (n, d)` in `[mu, L]` (`mu`, `L` broadcast over `shape`) hitting both ends."""
     n = shape[-1]
     mu = np.broadcast_to(np.asarray(mu, float), shape[:-1])[..., None, None]
     L = np.broadcast_to(np.asarray(L, float), shape[:-1])[..., None, None]
@@ -55,7 +55,7 @@ def random_spectra(rng, shape, d, mu, L):
 
 
 def random_quadratics(n, d, mu, L, *, batch=(), shared_hessian=False, spread=1.0, seed=None):
-    "A batch of `n`-example quadratic problems in dimension `d` with every Hessian's spectrum in `[mu, L]`."
+    """A batch of `n`-example quadratic problems in dimension `d` with every Hessian's spectrum in `[mu, L]`."""
     if n < 1 or d < 1: raise ValueError(f"Invalid problem size: n={n}, d={d}")
     if np.any(np.asarray(mu) <= 0) or np.any(np.asarray(L) < np.asarray(mu)):
         raise ValueError(f"Invalid spectrum bounds: mu={mu}, L={L} (need 0 < mu <= L)")
@@ -72,7 +72,7 @@ def random_quadratics(n, d, mu, L, *, batch=(), shared_hessian=False, spread=1.0
 
 # %% ../nbs/01_theory.ipynb #26295dd1
 def neighbour(q, mu, L, *, index=0, shared_hessian=False, spread=1.0, seed=None):
-    "The training set `S'` that differs from `q` (the set `S`) in the example at `index` only."
+    """The training set `S'` that differs from `q` (the set `S`) in the example at `index` only."""
     fresh = random_quadratics(1, q.d, mu, L, batch=q.batch_shape, shared_hessian=False, spread=spread, seed=seed)
     H, c = q.H.copy(), q.c.copy()
     if not shared_hessian: H[..., index, :, :] = fresh.H[..., 0, :, :]
@@ -84,40 +84,40 @@ def _mv(A, x): return np.einsum('...ij,...j->...i', A, x)
 
 
 def losses(q, w):
-    "Per-example losses `f(w, z_i)`: shape `batch + (P, n)` for `w` of shape `batch + (P, d)`."
+    """Per-example losses `f(w, z_i)`: shape `batch + (P, n)` for `w` of shape `batch + (P, d)`."""
     r = w[..., None, :] - q.c[..., None, :, :]
     return 0.5 * np.einsum('...pni,...nij,...pnj->...pn', r, q.H, r)
 
 
 def empirical_minimizer(q):
-    "The minimiser `w*` of the empirical risk `F_S` (closed form), shape `batch + (d,)`."
+    """The minimiser `w*` of the empirical risk `F_S` (closed form), shape `batch + (d,)`."""
     return np.linalg.solve(q.H.sum(-3), _mv(q.H, q.c).sum(-2)[..., None])[..., 0]
 
 
 def empirical_risk(q, w):
-    "The empirical risk `F_S(w)`, shape `batch + (P,)`."
+    """The empirical risk `F_S(w)`, shape `batch + (P,)`."""
     return losses(q, w).mean(-1)
 
 
 def full_batch(q):
-    "`F_S` as a one-example problem (same Hessian and minimiser; constant term dropped)."
+    """`F_S` as a one-example problem (same Hessian and minimiser; constant term dropped)."""
     return Quadratics(q.H.mean(-3, keepdims=True), empirical_minimizer(q)[..., None, :])
 
 # %% ../nbs/01_theory.ipynb #3a2b8793
 def strong_convexity_smoothness(H):
-    "`(mu, L)`: extreme eigenvalues over all examples (numpy), shape `batch`."
+    """`(mu, L)`: extreme eigenvalues over all examples (numpy), shape `batch`."""
     lam = np.linalg.eigvalsh(H)
     return lam[..., 0].min(-1), lam[..., -1].max(-1)
 
 
 def max_grad_norm(q, center, radius, iters=200):
-    "`G`: the largest per-example gradient norm over the ball `B(center, radius)` (exact S-lemma dual, numpy)."
+    """`G`: the largest per-example gradient norm over the ball `B(center, radius)` (exact S-lemma dual, numpy)."""
     s, Q = np.linalg.eigh(q.H)                                             # (..., n, d)
     b = _mv(q.H, center[..., None, :] - q.c)
     beta2 = np.einsum('...ji,...j->...i', Q, b) ** 2
     R2 = np.maximum(np.asarray(radius, float), 1e-300)[..., None] ** 2
     s2, top = s ** 2, s[..., -1] ** 2
-    lo = 1e-13 * top                       # nu - top is kept resolvable in floating point; any nu > top is an upper bound
+    lo = 1e-13 * top   # nu - top is kept resolvable in floating point; any nu > top is an upper bound
     hi = np.maximum(np.sqrt(top) * np.sqrt(beta2.sum(-1)) / np.sqrt(R2), lo)   # g'(top + hi) >= 0
     def dg(t):
         den = (top[..., None] + t[..., None] - s2) ** 2
@@ -133,7 +133,7 @@ def max_grad_norm(q, center, radius, iters=200):
 
 # %% ../nbs/01_theory.ipynb #6d404125
 def _solve(prob):
-    "Solve with Clarabel; fall back to SCS at tight tolerance when Clarabel reports an inaccurate optimum."
+    """Solve with Clarabel; fall back to SCS at tight tolerance when Clarabel reports an inaccurate optimum."""
     import warnings
     import cvxpy as cp
     with warnings.catch_warnings():   # an inaccurate optimum is not accepted anyway: the status is checked
@@ -145,7 +145,7 @@ def _solve(prob):
 
 # %% ../nbs/01_theory.ipynb #51b99522
 def certify_mu_L(H):
-    "`(mu, L)` of one instance's Hessians `H` `(n, d, d)` as two semidefinite programs (cvxpy)."
+    """`(mu, L)` of one instance's Hessians `H` `(n, d, d)` as two semidefinite programs (cvxpy)."""
     import cvxpy as cp
     d = H.shape[-1]
     t = cp.Variable()
@@ -156,7 +156,7 @@ def certify_mu_L(H):
 
 
 def certify_minimizer(q):
-    "`w*` of one instance as a quadratic program (cvxpy)."
+    """`w*` of one instance as a quadratic program (cvxpy)."""
     import cvxpy as cp
     w = cp.Variable(q.d)
     obj = sum(cp.quad_form(w - ci, cp.psd_wrap(0.5 * (h + h.T))) for h, ci in zip(q.H, q.c)) / (2 * q.n)
@@ -165,7 +165,7 @@ def certify_minimizer(q):
 
 
 def certify_max_grad_norm(q, center, radius):
-    "`G` of one instance over `B(center, radius)` as one S-lemma SDP per example (cvxpy, exact: no duality gap)."
+    """`G` of one instance over `B(center, radius)` as one S-lemma SDP per example (cvxpy, exact: no duality gap)."""
     import cvxpy as cp
     d, best = q.d, 0.0
     for h, ci in zip(q.H, q.c):
@@ -180,65 +180,66 @@ def certify_max_grad_norm(q, center, radius):
 
 # %% ../nbs/01_theory.ipynb #dd16a172
 def coercivity_lower_bound(mu, L, dist2, gdiff2):
-    "Lemma 5's right-hand side: `mu L/(mu+L) ||v-w||^2 + ||grad f(v) - grad f(w)||^2/(mu+L)`."
+    """Lemma 5's right-hand side: `mu L/(mu+L) ||v-w||^2 + ||grad f(v) - grad f(w)||^2/(mu+L)`."""
     return mu * L / (mu + L) * dist2 + gdiff2 / (mu + L)
 
 
 def sgd_lr_max(mu, L):
-    "Remark 9 / Table 1: SGD's learning-rate range `eta <= 2/(mu+L)` (Hardt et al., 2016)."
+    """Remark 9 / Table 1: SGD's learning-rate range `eta <= 2/(mu+L)` (Hardt et al., 2016)."""
     return 2.0 / (mu + L)
 
 
 def sam_lr_max(mu, L, rho, G, C):
-    "Lemmas 6-7, Theorem 8, Table 1: `eta <= 2(1 + mu rho/G) / ((mu+L)(1 + C L rho/G)^2)`."
+    """Lemmas 6-7, Theorem 8, Table 1: `eta <= 2(1 + mu rho/G) / ((mu+L)(1 + C L rho/G)^2)`."""
     return 2.0 * (1 + mu * rho / G) / ((mu + L) * (1 + C * L * rho / G) ** 2)
 
 
 def stablesam_lr_max(mu, L, rho, G, C, gamma1):
-    "Lemmas 13-14, Theorem 15, Table 1: `eta <= 2(1 + mu rho/G) / (gamma1 (mu+L)(1 + C L rho/G)^2)`."
+    """Lemmas 13-14, Theorem 15, Table 1: `eta <= 2(1 + mu rho/G) / (gamma1 (mu+L)(1 + C L rho/G)^2)`."""
     return sam_lr_max(mu, L, rho, G, C) / gamma1
 
 
 def sam_contraction(mu, L, rho, G, eta):
-    "Lemmas 6, 7, 13, 14: the per-step factor `1 - (1 + mu rho/G) eta mu L/(mu+L)`."
+    """Lemmas 6, 7, 13, 14: the per-step factor `1 - (1 + mu rho/G) eta mu L/(mu+L)`."""
     return 1 - (1 + mu * rho / G) * eta * mu * L / (mu + L)
 
 
 def stability_bound(n, mu, L, rho, G, gamma1=1.0):
-    "Theorems 8 (`gamma1=1`), 15 and Remark 9 (`rho=0`): `2 gamma1 G^2 (mu+L) / (n mu L (1 + mu rho/G))`."
+    """Theorems 8 (`gamma1=1`), 15 and Remark 9 (`rho=0`): `2 gamma1 G^2 (mu+L) / (n mu L (1 + mu rho/G))`."""
     return 2 * gamma1 * G ** 2 * (mu + L) / (n * mu * L * (1 + mu * rho / G))
 
 
 def noise_ball_bound(t, e0, mu, L, rho, G, eta, gamma0=1.0, gamma1=1.0):
-    "Theorems 10 (`gamma0=gamma1=1`) and 17: `(1 - 2 mu gamma0 eta (1+a))^t e0 + eta gamma1^2 G^2 L / (4 mu gamma0 (1+a))`."
+    """Theorems 10 (`gamma0=gamma1=1`), 17: `(1-2 mu gamma0 eta(1+a))^t e0 + eta gamma1^2 G^2 L/(4 mu gamma0(1+a))`."""
     a = mu * rho / G
-    return (1 - 2 * mu * gamma0 * eta * (1 + a)) ** t * e0 + eta * gamma1 ** 2 * G ** 2 * L / (4 * mu * gamma0 * (1 + a))
+    return ((1 - 2 * mu * gamma0 * eta * (1 + a)) ** t * e0
+            + eta * gamma1 ** 2 * G ** 2 * L / (4 * mu * gamma0 * (1 + a)))
 
 
 def excess_risk_bound(n, mu, L, rho, G, eta, gamma0=1.0, gamma1=1.0, t=np.inf, e0=0.0):
-    "Theorems 11, 18 and Table 1: `eps_gen` bound plus the noise-ball bound at step `t` (`t=inf`: the limit)."
+    """Theorems 11, 18 and Table 1: `eps_gen` bound plus the noise-ball bound at step `t` (`t=inf`: the limit)."""
     opt = noise_ball_bound(t, e0, mu, L, rho, G, eta, gamma0, gamma1) if np.isfinite(t) else \
         noise_ball_bound(1, 0.0, mu, L, rho, G, eta, gamma0, gamma1)
     return stability_bound(n, mu, L, rho, G, gamma1) + opt
 
 
 def assumption3_margin(lam_min, mu, rho, G, gamma0):
-    "Assumption 3 holds iff this is >= 0: `sigma_min(H_t) - (G/rho)(1-gamma0)/gamma0 - mu/gamma0`."
+    """Assumption 3 holds iff this is >= 0: `sigma_min(H_t) - (G/rho)(1-gamma0)/gamma0 - mu/gamma0`."""
     return lam_min - (G / rho) * (1 - gamma0) / gamma0 - mu / gamma0
 
 # %% ../nbs/01_theory.ipynb #61940b3f
 def stablesam_contraction_corrected(mu, L, rho, G, eta, gamma0):
-    "Lemmas 13-14 without Assumption 3: `1 - gamma0 (1 + mu rho/G) eta mu L/(mu+L)`."
+    """Lemmas 13-14 without Assumption 3: `1 - gamma0 (1 + mu rho/G) eta mu L/(mu+L)`."""
     return 1 - gamma0 * (1 + mu * rho / G) * eta * mu * L / (mu + L)
 
 
 def stability_bound_corrected(n, mu, L, rho, G, gamma0, gamma1):
-    "Theorem 15 without Assumption 3: `2 (gamma1/gamma0) G^2 (mu+L) / (n mu L (1 + mu rho/G))`."
+    """Theorem 15 without Assumption 3: `2 (gamma1/gamma0) G^2 (mu+L) / (n mu L (1 + mu rho/G))`."""
     return stability_bound(n, mu, L, rho, G, gamma1 / gamma0)
 
 
 def noise_ball_lr_max(mu, rho, G, gamma0=1.0):
-    "Theorems 10 and 17 need `eta <= 1 / (2 mu gamma0 (1 + mu rho/G))` (factor in [0, 1])."
+    """Theorems 10 and 17 need `eta <= 1 / (2 mu gamma0 (1 + mu rho/G))` (factor in [0, 1])."""
     return 1.0 / (2 * mu * gamma0 * (1 + mu * rho / G))
 
 # %% ../nbs/01_theory.ipynb #dfcf16e1
@@ -246,7 +247,7 @@ METHODS = ('sgd', 'sam', 'stablesam')
 
 
 def sam_direction(H, c, w, rho, method='sam', *, xi=None, gamma=None, gamma0=None):
-    "Update direction of one step, the ascent step length and the ratio `||g||/||g_asc||` (closed form)."
+    """Update direction of one step, the ascent step length and the ratio `||g||/||g_asc||` (closed form)."""
     if method not in METHODS: raise ValueError(f"Invalid method: {method!r} (choose from {METHODS})")
     g = _mv(H, w - c)
     gn = np.linalg.norm(g, axis=-1)
@@ -266,7 +267,7 @@ def sam_direction(H, c, w, rho, method='sam', *, xi=None, gamma=None, gamma0=Non
 # %% ../nbs/01_theory.ipynb #f20c578d
 def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None, gamma0=None,
         center=None, risk=None, share_factor=False):
-    "Run SGD/SAM/StableSAM on a batch of quadratic problems; returns a dict of final iterates and diagnostics."
+    """Run SGD/SAM/StableSAM on a batch of quadratic problems; returns a dict of final iterates and diagnostics."""
     B = q.batch_shape
     w = np.array(w0, float)
     P = w.shape[len(B):-1]
@@ -299,19 +300,19 @@ def run(q, w0, eta, rho, method='sam', *, T=None, idx=None, xi=None, gamma=None,
         far = np.maximum(far, np.linalg.norm(w - cexp, axis=-1))
         if risk is not None: risks.append(risk(w))
     ax = tuple(range(len(B), len(B) + len(P)))
-    out = dict(w=w, radius=far.max(ax) if ax else far, reach=reach.max(ax) if ax else reach, factor_min=fmin.min(ax) if ax else fmin,
-               factor_max=fmax.max(ax) if ax else fmax)
+    out = dict(w=w, radius=far.max(ax) if ax else far, reach=reach.max(ax) if ax else reach,
+               factor_min=fmin.min(ax) if ax else fmin, factor_max=fmax.max(ax) if ax else fmax)
     if risk is not None: out['risk'] = np.stack(risks)
     return out
 
 # %% ../nbs/01_theory.ipynb #e617e5b9
 def all_sequences(n, T):
-    "Every sampling sequence of `T` steps over `n` examples: an index array of shape `(T, n**T)`."
+    """Every sampling sequence of `T` steps over `n` examples: an index array of shape `(T, n**T)`."""
     return (np.arange(n ** T)[None, :] // n ** np.arange(T)[:, None]) % n
 
 
 def run_all_sequences(q, w0, eta, rho, method='sam', *, T, **kwargs):
-    "`run` from `w0` (shape `batch + (d,)`) on all `n**T` sampling sequences: the path axis is exact."
+    """`run` from `w0` (shape `batch + (d,)`) on all `n**T` sampling sequences: the path axis is exact."""
     S = q.n ** T
     idx = np.broadcast_to(all_sequences(q.n, T).reshape((T,) + (1,) * len(q.batch_shape) + (S,)),
                           (T,) + q.batch_shape + (S,))

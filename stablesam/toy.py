@@ -22,11 +22,11 @@ MINIMA = ((1., 1.), (-1., -1.))
 SADDLE = (0., 0.)
 
 def toy_loss(x1, x2):
-    "Section 5.1's $f(x_1, x_2) = x_1^4/4 - x_1 x_2 + x_2^2/2$."
+    """Section 5.1's $f(x_1, x_2) = x_1^4/4 - x_1 x_2 + x_2^2/2$."""
     return x1**4 / 4 - x1 * x2 + x2**2 / 2
 
 def toy_grad(x1, x2):
-    "The closed-form gradient $(x_1^3 - x_2,\\ x_2 - x_1)$ of `toy_loss`."
+    """The closed-form gradient $(x_1^3 - x_2,\\ x_2 - x_1)$ of `toy_loss`."""
     return x1 * x1 * x1 - x2, x2 - x1
 
 # %% ../nbs/02_toy.ipynb #b9997ef7
@@ -36,13 +36,13 @@ METHODS = {  # method: (ascent step, normalized ascent, renormalized surrogate g
     "usam": (True, False, False), "stableusam": (True, False, True)}
 
 def _check_method(method):
-    "The flags of `method`, or a ValueError naming it."
+    """The flags of `method`, or a ValueError naming it."""
     if method not in METHODS: raise ValueError(f"Invalid method: {method!r} (choose from {tuple(METHODS)})")
     return METHODS[method]
 
 # %% ../nbs/02_toy.ipynb #d332d3e9
 def plain_run(method, x, lr, rho, steps, dtype=np.float64):
-    "Final point of one `method` run from `x = (x1, x2)` after `steps` steps, as a plain scalar loop (the reference)."
+    """Final point of one `method` run from `x = (x1, x2)` after `steps` steps: a plain scalar loop (the reference)."""
     ascent, normalize, stable = _check_method(method)
     c = float if np.dtype(dtype) == np.float64 else np.dtype(dtype).type
     sqrt = math.sqrt if c is float else np.sqrt
@@ -68,7 +68,7 @@ def plain_run(method, x, lr, rho, steps, dtype=np.float64):
 
 # %% ../nbs/02_toy.ipynb #07764e3d
 def reached_minimum(x1, x2, tol=0.05):
-    "Whether the points `(x1, x2)` are finite and within Euclidean distance `tol` of $(1,1)$ or $(-1,-1)$."
+    """Whether the points `(x1, x2)` are finite and within Euclidean distance `tol` of $(1,1)$ or $(-1,-1)$."""
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     with np.errstate(all="ignore"):
         d2 = np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2)
@@ -77,8 +77,10 @@ def reached_minimum(x1, x2, tol=0.05):
 # %% ../nbs/02_toy.ipynb #a6f3b9e2
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
-    "One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."
-    literally(ascent); literally(normalize); literally(stable)
+    """One update of every lane `j` with `t <= left[j]`: `plain_run`'s formulas in its order, on arrays."""
+    literally(ascent)
+    literally(normalize)
+    literally(stable)
     for j in range(x1.size):
         y1, y2 = x1[j], x2[j]
         g1 = y1 * y1 * y1 - y2
@@ -110,9 +112,12 @@ def _step(x1, x2, lr, rho, left, t, eps, ascent, normalize, stable):
 
 # %% ../nbs/02_toy.ipynb #c40ed201
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
-    "Final points of the runs `first, first + stride, ...` of `(x1_all, x2_all, lr_all, rho_all)`, `width` lanes at a time."
-    literally(ascent); literally(normalize); literally(stable)
+def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normalize, stable, eps, block, period, width,
+          out1, out2):
+    """Final points of runs `first, first+stride, ...` in `x1_all, x2_all, lr_all, rho_all`, `width` lanes at a time."""
+    literally(ascent)
+    literally(normalize)
+    literally(stable)
     dt = x1_all.dtype
     x1, x2, lr, rho = np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt), np.zeros(width, dt)
     s1, s2 = np.zeros((period + 1, width), dt), np.zeros((period + 1, width), dt)   # the last period + 1 states
@@ -121,7 +126,8 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
     while True:
         for j in range(width):            # free lanes take waiting runs
             if run[j] < 0 and nxt < x1_all.size:
-                run[j], x1[j], x2[j], lr[j], rho[j], left[j] = nxt, x1_all[nxt], x2_all[nxt], lr_all[nxt], rho_all[nxt], steps
+                run[j], x1[j], x2[j] = nxt, x1_all[nxt], x2_all[nxt]
+                lr[j], rho[j], left[j] = lr_all[nxt], rho_all[nxt], steps
                 nxt += stride
                 busy += 1
         if busy == 0: return
@@ -148,7 +154,7 @@ def _belt(first, stride, x1_all, x2_all, lr_all, rho_all, steps, ascent, normali
 
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps, block, period, width, out1, out2):
-    "`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."
+    """`_belt` for the method with flags `(ascent, normalize, stable)`, without holding the GIL."""
     if not ascent:   # constant flags: numba compiles one belt per method, without the other branches
         _belt(first, stride, x1, x2, lr, rho, steps, False, False, False, eps, block, period, width, out1, out2)
     elif normalize and stable:
@@ -162,7 +168,7 @@ def _sweep(first, stride, x1, x2, lr, rho, steps, ascent, normalize, stable, eps
 
 # %% ../nbs/02_toy.ipynb #9fc53c64
 def _check_run(lrs, rho, steps):
-    "`lrs` as a flat float64 array, or a ValueError naming the bad learning rates, `rho` or `steps`."
+    """`lrs` as a flat float64 array, or a ValueError naming the bad learning rates, `rho` or `steps`."""
     lrs = np.asarray(lrs, np.float64).reshape(-1)
     bad = ~(np.isfinite(lrs) & (lrs > 0))
     if bad.any(): raise ValueError(f"Invalid lrs: {lrs[bad]} (must be finite and > 0)")
@@ -173,12 +179,12 @@ def _check_run(lrs, rho, steps):
 
 # %% ../nbs/02_toy.ipynb #c2502160
 def default_threads():
-    "Threads for the sweeps: the CPU cores this process may use."
+    """Threads for the sweeps: the CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, threads=None, block=64, width=128, period=2,
                  chunk=65536, bar=None):
-    "Final points `(x1, x2)` of `method` from every start with every lr: `(len(lrs), len(starts))`, `(len(rho), ...)` for many `rho`."
+    """Final points `(x1, x2)` of `method` from every start with every lr: `([len(rho),] len(lrs), len(starts))`."""
     ascent, normalize, stable = _check_method(method)
     rhos = np.asarray(rho, np.float64)                 # a sequence of radii: one sweep for all, a leading axis
     shape = () if rhos.ndim == 0 else (rhos.size,)
@@ -205,17 +211,19 @@ def final_points(method, starts, lrs, rho, steps=1000, *, dtype=np.float32, thre
 
 # %% ../nbs/02_toy.ipynb #4f22bd27
 def sample_starts(n_starts, seed=0):
-    "`n_starts` starting points uniform on $[-2, 2]^2$, shape `(n_starts, 2)`."
-    if int(n_starts) != n_starts or n_starts < 1: raise ValueError(f"Invalid n_starts: {n_starts} (must be an integer >= 1)")
+    """`n_starts` starting points uniform on $[-2, 2]^2$, shape `(n_starts, 2)`."""
+    if int(n_starts) != n_starts or n_starts < 1:
+        raise ValueError(f"Invalid n_starts: {n_starts} (must be an integer >= 1)")
     return np.random.default_rng(seed).uniform(-2., 2., (int(n_starts), 2))
 
 def success_rates(method, lrs, rho, *, n_starts=10_000, steps=1000, tol=0.05, seed=0, dtype=np.float32,
                   threads=None, progress=True):
-    "Per learning rate, the share of `n_starts` runs of `method` (starts uniform in $[-2,2]^2$) ending within `tol` of a minimum."
+    """Share of `n_starts` runs of `method` per lr (starts uniform in $[-2,2]^2$) ending within `tol` of a minimum."""
     _check_method(method)
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     starts, lrs = sample_starts(n_starts, seed), _check_run(lrs, rho, steps)
-    with tqdm(total=lrs.size * starts.shape[0], desc=f"{method} rho={rho}", unit="run", disable=not progress, leave=False) as bar:
+    with tqdm(total=lrs.size * starts.shape[0], desc=f"{method} rho={rho}", unit="run", disable=not progress,
+              leave=False) as bar:
         x1, x2 = final_points(method, starts, lrs, rho, steps, dtype=dtype, threads=threads, bar=bar)
     return reached_minimum(x1, x2, tol).mean(1)
 
@@ -223,7 +231,7 @@ def success_rates(method, lrs, rho, *, n_starts=10_000, steps=1000, tol=0.05, se
 OUTCOMES = ("minimum", "near minimum", "saddle", "diverged", "elsewhere")
 
 def outcome_shares(x1, x2, tol=0.05, near=0.5):
-    "Share of the final points `(x1, x2)` in each of `OUTCOMES`, along the last axis."
+    """Share of the final points `(x1, x2)` in each of `OUTCOMES`, along the last axis."""
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     with np.errstate(all="ignore"):
         d = np.sqrt(np.minimum((x1 - 1) ** 2 + (x2 - 1) ** 2, (x1 + 1) ** 2 + (x2 + 1) ** 2))
@@ -235,12 +243,12 @@ def outcome_shares(x1, x2, tol=0.05, near=0.5):
 
 # %% ../nbs/02_toy.ipynb #e7b3be3b
 def paper_lrs(n=100, lo=1e-3, hi=0.3):
-    "The paper's learning rates: `n` values log-spaced from `lo` to `hi`."
+    """The paper's learning rates: `n` values log-spaced from `lo` to `hi`."""
     return np.geomspace(lo, hi, n)
 
 def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000,
           tol=0.05, seed=0, dtype=np.float32, threads=None, progress=True):
-    "Success rates for every method and `rho`: a dict with `lrs`, `rhos` and, per method, an array `(len(rhos), len(lrs))`."
+    """Success rates per method and `rho`: a dict with `lrs`, `rhos` and per method an array `(len(rhos), len(lrs))`."""
     for m in methods: _check_method(m)
     if not tol > 0: raise ValueError(f"Invalid tol: {tol} (must be > 0)")
     rhos = tuple(float(r) for r in rhos)
@@ -249,19 +257,20 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     out = dict(lrs=lrs, rhos=rhos, n_starts=int(n_starts), steps=int(steps), tol=float(tol))
     total = sum(lrs.size * starts.shape[0] * (1 if m == "gd" else len(rhos)) for m in methods)
     with tqdm(total=total, desc="Figure 4 sweep", unit="run", disable=not progress) as bar:
-        for m in methods:             # all radii of a method in one final_points call; GD once, the same curve in every panel
+        for m in methods:   # all radii of a method in one final_points call; GD once, the same curve in every panel
             bar.set_postfix_str(m)
-            x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads, bar=bar)
+            x1, x2 = final_points(m, starts, lrs, rhos[:1] if m == "gd" else rhos, steps, dtype=dtype, threads=threads,
+                                  bar=bar)
             out[m] = np.broadcast_to(reached_minimum(x1, x2, tol).mean(-1), (len(rhos), lrs.size)).copy()
     return out
 
 # %% ../nbs/02_toy.ipynb #41cd2cf8
-from .style import optimizer_style
+from .style import markdown_table, optimizer_style
 
 _DRAWN = ("gd", "sam", "stablesam", "usam", "stableusam")  # the methods Figure 4 draws, in legend order
 
 def plot_contour(ax):
-    "Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."
+    """Panel (a) of Figure 4: contour plot of $f$ with the global minima marked (+)."""
     g = np.linspace(-2, 2, 101)
     X1, X2 = np.meshgrid(g, g)
     ax.contour(X1, X2, toy_loss(X1, X2), levels=np.linspace(-0.25, 3, 10), cmap="viridis", linewidths=0.8)
@@ -269,12 +278,14 @@ def plot_contour(ax):
     ax.plot(0, 0, "kx", ms=6)
     ax.set(xlabel="$x_1$", ylabel="$x_2$", title="(a) $f(x_1, x_2)$", aspect="equal")
 
-def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05, methods=("gd", "sam", "stablesam"),
-            seed=0, rates=None, axs=None, threads=None, progress=True, figsize=(10, 2.9)):
-    "Figure 4: contour plot of $f$ and success rate against learning rate, one panel per `rho`; returns `(figure, rates)`."
+def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol=0.05,
+            methods=("gd", "sam", "stablesam"), seed=0, rates=None, axs=None, threads=None, progress=True,
+            figsize=(10, 2.9)):
+    """Figure 4: contour plot of $f$ and success rate against lr, one panel per `rho`; returns `(figure, rates)`."""
     import matplotlib.pyplot as plt
     if rates is None:
-        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, threads=threads, progress=progress)
+        rates = sweep(methods, rhos, lrs, n_starts=n_starts, steps=steps, tol=tol, seed=seed, threads=threads,
+                      progress=progress)
     rhos, lrs = rates["rhos"], rates["lrs"]
     if axs is None: fig, axs = plt.subplots(1, len(rhos) + 1, figsize=figsize, constrained_layout=True)
     else:
@@ -297,7 +308,7 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
 def _se(p, n): return np.sqrt(np.maximum(p * (1 - p), 1 / n) / n)
 
 def claims(rates, large_lr=0.1, small_lr=0.01):
-    "The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts with `claim`, `measured`, `verdict`."
+    """The paper's Section 5.1 claims checked on a `sweep` result: a list of dicts (`claim`, `measured`, `verdict`)."""
     lrs, rhos, n = rates["lrs"], rates["rhos"], rates["n_starts"]
     big, small = lrs >= large_lr, lrs <= small_lr
     def above(a, b): return a - b > 2 * np.sqrt(_se(a, n) ** 2 + _se(b, n) ** 2)   # beyond noise
@@ -308,14 +319,15 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
         best = np.maximum(sam, st)
         worse = above(best, gd)
         gd_ok.append(not worse.any())
-        gd_txt.append(f"rho={r:g}: GD lower at {worse.sum()}/{lrs.size} lrs" + (
-            f" (lr {lrs[worse].min():.3g}-{lrs[worse].max():.3g}, by up to {(best - gd)[worse].max():.3f})" if worse.any() else ""))
+        where = (f" (lr {lrs[worse].min():.3g}-{lrs[worse].max():.3g}, by up to {(best - gd)[worse].max():.3f})"
+                 if worse.any() else "")
+        gd_txt.append(f"rho={r:g}: GD lower at {worse.sum()}/{lrs.size} lrs" + where)
         if big.any():
             peak, after = sam.max(), np.arange(lrs.size) >= np.argmax(sam)
             below = after & (sam < peak / 2)
             sam_ok.append(sam[big].mean() < peak / 2)
-            sam_txt.append(f"rho={r:g}: peak {peak:.3f}, mean over lr>={large_lr:g} {sam[big].mean():.3f}, below half its peak "
-                           + (f"from lr {lrs[below][0]:.3g}" if below.any() else "never"))
+            sam_txt.append(f"rho={r:g}: peak {peak:.3f}, mean over lr>={large_lr:g} {sam[big].mean():.3f}, "
+                           "below half its peak " + (f"from lr {lrs[below][0]:.3g}" if below.any() else "never"))
             st_ok.append(np.ptp(st[big]) <= 0.05)
             st_txt.append(f"rho={r:g}: {span(st[big])} (StableSAM) vs {span(sam[big])} (SAM)")
         if small.sum() >= 2:
@@ -326,9 +338,11 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
     rows = [dict(claim="GD always has the highest success rate", measured="; ".join(gd_txt),
                  verdict="supported" if all(gd_ok) else "not at every lr")]
     if big.any():
-        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})", measured="; ".join(sam_txt),
+        rows.append(dict(claim=f"SAM's success collapses for large lr (about > {large_lr:g})",
+                         measured="; ".join(sam_txt),
                          verdict="supported" if all(sam_ok) else ("for some rho" if any(sam_ok) else "not supported")))
-        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})", measured="; ".join(st_txt),
+        rows.append(dict(claim=f"StableSAM stays roughly flat for large lr (>= {large_lr:g})",
+                         measured="; ".join(st_txt),
                          verdict="supported" if all(st_ok) else "not supported"))
     if small.sum() >= 2:
         rows.append(dict(claim="the success rate rises with lr for small lr, for every optimizer",
@@ -337,6 +351,6 @@ def claims(rates, large_lr=0.1, small_lr=0.01):
     return rows
 
 def claims_markdown(rows):
-    "The rows of `claims` as a Markdown table."
-    return "\n".join(["| claim (Section 5.1) | our measurement | verdict |", "|---|---|---|"] +
-                     [f"| {r['claim']} | {r['measured']} | **{r['verdict']}** |" for r in rows])
+    """The rows of `claims` as a Markdown table."""
+    return markdown_table(rows, dict(claim=("claim (Section 5.1)", None), measured=("our measurement", None),
+                                     verdict=("verdict", "**{}**")))

@@ -29,7 +29,8 @@ def test_label_noise_exact_fraction(root, frac):
     assert (d.train.targets != clean).sum().item() == round(frac * 1000)
     assert torch.equal(d.train.targets, get_datasets('cifar10', root, label_noise=frac, seed=5).train.targets)
     assert torch.equal(d.test.targets, get_datasets('cifar10', root, seed=5).test.targets)  # test labels untouched
-    if 0 < frac < 1: assert not torch.equal(d.train.targets, get_datasets('cifar10', root, label_noise=frac, seed=6).train.targets)
+    if 0 < frac < 1:
+        assert not torch.equal(d.train.targets, get_datasets('cifar10', root, label_noise=frac, seed=6).train.targets)
     # the label an item returns is the noisy one
     i = int(torch.nonzero(d.train.targets != clean)[0]) if frac else 0
     assert d.train[i][1] == int(d.train.targets[i])
@@ -124,7 +125,8 @@ def test_mnist_header_shorter_than_header(tmp_path):
 def test_mnist_images_and_labels_disagree(tmp_path):
     raw = _mnist(tmp_path)
     _mnist(tmp_path / 'other', n_train=39)
-    (raw / 'train-labels-idx1-ubyte').write_bytes((tmp_path / 'other' / 'MNIST' / 'raw' / 'train-labels-idx1-ubyte').read_bytes())
+    other = tmp_path / 'other' / 'MNIST' / 'raw'
+    (raw / 'train-labels-idx1-ubyte').write_bytes((other / 'train-labels-idx1-ubyte').read_bytes())
     with pytest.raises(DataFileError, match='holds 40 images, .*train-labels-idx1-ubyte 39 labels'):
         get_datasets('mnist', tmp_path, download=False)
 
@@ -142,7 +144,8 @@ def test_truncated_cifar_pickle_names_file(tmp_path, num_classes, fname):
     f = next(tmp_path.iterdir()) / fname
     f.write_bytes(f.read_bytes()[:-500])
     name = f'cifar{num_classes}'
-    with pytest.raises(DataFileError, match=f"Damaged {name} file {f} \\({f.stat().st_size} bytes\\): cannot be unpickled"):
+    size = f.stat().st_size
+    with pytest.raises(DataFileError, match=f"Damaged {name} file {f} \\({size} bytes\\): cannot be unpickled"):
         get_datasets(name, tmp_path, download=False)
 
 
@@ -176,7 +179,7 @@ def test_bad_input(root, kw, msg):
 
 
 def test_digits_real_offline_fixed_split():
-    """`digits`: scikit-learn's 1,797 real 8x8 digits, a fixed 1,297/500 split (50 test images per class), normalised."""
+    """`digits`: scikit-learn's 1,797 real 8x8 digits, a fixed 1,297/500 split (50 test images a class), normalised."""
     from sklearn.datasets import load_digits
     d = get_datasets('digits', 'not-used', augment=False)
     assert (len(d.train), len(d.test), d.num_classes, d.in_channels, d.image_size) == (1297, 500, 10, 1, 8)
@@ -222,12 +225,16 @@ def test_crop_flip_draws_uniform_and_independent():
     seeds and neighbouring indices (p > 1e-4 each: the test fails by chance about once in 2,000 runs at most)."""
     aug, n = CropFlip(4), 162_000
     idx = torch.arange(n)
-    cells = lambda dy, dx, f: (dy * 9 + dx) * 2 + f.long()
+
+    def cells(dy, dx, f): return (dy * 9 + dx) * 2 + f.long()
+
     draws = {(s, e): aug.draws(idx, s, e) for s, e in ((0, 0), (0, 1), (1, 0), (3, 7))}
     for d in draws.values():
         assert chisquare(torch.bincount(cells(*d), minlength=162).numpy()).pvalue > 1e-4
         assert d[0].min() == 0 and d[0].max() == 8 and d[1].max() == 8
-    joint = lambda a, b: torch.bincount(a * 9 + b, minlength=81).numpy()
+
+    def joint(a, b): return torch.bincount(a * 9 + b, minlength=81).numpy()
+
     assert chisquare(joint(draws[0, 0][0], draws[0, 1][0])).pvalue > 1e-4    # epoch 0 vs epoch 1
     assert chisquare(joint(draws[0, 0][1], draws[1, 0][1])).pvalue > 1e-4    # seed 0 vs seed 1
     assert chisquare(joint(draws[0, 0][0][:-1], draws[0, 0][0][1:])).pvalue > 1e-4  # index i vs index i + 1
@@ -259,7 +266,8 @@ def test_crop_flip_is_torchvision_crop_and_flip(root):
     images = _raw(train.base)
     for k, i in enumerate(idx.tolist()):
         img = TF.crop(TF.pad(images[i][0], 4), int(dy[k]), int(dx[k]), 32, 32)
-        want = TF.normalize(TF.to_tensor(TF.hflip(img) if flip[k] else img), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        want = TF.normalize(TF.to_tensor(TF.hflip(img) if flip[k] else img),
+                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
         assert torch.equal(out[k], want), i
     assert torch.equal(plain[5][0], raw[5][0])
 
@@ -284,14 +292,17 @@ REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'M
 
 
 def test_real_mnist_passes_the_checks_and_a_truncated_copy_is_named(tmp_path):
-    """The real idx files pass the header checks; a copy of the real test images cut short gets the sizes in the message."""
+    """The real idx files pass the header checks; a cut-short copy of the real test images is named with its sizes."""
     if not (REAL_MNIST / 't10k-images-idx3-ubyte').exists():
-        pytest.skip(f'real MNIST not found in {REAL_MNIST} (../shared/data from the project root): the checks run on generated files above')
+        pytest.skip(f'real MNIST not found in {REAL_MNIST} (../shared/data from the project root): '
+                    'the checks run on generated files above')
     assert len(get_datasets('mnist', REAL_MNIST.parents[1], download=False).train) == 60000
-    raw = tmp_path / 'MNIST' / 'raw'; raw.mkdir(parents=True)
+    raw = tmp_path / 'MNIST' / 'raw'
+    raw.mkdir(parents=True)
     for f in REAL_MNIST.iterdir(): (raw / f.name).symlink_to(f)
     cut = raw / 't10k-images-idx3-ubyte'
-    cut.unlink(); cut.write_bytes((REAL_MNIST / cut.name).read_bytes()[:-1000])
+    cut.unlink()
+    cut.write_bytes((REAL_MNIST / cut.name).read_bytes()[:-1000])
     with pytest.raises(DataFileError, match=f"Damaged MNIST file {cut}: 7839016 bytes, expected 7840016 "
                                             r"\(header: 10000 x 28 x 28 uint8\): truncated"):
         get_datasets('mnist', tmp_path, download=False)

@@ -68,8 +68,8 @@ def test_lightning_manual_optimization(precision):
     from lightning.pytorch.plugins import MixedPrecision
     ns = recipe('lightning')
     data = batches()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]),
-                                                                        torch.cat([y for _, y in data])), batch_size=BATCH)
+    dataset = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH)
     kw = dict(plugins=[MixedPrecision('16-mixed', 'cpu')]) if precision == '16-mixed' else dict(precision=precision)
     trainer = L.Trainer(max_steps=STEPS, accelerator='cpu', devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, **kw)

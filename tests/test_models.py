@@ -18,8 +18,10 @@ def test_forward(name):
 
 
 def test_same_seed_same_init():
-    torch.manual_seed(1); a = get_model('resnet20', 10)
-    torch.manual_seed(1); b = get_model('resnet20', 10)
+    torch.manual_seed(1)
+    a = get_model('resnet20', 10)
+    torch.manual_seed(1)
+    b = get_model('resnet20', 10)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 

@@ -77,7 +77,8 @@ def grad_at(net, weights, batch):
     names = [n for n, _ in net.named_parameters()]
     ws = [w.detach().clone().requires_grad_() for w in weights]
     x, y = batch
-    return torch.autograd.grad(nn.functional.cross_entropy(torch.func.functional_call(net, dict(zip(names, ws)), (x,)), y), ws)
+    out = torch.func.functional_call(net, dict(zip(names, ws)), (x,))
+    return torch.autograd.grad(nn.functional.cross_entropy(out, y), ws)
 
 
 def local_reference(stable, rho, steps=STEPS):
@@ -136,7 +137,8 @@ def ddp_worker(rank, init_file, out):
         dist.destroy_process_group()
     # Gloo's worker threads can abort a process at interpreter finalization after a successful run (a torch
     # teardown race): a worker that passed leaves without finalizing.
-    sys.stdout.flush(); sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
@@ -176,10 +178,12 @@ def fsdp_worker(rank, init_file, out, ckpt):
         resumed, ropt = fsdp_model(cls, rho)
         load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
         for step in range(STEPS // 2, STEPS):
-            for n, o in ((net, opt), (resumed, ropt)): sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
+            for n, o in ((net, opt), (resumed, ropt)):
+                sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
         assert torch.equal(full(net), full(resumed)), 'resumed run differs'
         assert ropt.stable and ropt.ascent == 'global'
-        net = make_net(); shard_model(net)
+        net = make_net()
+        shard_model(net)
         opt = StableSAM(net.parameters(), torch.optim.SGD, lr=LR, ascent='local')
         loss(net, batch_of(rank, 0)).backward()
         try: opt.first_step()
@@ -188,7 +192,8 @@ def fsdp_worker(rank, init_file, out, ckpt):
         if rank == 0: out.write_text(json.dumps(diffs))
     finally:
         dist.destroy_process_group()
-    sys.stdout.flush(); sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
@@ -202,13 +207,15 @@ def test_ddp_global_and_local(tmp_path):
     mp.spawn(ddp_worker, args=(str(tmp_path / 'init'), tmp_path / 'diffs.json'), nprocs=WORLD, join=True)
     diffs = json.loads((tmp_path / 'diffs.json').read_text())
     print('||w - w_ref|| / ||w_ref|| after 10 steps:', diffs)
-    assert set(diffs) == {'global/sam', 'global/stablesam', 'global/asam', 'global/stableasam', 'local/sam', 'local/stablesam'}
+    assert set(diffs) == {'global/sam', 'global/stablesam', 'global/asam', 'global/stableasam',
+                          'local/sam', 'local/stablesam'}
 
 
 def test_fsdp_equals_one_process_and_resumes(tmp_path):
     """FSDP2: every variant equals one process, backups are shards, a checkpoint resumes exactly."""
     os.environ.setdefault('OMP_NUM_THREADS', '1')
-    mp.spawn(fsdp_worker, args=(str(tmp_path / 'init'), tmp_path / 'diffs.json', tmp_path / 'ckpt.pt'), nprocs=WORLD, join=True)
+    mp.spawn(fsdp_worker, args=(str(tmp_path / 'init'), tmp_path / 'diffs.json', tmp_path / 'ckpt.pt'), nprocs=WORLD,
+             join=True)
     diffs = json.loads((tmp_path / 'diffs.json').read_text())
     print('||w - w_ref|| / ||w_ref|| after 10 steps:', diffs)
     assert set(diffs) == {f'fsdp/{n}' for n in VARIANTS}

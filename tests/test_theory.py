@@ -1,4 +1,4 @@
-"""Theory audit: regression counterexamples (by name), reference dynamics, certified constants, the module boundary and bad input."""
+"""Theory audit: counterexamples (regression, by name), reference dynamics, constants, module boundary, bad input."""
 import ast
 from pathlib import Path
 
@@ -33,7 +33,8 @@ def test_counterexamples_carry_their_robustness():
     for c in cex:
         assert c['G_vanishes'] >= c['G']
         if np.isfinite(c['G_vanishes']):   # just above the threshold the bound holds again
-            assert not COUNTEREXAMPLES[[f.__name__ for f in COUNTEREXAMPLES].index(c['name'])](c['G_vanishes'] * 1.001)['violated']
+            make = COUNTEREXAMPLES[[f.__name__ for f in COUNTEREXAMPLES].index(c['name'])]
+            assert not make(c['G_vanishes'] * 1.001)['violated']
 
 
 def test_lemma6_counterexample_is_outside_and_holds_with_shared_xi():
@@ -49,7 +50,7 @@ def test_theorem15_counterexample_is_the_degenerate_corner():
 
 
 def test_theorem10_batch1_counterexample_by_numbers():
-    """The exact batch-size-1 counterexample: tight G = 3.009, inside eta <= 1/(2 mu (1 + mu rho/G)), gone at a larger G."""
+    """The exact batch-size-1 counterexample: tight G = 3.009, inside eta <= 1/(2 mu (1+mu rho/G)), gone at larger G."""
     c = counterexample_theorem10_batch1()
     assert c['inside'] and abs(c['G'] - 3.009) < 1e-3
     G = smallest_G(counterexample_theorem10_batch1)
@@ -121,9 +122,13 @@ def test_closed_form_matches_stablesam_optimizer():
     for stable, method in ((False, 'sam'), (True, 'stablesam')):
         w = torch.nn.Parameter(torch.tensor(w0))
         opt = (optim.StableSAM if stable else optim.SAM)([w], torch.optim.SGD, rho=0.3, lr=0.1)
-        loss_fn = lambda: 0.5 * (w - ct) @ Ht @ (w - ct)
-        loss_fn().backward(); opt.first_step(zero_grad=True)
-        loss_fn().backward(); opt.second_step(zero_grad=True)
+
+        def loss_fn(): return 0.5 * (w - ct) @ Ht @ (w - ct)
+
+        loss_fn().backward()
+        opt.first_step(zero_grad=True)
+        loss_fn().backward()
+        opt.second_step(zero_grad=True)
         expected = w0 - 0.1 * sam_direction(H, c, w0, 0.3, method)[0]
         np.testing.assert_allclose(w.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
 
@@ -161,7 +166,7 @@ def test_lemma6_exhaustive_grid_under_assumption1():
                 G = max_grad_norm(Quadratics(H[None], np.zeros((1, 2))), center, np.array(half + C * rho))
                 eta = sam_lr_max(mu, L, rho, G, C)
                 for xi in (rho / G, C * rho / G):
-                    step = lambda x: x - eta * (np.eye(2) + xi * H) @ H @ x
+                    def step(x): return x - eta * (np.eye(2) + xi * H) @ H @ x
                     lhs = np.linalg.norm(step(v) - step(w))
                     assert lhs <= sam_contraction(mu, L, rho, G, eta) * np.linalg.norm(v - w) * (1 + 1e-12)
 
@@ -170,7 +175,9 @@ def test_verify_all_schema_vocabulary_and_key_findings():
     rows = verify_all(n_instances=8, seed=3, search_draws=40)
     keys = {'statement', 'regime', 'status', 'instances', 'violations', 'worst_slack', 'note'}
     assert all(set(r) == keys for r in rows) and {r['status'] for r in rows} <= set(AUDIT_STATUSES)
-    status = lambda s, reg: {r['status'] for r in audit_rows(rows, s, reg)}
+
+    def status(s, reg): return {r['status'] for r in audit_rows(rows, s, reg)}
+
     assert status('Lemma 5', 'quadratics') == {'holds'}
     assert status('Lemma 6', 'Assumption 1') == {'holds'}
     assert status('Lemma 6', 'Algorithm 1') == {'outside'}
@@ -178,7 +185,8 @@ def test_verify_all_schema_vocabulary_and_key_findings():
     assert status('Theorem 15', 'as stated') == {'vacuous'}
     assert status('Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t = ') == {'holds'}
     assert status('Theorem 10', 'Algorithm 1 ') == {'violated'}
-    assert status('Remark 12', 'eps_gen') == {'does not follow'} and status('Remark 16', 'claimed') == {'does not follow'}
+    assert status('Remark 12', 'eps_gen') == {'does not follow'}
+    assert status('Remark 16', 'claimed') == {'does not follow'}
     assert all(r['status'] == 'holds' for r in rows if r['regime'].startswith('corrected'))
     free = audit_rows(rows, 'Theorem 15', 'Assumption 3 dropped; shared xi_t; gamma_t any')[0]['note']
     assert 'degenerate corner' in free and 'non-degenerate exact search' in free
@@ -197,7 +205,7 @@ def test_checks_are_registered_and_looked_up_by_name():
 
 @pytest.mark.parametrize('module', THEORY_MODULES)
 def test_theory_modules_import_no_private_names_and_form_no_cycle(module):
-    """The audit's module boundary: only public names cross modules, and imports go one way (theory <- checks <- runs <- audit)."""
+    """Module boundary: only public names cross the audit's modules; imports go theory <- checks <- runs <- audit."""
     tree = ast.parse((LIB / f'{module}.py').read_text())
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and
                n.module.lstrip('.').split('.')[-1] in THEORY_MODULES]
@@ -211,5 +219,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match='Invalid fails_as'): make_row('Lemma 5', 'x', [True], [0.0], fails_as='wrong')
     with pytest.raises(ValueError, match='Invalid spectrum bounds'): random_quadratics(2, 2, 0.0, 1.0)
     with pytest.raises(ValueError, match='Invalid problem size'): random_quadratics(0, 2, 1.0, 2.0)
-    with pytest.raises(ValueError, match='Invalid method'): sam_direction(np.eye(1), np.zeros(1), np.ones(1), 0.1, 'adam')
-    with pytest.raises(ValueError, match='give T or idx'): run(random_quadratics(1, 1, 1., 1.), np.zeros((1, 1)), .1, .1)
+    with pytest.raises(ValueError, match='Invalid method'):
+        sam_direction(np.eye(1), np.zeros(1), np.ones(1), 0.1, 'adam')
+    with pytest.raises(ValueError, match='give T or idx'):
+        run(random_quadratics(1, 1, 1., 1.), np.zeros((1, 1)), .1, .1)

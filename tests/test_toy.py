@@ -23,7 +23,8 @@ def test_kernel_gives_the_plain_loops_bits(method, dtype, n, steps):
     starts, lrs = sample_starts(n, seed=3), [0.002, 0.04, 0.12, 0.3]
     want = _plain(method, starts, lrs, RHO[method], steps, dtype)
     fin = np.isfinite(want).all(-1)
-    for kw in (dict(threads=1), dict(threads=2, block=3, width=5, chunk=37), dict(threads=3, block=8, width=64, period=5)):
+    for kw in (dict(threads=1), dict(threads=2, block=3, width=5, chunk=37),
+               dict(threads=3, block=8, width=64, period=5)):
         got = np.stack(final_points(method, starts, lrs, RHO[method], steps, dtype=dtype, **kw), -1)
         np.testing.assert_array_equal(np.isfinite(got).all(-1), fin)
         np.testing.assert_array_equal(got[fin], want[fin])
@@ -33,7 +34,8 @@ def test_kernel_gives_the_plain_loops_bits(method, dtype, n, steps):
 def test_success_rates_equal_the_plain_loop(method):
     "A few hundred runs at the default 1000 steps: the rates equal the plain loop's share of successes."
     lrs, n, rho = [0.003, 0.03, 0.25], 80, 0.2
-    want = reached_minimum(*np.moveaxis(_plain(method, sample_starts(n, seed=5), lrs, rho, 1000, np.float64), -1, 0)).mean(1)
+    plain = _plain(method, sample_starts(n, seed=5), lrs, rho, 1000, np.float64)
+    want = reached_minimum(*np.moveaxis(plain, -1, 0)).mean(1)
     got = success_rates(method, lrs, rho, n_starts=n, seed=5, dtype=np.float64, progress=False)
     np.testing.assert_array_equal(got, want)
 
@@ -50,8 +52,10 @@ def test_float32_rates_match_float64_within_noise():
 def test_deterministic_and_independent_of_threads():
     lrs = [0.01, 0.2]
     r = [success_rates("stablesam", lrs, 0.5, n_starts=300, steps=200, threads=t, progress=False) for t in (1, 2, 3)]
-    np.testing.assert_array_equal(r[0], r[1]); np.testing.assert_array_equal(r[0], r[2])
-    assert not np.array_equal(r[0], success_rates("stablesam", lrs, 0.5, n_starts=300, steps=200, seed=1, progress=False))
+    np.testing.assert_array_equal(r[0], r[1])
+    np.testing.assert_array_equal(r[0], r[2])
+    other_seed = success_rates("stablesam", lrs, 0.5, n_starts=300, steps=200, seed=1, progress=False)
+    assert not np.array_equal(r[0], other_seed)
 
 
 @pytest.mark.parametrize("steps", [0, 1, 2, 3, 7])

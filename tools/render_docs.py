@@ -56,7 +56,8 @@ def quarto_cell(cell):
     opts = dict(ln.strip()[2:].strip().partition(':')[::2] for ln in lines if ln.strip().startswith('#|'))
     opts = {k.strip(): v.strip() for k, v in opts.items()}
     if opts.get('echo') == 'false' and opts.get('output') == 'asis':
-        md = [''.join(o['data']['text/markdown']) for o in cell.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+        md = [''.join(o['data']['text/markdown']) for o in cell.get('outputs', [])
+              if 'text/markdown' in o.get('data', {})]
         return nbformat.v4.new_markdown_cell(QUARTO_ATTRS.sub('', '\n'.join(md)))
     cell.source = '\n'.join(ln for ln in lines if not ln.strip().startswith('#|'))
     if opts.get('echo') == 'false':
@@ -74,7 +75,8 @@ def render_page(nb_path: Path, mathjax_url: str | None = None) -> str:
     nb.cells = [nbformat.v4.new_markdown_cell(head)] + [quarto_cell(c) for c in nb.cells if c.cell_type != 'raw']
     kw = dict(mathjax_url=mathjax_url) if mathjax_url else {}
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True, **kw)
-    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True), enabled=True)
+    remove_inputs = TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True)
+    exporter.register_preprocessor(remove_inputs, enabled=True)
     html, _ = exporter.from_notebook_node(nb)
     return html
 
@@ -97,7 +99,8 @@ def main() -> None:
     """Render the docs pages and list them."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--mathjax-url', help='MathJax script to typeset with (default: nbconvert\'s CDN copy); '
-                    'offline, e.g. file:///PATH/node_modules/mathjax/MathJax.js?config=TeX-AMS_CHTML-full from `npm install mathjax@2` (nbconvert configures MathJax 2)')
+                    'offline, e.g. file:///PATH/node_modules/mathjax/MathJax.js?config=TeX-AMS_CHTML-full '
+                    'from `npm install mathjax@2` (nbconvert configures MathJax 2)')
     args = ap.parse_args()
     for name, path in render_all(mathjax_url=args.mathjax_url).items():
         print(f'{name}: {path.relative_to(ROOT)}')
