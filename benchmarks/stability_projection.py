@@ -6,8 +6,8 @@ It times one epoch of `stablesam.stability.train_pair` (both models trained, bot
 set and the test set, the parameter distance) per optimizer on the first N real MNIST images, on one thread,
 scales linearly to 59,999 images, and divides by the number of processes run side by side (one per core: the
 experiment's runs are independent: `stablesam-stability --executor processes --processes N` runs them so).
-Also prints the ratio of the measured epoch to a plain loop over the same work (train both models by index slicing, evaluate both in batches
-of 1024), which is the engine's overhead.
+Also prints the ratio of the measured epoch to a plain loop over the same work (train both models by index
+slicing, evaluate both in batches of 1024), which is the engine's overhead.
 Absolute times depend on what else runs; quote the load with the numbers.
 """
 import argparse
