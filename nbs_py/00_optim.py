@@ -80,42 +80,44 @@ except ImportError: DTensor = ()          # torch.distributed unavailable or tor
 # %%
 #| exporti
 def _buckets(tensors):
-    "Indices of `tensors` grouped by (device, dtype), so each group can use one multi-tensor kernel."
+    """Indices of `tensors` grouped by (device, dtype), so each group can use one multi-tensor kernel."""
     out = {}
     for i, t in enumerate(tensors): out.setdefault((t.device, t.dtype), []).append(i)
     return out.items()
 
 def _acc_dtype(dtype):
-    "The dtype norms of `dtype` tensors are accumulated in: float32 or wider."
+    """The dtype norms of `dtype` tensors are accumulated in: float32 or wider."""
     return torch.promote_types(dtype, torch.float32)
 
 
 # %%
 #| exporti
 def _local(t):
-    "The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."
+    """The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."""
     return t.to_local() if isinstance(t, DTensor) else t
 
 def _shard_groups(t):
-    "The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."
+    """The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."""
     if not isinstance(t, DTensor): return ()
-    if any(pl.is_partial() for pl in t.placements): raise RuntimeError("SAM needs reduced gradients, got a Partial DTensor")
+    if any(pl.is_partial() for pl in t.placements):
+        raise RuntimeError("SAM needs reduced gradients, got a Partial DTensor")
     return tuple(t.device_mesh.get_group(i) for i, pl in enumerate(t.placements) if pl.is_shard())
 
 def _stack_norm(parts, device):
-    "The L2 norm of the stacked 0-dim norms `parts`, on `device`, in their widest dtype."
+    """The L2 norm of the stacked 0-dim norms `parts`, on `device`, in their widest dtype."""
     if len(parts) == 1: return parts[0].to(device)
     acc = parts[0].dtype
     for n in parts[1:]: acc = torch.promote_types(acc, n.dtype)
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=acc) for n in parts]))
 
 def _norm(tensors, groups, device):
-    "L2 norm of local `tensors` whose squares add up over the parallel `groups` (tuples of process groups)."
+    """L2 norm of local `tensors` whose squares add up over the parallel `groups` (tuples of process groups)."""
     if not tensors: return torch.zeros((), device=device)
     parts = []
     for key in dict.fromkeys(groups):
         ts = [t for t, k in zip(tensors, groups) if k == key]
-        n = _stack_norm([torch.linalg.vector_norm(torch.stack(torch._foreach_norm([ts[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
+        n = _stack_norm([torch.linalg.vector_norm(torch.stack(
+                            torch._foreach_norm([ts[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
                          for (_, dtype), idx in _buckets(ts)], device)
         if key:
             n = n.square()
@@ -128,7 +130,7 @@ def _norm(tensors, groups, device):
 # %%
 #| export
 def global_norm(tensors, device=None):
-    "Global L2 norm of a list of tensors (DTensor shards too) as a 0-dim tensor (float32 or wider), without host sync."
+    """Global L2 norm of a list of tensors (DTensor shards too), a 0-dim tensor (float32 or wider), no host sync."""
     if not tensors: return torch.zeros((), device=device)
     device = _local(tensors[0]).device if device is None else device
     return _norm([_local(t) for t in tensors], [_shard_groups(t) for t in tensors], device)
@@ -148,12 +150,12 @@ test_eq(global_norm([]), torch.tensor(0.))
 # %%
 #| exporti
 def _mul_(tensors, scale):
-    "Multiply `tensors` in place by the 0-dim tensor `scale`, one multi-tensor kernel per (device, dtype)."
+    """Multiply `tensors` in place by the 0-dim tensor `scale`, one multi-tensor kernel per (device, dtype)."""
     for (device, dtype), idx in _buckets(tensors):
         torch._foreach_mul_([tensors[i] for i in idx], scale.to(device=device, dtype=dtype))
 
 def _add_scaled_(targets, tensors, scale):
-    "`targets += scale * tensors` in place; `scale` a number or a 0-dim tensor (kept on the device)."
+    """`targets += scale * tensors` in place; `scale` a number or a 0-dim tensor (kept on the device)."""
     for (device, dtype), idx in _buckets(targets):
         ts, xs = [targets[i] for i in idx], [tensors[i] for i in idx]
         if not isinstance(scale, torch.Tensor): torch._foreach_add_(ts, xs, alpha=scale)
@@ -170,7 +172,7 @@ def _add_scaled_(targets, tensors, scale):
 # %%
 #| export
 def renorm_factor(num, den, gamma0=None, eps=1e-12):
-    "The factor `num/den` of Algorithm 1 line 6, clamped to `[gamma0, sqrt(gamma0)]` when `gamma0` is given (Remark 19)."
+    """The factor `num/den` of Algorithm 1 line 6, clamped to `[gamma0, sqrt(gamma0)]` if `gamma0` (Remark 19)."""
     factor = num / den.clamp_min(eps)
     if gamma0 is not None: factor = factor.clamp(gamma0, math.sqrt(gamma0))
     return factor
@@ -195,12 +197,12 @@ ASCENTS = ('global', 'local')   # the ascent semantics under DistributedDataPara
 RENORM_NORMS = ('plain', 'adaptive')
 
 def _check_rho(rho):
-    "Raise a ValueError unless `rho` is a finite number >= 0."
+    """Raise a ValueError unless `rho` is a finite number >= 0."""
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
         raise ValueError(f"Invalid rho: {rho} (a finite number >= 0)")
 
 def _check_settings(gamma0, renorm_norm, eps, ascent='global'):
-    "Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or `ascent`, or a non-positive `eps`."
+    """Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or `ascent`, or an `eps` <= 0."""
     if ascent not in ASCENTS: raise ValueError(f"Invalid ascent: {ascent!r} (choose from {ASCENTS})")
     if gamma0 is not None and not (isinstance(gamma0, (int, float)) and 0 < gamma0 < 1):
         raise ValueError(f"Invalid gamma0: {gamma0} (Remark 19 needs 0 < gamma0 < 1, or None for no clamp)")
@@ -209,7 +211,7 @@ def _check_settings(gamma0, renorm_norm, eps, ascent='global'):
     if not (isinstance(eps, (int, float)) and eps > 0): raise ValueError(f"Invalid eps: {eps} (must be > 0)")
 
 def _grads_of(params):
-    "The parameters of `params` that have a gradient, and those gradients; sparse gradients are refused."
+    """The parameters of `params` that have a gradient, and those gradients; sparse gradients are refused."""
     ps = [p for p in params if p.grad is not None]
     for p in ps:
         if p.grad.is_sparse:
@@ -234,11 +236,44 @@ def _grads_of(params):
 # tensors (`grad_norm` $\|g\|$, `asc_grad_norm` $\|g^{asc}\|$ before renormalization, `norm_ratio`
 # $\|g\|/\|g^{asc}\|$, `renorm_factor` applied (1 for the non-stable variants), and with
 # `track_alignment=True` also `alignment` $\langle g^{asc}, g\rangle - \|g\|^2$ and `cosine`).
+#
+# The class is written in one cell; the sections after it walk through its methods. Module helpers come first:
+# the check of a base optimizer passed already built, and the average over processes of `ascent="local"`.
+
+# %%
+#| exporti
+def _check_same_params(params, base):
+    """Raise a ValueError unless `params` are exactly the parameters `base` optimizes."""
+    flat = []
+    for item in params:
+        if not isinstance(item, dict): flat.append(item)
+        elif isinstance(item['params'], torch.Tensor): flat.append(item['params'])
+        else: flat += list(item['params'])
+    mine = {id(p) for p in flat}
+    theirs = {id(p) for g in base.param_groups for p in g['params']}
+    if mine != theirs:
+        raise ValueError("params differ from the parameters of the given base optimizer instance (pass params=None)")
+
+def _world():
+    """The number of processes of the default process group (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def _average_(tensors):
+    """Average `tensors` in place over the processes of the default group: one all-reduce per (device, dtype)."""
+    for _, idx in _buckets(tensors):
+        ts = [tensors[i] for i in idx]
+        flat = torch._utils._flatten_dense_tensors(ts)
+        dist.all_reduce(flat)
+        flat.div_(_world())
+        torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
+
+_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')  # saved by state_dict
+
 
 # %%
 #| export
 class SAM(Optimizer):
-    "Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."
+    """Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."""
     def __init__(self, params, base_optimizer, rho=0.05, *, adaptive=False, stable=False, normalize=True,
                  gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, ascent="global",
                  **base_kwargs):
@@ -248,7 +283,8 @@ class SAM(Optimizer):
         self.eps, self.track_alignment, self.ascent = eps, bool(track_alignment), ascent
         defaults = dict(rho=rho, adaptive=bool(adaptive))
         if isinstance(base_optimizer, Optimizer):
-            if base_kwargs: raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
+            if base_kwargs:
+                raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
             if params is not None: _check_same_params(params, base_optimizer)
             super().__init__(base_optimizer.param_groups, defaults)
             self.base_optimizer = base_optimizer
@@ -261,36 +297,178 @@ class SAM(Optimizer):
         self.last_stats, self._first, self._restored = {}, None, False
 
     def add_param_group(self, param_group):
-        "Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."
+        """Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."""
         for k, v in getattr(self, 'defaults', {}).items():
             if k in ('rho', 'adaptive'): param_group.setdefault(k, v)
         _check_rho(param_group.get('rho', 0.))
         if hasattr(self, 'base_optimizer'): self.base_optimizer.add_param_group(param_group)
         else: super().add_param_group(param_group)
 
+    # --- line 4: the ascent step ---
+    @torch.no_grad()
+    def first_step(self, zero_grad=False, *, grad_scaler=None):
+        """Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."""
+        if self._first is not None:
+            raise RuntimeError("first_step() called twice without second_step(): the weights are already "
+                               "perturbed (unperturb() restores them)")
+        groups, owners, keys = self._local_groups()
+        if self.ascent == 'local' and any(keys):
+            raise RuntimeError("ascent='local' needs whole parameters on every replica; FSDP shards them: "
+                               "use ascent='global'")
+        params = [p for _, ps, _ in groups for p in ps]
+        grads = [d for _, _, gs in groups for d in gs]
+        device = params[0].device if params else None
+        inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
+        gnorm = _norm(grads, keys, device)
+        adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
+        if adaptive:
+            tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
+        else: tgrads = grads
+        tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
+        backups = [self._buffer(p, 'w') for p in owners]
+        if params: torch._foreach_copy_(backups, params)
+        if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
+        for g, ps, gs in groups:
+            if not ps: continue
+            if self.normalize: scale = g['rho'] / (tnorm + self.eps)
+            else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
+            if g['adaptive']:                       # e = scale * T^2 g with T = |w|
+                gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)
+            _add_scaled_(ps, gs, scale)
+        self._first = dict(owners=owners, params=params, keys=keys, backups=backups, gnorm=gnorm, tnorm=tnorm,
+                           inv_scale=inv_scale)
+        self._restored = False
+        if zero_grad: self.zero_grad()
 
-# %%
-#| exporti
-def _check_same_params(params, base):
-    "Raise a ValueError unless `params` are exactly the parameters `base` optimizes."
-    flat = []
-    for item in params:
-        if isinstance(item, dict): flat += list(item['params']) if not isinstance(item['params'], torch.Tensor) else [item['params']]
-        else: flat.append(item)
-    mine = {id(p) for p in flat}
-    theirs = {id(p) for g in base.param_groups for p in g['params']}
-    if mine != theirs: raise ValueError("params differ from the parameters of the given base optimizer instance (pass params=None)")
+    def _local_groups(self):
+        """Per param group (group, local params with a gradient, their gradients); those params; their shard groups."""
+        groups, owners = [], []
+        for g in self.param_groups:
+            ps, gs = _grads_of(g['params'])
+            groups.append((g, [_local(p) for p in ps], [_local(d) for d in gs]))
+            owners += ps
+        return groups, owners, [_shard_groups(p) for p in owners]
 
+    def _buffer(self, p, name):
+        """The persistent buffer `name` of parameter `p`, allocated once like its local part (a shard under FSDP)."""
+        st = self.state[p]
+        if name not in st: st[name] = torch.empty_like(_local(p), memory_format=torch.preserve_format)
+        return st[name]
 
-# %%
-#| exporti
-def _method_of(cls):
-    "Decorator: attach the function to `cls` as a method, so a class can be written over several cells."
-    def attach(f):
-        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-        setattr(cls, f.__name__, f)
-        return f
-    return attach
+    # --- lines 5-7: restore, renormalize, step ---
+    @torch.no_grad()
+    def unperturb(self):
+        """Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient (`.grad`)."""
+        if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
+        first, self._first = self._first, None
+        groups, owners, keys = self._local_groups()
+        grads = [d for _, _, gs in groups for d in gs]
+        device = first['gnorm'].device
+        anorm = _norm(grads, keys, device)
+        num, den = first['gnorm'], anorm
+        if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
+            num = first['tnorm']
+            tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
+            den = _norm(tgrads, keys, device)
+        dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
+        if first['params']: torch._foreach_copy_(first['params'], first['backups'])
+        factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
+        if self.stable and grads: _mul_(grads, factor)
+        if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
+        self._restored = True
+        self._record(first['gnorm'], anorm, factor, dot, first['inv_scale'])
+
+    @torch.no_grad()
+    def second_step(self, zero_grad=False, *, grad_scaler=None):
+        """Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."""
+        self.unperturb()
+        self._base_step(grad_scaler)
+        if zero_grad: self.zero_grad()
+
+    def _base_step(self, grad_scaler=None):
+        """Line 7: the base optimizer's step with the (renormalized) gradient in `.grad`."""
+        if grad_scaler is None: self.base_optimizer.step()
+        else: grad_scaler.step(self.base_optimizer)
+        self._restored = False
+        self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
+
+    # --- the statistics ---
+    def _dot(self, params, keys):
+        """<g_asc, g> over `params` with a gradient in both passes (needs the stored copy of g), summed over shards."""
+        pairs = [(_local(p.grad), self.state[p]['g'], k) for p, k in zip(params, keys) if p.grad is not None]
+        if not pairs: return torch.zeros((), device=_local(params[0]).device if params else None)
+        prods = torch._foreach_mul([a for a, _, _ in pairs], [b for _, b, _ in pairs])
+        dev, parts = pairs[0][0].device, []
+        for key in dict.fromkeys(k for _, _, k in pairs):
+            part = torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev)
+                                for t, (_, _, k) in zip(prods, pairs) if k == key]).sum()
+            for group in key: dist.all_reduce(part, group=group)
+            parts.append(part)
+        return torch.stack(parts).sum()
+
+    def _record(self, gnorm, anorm, factor, dot, inv_scale):
+        """Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."""
+        if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
+        ratio = gnorm / anorm.clamp_min(self.eps)
+        self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
+        if dot is not None:
+            if inv_scale is not None: dot = dot * inv_scale ** 2
+            self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
+
+    # --- step(closure), saving and resuming ---
+    def step(self, closure=None):
+        """A full step of Algorithm 1 with `closure` (loss and `backward()`), or the end of a `first_step`'s step."""
+        if self._first is not None or self._restored:
+            loss = None if closure is None else torch.enable_grad()(closure)()
+            if self._first is not None: self.second_step()
+            else: self._base_step()
+            return loss
+        if closure is None:
+            raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
+                               "evaluated twice); or call first_step() and second_step() around your own passes "
+                               "(step() without a closure finishes a step begun with first_step()).")
+        closure = torch.enable_grad()(closure)
+        self.zero_grad()
+        loss = closure()
+        self.first_step(zero_grad=True)
+        closure()
+        self.second_step()
+        return loss
+
+    def zero_grad(self, set_to_none=True):
+        """Zero the gradients of every parameter (dropping a base step left pending by `unperturb`)."""
+        self._restored = False
+        super().zero_grad(set_to_none)
+
+    def state_dict(self):
+        """The base optimizer's state dict plus SAM's settings under `'sam'`."""
+        sd = self.base_optimizer.state_dict()
+        sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Restore the base optimizer's state and SAM's settings; the param groups stay shared."""
+        sd = dict(state_dict)
+        sam = sd.pop('sam', {})
+        _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm),
+                        sam.get('eps', self.eps), sam.get('ascent', self.ascent))
+        self.base_optimizer.load_state_dict(sd)
+        for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
+        self.param_groups = self.base_optimizer.param_groups
+        for k in _SETTINGS:
+            if k in sam: setattr(self, k, sam[k])
+
+    def __getstate__(self):
+        """Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."""
+        return dict(self.__dict__)
+
+    def __setstate__(self, state): self.__dict__.update(state)
+
+    def __repr__(self):
+        """The variant's flags and the base optimizer."""
+        flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
+        return (f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, "
+                f"base={self.base_optimizer!r})")
 
 
 # %% [markdown]
@@ -302,59 +480,7 @@ def _method_of(cls):
 # reported norms the scale is divided out when the scaler is passed.
 
 # %%
-#| exporti
-@_method_of(SAM)
-@torch.no_grad()
-def first_step(self, zero_grad=False, *, grad_scaler=None):
-    "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
-    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already "
-                                                 "perturbed (unperturb() restores them)")
-    groups, owners, keys = self._local_groups()
-    if self.ascent == 'local' and any(keys): raise RuntimeError("ascent='local' needs whole parameters on every "
-                                                               "replica; FSDP shards them: use ascent='global'")
-    params = [p for _, ps, _ in groups for p in ps]
-    grads = [d for _, _, gs in groups for d in gs]
-    device = params[0].device if params else None
-    inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
-    gnorm = _norm(grads, keys, device)
-    adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
-    tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)] if adaptive else grads
-    tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
-    backups = [self._buffer(p, 'w') for p in owners]
-    if params: torch._foreach_copy_(backups, params)
-    if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
-    for g, ps, gs in groups:
-        if not ps: continue
-        if self.normalize: scale = g['rho'] / (tnorm + self.eps)
-        else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
-        if g['adaptive']:                       # e = scale * T^2 g with T = |w|
-            gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)
-        _add_scaled_(ps, gs, scale)
-    self._first = dict(owners=owners, params=params, keys=keys, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
-    self._restored = False
-    if zero_grad: self.zero_grad()
-
-@_method_of(SAM)
-def _local_groups(self):
-    "Per param group (group, local params with a gradient, their local gradients); those params; their shard groups."
-    groups, owners = [], []
-    for g in self.param_groups:
-        ps, gs = _grads_of(g['params'])
-        groups.append((g, [_local(p) for p in ps], [_local(d) for d in gs]))
-        owners += ps
-    return groups, owners, [_shard_groups(p) for p in owners]
-
-@_method_of(SAM)
-def _buffer(self, p, name):
-    "The persistent buffer `name` of parameter `p`, allocated once like its local part (a shard under FSDP)."
-    st = self.state[p]
-    if name not in st: st[name] = torch.empty_like(_local(p), memory_format=torch.preserve_format)
-    return st[name]
-
-
-# %%
 show_doc(SAM.first_step)
-
 
 # %% [markdown]
 # ### Lines 5-7: restore, renormalize, step
@@ -371,93 +497,13 @@ show_doc(SAM.first_step)
 # same mean. With the default `ascent="global"` the gradients in `.grad` are already the global ones.
 
 # %%
-#| exporti
-@_method_of(SAM)
-@torch.no_grad()
-def unperturb(self):
-    "Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient in `.grad`."
-    if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
-    first, self._first = self._first, None
-    groups, owners, keys = self._local_groups()
-    grads = [d for _, _, gs in groups for d in gs]
-    device = first['gnorm'].device
-    anorm = _norm(grads, keys, device)
-    num, den = first['gnorm'], anorm
-    if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
-        num = first['tnorm']
-        den = _norm([torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)], keys, device)
-    dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
-    if first['params']: torch._foreach_copy_(first['params'], first['backups'])
-    factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
-    if self.stable and grads: _mul_(grads, factor)
-    if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
-    self._restored = True
-    self._record(first['gnorm'], anorm, factor, dot, first['inv_scale'])
-
-@_method_of(SAM)
-@torch.no_grad()
-def second_step(self, zero_grad=False, *, grad_scaler=None):
-    "Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."
-    self.unperturb()
-    self._base_step(grad_scaler)
-    if zero_grad: self.zero_grad()
-
-@_method_of(SAM)
-def _base_step(self, grad_scaler=None):
-    "Line 7: the base optimizer's step with the (renormalized) gradient in `.grad`."
-    if grad_scaler is None: self.base_optimizer.step()
-    else: grad_scaler.step(self.base_optimizer)
-    self._restored = False
-    self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
-
-
-# %%
 show_doc(SAM.unperturb)
 show_doc(SAM.second_step)
 
-
 # %% [markdown]
-# The statistics, the optional alignment $\langle g^{asc}, g\rangle$ (over the parameters with a gradient in
-# both passes) and the distributed check are small helpers.
-
-# %%
-#| exporti
-@_method_of(SAM)
-def _dot(self, params, keys):
-    "<g_asc, g> over `params` that have a gradient in both passes (needs the stored copy of g), summed over shards."
-    pairs = [(_local(p.grad), self.state[p]['g'], k) for p, k in zip(params, keys) if p.grad is not None]
-    if not pairs: return torch.zeros((), device=_local(params[0]).device if params else None)
-    prods = torch._foreach_mul([a for a, _, _ in pairs], [b for _, b, _ in pairs])
-    dev, parts = pairs[0][0].device, []
-    for key in dict.fromkeys(k for _, _, k in pairs):
-        part = torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev) for t, (_, _, k) in zip(prods, pairs) if k == key]).sum()
-        for group in key: dist.all_reduce(part, group=group)
-        parts.append(part)
-    return torch.stack(parts).sum()
-
-@_method_of(SAM)
-def _record(self, gnorm, anorm, factor, dot, inv_scale):
-    "Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."
-    if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
-    ratio = gnorm / anorm.clamp_min(self.eps)
-    self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
-    if dot is not None:
-        if inv_scale is not None: dot = dot * inv_scale ** 2
-        self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
-
-def _world():
-    "The number of processes of the default process group (1 without torch.distributed)."
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-def _average_(tensors):
-    "Average `tensors` in place over the processes of the default group: one all-reduce per (device, dtype)."
-    for _, idx in _buckets(tensors):
-        ts = [tensors[i] for i in idx]
-        flat = torch._utils._flatten_dense_tensors(ts)
-        dist.all_reduce(flat)
-        flat.div_(_world())
-        torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
-
+# The statistics (`_record`), the optional alignment $\langle g^{asc}, g\rangle$ (`_dot`, over the parameters with a
+# gradient in both passes) and the local view of the param groups (`_local_groups`: the shards under FSDP2) are
+# small private methods.
 
 # %% [markdown]
 # ### `step(closure)`, saving and resuming
@@ -475,71 +521,6 @@ def _average_(tensors):
 # both and keeps the param groups shared.
 
 # %%
-#| exporti
-@_method_of(SAM)
-def step(self, closure=None):
-    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`), or finish `first_step`'s step."
-    if self._first is not None or self._restored:
-        loss = None if closure is None else torch.enable_grad()(closure)()
-        if self._first is not None: self.second_step()
-        else: self._base_step()
-        return loss
-    if closure is None:
-        raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
-                           "evaluated twice); or call first_step() and second_step() around your own passes "
-                           "(step() without a closure finishes a step begun with first_step()).")
-    closure = torch.enable_grad()(closure)
-    self.zero_grad()
-    loss = closure()
-    self.first_step(zero_grad=True)
-    closure()
-    self.second_step()
-    return loss
-
-_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
-
-@_method_of(SAM)
-def zero_grad(self, set_to_none=True):
-    "Zero the gradients of every parameter (dropping a base step left pending by `unperturb`)."
-    self._restored = False
-    super(SAM, self).zero_grad(set_to_none)
-
-@_method_of(SAM)
-def state_dict(self):
-    "The base optimizer's state dict plus SAM's settings under `'sam'`."
-    sd = self.base_optimizer.state_dict()
-    sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
-    return sd
-
-@_method_of(SAM)
-def load_state_dict(self, state_dict):
-    "Restore the base optimizer's state and SAM's settings; the param groups stay shared."
-    sd = dict(state_dict)
-    sam = sd.pop('sam', {})
-    _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm), sam.get('eps', self.eps),
-                    sam.get('ascent', self.ascent))
-    self.base_optimizer.load_state_dict(sd)
-    for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
-    self.param_groups = self.base_optimizer.param_groups
-    for k in _SETTINGS:
-        if k in sam: setattr(self, k, sam[k])
-
-@_method_of(SAM)
-def __getstate__(self):
-    "Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."
-    return dict(self.__dict__)
-
-@_method_of(SAM)
-def __setstate__(self, state): self.__dict__.update(state)
-
-@_method_of(SAM)
-def __repr__(self):
-    "The variant's flags and the base optimizer."
-    flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
-    return f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, base={self.base_optimizer!r})"
-
-
-# %%
 show_doc(SAM.step)
 show_doc(SAM.state_dict)
 show_doc(SAM.load_state_dict)
@@ -553,24 +534,27 @@ show_doc(SAM.load_state_dict)
 # %%
 #| export
 class StableSAM(SAM):
-    "SAM with the surrogate gradient renormalized to the exact gradient's norm (Algorithm 1)."
-    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
+    """SAM with the surrogate gradient renormalized to the exact gradient's norm (Algorithm 1)."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
 
 class ASAM(SAM):
-    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."
-    def __init__(self, params, base_optimizer, rho=0.5, **kwargs): super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
+    """Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."""
+    def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
+        super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
 
 class StableASAM(SAM):
-    "Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; `renorm_norm='adaptive'` for the authors' code)."
+    """Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; authors' code: `renorm_norm='adaptive'`)."""
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
         super().__init__(params, base_optimizer, rho, adaptive=True, stable=True, **kwargs)
 
 class USAM(SAM):
-    "Unnormalized SAM: ascent `w + rho g`, as in the authors' published code."
-    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, normalize=False, **kwargs)
+    """Unnormalized SAM: ascent `w + rho g`, as in the authors' published code."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, normalize=False, **kwargs)
 
 class StableUSAM(SAM):
-    "Unnormalized SAM with StableSAM's renormalization."
+    """Unnormalized SAM with StableSAM's renormalization."""
     def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
         super().__init__(params, base_optimizer, rho, normalize=False, stable=True, **kwargs)
 
@@ -583,10 +567,10 @@ class StableUSAM(SAM):
 
 # %%
 A, b, w0, lr, rho = torch.tensor([3., 1., .5]), torch.tensor([.5, -1., .2]), torch.tensor([1., -2., .5]), 0.1, 0.2
-grad = lambda w: A * w + b
+def grad(w): return A * w + b
 
 def one_step(cls, **kw):
-    "One step of `cls` with SGD on the quadratic, through the two-call API."
+    """One step of `cls` with SGD on the quadratic, through the two-call API."""
     w = w0.clone().requires_grad_()
     opt = cls([w], torch.optim.SGD, rho=rho, lr=lr, **kw)
     (0.5 * (A * w * w).sum() + (b * w).sum()).backward()
@@ -664,12 +648,13 @@ test_fail(lambda: opt.step(), contains='needs a closure')
 #| export
 @contextmanager
 def freeze_bn_stats(model):
-    "Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."
+    """Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."""
     mods = [m for m in model.modules() if isinstance(m, _BatchNorm) and not any(is_lazy(b) for b in m.buffers())]
     bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in bufs]
     try: yield model
-    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers (values unused in training)
+    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers
+        # (their values are unused in training)
         for buf, copy in zip(bufs, saved): buf.data.copy_(copy)
 
 
@@ -694,7 +679,7 @@ for k, v in net.state_dict().items(): test_eq(v, before[k])
 # %%
 #| export
 def first_pass_no_sync(model):
-    "Context manager: `model.no_sync()` for a DistributedDataParallel `model` (per-replica ascent), else a no-op."
+    """Context manager: `model.no_sync()` for a DistributedDataParallel `model` (per-replica ascent), else a no-op."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel): return model.no_sync()
     return nullcontext()
 
@@ -780,11 +765,13 @@ test_close(total, opt.last_stats['grad_norm'], eps=1e-5)
 
 # %%
 def accumulated_step(opt, chunks):
-    "One SAM step on a batch given as micro-batches."
+    """One SAM step on a batch given as micro-batches."""
     def accumulate():
         for xm, ym in chunks: (torch.nn.functional.cross_entropy(net(xm), ym) / len(chunks)).backward()
-    accumulate(); opt.first_step(zero_grad=True)
-    accumulate(); opt.second_step(zero_grad=True)
+    accumulate()
+    opt.first_step(zero_grad=True)
+    accumulate()
+    opt.second_step(zero_grad=True)
 
 w_start = [p.detach().clone() for p in net.parameters()]
 opt = StableSAM(net.parameters(), torch.optim.SGD, lr=0.1)
@@ -808,30 +795,50 @@ for p, w in zip(net.parameters(), w_acc): test_close(p, w, eps=1e-6)
 # ## A factory for the training code
 #
 # `make_optimizer` maps a name to an optimizer with one set of keyword arguments, for configuration files and
-# command lines. `'sgd'` means the base optimizer alone (SGD, or AdamW with `base='adamw'`, which ignores
-# `momentum`); SAM-only arguments (`rho`, `gamma0`, `renorm_norm`, `track_alignment`, ...) are then ignored, and
-# any other keyword goes to the base optimizer.
+# command lines. The names are those of the one registry of variants, `VARIANTS` ([variants](00_variants.ipynb)),
+# re-exported here with `Variant`, `variant` and `register_variant` (`stablesam.optim.VARIANTS` is the registry
+# itself). A variant's record names its class (`cls`: the name of a class of this module for the built-in ones, or
+# a user's class) and the extra keyword arguments it takes (`flags`), and the optimizer is built as
+# `cls(params, base_optimizer, rho=rho, **flags, **settings)`. `'sgd'` (no class) means the base optimizer alone
+# (SGD, or AdamW with `base='adamw'`, which ignores `momentum`); SAM-only arguments (`rho`, `gamma0`,
+# `renorm_norm`, `track_alignment`, ...) are then ignored, and any other keyword goes to the base optimizer.
+#
+# `OPTIMIZERS`, the tuple of names in 0.1, is kept for code written for 0.1: it is now a live view of the
+# registry's names (`VARIANTS.keys()`), so `name in OPTIMIZERS`, iteration, `len` and `', '.join(OPTIMIZERS)` work,
+# and a variant registered at run time appears in it (indexing a tuple, `OPTIMIZERS[i]` or `.index`, does not).
 
 # %%
 #| export
-OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
+from stablesam.variants import VARIANTS, Variant, register_variant, variant
+
+_all_ = ['VARIANTS', 'Variant', 'register_variant', 'variant']  # re-exported: one registry, reachable from here too
+
+OPTIMIZERS = VARIANTS.keys()  # kept for 0.1 code: a live view of the registry's names (`in`, iteration and join work)
 BASES = ('sgd', 'adamw')
-_VARIANTS = dict(sam=SAM, stablesam=StableSAM, asam=ASAM, stableasam=StableASAM, usam=USAM, stableusam=StableUSAM)
 _SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
 
+def _variant_class(name, v):
+    """The class that builds variant `name`: `v.cls` itself, or the SAM class of this module it names."""
+    if not isinstance(v.cls, str): return v.cls
+    cls = globals().get(v.cls)
+    if not (isinstance(cls, type) and issubclass(cls, SAM)):
+        raise ValueError(f"Invalid variant {name!r}: cls={v.cls!r} names no SAM class of stablesam.optim")
+    return cls
+
 def make_optimizer(name, params, *, base="sgd", lr, momentum=0.9, weight_decay=0., rho=0.05, **kw):
-    "Build optimizer `name` (one of `OPTIMIZERS`; 'sgd' is the base optimizer alone) on base 'sgd' or 'adamw'."
+    """Build the registered variant `name` (see `VARIANTS`; 'sgd': the base optimizer alone) on 'sgd' or 'adamw'."""
     name, base = str(name).lower(), str(base).lower()
-    if name not in OPTIMIZERS: raise ValueError(f"Unknown optimizer: {name!r} (choose from {OPTIMIZERS})")
+    v = variant(name)  # an unknown name is a ValueError listing the known ones
     if base not in BASES: raise ValueError(f"Unknown base optimizer: {base!r} (choose from {BASES})")
     sam_kw = {k: kw.pop(k) for k in list(kw) if k in _SAM_KWARGS}
-    if base == 'sgd': cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
-    else: cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
-    if name == 'sgd': return cls(params, **base_kw)
-    return _VARIANTS[name](params, cls, rho=rho, **sam_kw, **base_kw)
+    if base == 'sgd':
+        base_cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
+    else: base_cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
+    if v.cls is None: return base_cls(params, **base_kw)
+    return _variant_class(name, v)(params, base_cls, rho=rho, **v.flags, **sam_kw, **base_kw)
 
 def is_sam(opt):
-    "Whether `opt` is a SAM-family optimizer (needs two passes per step)."
+    """Whether `opt` is a SAM-family optimizer (needs two passes per step)."""
     return isinstance(opt, SAM)
 
 
@@ -841,10 +848,50 @@ opt = make_optimizer('stableasam', lin.parameters(), base='adamw', lr=1e-3, rho=
 test_eq((type(opt), type(opt.base_optimizer), opt.param_groups[0]['rho']), (StableASAM, torch.optim.AdamW, 0.5))
 assert opt.param_groups is opt.base_optimizer.param_groups and is_sam(opt)
 assert not is_sam(make_optimizer('sgd', lin.parameters(), lr=0.1))
-test_fail(lambda: make_optimizer('adam', lin.parameters(), lr=0.1), contains="choose from")
+test_fail(lambda: make_optimizer('adam', lin.parameters(), lr=0.1), contains="choose from sgd, sam, stablesam")
 test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, rho=-1., lr=0.1), contains='Invalid rho: -1.0')
 test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, gamma0=1.5, lr=0.1), contains='Invalid gamma0: 1.5')
-test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.1), contains="Invalid renorm_norm: 'l1'")
+test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.1),
+          contains="Invalid renorm_norm: 'l1'")
+test_eq(list(OPTIMIZERS), list(VARIANTS))
+assert 'stablesam' in OPTIMIZERS and ', '.join(OPTIMIZERS).startswith('sgd, sam, stablesam')
+
+# %% [markdown]
+# A variant of one's own is one `register_variant` call: here a small SAM subclass that ascends with half the
+# given $\rho$, registered with `flags=dict(stable=True)` (so it renormalizes). `make_optimizer` then builds it
+# like a built-in variant, and its step is StableSAM's with $\rho/2$, bit for bit.
+
+# %%
+from stablesam.variants import unregister_variant
+
+class HalfRhoSAM(SAM):
+    """SAM that ascends with half the given `rho` (a user's variant)."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho / 2, **kwargs)
+
+def quadratic_step(opt, w):
+    """One two-pass step of `opt` on the quadratic of the closed-form tests above."""
+    for step in (opt.first_step, opt.second_step):
+        (0.5 * (A * w * w).sum() + (b * w).sum()).backward()
+        step(zero_grad=True)
+
+register_variant('halfsam', label='SAM (half rho)', color='tab:cyan', cls=HalfRhoSAM, flags=dict(stable=True),
+                 stable=True)
+try:
+    assert 'halfsam' in OPTIMIZERS and list(OPTIMIZERS)[-1] == 'halfsam'
+    ws = [w0.clone().requires_grad_() for _ in range(2)]
+    mine = make_optimizer('halfsam', [ws[0]], lr=0.1, momentum=0., rho=0.4, gamma0=0.5)
+    quadratic_step(mine, ws[0])
+    quadratic_step(StableSAM([ws[1]], torch.optim.SGD, rho=0.2, lr=0.1, gamma0=0.5), ws[1])
+    test_eq((type(mine), mine.stable, mine.gamma0, mine.param_groups[0]['rho']), (HalfRhoSAM, True, 0.5, 0.2))
+    test_eq(ws[0].detach(), ws[1].detach())
+    assert not torch.equal(ws[0].detach(), w0)
+finally: unregister_variant('halfsam')
+assert 'halfsam' not in OPTIMIZERS
+register_variant('typo', label='typo', color='tab:cyan', cls='StableSGD')
+try: test_fail(lambda: make_optimizer('typo', lin.parameters(), lr=0.1), contains="cls='StableSGD' names no SAM class")
+finally: unregister_variant('typo')
+
 
 # %% [markdown]
 # ## One training step
@@ -861,27 +908,35 @@ test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.
 
 # %%
 #| export
-from contextlib import nullcontext
-
 def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True, guard=None):
-    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`, or None if `guard` refused it."
-    cast = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
-    backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
+    """One step of `opt` on batch `(x, y)`: the first pass's `(outputs, loss)`, or None if `guard` refused the step."""
+    def cast():
+        return nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, dtype=autocast_dtype)
+
+    def backward(loss):
+        (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
+
     opt.zero_grad(set_to_none=True)
     if is_sam(opt):
-        local = (lambda: first_pass_no_sync(model)) if opt.ascent == 'local' else nullcontext
+        def local(): return first_pass_no_sync(model) if opt.ascent == 'local' else nullcontext()
         with local():
-            with cast(): out = model(x); loss = loss_fn(out, y)
+            with cast():
+                out = model(x)
+                loss = loss_fn(out, y)
             backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
         with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
-        if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)
+        if guard is not None and not guard(second, 2):
+            opt.unperturb()
+            return opt.zero_grad(set_to_none=True)
         opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
     else:
-        with cast(): out = model(x); loss = loss_fn(out, y)
+        with cast():
+            out = model(x)
+            loss = loss_fn(out, y)
         backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         if grad_scaler is not None: grad_scaler.step(opt)
@@ -899,17 +954,23 @@ import copy
 
 # %%
 def hand_step(opt, net, x, y):
-    "The step written out, as in the README."
+    """The step written out, as in the README."""
     F = torch.nn.functional
-    if not is_sam(opt): F.cross_entropy(net(x), y).backward(); opt.step(); opt.zero_grad(); return
-    F.cross_entropy(net(x), y).backward(); opt.first_step(zero_grad=True)
+    if not is_sam(opt):
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        return
+    F.cross_entropy(net(x), y).backward()
+    opt.first_step(zero_grad=True)
     with freeze_bn_stats(net): F.cross_entropy(net(x), y).backward()
     opt.second_step(zero_grad=True)
 
 x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
 for name in ('sgd', 'stablesam'):
     torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))]
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 2))]
     nets.append(copy.deepcopy(nets[0]))
     opts = [make_optimizer(name, n.parameters(), lr=0.1, momentum=0.9) for n in nets]
     for _ in range(3):
@@ -922,7 +983,8 @@ out, loss = sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, 
 test_eq(out.dtype, torch.bfloat16)
 before = [p.detach().clone() for p in nets[0].parameters()]
 for refuse in (1, 2):  # a refused step leaves the weights (and the momentum) as they were
-    test_eq(sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, guard=lambda loss, n: n != refuse), None)
+    def guard(loss, n): return n != refuse
+    test_eq(sam_step(opts[0], nets[0], torch.nn.functional.cross_entropy, x, y, guard=guard), None)
     for a, b in zip(before, nets[0].parameters()): test_eq(a, b.detach())
 
 
@@ -935,21 +997,25 @@ for refuse in (1, 2):  # a refused step leaves the weights (and the momentum) as
 
 # %%
 def toy_ratios(rho, steps=150, **kw):
-    "Norm ratio and applied factor per step of StableSAM on a small MLP regression."
+    """Norm ratio and applied factor per step of StableSAM on a small MLP regression."""
     torch.manual_seed(0)
-    x = torch.randn(64, 8); y = torch.sin(x.sum(1, keepdim=True))
+    x = torch.randn(64, 8)
+    y = torch.sin(x.sum(1, keepdim=True))
     net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     opt = StableSAM(net.parameters(), torch.optim.SGD, rho=rho, lr=0.1, momentum=0.9, **kw)
     ratios, factors = [], []
     for _ in range(steps):
         opt.step(lambda: torch.nn.functional.mse_loss(net(x), y).backward())
-        ratios.append(opt.last_stats['norm_ratio']); factors.append(opt.last_stats['renorm_factor'])
+        ratios.append(opt.last_stats['norm_ratio'])
+        factors.append(opt.last_stats['renorm_factor'])
     return torch.stack(ratios), torch.stack(factors)
 
 fig, ax = plt.subplots(figsize=(8, 3))
 for rho in (0.01, 0.05, 0.2): ax.plot(toy_ratios(rho)[0], label=f'rho={rho}')
 _, f = toy_ratios(0.2, gamma0=0.3)
 ax.plot(f, 'k--', label='rho=0.2, gamma0=0.3 (applied)')
-ax.set(xlabel='step', ylabel=r'$\|g\|/\|g^{asc}\|$', title='renormalization factor (toy MLP)'); ax.legend(fontsize=8)
-plt.show(); plt.close(fig)
+ax.set(xlabel='step', ylabel=r'$\|g\|/\|g^{asc}\|$', title='renormalization factor (toy MLP)')
+ax.legend(fontsize=8)
+plt.show()
+plt.close(fig)
 test_eq(bool(((f >= 0.3 - 1e-6) & (f <= math.sqrt(0.3) + 1e-6)).all()), True)

@@ -52,7 +52,7 @@ CHECKPOINT = 'checkpoint.pt'
 DIVERGED = 'diverged.json'  # written by a run that stopped on a non-finite loss or gradient: where, and what to do
 
 def atomic_write(path, write):
-    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path` (no half-written file is ever seen)."""
+    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path` (no half-written file is seen)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
@@ -75,7 +75,7 @@ def _strict(obj, path, bad):
     return obj
 
 def strict_json(obj):
-    """`obj` with every NaN or infinity replaced by None, and a dict's `nonfinite` field naming each ('nan', 'inf', '-inf')."""
+    """`obj` with each NaN or infinity replaced by None, named in a dict's `nonfinite` field ('nan', 'inf', '-inf')."""
     bad = {}
     out = _strict(obj, '', bad)
     if bad and isinstance(out, dict): out['nonfinite'] = dict(out.get('nonfinite') or {}, **bad)
@@ -98,10 +98,11 @@ def append_jsonl(path, record):
 def read_json(path):
     """The object in a JSON file; a damaged file is a ValueError naming it, the line and the column."""
     try: return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
 
 def read_jsonl(path, torn_tail=False):
-    """The JSON objects of a JSON-lines file; a damaged line is a ValueError naming the file and line (with `torn_tail`, a cut-short last line is left out)."""
+    """Objects of a JSON-lines file; a damaged line is a ValueError naming it (`torn_tail`: drop a cut last line)."""
     lines = Path(path).read_text().split('\n')  # a last line without a newline was cut short by a writer that stopped
     out = []
     for n, line in enumerate(lines, 1):
@@ -118,18 +119,22 @@ tmp = Path(tempfile.mkdtemp())
 write_jsonl(tmp / 'a.jsonl', [dict(epoch=1), dict(epoch=2)])
 append_jsonl(tmp / 'a.jsonl', dict(epoch=3))
 test_eq([r['epoch'] for r in read_jsonl(tmp / 'a.jsonl')], [1, 2, 3])
-def fail(tmp_path): Path(tmp_path).write_text('half'); raise KeyboardInterrupt
+def fail(tmp_path):
+    Path(tmp_path).write_text('half')
+    raise KeyboardInterrupt
 try: atomic_write(tmp / 'a.jsonl', fail)
 except KeyboardInterrupt: pass
 test_eq(len(read_jsonl(tmp / 'a.jsonl')), 3)              # the old file survives a write killed half way
 test_eq(sorted(p.name for p in tmp.iterdir()), ['a.jsonl'])  # and no temporary file is left
 write_jsonl(tmp / 'n.jsonl', [dict(epoch=1, train_loss=float('nan'), curve=[1.0, float('inf')])])
 print((tmp / 'n.jsonl').read_text())
-test_eq(read_jsonl(tmp / 'n.jsonl'), [dict(epoch=1, train_loss=None, curve=[1.0, None], nonfinite={'train_loss': 'nan', 'curve[1]': 'inf'})])
+test_eq(read_jsonl(tmp / 'n.jsonl'),
+        [dict(epoch=1, train_loss=None, curve=[1.0, None], nonfinite={'train_loss': 'nan', 'curve[1]': 'inf'})])
 (tmp / 'n.jsonl').write_text('{"epoch": 1}\n{"epoch": 2,, }\n')
 test_fail(lambda: read_jsonl(tmp / 'n.jsonl'), contains=f"Damaged {tmp / 'n.jsonl'}, line 2: Expecting property name")
 (tmp / 'c.json').write_text('{\n  "lr": 0.1\n  "epochs": 3\n}')
-test_fail(lambda: read_json(tmp / 'c.json'), contains=f"Damaged {tmp / 'c.json'}: Expecting ',' delimiter at line 3, column 3")
+test_fail(lambda: read_json(tmp / 'c.json'),
+          contains=f"Damaged {tmp / 'c.json'}: Expecting ',' delimiter at line 3, column 3")
 for f in ('n.jsonl', 'c.json'): (tmp / f).unlink()
 
 
@@ -145,7 +150,7 @@ for f in ('n.jsonl', 'c.json'): (tmp / f).unlink()
 # %%
 #| export
 class JsonlLog:
-    """A run folder's JSON-lines log of per-epoch records: appended after each epoch, truncated to the finished epochs on resume."""
+    """A run's JSON-lines log of per-epoch records: appended after each epoch, cut to the finished ones on resume."""
     def __init__(self, path): self.path = Path(path)
 
     def records(self):
@@ -197,7 +202,7 @@ CHECKPOINT_FORMAT = 'stablesam-checkpoint'
 PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
 def _read(path):
-    """`torch.load` with `weights_only=True` (a checkpoint never runs code); any failure is a RuntimeError naming the file."""
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a RuntimeError naming it."""
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -208,7 +213,7 @@ def _read(path):
         raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
 
 def save_checkpoint(path, state, previous=None):
-    """Save the checkpoint dict `state` to `path` atomically once it reads back; with `previous`, the one it replaces is kept there."""
+    """Save checkpoint dict `state` to `path` atomically once it reads back; the one it replaces goes to `previous`."""
     import torch
     path = Path(path)
     def write(tmp):
@@ -218,7 +223,7 @@ def save_checkpoint(path, state, previous=None):
     atomic_write(path, write)
 
 def load_checkpoint(path, config=None, ignore=()):
-    """Read a checkpoint safely (`weights_only=True`); with `config` (a dict or a `TrainConfig`), check it was written by the same settings."""
+    """Read a checkpoint safely (`weights_only=True`); with `config` (dict or `TrainConfig`), check its settings."""
     path = Path(path)
     state = _read(path)
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
@@ -233,7 +238,7 @@ def load_checkpoint(path, config=None, ignore=()):
     return state
 
 def latest_checkpoint(run_dir, config=None, ignore=()):
-    """`(state, path)` of the newest checkpoint in `run_dir` that loads, else the previous one with a warning; `(None, None)` if none."""
+    """`(state, path)` of the newest checkpoint in `run_dir` that loads (warns if not the latest), or (None, None)."""
     latest, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
     if not (latest.exists() or previous.exists()): return None, None
     try: return load_checkpoint(latest, config, ignore), latest
@@ -246,26 +251,34 @@ def latest_checkpoint(run_dir, config=None, ignore=()):
 # %%
 save_checkpoint(tmp / 'c.pt', {'format': CHECKPOINT_FORMAT, 'config': dict(lr=0.1, out='here'), 'x': torch.ones(2)})
 test_eq(load_checkpoint(tmp / 'c.pt', dict(lr=0.1, out='elsewhere'), ignore=('out',))['x'], torch.ones(2))
-test_fail(lambda: load_checkpoint(tmp / 'c.pt', dict(lr=0.2, out='here')), contains="lr: 0.1 in the checkpoint, 0.2 now")
+test_fail(lambda: load_checkpoint(tmp / 'c.pt', dict(lr=0.2, out='here')),
+          contains="lr: 0.1 in the checkpoint, 0.2 now")
 @dataclasses.dataclass
 class Settings:  # a TrainConfig in small: `ascent` was added after c.pt was written
-    lr: float = 0.1; out: str = 'here'; ascent: str = 'global'
+    lr: float = 0.1
+    out: str = 'here'
+    ascent: str = 'global'
     def to_dict(self): return dataclasses.asdict(self)
 test_eq(load_checkpoint(tmp / 'c.pt', Settings())['x'], torch.ones(2))
-test_fail(lambda: load_checkpoint(tmp / 'c.pt', Settings(ascent='local')), contains="ascent: 'global' in the checkpoint, 'local' now")
+test_fail(lambda: load_checkpoint(tmp / 'c.pt', Settings(ascent='local')),
+          contains="ascent: 'global' in the checkpoint, 'local' now")
 (tmp / 'bad.pt').write_bytes(b'not a checkpoint')
 test_fail(lambda: load_checkpoint(tmp / 'bad.pt'), contains=f'Cannot read checkpoint {tmp}/bad.pt')
 save_checkpoint(tmp / 'other.pt', {'format': 'other'})
 test_fail(lambda: load_checkpoint(tmp / 'other.pt'), contains='is not a stablesam training checkpoint')
-run = tmp / 'run'; run.mkdir()
-for step in (1, 2): save_checkpoint(run / CHECKPOINT, {'format': CHECKPOINT_FORMAT, 'config': {}, 'step': step}, previous=run / PREVIOUS)
+run = tmp / 'run'
+run.mkdir()
+for step in (1, 2):
+    save_checkpoint(run / CHECKPOINT, {'format': CHECKPOINT_FORMAT, 'config': {}, 'step': step},
+                    previous=run / PREVIOUS)
 test_eq(latest_checkpoint(run)[0]['step'], 2)
 (run / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes()[:100])   # damaged
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     state, path = latest_checkpoint(run)
 test_eq((state['step'], path.name), (1, PREVIOUS))
-assert f'The latest checkpoint {run / CHECKPOINT} does not load' in str(caught[0].message) and str(run / PREVIOUS) in str(caught[0].message)
+message = str(caught[0].message)
+assert f'The latest checkpoint {run / CHECKPOINT} does not load' in message and str(run / PREVIOUS) in message
 test_eq(sorted(p.name for p in run.iterdir()), sorted([CHECKPOINT, PREVIOUS]))  # no temporary file left
 
 
@@ -301,7 +314,7 @@ def read_metrics(run_dir):
     return JsonlLog(Path(run_dir) / METRICS).records()
 
 def read_run(run_dir):
-    """`(config, metrics)` of a run folder: its `config.json` as a dict and its per-epoch metrics (a damaged file is named, with the line)."""
+    """`(config, metrics)` of a run folder: `config.json` as a dict, its epochs' metrics (a damaged file is named)."""
     path = Path(run_dir) / CONFIG
     try: return read_json(path), read_metrics(run_dir)
     except (OSError, ValueError) as e: raise ValueError(f"Unreadable run folder {path.parent}: {e}") from e

@@ -47,16 +47,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+# Some of these names are re-exports for 0.1 code, which imported them from stablesam.train: TrainConfig,
+# preset_config, PRESETS, AMP_MODES, LR_SCHEDULES (now in stablesam.config) and the run-folder functions write_json,
+# write_jsonl, append_jsonl, read_jsonl, read_metrics, load_checkpoint, ... (now in stablesam.runs). Keep them.
 from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
-from stablesam.data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs, split_augmentation,
-                            validation_split)
+from stablesam.data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs,
+                            split_augmentation, validation_split)
 from stablesam.distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from stablesam.models import get_model
 from stablesam.optim import global_norm, is_sam, make_optimizer, sam_step
+# (nbdev makes a wrapped import relative only when its last line is as long as `from stablesam.runs` at least)
 from stablesam.runs import (
     CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, JsonlLog, append_jsonl, latest_checkpoint,
-    load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries, save_checkpoint, write_json, write_jsonl)
-# TrainConfig, preset_config and the run-folder functions are imported from here by code written for 0.1
+    load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries, save_checkpoint,
+    write_json, write_jsonl)
+from stablesam.variants import variant
+
 
 # %% [markdown]
 # ## Devices, processes and mixed precision
@@ -85,7 +91,8 @@ def dist_info():
     if world <= 1: return 0, 0, 1
     local = int(os.environ.get('LOCAL_RANK', '0'))
     if not dist.is_initialized():
-        backend = 'nccl' if torch.cuda.is_available() and os.environ.get('STABLESAM_BACKEND', 'nccl') == 'nccl' else 'gloo'
+        nccl = torch.cuda.is_available() and os.environ.get('STABLESAM_BACKEND', 'nccl') == 'nccl'
+        backend = 'nccl' if nccl else 'gloo'
         if backend == 'nccl': torch.cuda.set_device(local)
         dist.init_process_group(backend)
     return dist.get_rank(), local, dist.get_world_size()
@@ -118,7 +125,8 @@ test_eq(set(AMP_DTYPES), set(AMP_MODES))
 # `after_epoch(trainer, metrics)` (may add keys to `metrics` before it is written).
 #
 # The class cell holds the constructor and `fit`; the cells after it add the data path, the step, the
-# epoch, the evaluation and the run folder, one concern each.
+# epoch, the evaluation and the run folder, one concern each, as methods attached with `@patch_to(Trainer)`
+# (nbdev's index and the API docs list them as `Trainer` methods).
 
 # %%
 #| export
@@ -126,10 +134,10 @@ class Diverged(RuntimeError):
     """A non-finite loss or gradient stopped the run (`stablesam-train` exits with status 3)."""
     def __init__(self, epoch, step, batch, lr, checkpoint):
         self.epoch, self.step, self.batch, self.lr, self.checkpoint = epoch, step, batch, lr, checkpoint
-        then = (f"Last good checkpoint: {checkpoint} (kept; --resume continues from it, with --on-nonfinite skip to skip "
-                "such steps)" if isinstance(checkpoint, Path) else f"No checkpoint to resume from ({checkpoint})")
-        super().__init__(f"non-finite loss, gradient or weights at epoch {epoch}, step {step} (batch {batch} of the epoch), "
-                         f"lr {lr:g}: training stopped. {then}")
+        then = (f"Last good checkpoint: {checkpoint} (kept; --resume continues from it, with --on-nonfinite skip to "
+                "skip such steps)" if isinstance(checkpoint, Path) else f"No checkpoint to resume from ({checkpoint})")
+        super().__init__(f"non-finite loss, gradient or weights at epoch {epoch}, step {step} (batch {batch} of the "
+                         f"epoch), lr {lr:g}: training stopped. {then}")
 
     def record(self):
         """The divergence as a JSON-ready dict (a sweep's record of the run's outcome)."""
@@ -146,15 +154,20 @@ class Trainer:
         self.rank, self.local_rank, self.world_size = dist_info()
         self.device = resolve_device(cfg.device, self.local_rank)
         if cfg.batch_size % self.world_size:
-            raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} processes")
-        if cfg.fsdp and self.world_size == 1: raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
+            raise ValueError(f"Invalid batch_size: {cfg.batch_size} is not divisible by the {self.world_size} "
+                             "processes")
+        if cfg.fsdp and self.world_size == 1:
+            raise ValueError("Invalid fsdp: FSDP2 shards over processes; run under torchrun")
         if data is None: data = self._load_data()
         else: data = dataclasses.replace(data, test=eval_subset(data.test, cfg.test_subset, cfg.seed))
         self.val = None
-        if cfg.val_split: train, self.val = validation_split(data.train, cfg.val_split, cfg.seed); data = dataclasses.replace(data, train=train)
+        if cfg.val_split:
+            train, self.val = validation_split(data.train, cfg.val_split, cfg.seed)
+            data = dataclasses.replace(data, train=train)
         self.data = data
         torch.manual_seed(cfg.seed)
-        if model is None: model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        if model is None:
+            model = get_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.model = model.to(self.device)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
         self.net = self.model
@@ -162,7 +175,7 @@ class Trainer:
         elif self.world_size > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if cfg.optimizer.startswith('stable') else {}
+        extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if variant(cfg.optimizer).stable else {}
         extra['ascent'] = cfg.ascent
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), base=cfg.base, lr=cfg.lr,
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho, **extra)
@@ -178,7 +191,7 @@ class Trainer:
         self.metrics_log = JsonlLog(self.out / METRICS) if self.out is not None else None
 
     def fit(self):
-        """Train the remaining epochs, evaluating after each and writing the run folder; returns the per-epoch metrics."""
+        """Train the remaining epochs, evaluating after each and writing the run folder; returns the epochs' metrics."""
         self._start_run()
         for cb in self.callbacks:
             if hasattr(cb, 'before_fit'): cb.before_fit(self)
@@ -201,18 +214,20 @@ class Trainer:
         self.history.append(metrics)
         self._save(metrics)
         if self.rank == 0 and self.cfg.progress:
-            f = lambda k: 'n/a' if metrics[k] is None else f'{metrics[k]:.4f}'
+            def f(k): return 'n/a' if metrics[k] is None else f'{metrics[k]:.4f}'
             tqdm.write(f"epoch {self.epoch}: train loss {f('train_loss')} acc {f('train_acc')} | "
                        f"test loss {f('test_loss')} acc {f('test_acc')} | {metrics['images_per_s']:.0f} img/s")
 
 
 # %%
 #| exporti
-def _method(f):
-    """Make `f` a method of `Trainer` (the class is written over several cells)."""
-    f.__qualname__ = f'Trainer.{f.__name__}'
-    setattr(Trainer, f.__name__, f)
-    return f
+def patch_to(cls):
+    """Decorator: make the function a method of `cls` (a class written over several cells; nbdev's index sees it)."""
+    def attach(f):
+        f.__qualname__ = f'{cls.__name__}.{f.__name__}'
+        setattr(cls, f.__name__, f)
+        return f
+    return attach
 
 
 # %% [markdown]
@@ -228,26 +243,27 @@ def _method(f):
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 def _load_data(self):
     """The configured datasets; under torchrun rank 0 loads (and downloads) first, the others after it."""
     cfg = self.cfg
-    get = lambda download: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                                        seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment, download=download)
+    def get(download):
+        return get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                            seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment, download=download)
     if self.world_size == 1: return get(cfg.download)
     data = get(cfg.download) if self.rank == 0 else None
     dist.barrier()
     return data if data is not None else get(False)
 
-@_method
+@patch_to(Trainer)
 def in_memory(self, dataset):
-    """`(plain, augment)` to decode `dataset` once and augment it in batches (see `split_augmentation`), or `(None, None)` for the DataLoader path."""
+    """`(plain, augment)` to decode `dataset` once and augment it in batches, or `(None, None)` for the DataLoader."""
     if not self.cfg.in_memory or self.cfg.dataset == 'imagenet': return None, None
     return split_augmentation(dataset)
 
-@_method
+@patch_to(Trainer)
 def _init_batches(self):
-    """The epoch sampler and either the in-memory training tensors (and their batched augmentation) or the DataLoader."""
+    """The epoch sampler and either the in-memory training tensors (and their batch augmentation) or the DataLoader."""
     cfg = self.cfg
     self.sampler = EpochSampler(len(self.data.train), cfg.seed, self.rank, self.world_size)
     self.batch_size = cfg.batch_size // self.world_size
@@ -263,18 +279,19 @@ def _init_batches(self):
     self.train_tensors = self._to_device(decode(plain))
     if self.augment is not None: self.augment.to(self.device)
 
-@_method
+@patch_to(Trainer)
 def _to_device(self, tensors):
     """`tensors` moved to the training device."""
     return tuple(t.to(self.device) for t in tensors)
 
-@_method
+@patch_to(Trainer)
 def batches(self, start=0):
-    """This epoch's training batches from batch `start` on, on the device, in `EpochSampler` order (in-memory slices or the DataLoader's)."""
+    """This epoch's training batches from batch `start` on, on the device, in `EpochSampler` order."""
     if self.train_tensors is None:
         nb, loader = self.loader_kwargs['pin_memory'], self.train_loader
         if start:  # resumed within the epoch: a loader over the rest of its keys (augmentation is seeded per key)
-            loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=list(self.sampler)[start * self.batch_size:],
+            rest = list(self.sampler)[start * self.batch_size:]
+            loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=rest,
                                 generator=torch.Generator(), **dict(self.loader_kwargs, persistent_workers=False))
         for x, y in loader: yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
         return
@@ -292,17 +309,22 @@ from stablesam.data import write_fake_mnist, write_fake_cifar
 
 # %%
 root = Path(tempfile.mkdtemp())
-write_fake_mnist(root, n_train=512, n_test=256); write_fake_cifar(root, n_train=256, n_test=128)
+write_fake_mnist(root, n_train=512, n_test=256)
+write_fake_cifar(root, n_train=256, n_test=128)
 quick = dict(dataset='mnist', data_root=str(root), model='fcn', optimizer='stablesam', lr=0.05, epochs=4, batch_size=64,
              label_smoothing=0.0, schedule='constant', progress=False)
 fast, slow = Trainer(TrainConfig(**quick)), Trainer(TrainConfig(**quick, in_memory=False))
 test_eq((fast.train_loader, slow.train_tensors), (None, None))
 for e in (0, 3):
-    fast.sampler.set_epoch(e); slow.sampler.set_epoch(e)
+    fast.sampler.set_epoch(e)
+    slow.sampler.set_epoch(e)
     pairs = list(zip(fast.batches(), slow.batches()))
     test_eq(len(pairs), fast.steps_per_epoch)
-    for (xa, ya), (xb, yb) in pairs: test_eq(xa, xb); test_eq(ya, yb)
-    for (xa, _), (xb, _) in zip(fast.batches(start=3), slow.batches(start=3)): test_eq(xa, xb)  # resumed within an epoch
+    for (xa, ya), (xb, yb) in pairs:
+        test_eq(xa, xb)
+        test_eq(ya, yb)
+    for (xa, _), (xb, _) in zip(fast.batches(start=3), slow.batches(start=3)):  # resumed within an epoch
+        test_eq(xa, xb)
     test_eq(next(fast.batches(start=3))[0], pairs[3][0][0])
 
 
@@ -326,64 +348,70 @@ for e in (0, 3):
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 def _finite(self, loss):
     """A device bool: `loss` and the parameters' gradients (unless a GradScaler checks them) are all finite."""
     ok = torch.isfinite(loss.detach())
     if self.scaler is None:
-        ok = ok & torch.isfinite(global_norm([p.grad for p in self.model.parameters() if p.grad is not None], self.device))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        ok = ok & torch.isfinite(global_norm(grads, self.device))
     return ok
 
-@_method
+@patch_to(Trainer)
 def _step_finite(self, loss):
-    """A device bool, after a step: its loss, its gradient norms (SAM family, without a GradScaler) and the weights are finite."""
+    """A device bool after a step: its loss, gradient norms (SAM family, no GradScaler) and the weights are finite."""
     ok = torch.isfinite(loss) & torch.isfinite(global_norm([p.detach() for p in self.model.parameters()], self.device))
     if self.sam and self.scaler is None:
-        ok = ok & torch.isfinite(self.optimizer.last_stats['grad_norm']) & torch.isfinite(self.optimizer.last_stats['asc_grad_norm'])
+        stats = self.optimizer.last_stats
+        ok = ok & torch.isfinite(stats['grad_norm']) & torch.isfinite(stats['asc_grad_norm'])
     return ok
 
-@_method
+@patch_to(Trainer)
 def _guard(self, loss, pass_number):
-    """`sam_step`'s guard in skip mode: whether the step may go on after this pass (the same answer on every process)."""
-    if self.scaler is not None and pass_number == 2: return True  # a non-finite ascent from overflowing gradients: the scaler's
+    """`sam_step`'s guard in skip mode: whether the step may go on after this pass (same answer on every process)."""
+    # a non-finite ascent from overflowing gradients is the scaler's to skip
+    if self.scaler is not None and pass_number == 2: return True
     ok = self._finite(loss).to(torch.int32)
     if self.world_size > 1: dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok)
 
-@_method
+@patch_to(Trainer)
 def check_finite(self):
     """Raise `Diverged` if the last step had a non-finite loss or gradient (stop mode)."""
     if self._pending is None: return
     (ok, epoch, batch, step, lr), self._pending = self._pending, None
     if self.world_size > 1:
-        ok = ok.to(torch.int32); dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        ok = ok.to(torch.int32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if not bool(ok):
-        where = self.checkpoint_path or ('no run folder: out is not set' if self.cfg.out is None else 'none written yet')
+        where = self.checkpoint_path or ('no run folder: out is not set' if self.cfg.out is None
+                                         else 'none written yet')
         raise Diverged(epoch, step, batch, lr, where)
 
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 def lr_at(self, step):
     """The learning rate at global step `step` (cosine decay to 0 over all steps, or constant)."""
     if self.cfg.schedule == 'constant': return self.cfg.lr
     return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / max(1, self.total_steps)))
 
-@_method
+@patch_to(Trainer)
 def _loss(self, out, y):
     """The training loss: cross entropy with label smoothing, in float32."""
     return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
 
-@_method
+@patch_to(Trainer)
 def train_step(self, x, y):
-    """One optimizer step on batch (x, y); returns the first pass's outputs and loss (device tensors), or None if skipped."""
+    """One optimizer step on batch (x, y); returns the first pass's outputs and loss (device tensors); None: skipped."""
     self.check_finite()
     lr = self.lr_at(self.step)
     for g in self.optimizer.param_groups: g['lr'] = lr
     skip = self.cfg.on_nonfinite == 'skip'
-    if skip: buffers = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics, restored if the step is skipped
-    res = sam_step(self.optimizer, self.net, self._loss, x, y, grad_scaler=self.scaler, autocast_dtype=AMP_DTYPES[self.cfg.amp],
+    if skip: buffers = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics, restored if it is skipped
+    res = sam_step(self.optimizer, self.net, self._loss, x, y, grad_scaler=self.scaler,
+                   autocast_dtype=AMP_DTYPES[self.cfg.amp],
                    bn_first_pass=self.cfg.bn_first_pass, guard=self._guard if skip else None)
     self.step += 1  # a skipped step counts: the schedule moves on
     if res is None:
@@ -401,7 +429,8 @@ before = [p.detach().clone() for p in t.model.parameters()]
 out, loss = t.train_step(x, y)
 test_eq((t.step, out.shape, t.optimizer.param_groups[0]['lr']), (1, (64, 10), 0.05))
 assert all(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
-test_close(t.lr_at(t.total_steps // 2), 0.025, eps=1e-12); test_eq(t.lr_at(t.total_steps), 0.0)
+test_close(t.lr_at(t.total_steps // 2), 0.025, eps=1e-12)
+test_eq(t.lr_at(t.total_steps), 0.0)
 
 # %%
 t = Trainer(TrainConfig(**dict(quick, lr=1e30)))
@@ -415,6 +444,23 @@ res = [t.train_step(x, y) for _ in range(4)]
 w = [p.detach().clone() for p in t.model.parameters()]
 test_eq((t.train_step(x, y), t.step), (None, 5))  # skipped: the weights are as they were
 for a, b in zip(w, t.model.parameters()): test_eq(a, b.detach())
+
+# %% [markdown]
+# `gamma0` and `renorm_norm` reach the optimizer when its record in the registry of variants says it renormalizes
+# (`variant(name).stable`, [variants](00_variants.ipynb)), whatever its name: a variant registered at run time is
+# a setting of `TrainConfig` like the built-in ones, and a variant that does not renormalize never gets them.
+
+# %%
+from stablesam.variants import register_variant, unregister_variant
+
+register_variant('renormsam', label='SAM, renormalized', color='tab:cyan', cls='SAM', flags=dict(stable=True),
+                 stable=True)
+try:
+    t = Trainer(TrainConfig(**dict(quick, optimizer='renormsam', gamma0=0.5)))
+    test_eq((type(t.optimizer).__name__, t.optimizer.stable, t.optimizer.gamma0), ('SAM', True, 0.5))
+    test_eq(t.train_step(*next(t.batches()))[0].shape, (64, 10))
+finally: unregister_variant('renormsam')
+test_eq(Trainer(TrainConfig(**dict(quick, optimizer='sam', renorm_norm='adaptive'))).optimizer.renorm_norm, 'plain')
 
 
 # %% [markdown]
@@ -433,45 +479,51 @@ for a, b in zip(w, t.model.parameters()): test_eq(a, b.detach())
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 def _reduce(self, *tensors):
     """Sum device tensors over processes and return them as Python floats (one host sync)."""
     t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in tensors])
     if self.world_size > 1: dist.all_reduce(t)
     return t.tolist()
 
-@_method
+@patch_to(Trainer)
 def _new_sums(self):
     """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
-    zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0, cpu=0.0)
+    def zero(): return torch.zeros((), dtype=torch.float64, device=self.device)
+    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0,
+                cpu=0.0)
 
-@_method
+@patch_to(Trainer)
 def _checkpoint_due(self):
     """Whether `checkpoint_every` seconds have passed since the last checkpoint (one process only)."""
     every = self.cfg.checkpoint_every
     return self.out is not None and self.world_size == 1 and every > 0 and time.perf_counter() - self._saved_at >= every
 
-@_method
+@patch_to(Trainer)
 def train_epoch(self):
-    """Train the (rest of the) epoch; returns its training metrics (loss, accuracy, lr, time, throughput, SAM statistics)."""
+    """Train the (rest of the) epoch; returns its metrics (loss, accuracy, lr, time, throughput, SAM statistics)."""
     self.net.train()
     self.sampler.set_epoch(self.epoch)
     if self._sums is None: self._sums = self._new_sums()
     sums = self._sums
     bar = tqdm(total=self.steps_per_epoch, initial=self.position, desc=f'epoch {self.epoch + 1}/{self.cfg.epochs}',
                leave=False, disable=not (self.cfg.progress and self.rank == 0), dynamic_ncols=True)
-    t0 = last = time.perf_counter(); cpu0 = time.process_time(); before, cpu_before = sums['time'], sums['cpu']
+    t0 = last = time.perf_counter()
+    cpu0 = time.process_time()
+    before, cpu_before = sums['time'], sums['cpu']
     for x, y in self.batches(self.position):
         res = self.train_step(x, y)
         self.position += 1
         if res is None: sums['skipped'] += 1
         else:
             out, loss = res
-            sums['loss'].add_(loss, alpha=len(y)); sums['correct'].add_((out.argmax(1) == y).sum())
-            sums['count'] += len(y); sums['steps'] += 1
+            sums['loss'].add_(loss, alpha=len(y))
+            sums['correct'].add_((out.argmax(1) == y).sum())
+            sums['count'] += len(y)
+            sums['steps'] += 1
             if self.sam:
-                sums['factor'].add_(self.optimizer.last_stats['renorm_factor']); sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
+                sums['factor'].add_(self.optimizer.last_stats['renorm_factor'])
+                sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
         sums['time'], sums['cpu'] = before + time.perf_counter() - t0, cpu_before + time.process_time() - cpu0
@@ -484,7 +536,8 @@ def train_epoch(self):
     self.check_finite()
     bar.close()
     self.epoch, self.position, self._sums = self.epoch + 1, 0, None
-    loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(*(sums[k] for k in ('loss', 'correct', 'count', 'factor', 'ratio')))
+    keys = ('loss', 'correct', 'count', 'factor', 'ratio')
+    loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(*(sums[k] for k in keys))
     m = dict(train_loss=loss_sum / count if count else None, train_acc=correct / count if count else None,
              lr=self.optimizer.param_groups[0]['lr'], time=sums['time'], cpu_time=sums['cpu'],
              images_per_s=count / max(sums['time'], 1e-9))
@@ -514,7 +567,7 @@ EVAL_BATCH = 1024  # evaluation batch of in-memory datasets (no autograd, so lar
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 @torch.no_grad()
 def evaluate(self, dataset):
     """Mean loss (without label smoothing) and accuracy of the model on `dataset`, shared out over processes."""
@@ -529,11 +582,14 @@ def evaluate(self, dataset):
     batches = self._eval_batches[key][1]
     if isinstance(batches, tuple): batches = zip(batches[0].split(EVAL_BATCH), batches[1].split(EVAL_BATCH))
     dtype = AMP_DTYPES[self.cfg.amp]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=self.device); correct = torch.zeros_like(loss_sum); count = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+    correct, count = torch.zeros_like(loss_sum), 0
     for x, y in batches:
         x, y = x.to(self.device), y.to(self.device)
         with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext(): out = self.model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction='sum').double(); correct += (out.argmax(1) == y).sum(); count += len(y)
+        loss_sum += F.cross_entropy(out.float(), y, reduction='sum').double()
+        correct += (out.argmax(1) == y).sum()
+        count += len(y)
     loss_sum, correct, count = self._reduce(loss_sum, correct, count)
     return dict(loss=loss_sum / max(count, 1), acc=correct / max(count, 1))
 
@@ -556,20 +612,23 @@ test_eq(set(ev), {'loss', 'acc'})
 
 # %%
 #| exporti
-@_method
+@patch_to(Trainer)
 def state(self):
     """Everything `--resume` needs, as a checkpoint dict."""
     model, optimizer = checkpoint_state(self.model, self.optimizer)  # gathered in full if sharded (every rank calls)
     sums = None if self._sums is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._sums.items()}
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
-    return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step, history=self.history,
-                position=self.position, sums=sums, rng=rng, model=model, optimizer=optimizer, scaler=self.scaler.state_dict() if self.scaler is not None else None)
+    scaler = self.scaler.state_dict() if self.scaler is not None else None
+    return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step,
+                history=self.history, position=self.position, sums=sums, rng=rng, model=model, optimizer=optimizer,
+                scaler=scaler)
 
-@_method
+@patch_to(Trainer)
 def load_state(self, state, path='checkpoint'):
     """Continue from a checkpoint dict (see `state`), at an epoch's end or within it."""
     try:
-        load_checkpoint_state(self.model, self.optimizer, state['model'], state['optimizer'])  # sharded again under FSDP
+        # sharded again under FSDP
+        load_checkpoint_state(self.model, self.optimizer, state['model'], state['optimizer'])
     except (RuntimeError, ValueError, KeyError) as e:
         raise RuntimeError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
     if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
@@ -579,21 +638,24 @@ def load_state(self, state, path='checkpoint'):
     if state.get('rng') is not None:
         torch.set_rng_state(state['rng']['torch'])
         cuda = state['rng']['cuda']
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(cuda)
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
 
-@_method
+@patch_to(Trainer)
 def _start_run(self):
     """Create or check the run folder; resume from its newest checkpoint that loads if asked."""
     run = Path(self.cfg.out) if self.cfg.out else None
     if run is not None and ((run / CHECKPOINT).exists() or (run / PREVIOUS).exists()):
         if not self.cfg.resume:
-            raise FileExistsError(f"Run folder {self.cfg.out} already holds a run: pass resume=True (--resume) to continue it, or choose another out")
+            raise FileExistsError(f"Run folder {self.cfg.out} already holds a run: pass resume=True (--resume) to "
+                                  "continue it, or choose another out")
         state, path = latest_checkpoint(run, self.cfg, ignore=RESUMABLE + ('epochs',))
         why = epochs_change(state['config'].get('epochs'), self.cfg)
         if why: raise ValueError(f"Checkpoint {path} was written by a run with other settings: {why}")
         self.load_state(state, path)
         self.checkpoint_path = path
-        if path.name == PREVIOUS and self.rank == 0 and (run / CHECKPOINT).exists():  # kept aside, never rotated into the previous slot
+        # a damaged latest checkpoint is kept aside, never rotated into the previous slot
+        if path.name == PREVIOUS and self.rank == 0 and (run / CHECKPOINT).exists():
             os.replace(run / CHECKPOINT, run / f'{CHECKPOINT}.damaged')
     elif run is not None and self.rank == 0 and (run / METRICS).exists() and not self.cfg.resume:
         raise FileExistsError(f"Run folder {self.cfg.out} already holds {METRICS}: choose another out")
@@ -607,7 +669,7 @@ def _start_run(self):
     write_json(self.out / CONFIG, dict(self.cfg.to_dict(), versions=package_versions(), device_used=str(self.device),
                                        device_name=dev, world_size=self.world_size, command=sys.argv))
 
-@_method
+@patch_to(Trainer)
 def _save(self, metrics=None):
     """Append an epoch's `metrics` to the run folder (none within an epoch), then write the checkpoint (two slots)."""
     self.check_finite()  # no state after a non-finite step is ever saved
@@ -625,7 +687,9 @@ def _save(self, metrics=None):
 
 # %%
 hist = Trainer(TrainConfig(**quick)).fit()
-print(*(f"epoch {m['epoch']}: train acc {m['train_acc']:.3f} test acc {m['test_acc']:.3f} renorm {m['renorm_factor']:.3f}" for m in hist), sep='\n')
+for m in hist:
+    print(f"epoch {m['epoch']}: train acc {m['train_acc']:.3f} test acc {m['test_acc']:.3f} "
+          f"renorm {m['renorm_factor']:.3f}")
 assert hist[-1]['test_acc'] > 0.5 and hist[-1]['train_loss'] < hist[0]['train_loss']
 again = Trainer(TrainConfig(**quick)).fit()
 test_eq([{k: v for k, v in m.items() if k not in ('time', 'cpu_time', 'images_per_s')} for m in again],
@@ -710,7 +774,8 @@ save_checkpoint(root / 'mid' / 'checkpoint.pt', old)
 test_eq(len(Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True)).fit()), 2)
 test_fail(lambda: Trainer(TrainConfig(**mid, out=str(root / 'mid'), resume=True, ascent='local')).fit(),
           contains="ascent: 'global' in the checkpoint, 'local' now")
-test_fail(lambda: Trainer(TrainConfig(**quick, fsdp=True)), contains='Invalid fsdp: FSDP2 shards over processes; run under torchrun')
+test_fail(lambda: Trainer(TrainConfig(**quick, fsdp=True)),
+          contains='Invalid fsdp: FSDP2 shards over processes; run under torchrun')
 
 # %% [markdown]
 # ## What survives what
@@ -751,14 +816,20 @@ test_fail(lambda: Trainer(TrainConfig(**quick, fsdp=True)), contains='Invalid fs
 # ## Training curves of a quick run
 
 # %%
-hists = {opt: Trainer(TrainConfig(**dict(quick, optimizer=opt, epochs=6, progress=False))).fit() for opt in ('sgd', 'sam', 'stablesam')}
+hists = {opt: Trainer(TrainConfig(**dict(quick, optimizer=opt, epochs=6, progress=False))).fit()
+         for opt in ('sgd', 'sam', 'stablesam')}
 fig, axs = plt.subplots(1, 3, figsize=(10, 3))
 for opt, h in hists.items():
     ep = [m['epoch'] for m in h]
-    axs[0].plot(ep, [m['train_loss'] for m in h], label=opt); axs[1].plot(ep, [m['test_acc'] for m in h], label=opt)
+    axs[0].plot(ep, [m['train_loss'] for m in h], label=opt)
+    axs[1].plot(ep, [m['test_acc'] for m in h], label=opt)
     if 'norm_ratio' in h[0]: axs[2].plot(ep, [m['norm_ratio'] for m in h], label=opt)
-for ax, t in zip(axs, ('train loss', 'test accuracy', r'mean $\|g\|/\|g^{asc}\|$')): ax.set_title(t); ax.set_xlabel('epoch'); ax.legend()
-plt.tight_layout(); plt.show(); plt.close(fig)
+for ax, t in zip(axs, ('train loss', 'test accuracy', r'mean $\|g\|/\|g^{asc}\|$')):
+    ax.set(title=t, xlabel='epoch')
+    ax.legend()
+plt.tight_layout()
+plt.show()
+plt.close(fig)
 
 # %% [markdown]
 # ## Throughput

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['ASCENTS', 'OPTIMIZERS', 'BASES', 'global_norm', 'renorm_factor', 'SAM', 'StableSAM', 'ASAM', 'StableASAM', 'USAM',
-           'StableUSAM', 'freeze_bn_stats', 'first_pass_no_sync', 'make_optimizer', 'is_sam', 'sam_step']
+           'StableUSAM', 'freeze_bn_stats', 'first_pass_no_sync', 'make_optimizer', 'is_sam', 'sam_step', 'VARIANTS',
+           'Variant', 'register_variant', 'variant']
 
 # %% ../nbs/00_optim.ipynb #4728c44e
 import math
@@ -21,40 +22,42 @@ except ImportError: DTensor = ()          # torch.distributed unavailable or tor
 
 # %% ../nbs/00_optim.ipynb #64e54287
 def _buckets(tensors):
-    "Indices of `tensors` grouped by (device, dtype), so each group can use one multi-tensor kernel."
+    """Indices of `tensors` grouped by (device, dtype), so each group can use one multi-tensor kernel."""
     out = {}
     for i, t in enumerate(tensors): out.setdefault((t.device, t.dtype), []).append(i)
     return out.items()
 
 def _acc_dtype(dtype):
-    "The dtype norms of `dtype` tensors are accumulated in: float32 or wider."
+    """The dtype norms of `dtype` tensors are accumulated in: float32 or wider."""
     return torch.promote_types(dtype, torch.float32)
 
 # %% ../nbs/00_optim.ipynb #1f2e60d2
 def _local(t):
-    "The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."
+    """The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."""
     return t.to_local() if isinstance(t, DTensor) else t
 
 def _shard_groups(t):
-    "The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."
+    """The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."""
     if not isinstance(t, DTensor): return ()
-    if any(pl.is_partial() for pl in t.placements): raise RuntimeError("SAM needs reduced gradients, got a Partial DTensor")
+    if any(pl.is_partial() for pl in t.placements):
+        raise RuntimeError("SAM needs reduced gradients, got a Partial DTensor")
     return tuple(t.device_mesh.get_group(i) for i, pl in enumerate(t.placements) if pl.is_shard())
 
 def _stack_norm(parts, device):
-    "The L2 norm of the stacked 0-dim norms `parts`, on `device`, in their widest dtype."
+    """The L2 norm of the stacked 0-dim norms `parts`, on `device`, in their widest dtype."""
     if len(parts) == 1: return parts[0].to(device)
     acc = parts[0].dtype
     for n in parts[1:]: acc = torch.promote_types(acc, n.dtype)
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=acc) for n in parts]))
 
 def _norm(tensors, groups, device):
-    "L2 norm of local `tensors` whose squares add up over the parallel `groups` (tuples of process groups)."
+    """L2 norm of local `tensors` whose squares add up over the parallel `groups` (tuples of process groups)."""
     if not tensors: return torch.zeros((), device=device)
     parts = []
     for key in dict.fromkeys(groups):
         ts = [t for t, k in zip(tensors, groups) if k == key]
-        n = _stack_norm([torch.linalg.vector_norm(torch.stack(torch._foreach_norm([ts[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
+        n = _stack_norm([torch.linalg.vector_norm(torch.stack(
+                            torch._foreach_norm([ts[i] for i in idx], 2, dtype=_acc_dtype(dtype))))
                          for (_, dtype), idx in _buckets(ts)], device)
         if key:
             n = n.square()
@@ -65,19 +68,19 @@ def _norm(tensors, groups, device):
 
 # %% ../nbs/00_optim.ipynb #210af5a0
 def global_norm(tensors, device=None):
-    "Global L2 norm of a list of tensors (DTensor shards too) as a 0-dim tensor (float32 or wider), without host sync."
+    """Global L2 norm of a list of tensors (DTensor shards too), a 0-dim tensor (float32 or wider), no host sync."""
     if not tensors: return torch.zeros((), device=device)
     device = _local(tensors[0]).device if device is None else device
     return _norm([_local(t) for t in tensors], [_shard_groups(t) for t in tensors], device)
 
 # %% ../nbs/00_optim.ipynb #3db96418
 def _mul_(tensors, scale):
-    "Multiply `tensors` in place by the 0-dim tensor `scale`, one multi-tensor kernel per (device, dtype)."
+    """Multiply `tensors` in place by the 0-dim tensor `scale`, one multi-tensor kernel per (device, dtype)."""
     for (device, dtype), idx in _buckets(tensors):
         torch._foreach_mul_([tensors[i] for i in idx], scale.to(device=device, dtype=dtype))
 
 def _add_scaled_(targets, tensors, scale):
-    "`targets += scale * tensors` in place; `scale` a number or a 0-dim tensor (kept on the device)."
+    """`targets += scale * tensors` in place; `scale` a number or a 0-dim tensor (kept on the device)."""
     for (device, dtype), idx in _buckets(targets):
         ts, xs = [targets[i] for i in idx], [tensors[i] for i in idx]
         if not isinstance(scale, torch.Tensor): torch._foreach_add_(ts, xs, alpha=scale)
@@ -86,7 +89,7 @@ def _add_scaled_(targets, tensors, scale):
 
 # %% ../nbs/00_optim.ipynb #2dff08bd
 def renorm_factor(num, den, gamma0=None, eps=1e-12):
-    "The factor `num/den` of Algorithm 1 line 6, clamped to `[gamma0, sqrt(gamma0)]` when `gamma0` is given (Remark 19)."
+    """The factor `num/den` of Algorithm 1 line 6, clamped to `[gamma0, sqrt(gamma0)]` if `gamma0` (Remark 19)."""
     factor = num / den.clamp_min(eps)
     if gamma0 is not None: factor = factor.clamp(gamma0, math.sqrt(gamma0))
     return factor
@@ -98,12 +101,12 @@ ASCENTS = ('global', 'local')   # the ascent semantics under DistributedDataPara
 RENORM_NORMS = ('plain', 'adaptive')
 
 def _check_rho(rho):
-    "Raise a ValueError unless `rho` is a finite number >= 0."
+    """Raise a ValueError unless `rho` is a finite number >= 0."""
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
         raise ValueError(f"Invalid rho: {rho} (a finite number >= 0)")
 
 def _check_settings(gamma0, renorm_norm, eps, ascent='global'):
-    "Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or `ascent`, or a non-positive `eps`."
+    """Raise a ValueError for a `gamma0` outside (0, 1), an unknown `renorm_norm` or `ascent`, or an `eps` <= 0."""
     if ascent not in ASCENTS: raise ValueError(f"Invalid ascent: {ascent!r} (choose from {ASCENTS})")
     if gamma0 is not None and not (isinstance(gamma0, (int, float)) and 0 < gamma0 < 1):
         raise ValueError(f"Invalid gamma0: {gamma0} (Remark 19 needs 0 < gamma0 < 1, or None for no clamp)")
@@ -112,7 +115,7 @@ def _check_settings(gamma0, renorm_norm, eps, ascent='global'):
     if not (isinstance(eps, (int, float)) and eps > 0): raise ValueError(f"Invalid eps: {eps} (must be > 0)")
 
 def _grads_of(params):
-    "The parameters of `params` that have a gradient, and those gradients; sparse gradients are refused."
+    """The parameters of `params` that have a gradient, and those gradients; sparse gradients are refused."""
     ps = [p for p in params if p.grad is not None]
     for p in ps:
         if p.grad.is_sparse:
@@ -121,8 +124,36 @@ def _grads_of(params):
     return ps, [p.grad for p in ps]
 
 # %% ../nbs/00_optim.ipynb #a97d2688
+def _check_same_params(params, base):
+    """Raise a ValueError unless `params` are exactly the parameters `base` optimizes."""
+    flat = []
+    for item in params:
+        if not isinstance(item, dict): flat.append(item)
+        elif isinstance(item['params'], torch.Tensor): flat.append(item['params'])
+        else: flat += list(item['params'])
+    mine = {id(p) for p in flat}
+    theirs = {id(p) for g in base.param_groups for p in g['params']}
+    if mine != theirs:
+        raise ValueError("params differ from the parameters of the given base optimizer instance (pass params=None)")
+
+def _world():
+    """The number of processes of the default process group (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def _average_(tensors):
+    """Average `tensors` in place over the processes of the default group: one all-reduce per (device, dtype)."""
+    for _, idx in _buckets(tensors):
+        ts = [tensors[i] for i in idx]
+        flat = torch._utils._flatten_dense_tensors(ts)
+        dist.all_reduce(flat)
+        flat.div_(_world())
+        torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
+
+_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')  # saved by state_dict
+
+# %% ../nbs/00_optim.ipynb #f8abc81f
 class SAM(Optimizer):
-    "Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."
+    """Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."""
     def __init__(self, params, base_optimizer, rho=0.05, *, adaptive=False, stable=False, normalize=True,
                  gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, ascent="global",
                  **base_kwargs):
@@ -132,7 +163,8 @@ class SAM(Optimizer):
         self.eps, self.track_alignment, self.ascent = eps, bool(track_alignment), ascent
         defaults = dict(rho=rho, adaptive=bool(adaptive))
         if isinstance(base_optimizer, Optimizer):
-            if base_kwargs: raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
+            if base_kwargs:
+                raise TypeError(f"base optimizer arguments {sorted(base_kwargs)} given with an already built optimizer")
             if params is not None: _check_same_params(params, base_optimizer)
             super().__init__(base_optimizer.param_groups, defaults)
             self.base_optimizer = base_optimizer
@@ -145,304 +177,286 @@ class SAM(Optimizer):
         self.last_stats, self._first, self._restored = {}, None, False
 
     def add_param_group(self, param_group):
-        "Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."
+        """Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."""
         for k, v in getattr(self, 'defaults', {}).items():
             if k in ('rho', 'adaptive'): param_group.setdefault(k, v)
         _check_rho(param_group.get('rho', 0.))
         if hasattr(self, 'base_optimizer'): self.base_optimizer.add_param_group(param_group)
         else: super().add_param_group(param_group)
 
-# %% ../nbs/00_optim.ipynb #f8abc81f
-def _check_same_params(params, base):
-    "Raise a ValueError unless `params` are exactly the parameters `base` optimizes."
-    flat = []
-    for item in params:
-        if isinstance(item, dict): flat += list(item['params']) if not isinstance(item['params'], torch.Tensor) else [item['params']]
-        else: flat.append(item)
-    mine = {id(p) for p in flat}
-    theirs = {id(p) for g in base.param_groups for p in g['params']}
-    if mine != theirs: raise ValueError("params differ from the parameters of the given base optimizer instance (pass params=None)")
+    # --- line 4: the ascent step ---
+    @torch.no_grad()
+    def first_step(self, zero_grad=False, *, grad_scaler=None):
+        """Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."""
+        if self._first is not None:
+            raise RuntimeError("first_step() called twice without second_step(): the weights are already "
+                               "perturbed (unperturb() restores them)")
+        groups, owners, keys = self._local_groups()
+        if self.ascent == 'local' and any(keys):
+            raise RuntimeError("ascent='local' needs whole parameters on every replica; FSDP shards them: "
+                               "use ascent='global'")
+        params = [p for _, ps, _ in groups for p in ps]
+        grads = [d for _, _, gs in groups for d in gs]
+        device = params[0].device if params else None
+        inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
+        gnorm = _norm(grads, keys, device)
+        adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
+        if adaptive:
+            tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
+        else: tgrads = grads
+        tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
+        backups = [self._buffer(p, 'w') for p in owners]
+        if params: torch._foreach_copy_(backups, params)
+        if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
+        for g, ps, gs in groups:
+            if not ps: continue
+            if self.normalize: scale = g['rho'] / (tnorm + self.eps)
+            else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
+            if g['adaptive']:                       # e = scale * T^2 g with T = |w|
+                gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)
+            _add_scaled_(ps, gs, scale)
+        self._first = dict(owners=owners, params=params, keys=keys, backups=backups, gnorm=gnorm, tnorm=tnorm,
+                           inv_scale=inv_scale)
+        self._restored = False
+        if zero_grad: self.zero_grad()
 
-# %% ../nbs/00_optim.ipynb #99dcc84e
-def _method_of(cls):
-    "Decorator: attach the function to `cls` as a method, so a class can be written over several cells."
-    def attach(f):
-        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-        setattr(cls, f.__name__, f)
-        return f
-    return attach
+    def _local_groups(self):
+        """Per param group (group, local params with a gradient, their gradients); those params; their shard groups."""
+        groups, owners = [], []
+        for g in self.param_groups:
+            ps, gs = _grads_of(g['params'])
+            groups.append((g, [_local(p) for p in ps], [_local(d) for d in gs]))
+            owners += ps
+        return groups, owners, [_shard_groups(p) for p in owners]
 
-# %% ../nbs/00_optim.ipynb #267a62f1
-@_method_of(SAM)
-@torch.no_grad()
-def first_step(self, zero_grad=False, *, grad_scaler=None):
-    "Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."
-    if self._first is not None: raise RuntimeError("first_step() called twice without second_step(): the weights are already "
-                                                 "perturbed (unperturb() restores them)")
-    groups, owners, keys = self._local_groups()
-    if self.ascent == 'local' and any(keys): raise RuntimeError("ascent='local' needs whole parameters on every "
-                                                               "replica; FSDP shards them: use ascent='global'")
-    params = [p for _, ps, _ in groups for p in ps]
-    grads = [d for _, _, gs in groups for d in gs]
-    device = params[0].device if params else None
-    inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
-    gnorm = _norm(grads, keys, device)
-    adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
-    tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)] if adaptive else grads
-    tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
-    backups = [self._buffer(p, 'w') for p in owners]
-    if params: torch._foreach_copy_(backups, params)
-    if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
-    for g, ps, gs in groups:
-        if not ps: continue
-        if self.normalize: scale = g['rho'] / (tnorm + self.eps)
-        else: scale = g['rho'] if inv_scale is None else inv_scale * g['rho']
-        if g['adaptive']:                       # e = scale * T^2 g with T = |w|
-            gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)
-        _add_scaled_(ps, gs, scale)
-    self._first = dict(owners=owners, params=params, keys=keys, backups=backups, gnorm=gnorm, tnorm=tnorm, inv_scale=inv_scale)
-    self._restored = False
-    if zero_grad: self.zero_grad()
+    def _buffer(self, p, name):
+        """The persistent buffer `name` of parameter `p`, allocated once like its local part (a shard under FSDP)."""
+        st = self.state[p]
+        if name not in st: st[name] = torch.empty_like(_local(p), memory_format=torch.preserve_format)
+        return st[name]
 
-@_method_of(SAM)
-def _local_groups(self):
-    "Per param group (group, local params with a gradient, their local gradients); those params; their shard groups."
-    groups, owners = [], []
-    for g in self.param_groups:
-        ps, gs = _grads_of(g['params'])
-        groups.append((g, [_local(p) for p in ps], [_local(d) for d in gs]))
-        owners += ps
-    return groups, owners, [_shard_groups(p) for p in owners]
+    # --- lines 5-7: restore, renormalize, step ---
+    @torch.no_grad()
+    def unperturb(self):
+        """Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient (`.grad`)."""
+        if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
+        first, self._first = self._first, None
+        groups, owners, keys = self._local_groups()
+        grads = [d for _, _, gs in groups for d in gs]
+        device = first['gnorm'].device
+        anorm = _norm(grads, keys, device)
+        num, den = first['gnorm'], anorm
+        if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
+            num = first['tnorm']
+            tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
+            den = _norm(tgrads, keys, device)
+        dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
+        if first['params']: torch._foreach_copy_(first['params'], first['backups'])
+        factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
+        if self.stable and grads: _mul_(grads, factor)
+        if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
+        self._restored = True
+        self._record(first['gnorm'], anorm, factor, dot, first['inv_scale'])
 
-@_method_of(SAM)
-def _buffer(self, p, name):
-    "The persistent buffer `name` of parameter `p`, allocated once like its local part (a shard under FSDP)."
-    st = self.state[p]
-    if name not in st: st[name] = torch.empty_like(_local(p), memory_format=torch.preserve_format)
-    return st[name]
+    @torch.no_grad()
+    def second_step(self, zero_grad=False, *, grad_scaler=None):
+        """Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."""
+        self.unperturb()
+        self._base_step(grad_scaler)
+        if zero_grad: self.zero_grad()
 
-# %% ../nbs/00_optim.ipynb #b416e30c
-@_method_of(SAM)
-@torch.no_grad()
-def unperturb(self):
-    "Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient in `.grad`."
-    if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
-    first, self._first = self._first, None
-    groups, owners, keys = self._local_groups()
-    grads = [d for _, _, gs in groups for d in gs]
-    device = first['gnorm'].device
-    anorm = _norm(grads, keys, device)
-    num, den = first['gnorm'], anorm
-    if self.stable and self.renorm_norm == 'adaptive' and any(g['adaptive'] for g, ps, _ in groups if ps):
-        num = first['tnorm']
-        den = _norm([torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)], keys, device)
-    dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
-    if first['params']: torch._foreach_copy_(first['params'], first['backups'])
-    factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
-    if self.stable and grads: _mul_(grads, factor)
-    if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
-    self._restored = True
-    self._record(first['gnorm'], anorm, factor, dot, first['inv_scale'])
+    def _base_step(self, grad_scaler=None):
+        """Line 7: the base optimizer's step with the (renormalized) gradient in `.grad`."""
+        if grad_scaler is None: self.base_optimizer.step()
+        else: grad_scaler.step(self.base_optimizer)
+        self._restored = False
+        self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
 
-@_method_of(SAM)
-@torch.no_grad()
-def second_step(self, zero_grad=False, *, grad_scaler=None):
-    "Lines 5-7: `unperturb`, then the base optimizer's step (through `grad_scaler.step` when given)."
-    self.unperturb()
-    self._base_step(grad_scaler)
-    if zero_grad: self.zero_grad()
+    # --- the statistics ---
+    def _dot(self, params, keys):
+        """<g_asc, g> over `params` with a gradient in both passes (needs the stored copy of g), summed over shards."""
+        pairs = [(_local(p.grad), self.state[p]['g'], k) for p, k in zip(params, keys) if p.grad is not None]
+        if not pairs: return torch.zeros((), device=_local(params[0]).device if params else None)
+        prods = torch._foreach_mul([a for a, _, _ in pairs], [b for _, b, _ in pairs])
+        dev, parts = pairs[0][0].device, []
+        for key in dict.fromkeys(k for _, _, k in pairs):
+            part = torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev)
+                                for t, (_, _, k) in zip(prods, pairs) if k == key]).sum()
+            for group in key: dist.all_reduce(part, group=group)
+            parts.append(part)
+        return torch.stack(parts).sum()
 
-@_method_of(SAM)
-def _base_step(self, grad_scaler=None):
-    "Line 7: the base optimizer's step with the (renormalized) gradient in `.grad`."
-    if grad_scaler is None: self.base_optimizer.step()
-    else: grad_scaler.step(self.base_optimizer)
-    self._restored = False
-    self._opt_called = True  # tells an LR scheduler built on the wrapper that a step happened
+    def _record(self, gnorm, anorm, factor, dot, inv_scale):
+        """Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."""
+        if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
+        ratio = gnorm / anorm.clamp_min(self.eps)
+        self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
+        if dot is not None:
+            if inv_scale is not None: dot = dot * inv_scale ** 2
+            self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
 
-# %% ../nbs/00_optim.ipynb #d22bc28e
-@_method_of(SAM)
-def _dot(self, params, keys):
-    "<g_asc, g> over `params` that have a gradient in both passes (needs the stored copy of g), summed over shards."
-    pairs = [(_local(p.grad), self.state[p]['g'], k) for p, k in zip(params, keys) if p.grad is not None]
-    if not pairs: return torch.zeros((), device=_local(params[0]).device if params else None)
-    prods = torch._foreach_mul([a for a, _, _ in pairs], [b for _, b, _ in pairs])
-    dev, parts = pairs[0][0].device, []
-    for key in dict.fromkeys(k for _, _, k in pairs):
-        part = torch.stack([t.sum(dtype=_acc_dtype(t.dtype)).to(dev) for t, (_, _, k) in zip(prods, pairs) if k == key]).sum()
-        for group in key: dist.all_reduce(part, group=group)
-        parts.append(part)
-    return torch.stack(parts).sum()
-
-@_method_of(SAM)
-def _record(self, gnorm, anorm, factor, dot, inv_scale):
-    "Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."
-    if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
-    ratio = gnorm / anorm.clamp_min(self.eps)
-    self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
-    if dot is not None:
-        if inv_scale is not None: dot = dot * inv_scale ** 2
-        self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
-
-def _world():
-    "The number of processes of the default process group (1 without torch.distributed)."
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-def _average_(tensors):
-    "Average `tensors` in place over the processes of the default group: one all-reduce per (device, dtype)."
-    for _, idx in _buckets(tensors):
-        ts = [tensors[i] for i in idx]
-        flat = torch._utils._flatten_dense_tensors(ts)
-        dist.all_reduce(flat)
-        flat.div_(_world())
-        torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
-
-# %% ../nbs/00_optim.ipynb #748f2886
-@_method_of(SAM)
-def step(self, closure=None):
-    "One full step of Algorithm 1 with `closure` (computes the loss, calls `backward()`), or finish `first_step`'s step."
-    if self._first is not None or self._restored:
-        loss = None if closure is None else torch.enable_grad()(closure)()
-        if self._first is not None: self.second_step()
-        else: self._base_step()
+    # --- step(closure), saving and resuming ---
+    def step(self, closure=None):
+        """A full step of Algorithm 1 with `closure` (loss and `backward()`), or the end of a `first_step`'s step."""
+        if self._first is not None or self._restored:
+            loss = None if closure is None else torch.enable_grad()(closure)()
+            if self._first is not None: self.second_step()
+            else: self._base_step()
+            return loss
+        if closure is None:
+            raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
+                               "evaluated twice); or call first_step() and second_step() around your own passes "
+                               "(step() without a closure finishes a step begun with first_step()).")
+        closure = torch.enable_grad()(closure)
+        self.zero_grad()
+        loss = closure()
+        self.first_step(zero_grad=True)
+        closure()
+        self.second_step()
         return loss
-    if closure is None:
-        raise RuntimeError("SAM.step() needs a closure that recomputes the loss and calls backward() (it is "
-                           "evaluated twice); or call first_step() and second_step() around your own passes "
-                           "(step() without a closure finishes a step begun with first_step()).")
-    closure = torch.enable_grad()(closure)
-    self.zero_grad()
-    loss = closure()
-    self.first_step(zero_grad=True)
-    closure()
-    self.second_step()
-    return loss
 
-_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
+    def zero_grad(self, set_to_none=True):
+        """Zero the gradients of every parameter (dropping a base step left pending by `unperturb`)."""
+        self._restored = False
+        super().zero_grad(set_to_none)
 
-@_method_of(SAM)
-def zero_grad(self, set_to_none=True):
-    "Zero the gradients of every parameter (dropping a base step left pending by `unperturb`)."
-    self._restored = False
-    super(SAM, self).zero_grad(set_to_none)
+    def state_dict(self):
+        """The base optimizer's state dict plus SAM's settings under `'sam'`."""
+        sd = self.base_optimizer.state_dict()
+        sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
+        return sd
 
-@_method_of(SAM)
-def state_dict(self):
-    "The base optimizer's state dict plus SAM's settings under `'sam'`."
-    sd = self.base_optimizer.state_dict()
-    sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
-    return sd
+    def load_state_dict(self, state_dict):
+        """Restore the base optimizer's state and SAM's settings; the param groups stay shared."""
+        sd = dict(state_dict)
+        sam = sd.pop('sam', {})
+        _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm),
+                        sam.get('eps', self.eps), sam.get('ascent', self.ascent))
+        self.base_optimizer.load_state_dict(sd)
+        for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
+        self.param_groups = self.base_optimizer.param_groups
+        for k in _SETTINGS:
+            if k in sam: setattr(self, k, sam[k])
 
-@_method_of(SAM)
-def load_state_dict(self, state_dict):
-    "Restore the base optimizer's state and SAM's settings; the param groups stay shared."
-    sd = dict(state_dict)
-    sam = sd.pop('sam', {})
-    _check_settings(sam.get('gamma0', self.gamma0), sam.get('renorm_norm', self.renorm_norm), sam.get('eps', self.eps),
-                    sam.get('ascent', self.ascent))
-    self.base_optimizer.load_state_dict(sd)
-    for g in self.base_optimizer.param_groups: _check_rho(g.get('rho', 0.))
-    self.param_groups = self.base_optimizer.param_groups
-    for k in _SETTINGS:
-        if k in sam: setattr(self, k, sam[k])
+    def __getstate__(self):
+        """Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."""
+        return dict(self.__dict__)
 
-@_method_of(SAM)
-def __getstate__(self):
-    "Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."
-    return dict(self.__dict__)
+    def __setstate__(self, state): self.__dict__.update(state)
 
-@_method_of(SAM)
-def __setstate__(self, state): self.__dict__.update(state)
-
-@_method_of(SAM)
-def __repr__(self):
-    "The variant's flags and the base optimizer."
-    flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
-    return f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, base={self.base_optimizer!r})"
+    def __repr__(self):
+        """The variant's flags and the base optimizer."""
+        flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
+        return (f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, "
+                f"base={self.base_optimizer!r})")
 
 # %% ../nbs/00_optim.ipynb #92afeafe
 class StableSAM(SAM):
-    "SAM with the surrogate gradient renormalized to the exact gradient's norm (Algorithm 1)."
-    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
+    """SAM with the surrogate gradient renormalized to the exact gradient's norm (Algorithm 1)."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, stable=True, **kwargs)
 
 class ASAM(SAM):
-    "Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."
-    def __init__(self, params, base_optimizer, rho=0.5, **kwargs): super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
+    """Adaptive SAM: ascent `rho T^2 g / ||T g||` with `T = |w|` (default `rho=0.5`, as in the ASAM paper)."""
+    def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
+        super().__init__(params, base_optimizer, rho, adaptive=True, **kwargs)
 
 class StableASAM(SAM):
-    "Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; `renorm_norm='adaptive'` for the authors' code)."
+    """Adaptive SAM with StableSAM's renormalization (default `rho=0.5`; authors' code: `renorm_norm='adaptive'`)."""
     def __init__(self, params, base_optimizer, rho=0.5, **kwargs):
         super().__init__(params, base_optimizer, rho, adaptive=True, stable=True, **kwargs)
 
 class USAM(SAM):
-    "Unnormalized SAM: ascent `w + rho g`, as in the authors' published code."
-    def __init__(self, params, base_optimizer, rho=0.05, **kwargs): super().__init__(params, base_optimizer, rho, normalize=False, **kwargs)
+    """Unnormalized SAM: ascent `w + rho g`, as in the authors' published code."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho, normalize=False, **kwargs)
 
 class StableUSAM(SAM):
-    "Unnormalized SAM with StableSAM's renormalization."
+    """Unnormalized SAM with StableSAM's renormalization."""
     def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
         super().__init__(params, base_optimizer, rho, normalize=False, stable=True, **kwargs)
 
 # %% ../nbs/00_optim.ipynb #590cb9c8
 @contextmanager
 def freeze_bn_stats(model):
-    "Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."
+    """Leave every BatchNorm layer's running statistics of `model` exactly as they were on entry."""
     mods = [m for m in model.modules() if isinstance(m, _BatchNorm) and not any(is_lazy(b) for b in m.buffers())]
     bufs = [b for m in mods for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in bufs]
     try: yield model
-    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers (values unused in training)
+    finally:  # through `.data`: the autograd graph of a pending backward saved these buffers
+        # (their values are unused in training)
         for buf, copy in zip(bufs, saved): buf.data.copy_(copy)
 
 # %% ../nbs/00_optim.ipynb #6f3855c0
 def first_pass_no_sync(model):
-    "Context manager: `model.no_sync()` for a DistributedDataParallel `model` (per-replica ascent), else a no-op."
+    """Context manager: `model.no_sync()` for a DistributedDataParallel `model` (per-replica ascent), else a no-op."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel): return model.no_sync()
     return nullcontext()
 
 # %% ../nbs/00_optim.ipynb #91cd7c86
-OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam', 'usam', 'stableusam')
+from .variants import VARIANTS, Variant, register_variant, variant
+
+_all_ = ['VARIANTS', 'Variant', 'register_variant', 'variant']  # re-exported: one registry, reachable from here too
+
+OPTIMIZERS = VARIANTS.keys()  # kept for 0.1 code: a live view of the registry's names (`in`, iteration and join work)
 BASES = ('sgd', 'adamw')
-_VARIANTS = dict(sam=SAM, stablesam=StableSAM, asam=ASAM, stableasam=StableASAM, usam=USAM, stableusam=StableUSAM)
 _SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
 
+def _variant_class(name, v):
+    """The class that builds variant `name`: `v.cls` itself, or the SAM class of this module it names."""
+    if not isinstance(v.cls, str): return v.cls
+    cls = globals().get(v.cls)
+    if not (isinstance(cls, type) and issubclass(cls, SAM)):
+        raise ValueError(f"Invalid variant {name!r}: cls={v.cls!r} names no SAM class of stablesam.optim")
+    return cls
+
 def make_optimizer(name, params, *, base="sgd", lr, momentum=0.9, weight_decay=0., rho=0.05, **kw):
-    "Build optimizer `name` (one of `OPTIMIZERS`; 'sgd' is the base optimizer alone) on base 'sgd' or 'adamw'."
+    """Build the registered variant `name` (see `VARIANTS`; 'sgd': the base optimizer alone) on 'sgd' or 'adamw'."""
     name, base = str(name).lower(), str(base).lower()
-    if name not in OPTIMIZERS: raise ValueError(f"Unknown optimizer: {name!r} (choose from {OPTIMIZERS})")
+    v = variant(name)  # an unknown name is a ValueError listing the known ones
     if base not in BASES: raise ValueError(f"Unknown base optimizer: {base!r} (choose from {BASES})")
     sam_kw = {k: kw.pop(k) for k in list(kw) if k in _SAM_KWARGS}
-    if base == 'sgd': cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
-    else: cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
-    if name == 'sgd': return cls(params, **base_kw)
-    return _VARIANTS[name](params, cls, rho=rho, **sam_kw, **base_kw)
+    if base == 'sgd':
+        base_cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
+    else: base_cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
+    if v.cls is None: return base_cls(params, **base_kw)
+    return _variant_class(name, v)(params, base_cls, rho=rho, **v.flags, **sam_kw, **base_kw)
 
 def is_sam(opt):
-    "Whether `opt` is a SAM-family optimizer (needs two passes per step)."
+    """Whether `opt` is a SAM-family optimizer (needs two passes per step)."""
     return isinstance(opt, SAM)
 
 # %% ../nbs/00_optim.ipynb #84c4452a
-from contextlib import nullcontext
-
 def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None, bn_first_pass=True, guard=None):
-    "One training step of `opt` on batch `(x, y)` (two passes for the SAM family, one otherwise); returns the first pass's `(outputs, loss)`, or None if `guard` refused it."
-    cast = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
-    backward = (lambda loss: grad_scaler.scale(loss).backward()) if grad_scaler is not None else (lambda loss: loss.backward())
+    """One step of `opt` on batch `(x, y)`: the first pass's `(outputs, loss)`, or None if `guard` refused the step."""
+    def cast():
+        return nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, dtype=autocast_dtype)
+
+    def backward(loss):
+        (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
+
     opt.zero_grad(set_to_none=True)
     if is_sam(opt):
-        local = (lambda: first_pass_no_sync(model)) if opt.ascent == 'local' else nullcontext
+        def local(): return first_pass_no_sync(model) if opt.ascent == 'local' else nullcontext()
         with local():
-            with cast(): out = model(x); loss = loss_fn(out, y)
+            with cast():
+                out = model(x)
+                loss = loss_fn(out, y)
             backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
         with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
             with cast(): second = loss_fn(model(x), y)
             backward(second)
-        if guard is not None and not guard(second, 2): opt.unperturb(); return opt.zero_grad(set_to_none=True)
+        if guard is not None and not guard(second, 2):
+            opt.unperturb()
+            return opt.zero_grad(set_to_none=True)
         opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
     else:
-        with cast(): out = model(x); loss = loss_fn(out, y)
+        with cast():
+            out = model(x)
+            loss = loss_fn(out, y)
         backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
         if grad_scaler is not None: grad_scaler.step(opt)

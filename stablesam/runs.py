@@ -24,7 +24,7 @@ CHECKPOINT = 'checkpoint.pt'
 DIVERGED = 'diverged.json'  # written by a run that stopped on a non-finite loss or gradient: where, and what to do
 
 def atomic_write(path, write):
-    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path` (no half-written file is ever seen)."""
+    """Call `write(tmp_path)`, flush the file to disk, then rename it onto `path` (no half-written file is seen)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
@@ -47,7 +47,7 @@ def _strict(obj, path, bad):
     return obj
 
 def strict_json(obj):
-    """`obj` with every NaN or infinity replaced by None, and a dict's `nonfinite` field naming each ('nan', 'inf', '-inf')."""
+    """`obj` with each NaN or infinity replaced by None, named in a dict's `nonfinite` field ('nan', 'inf', '-inf')."""
     bad = {}
     out = _strict(obj, '', bad)
     if bad and isinstance(out, dict): out['nonfinite'] = dict(out.get('nonfinite') or {}, **bad)
@@ -70,10 +70,11 @@ def append_jsonl(path, record):
 def read_json(path):
     """The object in a JSON file; a damaged file is a ValueError naming it, the line and the column."""
     try: return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Damaged {path}: {e.msg} at line {e.lineno}, column {e.colno}") from e
 
 def read_jsonl(path, torn_tail=False):
-    """The JSON objects of a JSON-lines file; a damaged line is a ValueError naming the file and line (with `torn_tail`, a cut-short last line is left out)."""
+    """Objects of a JSON-lines file; a damaged line is a ValueError naming it (`torn_tail`: drop a cut last line)."""
     lines = Path(path).read_text().split('\n')  # a last line without a newline was cut short by a writer that stopped
     out = []
     for n, line in enumerate(lines, 1):
@@ -86,7 +87,7 @@ def read_jsonl(path, torn_tail=False):
 
 # %% ../nbs/04b_runs.ipynb #3757f45b
 class JsonlLog:
-    """A run folder's JSON-lines log of per-epoch records: appended after each epoch, truncated to the finished epochs on resume."""
+    """A run's JSON-lines log of per-epoch records: appended after each epoch, cut to the finished ones on resume."""
     def __init__(self, path): self.path = Path(path)
 
     def records(self):
@@ -108,7 +109,7 @@ CHECKPOINT_FORMAT = 'stablesam-checkpoint'
 PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
 def _read(path):
-    """`torch.load` with `weights_only=True` (a checkpoint never runs code); any failure is a RuntimeError naming the file."""
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a RuntimeError naming it."""
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -119,7 +120,7 @@ def _read(path):
         raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
 
 def save_checkpoint(path, state, previous=None):
-    """Save the checkpoint dict `state` to `path` atomically once it reads back; with `previous`, the one it replaces is kept there."""
+    """Save checkpoint dict `state` to `path` atomically once it reads back; the one it replaces goes to `previous`."""
     import torch
     path = Path(path)
     def write(tmp):
@@ -129,7 +130,7 @@ def save_checkpoint(path, state, previous=None):
     atomic_write(path, write)
 
 def load_checkpoint(path, config=None, ignore=()):
-    """Read a checkpoint safely (`weights_only=True`); with `config` (a dict or a `TrainConfig`), check it was written by the same settings."""
+    """Read a checkpoint safely (`weights_only=True`); with `config` (dict or `TrainConfig`), check its settings."""
     path = Path(path)
     state = _read(path)
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
@@ -144,7 +145,7 @@ def load_checkpoint(path, config=None, ignore=()):
     return state
 
 def latest_checkpoint(run_dir, config=None, ignore=()):
-    """`(state, path)` of the newest checkpoint in `run_dir` that loads, else the previous one with a warning; `(None, None)` if none."""
+    """`(state, path)` of the newest checkpoint in `run_dir` that loads (warns if not the latest), or (None, None)."""
     latest, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
     if not (latest.exists() or previous.exists()): return None, None
     try: return load_checkpoint(latest, config, ignore), latest
@@ -178,7 +179,7 @@ def read_metrics(run_dir):
     return JsonlLog(Path(run_dir) / METRICS).records()
 
 def read_run(run_dir):
-    """`(config, metrics)` of a run folder: its `config.json` as a dict and its per-epoch metrics (a damaged file is named, with the line)."""
+    """`(config, metrics)` of a run folder: `config.json` as a dict, its epochs' metrics (a damaged file is named)."""
     path = Path(run_dir) / CONFIG
     try: return read_json(path), read_metrics(run_dir)
     except (OSError, ValueError) as e: raise ValueError(f"Unreadable run folder {path.parent}: {e}") from e

@@ -22,7 +22,7 @@ from stablesam.train import Trainer, TrainConfig, comparable
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'  # ../shared/data from the project root
-REPORT = os.environ.get('STABLESAM_CHAOS_REPORT')  # where the chaos tests write what they measured (the notebook's table)
+REPORT = os.environ.get('STABLESAM_CHAOS_REPORT')  # where the chaos tests write what they measured (notebook's table)
 SEED = int(os.environ.get('STABLESAM_CHAOS_SEED', '0'))  # the random schedule of faults (moments, kinds)
 
 
@@ -34,7 +34,7 @@ def fake_root(tmp_path_factory):
 # ---- the harness: a command line in a forked process that can be SIGKILLed at a chosen moment ----
 
 def _child(main, argv, log, marks, slow_save):
-    """Run `main(argv)` with stderr to `log`; mark start-up and each checkpoint write in `marks`; exit with its status."""
+    """Run `main(argv)` with stderr to `log`; mark start-up and each checkpoint write in `marks`; exit with its code."""
     os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
     sys.stderr = open(2, 'w', buffering=1, closefd=False)
     warnings.resetwarnings()  # pytest's warning capture stays in the parent: warnings go to stderr
@@ -44,9 +44,12 @@ def _child(main, argv, log, marks, slow_save):
     def marked_save(obj, f, *args, **kwargs):
         """torch.save that marks each write; with `slow_save`, it writes half the file, marks, pauses, then the rest."""
         count[0] += 1
-        buf = io.BytesIO(); save(obj, buf, *args, **kwargs); data = buf.getvalue()
+        buf = io.BytesIO()
+        save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
         with open(f, 'wb') as out:
-            out.write(data[:len(data) // 2]); out.flush()
+            out.write(data[:len(data) // 2])
+            out.flush()
             (marks / f'save{count[0]}').touch()
             if slow_save: time.sleep(slow_save)
             out.write(data[len(data) // 2:])
@@ -54,8 +57,11 @@ def _child(main, argv, log, marks, slow_save):
     (marks / 'ready').touch()
     try: code = main(argv)
     except SystemExit as e: code = e.code
-    except BaseException as e: print(f'{type(e).__name__}: {e}', file=sys.stderr); code = 1
-    sys.stderr.flush(); os._exit(code or 0)
+    except BaseException as e:
+        print(f'{type(e).__name__}: {e}', file=sys.stderr)
+        code = 1
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def _run(main, argv, tmp, *, kill_on=None, delay=0.0, slow_save=0.0, timeout=120):
@@ -84,7 +90,8 @@ def _faults(seed, kills):
     rng = random.Random(seed)
     kinds = ['start-up', 'write', 'training'] + [rng.choice(['training', 'write']) for _ in range(kills - 3)]
     rng.shuffle(kinds)
-    return [(k, rng.uniform(0, 0.4) if k == 'start-up' else rng.uniform(0, 0.05), rng.randint(1, 3)) for k in kinds] + [(None, 0, 0)]
+    plan = [(k, rng.uniform(0, 0.4) if k == 'start-up' else rng.uniform(0, 0.05), rng.randint(1, 3)) for k in kinds]
+    return plan + [(None, 0, 0)]
 
 
 KILLS = {'start-up': 'SIGKILL during start-up (data loading, model set-up)',
@@ -109,7 +116,7 @@ def _file_fault(ckpt_dir, log, todo):
 
 
 def _progress(ckpt_dir):
-    """(epoch, batch within it) of the newest checkpoint in `ckpt_dir` that loads (of either trainer of a pair), None if none."""
+    """(epoch, batch in it) of the newest checkpoint in `ckpt_dir` that loads (either trainer of a pair), or None."""
     for name in ('checkpoint.pt', PREVIOUS) if ckpt_dir is not None else ():
         try: state = torch.load(ckpt_dir / name, weights_only=True)
         except Exception: continue
@@ -124,7 +131,8 @@ def chaos(main, argv, tmp, checkpoints, log, *, kills=6, seed=SEED):
     while plan:
         kind, delay, nth = plan.pop(0)
         if kind is None and todo and len(rows) < 3 * kills:  # a file fault the run did not allow yet: train on a little
-            plan = [('training', 0.0, 3), (None, 0, 0)]; continue
+            plan = [('training', 0.0, 3), (None, 0, 0)]
+            continue
         damaged = _file_fault(checkpoints(), log, todo)
         if damaged is not None:
             rows.append(dict(fault=damaged[0], tried=True))
@@ -133,8 +141,10 @@ def chaos(main, argv, tmp, checkpoints, log, *, kills=6, seed=SEED):
         status, err, hit = _run(main, argv, tmp, kill_on=mark, delay=delay, slow_save=0.3 if kind == 'write' else 0.0)
         assert status == 'killed' or status == 0, err[-2000:]
         if damaged is not None and damaged[0] == 'corrupt':  # the warning names both files
-            assert f'The latest checkpoint {damaged[1]} does not load' in err and str(damaged[1].parent / PREVIOUS) in err, err[-2000:]
-        if kind is not None: rows.append(dict(fault=kind, tried=hit and status == 'killed', saved=_progress(checkpoints())))
+            assert f'The latest checkpoint {damaged[1]} does not load' in err, err[-2000:]
+            assert str(damaged[1].parent / PREVIOUS) in err, err[-2000:]
+        if kind is not None:
+            rows.append(dict(fault=kind, tried=hit and status == 'killed', saved=_progress(checkpoints())))
     assert status == 0, err[-2000:]
     assert not todo, f'faults not tried: {todo} (the run is too short): {rows}'
     assert any(r.get('saved') and r['saved'][1] > 0 for r in rows), rows  # some kills hit runs resumed within an epoch
@@ -146,11 +156,13 @@ def report(name, rows, lost):
     table = {}
     for r in rows:
         t = table.setdefault(KILLS[r['fault']], dict(tried=0, survived=0))
-        t['tried'] += r['tried']; t['survived'] += r['tried']  # each fault was followed by a resume that finished
+        t['tried'] += r['tried']
+        t['survived'] += r['tried']  # each fault was followed by a resume that finished
     print(f'\n{name}: ' + '; '.join(f"{k}: {v['tried']} tried, {v['survived']} survived" for k, v in table.items())
           + f'; data lost: {lost}')
     if REPORT:
-        path = Path(REPORT); old = json.loads(path.read_text()) if path.exists() else {}
+        path = Path(REPORT)
+        old = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps(dict(old, **{f'{name}, seed {SEED}': dict(faults=table, data_lost=lost)}), indent=2))
     return table
 
@@ -173,7 +185,8 @@ def _tensors(obj):
 
 def test_chaos_train(fake_root, tmp_path):
     """SIGKILL stablesam-train at least 5 times at random moments (start-up, training, half-written checkpoints),
-    damage its latest checkpoint and metrics.jsonl, resume after each: parameters and metrics equal an uninterrupted run's."""
+    damage its latest checkpoint and metrics.jsonl, resume after each: parameters and metrics equal an uninterrupted
+    run's."""
     real = (REAL_MNIST / 'MNIST' / 'raw' / 'train-images-idx3-ubyte').exists()
     root = REAL_MNIST if real else fake_root  # real MNIST where ../shared/data has it, else generated files
     argv = ['--dataset', 'mnist', '--data-root', str(root), '--model', 'fcn', '--optimizer', 'stablesam',
@@ -191,20 +204,22 @@ def test_chaos_train(fake_root, tmp_path):
     assert comparable(got) == comparable(want)
     assert _same_state(tmp_path / 'chaos' / 'checkpoint.pt', tmp_path / 'straight' / 'checkpoint.pt')
     assert not list((tmp_path / 'chaos').glob('.*.tmp*'))
-    report('stablesam-train' + (' (real MNIST)' if real else ' (generated MNIST)'), rows, lost='0 epochs; parameters and '
-           'optimizer state bit-identical to the uninterrupted run')
+    report('stablesam-train' + (' (real MNIST)' if real else ' (generated MNIST)'), rows,
+           lost='0 epochs; parameters and optimizer state bit-identical to the uninterrupted run')
 
 
 def _partial_pair(out, epochs):
     """The checkpoint folder of the pair a stability run is training (not yet finished in records.jsonl), or None."""
     done = {f"{r['optimizer']}-seed{r['seed']}" for r in read_jsonl(out / 'records.jsonl', torn_tail=True)
             if r['epoch'] == epochs} if (out / 'records.jsonl').exists() else set()
-    return next((p for p in sorted((out / 'pairs').glob('*')) if p.name not in done), None) if (out / 'pairs').exists() else None
+    if not (out / 'pairs').exists(): return None
+    return next((p for p in sorted((out / 'pairs').glob('*')) if p.name not in done), None)
 
 
 def test_chaos_stability(fake_root, tmp_path):
     """The same for stablesam-stability: killed within pairs (within epochs, during checkpoint writes), damaged pair
-    checkpoint and records.jsonl; the resumed run's records and both final models of every pair equal an uninterrupted run's."""
+    checkpoint and records.jsonl; the resumed run's records and both final models of every pair equal an
+    uninterrupted run's."""
     from stablesam.stability import main as stability_main
     argv = ['--dataset', 'mnist', '--data-root', str(fake_root), '--model', 'fcn', '--optimizers', 'sgd', 'stablesam',
             '--seeds', '0', '--subset', '400', '--epochs', '4', '--batch-size', '16', '--lr', '0.05', '--no-download',
@@ -212,16 +227,18 @@ def test_chaos_stability(fake_root, tmp_path):
     status, err, _ = _run(stability_main, argv + ['--out', str(tmp_path / 'straight')], tmp_path)
     assert status == 0, err
     out = tmp_path / 'chaos'
-    rows = chaos(stability_main, argv + ['--out', str(out)], tmp_path, lambda: _partial_pair(out, 4), out / 'records.jsonl')
+    rows = chaos(stability_main, argv + ['--out', str(out)], tmp_path, lambda: _partial_pair(out, 4),
+                 out / 'records.jsonl')
     assert sum(r['tried'] for r in rows if r['fault'] in ('start-up', 'training', 'write')) >= 5
     assert read_jsonl(out / 'records.jsonl') == read_jsonl(tmp_path / 'straight' / 'records.jsonl')
     assert len(read_jsonl(out / 'records.jsonl')) == 2 * 5
     for pair in ('sgd-seed0', 'stablesam-seed0'):
-        a, b = (torch.load(tmp_path / run / 'pairs' / pair / 'checkpoint.pt', weights_only=True) for run in ('chaos', 'straight'))
+        a, b = (torch.load(tmp_path / run / 'pairs' / pair / 'checkpoint.pt', weights_only=True)
+                for run in ('chaos', 'straight'))
         for k in ('a', 'b'):
             assert all(torch.equal(x, y) for x, y in zip(a[k]['model'].values(), b[k]['model'].values()))
-    report('stablesam-stability (generated MNIST)', rows, lost='0 records; both final models of each pair bit-identical '
-           'to the uninterrupted run')
+    report('stablesam-stability (generated MNIST)', rows,
+           lost='0 records; both final models of each pair bit-identical to the uninterrupted run')
 
 
 # ---- mid-epoch checkpoints and the two slots, in process ----
@@ -273,12 +290,13 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(fake_root, tmp_path):
     latest, previous = tmp_path / 'r' / 'checkpoint.pt', tmp_path / 'r' / PREVIOUS
     assert torch.load(previous, weights_only=True)['step'] == torch.load(latest, weights_only=True)['step'] - 1
     latest.write_bytes(b'\0' * 100)
-    with pytest.warns(UserWarning, match=f'(?s)The latest checkpoint {latest} does not load .*resuming from the previous one, '
-                                         f'{previous}'):
+    with pytest.warns(UserWarning, match=f'(?s)The latest checkpoint {latest} does not load .*resuming from the '
+                                         f'previous one, {previous}'):
         got = Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
     assert comparable(got) == comparable(want)
     for f in (latest, previous): f.write_bytes(b'garbage')
-    with pytest.warns(UserWarning, match='does not load'), pytest.raises(RuntimeError, match=f'Cannot read checkpoint {previous}'):
+    with (pytest.warns(UserWarning, match='does not load'),
+          pytest.raises(RuntimeError, match=f'Cannot read checkpoint {previous}')):
         Trainer(TrainConfig(**kw, out=str(tmp_path / 'r'), resume=True)).fit()
 
 
@@ -306,8 +324,8 @@ def test_divergence_stops_with_status_3_and_keeps_last_good_checkpoint(fake_root
     err = capsys.readouterr().err
     d = read_json(out / 'diverged.json')
     assert d['outcome'] == 'diverged' and d['checkpoint'] == str(out / 'checkpoint.pt')
-    assert (f"non-finite loss, gradient or weights at epoch {d['epoch']}, step {d['step']} (batch {d['batch']} of the epoch), "
-            f"lr {d['lr']:g}: training stopped. Last good checkpoint: {out / 'checkpoint.pt'} (kept") in err
+    assert (f"non-finite loss, gradient or weights at epoch {d['epoch']}, step {d['step']} (batch {d['batch']} of the "
+            f"epoch), lr {d['lr']:g}: training stopped. Last good checkpoint: {out / 'checkpoint.pt'} (kept") in err
     good = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert good['step'] == d['step'] - 1  # the step before the non-finite one
     assert all(torch.isfinite(t).all() for t in good['model'].values())
@@ -348,14 +366,16 @@ def _strict_load(text):
 
 
 def test_writers_write_strict_json(tmp_path):
-    rec = dict(epoch=1, train_loss=float('nan'), test_loss=float('inf'), curve=[1.0, -float('inf')], sub=dict(x=float('nan')))
+    rec = dict(epoch=1, train_loss=float('nan'), test_loss=float('inf'), curve=[1.0, -float('inf')],
+               sub=dict(x=float('nan')))
     write_json(tmp_path / 'a.json', rec)
     write_jsonl(tmp_path / 'b.jsonl', [rec, dict(epoch=2, train_loss=0.5)])
     append_jsonl(tmp_path / 'b.jsonl', rec)
     want = dict(epoch=1, train_loss=None, test_loss=None, curve=[1.0, None], sub=dict(x=None),
                 nonfinite={'train_loss': 'nan', 'test_loss': 'inf', 'curve[1]': '-inf', 'sub.x': 'nan'})
     assert _strict_load((tmp_path / 'a.json').read_text()) == want == read_json(tmp_path / 'a.json')
-    assert [_strict_load(l) for l in (tmp_path / 'b.jsonl').read_text().splitlines()] == [want, dict(epoch=2, train_loss=0.5), want]
+    lines = (tmp_path / 'b.jsonl').read_text().splitlines()
+    assert [_strict_load(line) for line in lines] == [want, dict(epoch=2, train_loss=0.5), want]
     assert read_jsonl(tmp_path / 'b.jsonl')[2] == want
     assert strict_json(dict(a=1.0)) == dict(a=1.0)
 
@@ -368,7 +388,8 @@ def test_damaged_config_json_is_named_with_line(fake_root, tmp_path, capsys):
     lines = cfg.read_text().splitlines()
     cfg.write_text('\n'.join(lines[:3] + ['  "lr": 0.1,,'] + lines[3:]))
     assert train_main(['--out', str(tmp_path / 'r'), '--resume']) == 2
-    assert f"Damaged {cfg}: Expecting property name enclosed in double quotes at line 4, column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Damaged {cfg}: Expecting property name enclosed in double quotes at line 4, column" in err
 
 
 def test_damaged_metrics_jsonl_is_named_with_line(fake_root, tmp_path):

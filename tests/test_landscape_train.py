@@ -17,8 +17,9 @@ def root(tmp_path_factory):
 
 
 def config(root, **kw):
-    base = dict(dataset='cifar100', data_root=str(root / 'data'), model='lenet', optimizer='sam', epochs=2, batch_size=16,
-                lr=0.05, label_smoothing=0.0, augment=False, download=False, progress=False, device='cpu')
+    base = dict(dataset='cifar100', data_root=str(root / 'data'), model='lenet', optimizer='sam', epochs=2,
+                batch_size=16, lr=0.05, label_smoothing=0.0, augment=False, download=False, progress=False,
+                device='cpu')
     return TrainConfig(**{**base, **kw})
 
 

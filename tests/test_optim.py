@@ -7,10 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from stablesam.optim import (ASAM, OPTIMIZERS, SAM, StableASAM, StableSAM, StableUSAM, USAM, first_pass_no_sync,
-                             freeze_bn_stats, is_sam, make_optimizer)
+import stablesam.optim as optim
+from stablesam.optim import (OPTIMIZERS, SAM, VARIANTS, StableASAM, StableSAM, first_pass_no_sync, freeze_bn_stats,
+                             is_sam, make_optimizer, register_variant)
+from stablesam.variants import unregister_variant
 
-ALL = [SAM, StableSAM, ASAM, StableASAM, USAM, StableUSAM]
+# The variants under test come from the registry, read at import (before any test registers one of its own):
+BUILT_IN = dict(VARIANTS)
+SAM_VARIANTS = [n for n, v in BUILT_IN.items() if v.cls is not None]   # all but 'sgd' (the base optimizer alone)
+STABLE_VARIANTS = [n for n in SAM_VARIANTS if BUILT_IN[n].stable]
+
+
+def build(name, params, base=torch.optim.SGD, **kw):
+    """Built-in variant `name` as its registry record says: its class in stablesam.optim, with its flags."""
+    v = BUILT_IN[name]
+    return getattr(optim, v.cls)(params, base, **v.flags, **kw)
 
 
 def make_net(seed=0, bn=False):
@@ -53,10 +64,10 @@ def same(a, b):
 
 # --- correctness ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('cls', ALL, ids=lambda c: c.__name__)
-def test_rho_zero_is_base_optimizer_exactly(cls):
+@pytest.mark.parametrize('name', SAM_VARIANTS)
+def test_rho_zero_is_base_optimizer_exactly(name):
     net_a, net_b = make_net(), make_net()
-    sam = cls(net_a.parameters(), torch.optim.SGD, rho=0., lr=0.1, momentum=0.9, weight_decay=1e-3)
+    sam = build(name, net_a.parameters(), rho=0., lr=0.1, momentum=0.9, weight_decay=1e-3)
     sgd = torch.optim.SGD(net_b.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for b in batches(5):
         sam_step(sam, net_a, b)
@@ -64,12 +75,12 @@ def test_rho_zero_is_base_optimizer_exactly(cls):
     assert same(weights(net_a), weights(net_b))
 
 
-@pytest.mark.parametrize('cls', ALL, ids=lambda c: c.__name__)
-def test_restore_is_exact_and_in_place(cls):
+@pytest.mark.parametrize('name', SAM_VARIANTS)
+def test_restore_is_exact_and_in_place(name):
     net = make_net()
     p = net[0].weight
     ptr, view, before = p.data_ptr(), p.view(-1), weights(net)
-    opt = cls(net.parameters(), torch.optim.SGD, rho=0.3, lr=0.0)
+    opt = build(name, net.parameters(), rho=0.3, lr=0.0)
     x, y = batches(1)[0]
     nn.functional.cross_entropy(net(x), y).backward()
     opt.first_step(zero_grad=True)
@@ -83,8 +94,8 @@ def test_restore_is_exact_and_in_place(cls):
 
 def test_zero_gradient_no_perturbation_no_nan():
     w = nn.Parameter(torch.randn(4))
-    for cls in ALL:
-        opt = cls([w], torch.optim.SGD, lr=0.1)
+    for name in SAM_VARIANTS:
+        opt = build(name, [w], lr=0.1)
         before = w.detach().clone()
         (w * 0).sum().backward()
         opt.first_step(zero_grad=True)
@@ -137,12 +148,12 @@ def test_no_host_sync_inside_a_step(monkeypatch):
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in opt.last_stats.values())
 
 
-@pytest.mark.parametrize('cls', [StableSAM, StableASAM, StableUSAM], ids=lambda c: c.__name__)
-def test_runs_on_a_device_without_values(cls):
+@pytest.mark.parametrize('name', STABLE_VARIANTS)
+def test_runs_on_a_device_without_values(name):
     """On the 'meta' device no value can reach the host: the accelerator code path (no CPU fast path) runs whole."""
     net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).to('meta')
-    opt = cls(net.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, gamma0=0.5, track_alignment=True,
-              renorm_norm='adaptive')
+    opt = build(name, net.parameters(), lr=0.1, momentum=0.9, gamma0=0.5, track_alignment=True,
+                renorm_norm='adaptive')
     for p in net.parameters(): p.grad = torch.randn_like(p)
     opt.first_step()
     for p in net.parameters(): p.grad = torch.randn_like(p)
@@ -265,7 +276,8 @@ def test_deepcopy_keeps_everything():
     assert twin.gamma0 == 0.4 and twin.param_groups is twin.base_optimizer.param_groups
     p = twin.param_groups[0]['params'][0]
     assert p is not net[0].weight and torch.equal(p, net[0].weight)
-    assert torch.equal(twin.base_optimizer.state[p]['momentum_buffer'], opt.base_optimizer.state[net[0].weight]['momentum_buffer'])
+    assert torch.equal(twin.base_optimizer.state[p]['momentum_buffer'],
+                       opt.base_optimizer.state[net[0].weight]['momentum_buffer'])
 
 
 def test_add_param_group():
@@ -280,12 +292,12 @@ def test_add_param_group():
 
 # --- mixed precision, clipping, accumulation -----------------------------------------------------------------
 
-@pytest.mark.parametrize('cls', [StableSAM, StableUSAM, SAM], ids=lambda c: c.__name__)
-def test_grad_scaler_is_scale_invariant(cls):
+@pytest.mark.parametrize('name', SAM_VARIANTS)
+def test_grad_scaler_is_scale_invariant(name):
     """With a power-of-two scale on float32 the AMP recipe is bit-identical to no scaler."""
     net_a, net_b = make_net(), make_net()
-    a = cls(net_a.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
-    b = cls(net_b.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    a = build(name, net_a.parameters(), lr=0.1, momentum=0.9)
+    b = build(name, net_b.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler('cpu', init_scale=2. ** 12)
     for x, y in batches(4):
         scaler.scale(nn.functional.cross_entropy(net_a(x), y)).backward()
@@ -481,14 +493,16 @@ def test_call_order_errors():
 
 def test_make_optimizer():
     net = make_net()
-    for name in OPTIMIZERS:
+    for name, v in BUILT_IN.items():
         for base, cls in (('sgd', torch.optim.SGD), ('adamw', torch.optim.AdamW)):
             opt = make_optimizer(name, net.parameters(), base=base, lr=0.01, weight_decay=1e-4, rho=0.2)
-            assert is_sam(opt) == (name != 'sgd')
+            assert is_sam(opt) == (v.cls is not None)
             inner = opt.base_optimizer if is_sam(opt) else opt
             assert type(inner) is cls and inner.param_groups[0]['weight_decay'] == 1e-4
             if is_sam(opt):
-                assert type(opt).__name__.lower() == name and opt.param_groups[0]['rho'] == 0.2
+                assert type(opt) is getattr(optim, v.cls) and opt.param_groups[0]['rho'] == 0.2
+                assert opt.stable == v.stable                                    # the record says what the class does
+                assert opt.param_groups[0]['adaptive'] == (v.family == 'asam')   # the ASAM family is the adaptive one
     assert make_optimizer('sgd', net.parameters(), lr=0.1).param_groups[0]['momentum'] == 0.9
     opt = make_optimizer('stablesam', net.parameters(), lr=0.1, gamma0=0.5, nesterov=True, track_alignment=True)
     assert opt.gamma0 == 0.5 and opt.track_alignment and opt.param_groups[0]['nesterov']
@@ -496,6 +510,52 @@ def test_make_optimizer():
         make_optimizer('adam', net.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="Unknown base optimizer: 'rmsprop'"):
         make_optimizer('sam', net.parameters(), base='rmsprop', lr=0.1)
+
+
+def test_registry_is_reexported_and_optimizers_is_live():
+    import stablesam.variants as variants
+    assert optim.VARIANTS is variants.VARIANTS and optim.Variant is variants.Variant
+    assert optim.variant is variants.variant and optim.register_variant is variants.register_variant
+    assert {'VARIANTS', 'Variant', 'register_variant', 'variant', 'OPTIMIZERS'} <= set(optim.__all__)
+    assert OPTIMIZERS == VARIANTS.keys() and list(OPTIMIZERS) == list(VARIANTS) and len(OPTIMIZERS) == len(VARIANTS)
+    assert 'stablesam' in OPTIMIZERS and 'adam' not in OPTIMIZERS
+    assert ', '.join(OPTIMIZERS).startswith('sgd, sam, stablesam')
+
+
+class HalfRhoSAM(SAM):
+    """A user's variant: SAM that ascends with half the given rho."""
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, base_optimizer, rho / 2, **kwargs)
+
+
+def test_registered_variant_is_built_by_make_optimizer():
+    """A variant registered at run time (a class of one's own, with flags) is a name like the built-in ones."""
+    register_variant('test-halfsam', label='SAM (half rho)', color='tab:cyan', cls=HalfRhoSAM,
+                     flags=dict(stable=True), stable=True)
+    try:
+        assert 'test-halfsam' in OPTIMIZERS and list(OPTIMIZERS)[-1] == 'test-halfsam'
+        net_a, net_b = make_net(), make_net()
+        a = make_optimizer('test-halfsam', net_a.parameters(), lr=0.1, rho=0.2, gamma0=0.5)
+        b = StableSAM(net_b.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, gamma0=0.5)
+        assert type(a) is HalfRhoSAM and a.stable and a.gamma0 == 0.5 and a.param_groups[0]['rho'] == 0.1
+        for batch in batches(3):
+            sam_step(a, net_a, batch)
+            sam_step(b, net_b, batch)
+        assert same(weights(net_a), weights(net_b)) and not same(weights(net_a), weights(make_net()))
+    finally:
+        unregister_variant('test-halfsam')
+    assert 'test-halfsam' not in OPTIMIZERS
+    with pytest.raises(ValueError, match="Unknown optimizer: 'test-halfsam'"):
+        make_optimizer('test-halfsam', make_net().parameters(), lr=0.1)
+
+
+def test_sam_methods_are_defined_in_the_class():
+    """SAM's methods live in its class body (IDEs and the docs index see them), not attached from module functions."""
+    for name in ('first_step', 'unperturb', 'second_step', 'step', 'zero_grad', 'state_dict', 'load_state_dict',
+                 '_local_groups', '_record'):
+        assert name in vars(SAM) and vars(SAM)[name].__qualname__ == f'SAM.{name}'
+        assert not hasattr(optim, name), f'stablesam.optim.{name} should not exist at module level'
+    assert not hasattr(optim, '_method_of')
 
 
 # --- step() as frameworks call it ----------------------------------------------------------------------------

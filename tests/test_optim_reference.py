@@ -16,7 +16,7 @@ STEPS = 8
 def make_problem(seed=0):
     """A small tanh MLP regression: initial weights and a batch per step."""
     g = torch.Generator().manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+    def randn(*shape): return torch.randn(*shape, generator=g, dtype=torch.float64)
     weights = [randn(6, 4) * 0.5, randn(6) * 0.1, randn(1, 6) * 0.5, randn(1) * 0.1]
     batches = [(randn(16, 4), randn(16, 1)) for _ in range(STEPS)]
     return weights, batches
