@@ -28,8 +28,8 @@ from stablesam.theory import (
     strong_convexity_smoothness, max_grad_norm, sgd_lr_max, sam_lr_max, stablesam_lr_max, stability_bound,
     noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, run, all_sequences)
 from stablesam.theory_checks import (
-    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants, in_range, shape_groups, grouped_constants,
-    stack_problems)
+    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants,
+    in_range, shape_groups, grouped_constants, stack_problems)
 
 
 # %% [markdown]

@@ -15,9 +15,9 @@ from .theory import (
     Quadratics, random_quadratics, neighbour, losses, empirical_minimizer, empirical_risk, full_batch,
     strong_convexity_smoothness, max_grad_norm, sgd_lr_max, sam_lr_max, stablesam_lr_max, stability_bound,
     noise_ball_bound, stability_bound_corrected, noise_ball_lr_max, run, all_sequences)
-from stablesam.theory_checks import (
-    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants, in_range, shape_groups, grouped_constants,
-    stack_problems)
+from .theory_checks import (
+    Z99, mean_se, rel_slack, make_row, loguniform, draw_constants,
+    in_range, shape_groups, grouped_constants, stack_problems)
 
 # %% ../nbs/01b_theory_runs.ipynb #decebc7a
 def coupled_runs(rng, B, n, d, consts, method, *, shared_xi, gamma_mode, lr, P, T, shared_hessian=False, gammas=None,
