@@ -199,10 +199,14 @@ test_fail(log.records, contains=f'Damaged {log.path}, line 2: Expecting value')
 # %%
 #| export
 CHECKPOINT_FORMAT = 'stablesam-checkpoint'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or used (damaged, not a stablesam checkpoint, another model's)."""
 PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
 def _read(path):
-    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a RuntimeError naming it."""
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a CheckpointError naming it."""
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -210,7 +214,7 @@ def _read(path):
         why = (str(e).splitlines() or [''])[0]
         if 'Weights only load failed' in why:
             why = 'not a file of plain tensors (damaged, or holding objects whose loading could run code: never loaded)'
-        raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
+        raise CheckpointError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
 
 def save_checkpoint(path, state, previous=None):
     """Save checkpoint dict `state` to `path` atomically once it reads back; the one it replaces goes to `previous`."""
@@ -227,7 +231,7 @@ def load_checkpoint(path, config=None, ignore=()):
     path = Path(path)
     state = _read(path)
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
+        raise CheckpointError(f"Checkpoint {path} is not a stablesam training checkpoint")
     if config is not None:
         saved, now = state['config'], (config.to_dict() if hasattr(config, 'to_dict') else dict(config))
         fields = dataclasses.fields(config) if dataclasses.is_dataclass(config) else ()

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['CONFIG', 'METRICS', 'CHECKPOINT', 'DIVERGED', 'CHECKPOINT_FORMAT', 'PREVIOUS', 'atomic_write', 'remove_temporaries',
            'strict_json', 'write_json', 'write_jsonl', 'append_jsonl', 'read_json', 'read_jsonl', 'JsonlLog',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'machine', 'read_metrics',
-           'read_run']
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'machine',
+           'read_metrics', 'read_run']
 
 # %% ../nbs/04b_runs.ipynb #6db8a0ab
 import dataclasses
@@ -106,10 +106,14 @@ class JsonlLog:
 
 # %% ../nbs/04b_runs.ipynb #c5034534
 CHECKPOINT_FORMAT = 'stablesam-checkpoint'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or used (damaged, not a stablesam checkpoint, another model's)."""
 PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
 def _read(path):
-    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a RuntimeError naming it."""
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a CheckpointError naming it."""
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -117,7 +121,7 @@ def _read(path):
         why = (str(e).splitlines() or [''])[0]
         if 'Weights only load failed' in why:
             why = 'not a file of plain tensors (damaged, or holding objects whose loading could run code: never loaded)'
-        raise RuntimeError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
+        raise CheckpointError(f"Cannot read checkpoint {path} ({size}): {type(e).__name__}: {why}") from e
 
 def save_checkpoint(path, state, previous=None):
     """Save checkpoint dict `state` to `path` atomically once it reads back; the one it replaces goes to `previous`."""
@@ -134,7 +138,7 @@ def load_checkpoint(path, config=None, ignore=()):
     path = Path(path)
     state = _read(path)
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"Checkpoint {path} is not a stablesam training checkpoint")
+        raise CheckpointError(f"Checkpoint {path} is not a stablesam training checkpoint")
     if config is not None:
         saved, now = state['config'], (config.to_dict() if hasattr(config, 'to_dict') else dict(config))
         fields = dataclasses.fields(config) if dataclasses.is_dataclass(config) else ()

@@ -32,9 +32,9 @@ from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
 # (nbdev makes a wrapped import relative only when its last line is as long as `from stablesam.runs` at least)
 from .runs import (
-    CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, JsonlLog, append_jsonl, latest_checkpoint,
-    load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries, save_checkpoint,
-    write_json, write_jsonl)
+    CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, CheckpointError, JsonlLog, append_jsonl,
+    latest_checkpoint, load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries,
+    save_checkpoint, write_json, write_jsonl)
 from .variants import variant
 
 # %% ../nbs/05_train.ipynb #00d220d7
@@ -402,7 +402,7 @@ def load_state(self, state, path='checkpoint'):
         # sharded again under FSDP
         load_checkpoint_state(self.model, self.optimizer, state['model'], state['optimizer'])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise RuntimeError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
+        raise CheckpointError(f"Checkpoint {path} does not match this model/optimizer: {e}") from e
     if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
     self.epoch, self.step, self.history = state['epoch'], state['step'], list(state['history'])
     self.position, sums = state.get('position', 0), state.get('sums')

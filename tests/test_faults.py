@@ -208,12 +208,12 @@ def test_chaos_train(fake_root, tmp_path):
            lost='0 epochs; parameters and optimizer state bit-identical to the uninterrupted run')
 
 
-def _partial_pair(out, epochs):
-    """The checkpoint folder of the pair a stability run is training (not yet finished in records.jsonl), or None."""
-    done = {f"{r['optimizer']}-seed{r['seed']}" for r in read_jsonl(out / 'records.jsonl', torn_tail=True)
-            if r['epoch'] == epochs} if (out / 'records.jsonl').exists() else set()
-    if not (out / 'pairs').exists(): return None
-    return next((p for p in sorted((out / 'pairs').glob('*')) if p.name not in done), None)
+def _partial_pair(out):
+    """The checkpoint folder of the pair a stability run is training (not yet marked done by the runner), or None."""
+    done = {','.join(f'{k}={v}' for k, v in zip(('optimizer', 'seed'), d['run']))
+            for d in read_json(out / 'config.json')['done']} if (out / 'config.json').exists() else set()
+    if not (out / 'runs').exists(): return None
+    return next((p for p in sorted((out / 'runs').glob('*')) if p.name not in done), None)
 
 
 def test_chaos_stability(fake_root, tmp_path):
@@ -222,18 +222,18 @@ def test_chaos_stability(fake_root, tmp_path):
     uninterrupted run's."""
     from stablesam.stability import main as stability_main
     argv = ['--dataset', 'mnist', '--data-root', str(fake_root), '--model', 'fcn', '--optimizers', 'sgd', 'stablesam',
-            '--seeds', '0', '--subset', '400', '--epochs', '4', '--batch-size', '16', '--lr', '0.05', '--no-download',
-            '--quiet', '--device', 'cpu', '--checkpoint-every', '0.05', '--resume']
+            '--seeds', '0', '--subset', '96', '--epochs', '3', '--batch-size', '16', '--lr', '0.05', '--no-download',
+            '--quiet', '--device', 'cpu', '--checkpoint-every', '0.05']
     status, err, _ = _run(stability_main, argv + ['--out', str(tmp_path / 'straight')], tmp_path)
     assert status == 0, err
     out = tmp_path / 'chaos'
-    rows = chaos(stability_main, argv + ['--out', str(out)], tmp_path, lambda: _partial_pair(out, 4),
+    rows = chaos(stability_main, argv + ['--out', str(out)], tmp_path, lambda: _partial_pair(out),
                  out / 'records.jsonl')
     assert sum(r['tried'] for r in rows if r['fault'] in ('start-up', 'training', 'write')) >= 5
     assert read_jsonl(out / 'records.jsonl') == read_jsonl(tmp_path / 'straight' / 'records.jsonl')
-    assert len(read_jsonl(out / 'records.jsonl')) == 2 * 5
-    for pair in ('sgd-seed0', 'stablesam-seed0'):
-        a, b = (torch.load(tmp_path / run / 'pairs' / pair / 'checkpoint.pt', weights_only=True)
+    assert len(read_jsonl(out / 'records.jsonl')) == 2 * 4   # two pairs, epochs 0-3
+    for pair in ('optimizer=sgd,seed=0', 'optimizer=stablesam,seed=0'):
+        a, b = (torch.load(tmp_path / run / 'runs' / pair / 'checkpoint.pt', weights_only=True)
                 for run in ('chaos', 'straight'))
         for k in ('a', 'b'):
             assert all(torch.equal(x, y) for x, y in zip(a[k]['model'].values(), b[k]['model'].values()))
