@@ -4,7 +4,7 @@
 # %% [markdown]
 # # style
 #
-# > One vocabulary for every figure and table: each optimizer's label, colour and marker, each recorded quantity's axis label, and one Markdown table writer
+# > One vocabulary for figures and tables: optimizer labels, colours, markers, axis labels, one Markdown table writer
 
 # %% [markdown]
 # Every figure of the package draws an optimizer in the same colour and names it the same way, and
@@ -39,7 +39,7 @@ TOY_STYLES = {'gd': OptimizerStyle('GD', 'black', '-', 'o')}  # the toy's full-b
 
 
 def optimizer_style(name: str) -> OptimizerStyle:
-    """The `OptimizerStyle` of optimizer `name`: its registered variant's, the toy's `gd`, else grey and labelled `name`."""
+    """The `OptimizerStyle` of optimizer `name`: its registered variant's, the toy's `gd`, else grey and `name`."""
     if name in VARIANTS:
         v = VARIANTS[name]
         return OptimizerStyle(v.label, v.color, v.linestyle, v.marker)
@@ -74,7 +74,8 @@ class Quantity(NamedTuple):
     scale: float = 1.0
 
 QUANTITIES = {
-    'train_loss': Quantity('training loss'), 'test_loss': Quantity('test loss'), 'val_loss': Quantity('validation loss'),
+    'train_loss': Quantity('training loss'), 'test_loss': Quantity('test loss'),
+    'val_loss': Quantity('validation loss'),
     'train_acc': Quantity('training accuracy (%)', 100.0), 'test_acc': Quantity('test accuracy (%)', 100.0),
     'val_acc': Quantity('validation accuracy (%)', 100.0),
     'lr': Quantity('learning rate'), 'epoch': Quantity('epoch'),
@@ -85,13 +86,14 @@ QUANTITIES = {
     'diverged': Quantity('diverged runs (%)', 100.0),
     'alignment': Quantity(r'$\langle g^{asc}, g\rangle - \|g\|^2$'), 'cosine': Quantity(r'$\cos\angle(g^{asc}, g)$'),
     'grad_norm': Quantity(r'exact gradient norm $\|g\|$'), 'alpha': Quantity(r'step $\alpha$ along $e_1$'),
-    'loss_along': Quantity(r'training loss $f(w + \alpha e_1)$'), 'hessian_top_eig': Quantity(r'top Hessian eigenvalue $\lambda_1$'),
+    'loss_along': Quantity(r'training loss $f(w + \alpha e_1)$'),
+    'hessian_top_eig': Quantity(r'top Hessian eigenvalue $\lambda_1$'),
     'ratio_below_1': Quantity(r'steps with $\|g\|/\|g^{asc}\| < 1$ (%)'),
     'alignment_positive': Quantity(r'steps with $\langle g^{asc}, g\rangle > \|g\|^2$ (%)'),
 }
 
 def quantity(key: str) -> Quantity:
-    """The `Quantity` (axis label, scale) of record key `key`; an unknown key is an error, so no raw key reaches an axis."""
+    """The `Quantity` (axis label, scale) of record key `key`; an unknown key is an error (no raw key on an axis)."""
     if key not in QUANTITIES: raise KeyError(f"No axis label for {key!r}: add it to stablesam.style.QUANTITIES")
     return QUANTITIES[key]
 
@@ -111,7 +113,7 @@ test_fail(lambda: quantity('test_accuracy'), contains='QUANTITIES')
 # %%
 #| export
 def markdown_table(rows, columns: dict) -> str:
-    """`rows` (dicts) as a Markdown table; `columns` maps a key to `(header, format)` (a format string, a function or None)."""
+    """`rows` (dicts) as a Markdown table; `columns` maps a key to `(header, format)` (str format, function or None)."""
     def cell(value, fmt):
         if value is None: return '-'
         if fmt is None: return str(value)

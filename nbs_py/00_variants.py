@@ -4,7 +4,7 @@
 # %% [markdown]
 # # variants
 #
-# > One registry of optimizer variants: how each is built, its rho family, the settings it takes, and how figures draw it
+# > One registry of optimizer variants: how each is built, its rho family, the settings it takes, how figures draw it
 
 # %% [markdown]
 # Every place that needs to know about an optimizer variant reads one record from `VARIANTS`: the optimizer
@@ -88,11 +88,13 @@ test_eq(len({v.color for v in VARIANTS.values()}), len(VARIANTS))  # one colour 
 
 # %%
 #| export
-def register_variant(name: str, *, label: str, color: str, cls=None, flags: dict | None = None, family: str | None = 'sam',
-                     stable: bool = False, marker: str = 'o', linestyle: str = '-', replace: bool = False) -> Variant:
-    """Add optimizer variant `name` to `VARIANTS` (CLI choices, presets, the Trainer, figures and tables then know it)."""
+def register_variant(name: str, *, label: str, color: str, cls=None, flags: dict | None = None,
+                     family: str | None = 'sam', stable: bool = False, marker: str = 'o', linestyle: str = '-',
+                     replace: bool = False) -> Variant:
+    """Add optimizer variant `name` to `VARIANTS` (CLI choices, presets, the Trainer, figures and tables know it)."""
     if not re.fullmatch(r'[a-z][a-z0-9_-]*', str(name)):
-        raise ValueError(f"Invalid variant name: {name!r} (lower-case letters, digits, '-' and '_', starting with a letter)")
+        raise ValueError(f"Invalid variant name: {name!r} "
+                         "(lower-case letters, digits, '-' and '_', starting with a letter)")
     if name in VARIANTS and not replace:
         raise ValueError(f"Variant {name!r} is already registered (pass replace=True to redefine it)")
     if family is not None and family not in FAMILIES:

@@ -4,7 +4,7 @@
 # %% [markdown]
 # # experiment
 #
-# > One way to run an experiment, here or on a cluster: specs in, records out, resumable, and the command line every experiment shares
+# > One way to run an experiment, here or on a cluster: specs in, records out, resumable; one shared command line
 
 # %% [markdown]
 # An experiment of this package (the stability pairs of Figures 5-7, the learning-rate sweep, the label-noise
@@ -46,7 +46,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from stablesam.runs import CONFIG, machine, read_json, read_jsonl, remove_temporaries, write_json, write_jsonl
+from stablesam.runs import (CONFIG, CheckpointError, machine, read_json, read_jsonl, remove_temporaries, write_json,
+                            write_jsonl)
 
 # %% [markdown]
 # ## Specs and their runs
@@ -98,8 +99,18 @@ test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')),
 
 # %%
 #| export
+def flat_settings(settings: dict, prefix: str = '') -> dict:
+    """Nested settings as one level of dotted names (`train.epochs`)."""
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and v: out.update(flat_settings(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+
 def check_settings(saved: dict, now: dict, where) -> None:
     """Raise a ValueError naming every setting that differs between a results folder's config and this run's."""
+    saved, now = flat_settings(saved), flat_settings(now)
     diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
     if diff:
@@ -125,6 +136,8 @@ def _strict_round_trip(records: list) -> list:
 # %%
 test_fail(lambda: check_settings(dict(epochs=2, lr=0.1), dict(epochs=3, lr=0.1), 'out'),
           contains="epochs: 2 there, 3 now")
+test_fail(lambda: check_settings(dict(train=dict(lr=0.1, seed=0)), dict(train=dict(lr=0.2, seed=0)), 'out'),
+          contains="out holds an experiment with other settings (train.lr: 0.1 there, 0.2 now)")
 check_settings(dict(epochs=2), dict(epochs=2), 'out')
 
 # %% [markdown]
@@ -156,7 +169,8 @@ def _progress_note(record) -> dict:
 
 def _train_spec(train, spec: dict, folder, j: int) -> list:
     """Train spec number `j` of a run in a worker process; its records (progress goes to the parent's queue)."""
-    return train(spec, Run(None if folder is None else Path(folder), lambda rec: _REPORTS.put((j, _progress_note(rec)))))
+    return train(spec, Run(None if folder is None else Path(folder),
+                           lambda rec: _REPORTS.put((j, _progress_note(rec)))))
 
 
 def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
@@ -250,7 +264,7 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> N
 def run_experiment(out, specs: list, train, *, key, settings: dict, command=None, executor: str = 'inline',
                    processes: int = 2, fresh: bool = False, progress: bool = True, cost=None, units=None,
                    slurm: dict | None = None, desc: str | None = None, meta: dict | None = None) -> list:
-    """Train every spec of `specs` with `train(spec, run)` into results folder `out`; returns all records in spec order."""
+    """Train every spec of `specs` with `train(spec, run)` into results folder `out`; all records, in spec order."""
     specs = [dict(s) for s in specs]
     keys = [spec_key(s, key) for s in specs]
     if len(set(keys)) != len(keys): raise ValueError(f"Two specs share a key {key}: each run needs its own")
@@ -284,7 +298,8 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     t0, started = time.perf_counter(), {}
 
     def write_config():
-        write_json(out / CONFIG, dict(config, done=[dict(run=list(k), records=len(by_key[k])) for k in keys if k in done],
+        write_json(out / CONFIG, dict(config,
+                                      done=[dict(run=list(k), records=len(by_key[k])) for k in keys if k in done],
                                       run_wall_s=run_wall,
                                       wall_time_s=round(wall0 + time.perf_counter() - t0, 1)))
     write_config()
@@ -377,7 +392,8 @@ def toy_train(spec, run):
 
 tmp = Path(tempfile.mkdtemp())
 specs = [dict(x=x, epochs=2) for x in (3, 1, 2)]
-recs = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
+recs = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'],
+                      progress=False)
 test_eq([(r['x'], r['epoch']) for r in recs], [(3, 1), (3, 2), (1, 1), (1, 2), (2, 1), (2, 2)])
 cfg = read_json(tmp / 'toy' / CONFIG)
 test_eq((cfg['command'], cfg['runs']), (['toy'], 3))
@@ -391,7 +407,8 @@ test_eq(cfg['done'], [dict(run=[3], records=2), dict(run=[1], records=2), dict(r
 cfg['done'] = cfg['done'][:1]
 write_json(tmp / 'toy' / CONFIG, cfg)
 with open(tmp / 'toy' / RECORDS, 'a') as f: f.write('{"x": 1, "epoch": 1, "y"')   # killed mid-append
-again = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'], progress=False)
+again = run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=2), command=['toy'],
+                       progress=False)
 test_eq(again, recs)
 test_eq(read_jsonl(tmp / 'toy' / RECORDS), recs)
 test_fail(lambda: run_experiment(tmp / 'toy', specs, toy_train, key=('x',), settings=dict(epochs=3), progress=False),
@@ -413,7 +430,8 @@ test_eq(len(run_experiment(tmp / 'toy', specs[:1], toy_train, key=('x',), settin
 COMMON = ('data_root', 'download', 'device', 'seeds', 'out', 'resume', 'progress', 'executor', 'debug')
 
 
-def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, data_root='data') -> argparse.ArgumentParser:
+def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None,
+               data_root='data') -> argparse.ArgumentParser:
     """Add the shared options `names` (default: all of `COMMON`) to parser `p`, the same way for every command."""
     names = names or COMMON
     unknown = sorted(set(names) - set(COMMON))
@@ -424,12 +442,14 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None, da
         p.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
                        help='download a missing MNIST/CIFAR dataset (--no-download: fail with a message instead)')
     if 'device' in names:
-        p.add_argument('--device', default='auto', help='device: auto (cuda if available), cpu, cuda, cuda:N (default: auto)')
+        p.add_argument('--device', default='auto',
+                       help='device: auto (cuda if available), cpu, cuda, cuda:N (default: auto)')
     if 'seeds' in names:
         p.add_argument('--seeds', type=int, nargs='+', default=list(seeds),
                        help=f"seeds (default: {' '.join(map(str, seeds))})")
     if 'out' in names:
-        p.add_argument('--out', required=out is None, default=out, help='results folder' + (f' (default: {out})' if out else ''))
+        p.add_argument('--out', required=out is None, default=out,
+                       help='results folder' + (f' (default: {out})' if out else ''))
     if 'resume' in names:
         g = p.add_mutually_exclusive_group()
         g.add_argument('--resume', action='store_true', default=True,
@@ -469,14 +489,14 @@ def executor_options(args) -> dict:
 
 # %% [markdown]
 # One exit wrapper for every command, which returns the status (so `main(argv)` is testable, and the console
-# script exits with it): 0 on success, 2 for a usage error (argparse's own message, or
-# a setting that turns out invalid: a bad value, a missing file, a results folder of other settings), 3 when
+# script exits with it): 0 on success, 2 for a usage error (argparse's own message, or a setting that turns
+# out invalid: a bad value, a missing file, a damaged checkpoint, a results folder of other settings), 3 when
 # training diverged (an exception with `exit_status = 3`), 130 when interrupted, and 1 for anything
 # unexpected, with one line naming what failed (the traceback only with `--debug`).
 
 # %%
 #| export
-USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError)
 
 
 def command(prog: str):

@@ -4,7 +4,7 @@
 # %% [markdown]
 # # cli
 #
-# > The `stablesam-train` command: every `TrainConfig` setting as a flag, the paper's presets, and the tables' runs as command lines
+# > The `stablesam-train` command: every `TrainConfig` setting as a flag, the paper's presets, the tables' runs
 
 # %% [markdown]
 # `stablesam-train` builds a `TrainConfig` ([config](04a_config.ipynb)) from its flags and runs a
@@ -49,7 +49,7 @@ from stablesam.variants import variant
 # five optimizers at the fixed $\rho$; Table 4 the noise levels x ResNet-56, WRN-28-10 x SAM,
 # StableSAM at $\rho = 0.05$. Each job is a `stablesam-train` command line with its own run folder
 # and `--resume`, so a job list can be rerun after a preemption and finished runs cost nothing.
-# `stablesam-train --sweep table2` prints the commands, one a line (for `xargs`, a SLURM array or a
+# `stablesam-train --sweep table2` prints the commands, one per line (for `xargs`, a SLURM array or a
 # job queue).
 
 # %%
@@ -122,8 +122,8 @@ def build_parser():
     ap.add_argument('--preset', choices=list(PRESETS), default=None,
                     help='the paper\'s hyperparameters: ' + '; '.join(f"{k}: {v['help']}" for k, v in PRESETS.items()))
     ap.add_argument('--sweep', choices=TABLES, default=None,
-                    help='the runs of a table (--seeds, --out as the runs folder, --data-root): printed as commands one '
-                         'a line, or, with --executor, trained through the experiment runner')
+                    help='the runs of a table (--seeds, --out as the runs folder, --data-root): printed as '
+                         'commands one per line, or, with --executor, trained through the experiment runner')
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds of --sweep (default: 0 1 2)')
     for f in dataclasses.fields(TrainConfig):
         flag, help, choices = '--' + f.name.replace('_', '-'), f.metadata['help'], f.metadata['choices']
@@ -132,7 +132,8 @@ def build_parser():
             continue
         conv = next(c for c in (int, float, str) if f.type is c or c in getattr(f.type, '__args__', ()))
         ap.add_argument(flag, type=_number(conv, f.name), default=None, metavar=f.name.upper(), choices=choices,
-                        help=help + (f" ({', '.join(choices)})" if choices is not None else '') + f' (default: {f.default})')
+                        help=help + (f" ({', '.join(choices)})" if choices is not None else '')
+                             + f' (default: {f.default})')
     ap.add_argument('--quiet', dest='progress', action='store_false', help='the same as --no-progress')
     add_common(ap, 'executor', 'debug')
     ap.set_defaults(executor=None)   # --sweep prints its commands unless an executor is named
@@ -162,7 +163,8 @@ def _number(conv, name):
 #| export
 def config_from_args(args):
     """The TrainConfig for parsed `stablesam-train` arguments."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name) is not None}
     saved = Path(given['out']) / CONFIG if given.get('out') and given.get('resume') else None
     if saved is not None and saved.exists():
         d = read_json(saved)
@@ -210,11 +212,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.sweep and args.executor:
         records = run_table(args.sweep, args, argv)
-        print(f"{len(records)} runs of {args.sweep} done; stablesam-results {args.out or 'runs'}/{args.sweep} tabulates them")
+        print(f"{len(records)} runs of {args.sweep} done; "
+              f"stablesam-results {args.out or 'runs'}/{args.sweep} tabulates them")
         return 0
     if args.sweep:
-        for c in table_commands(args.sweep, seeds=args.seeds, runs_dir=args.out or 'runs', data_root=args.data_root or 'data',
-                                extra=given_settings(args)):
+        for c in table_commands(args.sweep, seeds=args.seeds, runs_dir=args.out or 'runs',
+                                data_root=args.data_root or 'data', extra=given_settings(args)):
             print(c)
         return 0
     trainer = None
@@ -241,7 +244,8 @@ from stablesam.runs import read_jsonl, read_metrics
 
 # %%
 root = Path(tempfile.mkdtemp())
-write_fake_mnist(root, n_train=512, n_test=256); write_fake_cifar(root, n_train=256, n_test=128)
+write_fake_mnist(root, n_train=512, n_test=256)
+write_fake_cifar(root, n_train=256, n_test=128)
 
 # %%
 main(['--dataset', 'mnist', '--data-root', str(root), '--model', 'fcn', '--optimizer', 'stablesam', '--quick',
@@ -272,7 +276,8 @@ for table in ('table2', 'table3', 'table4'):  # one process after another here; 
 # %%
 wanted = ('cifar10/resnet20/sgd/seed0', 'cifar10/resnet20/stablesam_rho0.05/seed0')
 quick_jobs = [args + ['--quick', '--no-progress', '--train-subset', '64', '--test-subset', '64']
-              for args in table_runs('table2', seeds=(0,), runs_dir=root / 'runs', data_root=root) if args[5].endswith(wanted)]
+              for args in table_runs('table2', seeds=(0,), runs_dir=root / 'runs', data_root=root)
+              if args[5].endswith(wanted)]
 for args in quick_jobs: test_eq(main(args), 0)
 test_eq(len(quick_jobs), 2)
 

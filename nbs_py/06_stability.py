@@ -4,7 +4,7 @@
 # %% [markdown]
 # # stability
 #
-# > Algorithmic stability (Section 5.2, Figures 5-7): how far two models drift apart when trained on training sets that differ in one example.
+# > Algorithmic stability (Section 5.2, Figures 5-7): the drift between two models trained on sets one example apart
 
 # %% [markdown]
 # Section 5.2 of the paper follows Hardt et al. (2016) and measures algorithmic stability with two
@@ -81,7 +81,7 @@ class Neighbours(NamedTuple):
 # %%
 #| export
 def neighbouring_indices(n: int, seed: int = 0) -> Neighbours:
-    "Neighbouring index lists S, S' of length `n-1` from a training set of `n` examples (Section 5.2)."
+    """Neighbouring index lists S, S' of length `n-1` from a training set of `n` examples (Section 5.2)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"Invalid n: {n} (a training set of at least 2 examples is needed)")
     rng = np.random.default_rng(seed)
@@ -104,9 +104,11 @@ nb
 # %%
 for seed in range(20):
     nb = neighbouring_indices(10, seed=seed)
-    test_eq(len(nb.s), 9); test_eq(len(nb.s_prime), 9)
+    test_eq(len(nb.s), 9)
+    test_eq(len(nb.s_prime), 9)
     test_eq([i for i in range(9) if nb.s[i] != nb.s_prime[i]], [nb.position])
-    test_eq(nb.removed in nb.s, False); test_eq(nb.removed in nb.s_prime, True)
+    test_eq(nb.removed in nb.s, False)
+    test_eq(nb.removed in nb.s_prime, True)
     test_eq(set(nb.s) - set(nb.s_prime), {nb.s[nb.position]})
     test_eq(sorted(nb.s + [nb.removed]), list(range(10)))
 test_eq(neighbouring_indices(100, 7), neighbouring_indices(100, 7))
@@ -120,8 +122,9 @@ test_fail(lambda: neighbouring_indices(1), contains='Invalid n: 1')
 
 # %%
 #| export
-def neighbouring_subsets(dataset, seed: int = 0, subset: int | None = None) -> tuple[LabelledView, LabelledView, Neighbours]:
-    "Views S, S' of `dataset` (restricted to its first `subset` examples) that differ in one example."
+def neighbouring_subsets(dataset, seed: int = 0,
+                         subset: int | None = None) -> tuple[LabelledView, LabelledView, Neighbours]:
+    """Views S, S' of `dataset` (restricted to its first `subset` examples) that differ in one example."""
     n = len(dataset)
     if subset is not None:
         if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 2:
@@ -134,7 +137,8 @@ def neighbouring_subsets(dataset, seed: int = 0, subset: int | None = None) -> t
 # %%
 ds = LabelledView([(i, i % 3) for i in range(50)], targets=torch.arange(50) % 3)  # item i is (i, i % 3)
 s, sp, nb = neighbouring_subsets(ds, seed=1, subset=20)
-test_eq(len(s), 19); test_eq(len(sp), 19)
+test_eq(len(s), 19)
+test_eq(len(sp), 19)
 diff = [i for i in range(19) if s[i] != sp[i]]
 test_eq(diff, [nb.position])
 test_eq(sp[nb.position], (nb.removed, nb.removed % 3))
@@ -158,7 +162,7 @@ test_fail(lambda: neighbouring_subsets(ds, subset=1), contains='Invalid subset: 
 # %%
 #| export
 def param_distance(model_a: nn.Module, model_b: nn.Module) -> float:
-    "Normalised Euclidean distance ||w - w'|| / (||w|| + ||w'||) between two models' parameters."
+    """Normalised Euclidean distance ||w - w'|| / (||w|| + ||w'||) between two models' parameters."""
     pa, pb = list(model_a.parameters()), list(model_b.parameters())
     if len(pa) != len(pb) or any(a.shape != b.shape for a, b in zip(pa, pb)):
         raise ValueError("param_distance needs two models with the same parameter shapes")
@@ -200,7 +204,7 @@ test_fail(lambda: param_distance(m1, nn.Linear(3, 4)), contains='same parameter 
 #| export
 def stability_record(optimizer: str, seed: int, epoch: int, distance: float,
                      train: dict, test: dict, train_prime: dict, test_prime: dict, **extra) -> dict:
-    "One epoch's record: distance, generalisation error and accuracy gap from the evaluation dicts."
+    """One epoch's record: distance, generalisation error and accuracy gap from the evaluation dicts."""
     return dict(optimizer=optimizer, seed=seed, epoch=epoch, param_distance=float(distance),
                 gen_error=test['loss'] - train['loss'], acc_gap=train['acc'] - test['acc'],
                 gen_error_prime=test_prime['loss'] - train_prime['loss'],
@@ -212,8 +216,10 @@ def stability_record(optimizer: str, seed: int, epoch: int, distance: float,
 # %%
 r = stability_record('sgd', 0, 3, 0.01, dict(loss=0.2, acc=0.95), dict(loss=0.5, acc=0.9),
                      dict(loss=0.25, acc=0.94), dict(loss=0.45, acc=0.91), lr=0.1)
-test_close(r['gen_error'], 0.3, eps=1e-12); test_close(r['acc_gap'], 0.05, eps=1e-12)
-test_close(r['gen_error_prime'], 0.2, eps=1e-12); test_eq(r['lr'], 0.1)
+test_close(r['gen_error'], 0.3, eps=1e-12)
+test_close(r['acc_gap'], 0.05, eps=1e-12)
+test_close(r['gen_error_prime'], 0.2, eps=1e-12)
+test_eq(r['lr'], 0.1)
 
 # %% [markdown]
 # Records go to a JSON-lines file, one object per line, appended as they come (the training engine's
@@ -222,7 +228,8 @@ test_close(r['gen_error_prime'], 0.2, eps=1e-12); test_eq(r['lr'], 0.1)
 # %%
 with tempfile.TemporaryDirectory() as d:
     p = Path(d) / 'x.jsonl'
-    append_jsonl(p, r); append_jsonl(p, {**r, 'epoch': 4})
+    append_jsonl(p, r)
+    append_jsonl(p, {**r, 'epoch': 4})
     test_eq(read_jsonl(p), [r, {**r, 'epoch': 4}])
 
 # %% [markdown]
@@ -237,7 +244,7 @@ with tempfile.TemporaryDirectory() as d:
 PANELS = ('param_distance', 'gen_error', 'acc_gap')  # the rows of Figures 5-7 (labels from stablesam.style)
 
 def curves(records: list[dict], key: str) -> dict:
-    "Per optimizer: (epochs, mean, min, max) of `key` over seeds."
+    """Per optimizer: (epochs, mean, min, max) of `key` over seeds."""
     out = {}
     for opt in dict.fromkeys(r['optimizer'] for r in records):
         rs = [r for r in records if r['optimizer'] == opt]
@@ -248,7 +255,7 @@ def curves(records: list[dict], key: str) -> dict:
     return out
 
 def plot_stability(records: list[dict], title: str | None = None, axes=None, figsize=(3.6, 6.6)):
-    "Distance, generalisation error and accuracy gap per epoch (one row each), one line per optimizer, seed range shaded."
+    """Rows: distance, generalisation error, accuracy gap per epoch; one line per optimizer, its seed range shaded."""
     import matplotlib.pyplot as plt
     if not records: raise ValueError("plot_stability needs at least one record")
     fig = None
@@ -267,11 +274,13 @@ def plot_stability(records: list[dict], title: str | None = None, axes=None, fig
     return fig if fig is not None else axes[0].figure
 
 def stability_figure(panels: dict, title: str | None = None, figsize=None):
-    "The paper's layout: one column per model (`panels`: column title -> records), one row per quantity."
+    """The paper's layout: one column per model (`panels`: column title -> records), one row per quantity."""
     import matplotlib.pyplot as plt
     if not panels: raise ValueError("stability_figure needs at least one panel")
-    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (4.2 * len(panels), 7.8), squeeze=False, layout='constrained')
-    for j, (name, records) in enumerate(panels.items()): plot_stability(records, f'({chr(97 + j)}) {name}', axes=axes[:, j])
+    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (4.2 * len(panels), 7.8), squeeze=False,
+                             layout='constrained')
+    for j, (name, records) in enumerate(panels.items()):
+        plot_stability(records, f'({chr(97 + j)}) {name}', axes=axes[:, j])
     if title is not None: fig.suptitle(title, fontsize=10)
     return fig
 
@@ -284,10 +293,13 @@ fake = [dict(optimizer=o, seed=s, epoch=e, param_distance=k * (1 - np.exp(-e / 5
              gen_error=k * e / 20, acc_gap=k * e / 200)
         for o, k in (('sgd', 0.3), ('sam', 0.2), ('stablesam', 0.15)) for s in range(2) for e in range(11)]
 c = curves(fake, 'param_distance')
-test_eq(list(c), ['sgd', 'sam', 'stablesam']); test_eq(c['sgd'][0], np.arange(11))
+test_eq(list(c), ['sgd', 'sam', 'stablesam'])
+test_eq(c['sgd'][0], np.arange(11))
 test_close(c['sam'][1][-1], 0.2 * (1 - np.exp(-2)) * 1.05, eps=1e-12)
 test_eq((c['sam'][2] <= c['sam'][1]).all() and (c['sam'][1] <= c['sam'][3]).all(), True)
-fig = stability_figure({'FCN': fake, 'LeNet': fake}, 'layout only (synthetic curves)'); plt.show(); plt.close(fig)
+fig = stability_figure({'FCN': fake, 'LeNet': fake}, 'layout only (synthetic curves)')
+plt.show()
+plt.close(fig)
 
 
 # %% [markdown]
@@ -298,7 +310,7 @@ fig = stability_figure({'FCN': fake, 'LeNet': fake}, 'layout only (synthetic cur
 # %%
 #| export
 def stability_summary(records: list[dict], keys=PANELS) -> dict:
-    "Per optimizer: mean, std, min and max over seeds of each of `keys` at the last epoch."
+    """Per optimizer: mean, std, min and max over seeds of each of `keys` at the last epoch."""
     out = {}
     for opt in dict.fromkeys(r['optimizer'] for r in records):
         rs = [r for r in records if r['optimizer'] == opt]
@@ -310,7 +322,7 @@ def stability_summary(records: list[dict], keys=PANELS) -> dict:
     return out
 
 def format_summary(summary: dict) -> str:
-    "A Markdown table of `stability_summary`'s output: mean and, with several seeds, the min-max range."
+    """A Markdown table of `stability_summary`'s output: mean and, with several seeds, the min-max range."""
     lines = ['| optimizer | epoch | seeds | distance | gen. error | acc. gap (%) |', '|---|---|---|---|---|---|']
     def cell(s, k, scale=1.0):
         mean, lo, hi = (scale * s[f'{k}_{x}'] for x in ('mean', 'min', 'max'))
@@ -318,12 +330,14 @@ def format_summary(summary: dict) -> str:
     for opt, s in summary.items():
         lines.append(f"| {optimizer_style(opt).label} | {s['epoch']} | {s['seeds']} | {cell(s, 'param_distance')} | "
                      f"{cell(s, 'gen_error')} | {cell(s, 'acc_gap', 100)} |")
-    return '\n'.join(lines + ([] if all(s['seeds'] == 1 for s in summary.values()) else ['', 'mean [min, max] over seeds']))
+    return '\n'.join(lines + ([] if all(s['seeds'] == 1 for s in summary.values())
+                              else ['', 'mean [min, max] over seeds']))
 
 
 # %%
 sm = stability_summary(fake)
-test_eq(sm['sgd']['epoch'], 10); test_eq(sm['sgd']['seeds'], 2)
+test_eq(sm['sgd']['epoch'], 10)
+test_eq(sm['sgd']['seeds'], 2)
 test_close(sm['sgd']['param_distance_mean'], 0.3 * (1 - np.exp(-2)) * 1.05, eps=1e-12)
 print(format_summary(sm))
 
@@ -358,7 +372,7 @@ DEFAULT_MODELS = {'mnist': 'fcn', 'cifar10': 'lenet'}
 def stability_config(dataset: str = 'mnist', model: str | None = None, schedule: str = 'constant', *,
                      data_root='data', lr: float = 0.01, rho: float = 0.05, epochs: int = 60,
                      batch_size: int = 128, **kwargs) -> TrainConfig:
-    "The `TrainConfig` of Section 5.2: SGD base without momentum, no augmentation, `schedule` as in Figures 5-7."
+    """The `TrainConfig` of Section 5.2: SGD base without momentum, no augmentation, `schedule` as in Figures 5-7."""
     if schedule not in FIGURE_SETTINGS:
         raise ValueError(f"Invalid schedule: {schedule!r} (choose from {', '.join(FIGURE_SETTINGS)})")
     settings = dict(optimizer='sgd', base='sgd', momentum=0.0, label_smoothing=0.0, label_noise=0.0, augment=False,
@@ -392,8 +406,9 @@ test_fail(lambda: stability_config(lr=-1.0), contains='Invalid lr: -1.0')
 # %%
 #| exporti
 class _PairCheckpoint:
-    """Both trainers of a pair and its records, saved to `folder` (two slots) after each epoch and every `every` seconds."""
-    def __init__(self, folder, every): self.folder, self.every, self.saved_at, self.pair = folder, every, time.perf_counter(), None
+    """Both trainers of a pair and its records, saved to `folder` (two slots) each epoch and every `every` seconds."""
+    def __init__(self, folder, every):
+        self.folder, self.every, self.saved_at, self.pair = folder, every, time.perf_counter(), None
     def after_step(self, trainer):
         """Save if `every` seconds have passed (a callback of both trainers)."""
         if self.folder is not None and self.every > 0 and time.perf_counter() - self.saved_at >= self.every: self.save()
@@ -401,7 +416,9 @@ class _PairCheckpoint:
         """Write both trainers' states and the records so far (nothing without a folder)."""
         if self.folder is None: return
         cfg, ta, tb, records = self.pair
-        ta.check_finite(); tb.check_finite()  # never a state after a non-finite step
+        # never a state after a non-finite step
+        ta.check_finite()
+        tb.check_finite()
         self.folder.mkdir(parents=True, exist_ok=True)
         state = dict(format=CHECKPOINT_FORMAT, config=cfg.to_dict(), a=ta.state(), b=tb.state(), records=records)
         save_checkpoint(self.folder / 'checkpoint.pt', state, previous=self.folder / 'checkpoint.prev.pt')
@@ -412,7 +429,7 @@ class _PairCheckpoint:
 #| export
 def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *, checkpoint=None,
                checkpoint_every: float = 600.0, resume: bool = False) -> list[dict]:
-    "Train two models from one initialisation on S and S' (`neighbours` into `data.train`); per-epoch stability records."
+    """Train two models from one initialisation on S and S' (`neighbours` into `data.train`); per-epoch records."""
     s, s_prime = LabelledView(data.train, neighbours.s), LabelledView(data.train, neighbours.s_prime)
     saver = _PairCheckpoint(None if checkpoint is None else Path(checkpoint), checkpoint_every)
     ta = Trainer(cfg, data=dataclasses.replace(data, train=s), callbacks=[saver])
@@ -423,7 +440,8 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *
         remove_temporaries(saver.folder)
         state, path = latest_checkpoint(saver.folder, cfg, ignore=RESUMABLE)
         if state is not None:
-            ta.load_state(state['a'], path); tb.load_state(state['b'], path)
+            ta.load_state(state['a'], path)
+            tb.load_state(state['b'], path)
             records = list(state['records'])
             for rec in records:
                 if on_record is not None: on_record(rec)
@@ -431,11 +449,13 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *
     while len(records) <= cfg.epochs:
         epoch = len(records)
         if epoch > 0:
-            if ta.epoch < epoch: ta.train_epoch()  # a pair resumed within S' 's epoch has trained this epoch on S already
+            if ta.epoch < epoch:  # a pair resumed within S' 's epoch has trained this epoch on S already
+                ta.train_epoch()
             tb.train_epoch()
         lr = cfg.lr if epoch == 0 else ta.optimizer.param_groups[0]['lr']
         rec = stability_record(cfg.optimizer, cfg.seed, epoch, param_distance(ta.model, tb.model),
-                               ta.evaluate(s), ta.evaluate(data.test), tb.evaluate(s_prime), tb.evaluate(data.test), lr=lr)
+                               ta.evaluate(s), ta.evaluate(data.test), tb.evaluate(s_prime), tb.evaluate(data.test),
+                               lr=lr)
         records.append(rec)
         saver.save()
         if on_record is not None: on_record(rec)
@@ -488,7 +508,7 @@ def check_run(optimizers, seeds, subset=None) -> None:
 
 
 def finished_pairs(records: list[dict], epochs: int) -> list[dict]:
-    """The records of the (optimizer, seed) pairs that reached epoch `epochs`, in their order (a partial pair is dropped)."""
+    """The records of the (optimizer, seed) pairs that reached epoch `epochs`, in order (a partial pair is dropped)."""
     done = {(r['optimizer'], r['seed']) for r in records if r['epoch'] == epochs}
     return [r for r in records if (r['optimizer'], r['seed']) in done]
 
@@ -562,7 +582,8 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset', default='mnist', choices=sorted(DEFAULT_MODELS), help='dataset (default: mnist)')
     p.add_argument('--model', default=None, choices=MODELS, metavar='MODEL',
                    help='model name (default: fcn for mnist, lenet for cifar10)')
-    p.add_argument('--optimizers', nargs='+', choices=VARIANTS.keys(), default=['sgd', 'sam', 'stablesam'], metavar='NAME',
+    p.add_argument('--optimizers', nargs='+', choices=VARIANTS.keys(), default=['sgd', 'sam', 'stablesam'],
+                   metavar='NAME',
                    help=f"optimizers to compare (any of {', '.join(VARIANTS)}; default: sgd sam stablesam)")
     p.add_argument('--rho', type=float, default=0.05, help='perturbation radius (default: 0.05)')
     p.add_argument('--lr', type=float, default=0.01, help='learning rate (default: 0.01)')
@@ -573,10 +594,12 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--subset', type=int, default=None, help='train on the first N training examples (default: all)')
     p.add_argument('--batch-size', type=int, default=128, help='batch size (default: 128)')
     p.add_argument('--cpu-size', action='store_true',
-                   help=f'the CPU-size run: the first {CPU_SUBSET} training images (unless --subset), on the CPU; with the '
-                        'default 60 epochs and seeds 0 1 2 the MNIST FCN setting takes about 40 minutes on one core')
+                   help=f'the CPU-size run: the first {CPU_SUBSET} training images (unless --subset), on the CPU; '
+                        'with the default 60 epochs and seeds 0 1 2 the MNIST FCN setting takes about 40 minutes on '
+                        'one core')
     p.add_argument('--checkpoint-every', type=float, default=600.0, metavar='SECONDS',
-                   help='seconds between checkpoints of a pair within an epoch (0: after each epoch only; default: 600)')
+                   help='seconds between checkpoints of a pair within an epoch '
+                        '(0: after each epoch only; default: 600)')
     p.add_argument('--workers', type=int, default=None, help=argparse.SUPPRESS)   # 0.2's name of --processes
     add_common(p, out='runs/stability')
     return p
@@ -641,9 +664,11 @@ write_fake_cifar(tmp, 128, 64, seed=0)
 # %%
 data = load_stability_data(stability_config('mnist', data_root=tmp, download=False))
 raw = get_datasets('mnist', tmp, augment=False, download=False)
-test_eq(len(data.train), len(raw.train)); test_eq(len(data.test), len(raw.test))
+test_eq(len(data.train), len(raw.train))
+test_eq(len(data.test), len(raw.test))
 for i in (0, 17, len(raw.train) - 1):
-    test_eq(data.train[i][0], raw.train[i][0]); test_eq(data.train[i][1], raw.train[i][1])
+    test_eq(data.train[i][0], raw.train[i][0])
+    test_eq(data.train[i][1], raw.train[i][1])
 nb = neighbouring_indices(len(data.train), seed=0)
 for opt in ('sgd', 'sam', 'stablesam'):
     cfg = dataclasses.replace(stability_config('mnist', data_root=tmp, lr=0.1, epochs=2, batch_size=32), optimizer=opt)
@@ -652,7 +677,8 @@ for opt in ('sgd', 'sam', 'stablesam'):
     differ = train_pair(cfg, data, nb)
     test_eq(differ[0]['param_distance'], 0.0)
     assert differ[-1]['param_distance'] > 0, opt
-    print(f"{opt:9s} S'=S: distance {same[-1]['param_distance']:.1e};  S' one example apart: {differ[-1]['param_distance']:.2e}")
+    print(f"{opt:9s} S'=S: distance {same[-1]['param_distance']:.1e};  "
+          f"S' one example apart: {differ[-1]['param_distance']:.2e}")
 
 # %% [markdown]
 # ## Quick runs: Figures 5-7 at CI size
@@ -687,7 +713,8 @@ for (model, schedule), recs in quick.items():
 fig = stability_figure({'FCN, generated MNIST-format data': quick['fcn', 'constant'],
                         'LeNet, generated CIFAR-format data': quick['lenet', 'constant']},
                        'Quick run of Figure 5 (constant lr): code check on generated data, not a finding')
-plt.show(); plt.close(fig)
+plt.show()
+plt.close(fig)
 
 
 # %% [markdown]
@@ -704,7 +731,7 @@ plt.show(); plt.close(fig)
 # %%
 #| export
 def separation_epoch(records: list[dict], a: str, b: str, key: str = 'param_distance'):
-    "The first epoch from which the seed ranges (min-max) of optimizers `a` and `b` stay apart to the end; None if they end overlapping."
+    """The epoch from which `a` and `b` have disjoint seed ranges (min-max) to the end; None if they end overlapping."""
     c = curves(records, key)
     (ep, _, lo_a, hi_a), (_, _, lo_b, hi_b) = c[a], c[b]
     apart = (lo_a > hi_b) | (lo_b > hi_a)
@@ -713,9 +740,10 @@ def separation_epoch(records: list[dict], a: str, b: str, key: str = 'param_dist
     return int(ep[together[-1] + 1]) if together[-1] + 1 < len(ep) else None
 
 def stability_verdict(records: list[dict]) -> dict:
-    "The paper's reading of one setting measured at the last epoch (see the prose above)."
+    """The paper's reading of one setting measured at the last epoch (see the prose above)."""
     sm = stability_summary(records)
-    out = dict(final={o: (s['param_distance_mean'], s['param_distance_min'], s['param_distance_max']) for o, s in sm.items()})
+    out = dict(final={o: (s['param_distance_mean'], s['param_distance_min'], s['param_distance_max'])
+                      for o, s in sm.items()})
     last = max(r['epoch'] for r in records)
     dist = {(r['optimizer'], r['seed']): r['param_distance'] for r in records if r['epoch'] == last}
     for a, b in (('stablesam', 'sam'), ('sam', 'sgd'), ('stablesam', 'sgd')):
@@ -723,19 +751,24 @@ def stability_verdict(records: list[dict]) -> dict:
         out[f'{a}_below_{b}'] = (sum(dist[a, s] < dist[b, s] for s in seeds), len(seeds))
         out[f'separate_{a}_{b}'] = separation_epoch(records, a, b) if seeds else None
     trained = [r for r in records if r['epoch'] > 0]
-    out['corr'] = float(np.corrcoef([r['param_distance'] for r in trained], [r['gen_error'] for r in trained])[0, 1])
+    out['corr'] = float(np.corrcoef([r['param_distance'] for r in trained],
+                                    [r['gen_error'] for r in trained])[0, 1])
     return out
 
 def verdict_table(results: dict) -> str:
-    "A Markdown table of `stability_verdict` for each setting (`results`: setting name -> records)."
+    """A Markdown table of `stability_verdict` for each setting (`results`: setting name -> records)."""
     head = ('| setting | final distance: SGD | SAM | StableSAM | seeds StableSAM < SAM | seeds SAM < SGD | '
             'ranges apart from epoch: SGD/SAM | SAM/StableSAM | corr(distance, gen. error) |')
     lines = [head, '|' + '---|' * 9]
-    fmt = lambda t: f"{t[0]:.4g} [{t[1]:.4g}, {t[2]:.4g}]" if t[1] != t[2] else f"{t[0]:.4g}"
+    def fmt(t):
+        """A (mean, min, max) triple as 'mean [min, max]', or the mean alone where min == max."""
+        return f"{t[0]:.4g} [{t[1]:.4g}, {t[2]:.4g}]" if t[1] != t[2] else f"{t[0]:.4g}"
+    def sep(e):
+        """A separation epoch, or 'never'."""
+        return 'never' if e is None else str(e)
     for name, recs in results.items():
         v = stability_verdict(recs)
         final = [fmt(v['final'][o]) if o in v['final'] else '-' for o in ('sgd', 'sam', 'stablesam')]
-        sep = lambda e: 'never' if e is None else str(e)
         lines.append(f"| {name} | {' | '.join(final)} | {'{} of {}'.format(*v['stablesam_below_sam'])} | "
                      f"{'{} of {}'.format(*v['sam_below_sgd'])} | {sep(v['separate_sam_sgd'])} | "
                      f"{sep(v['separate_stablesam_sam'])} | {v['corr']:.2f} |")
@@ -751,23 +784,27 @@ def verdict_table(results: dict) -> str:
 # %%
 #| export
 def at_training_loss(records: list[dict], loss: float) -> dict:
-    "Per optimizer: the first epoch whose mean training loss is <= `loss`, with the mean distance, generalisation error and test accuracy there (None if never)."
+    """Per optimizer (None if never): first epoch of mean train loss <= `loss`, mean distance, gen. error, test acc."""
     keys = ('param_distance', 'gen_error', 'test_acc')
     tl, other, out = curves(records, 'train_loss'), {k: curves(records, k) for k in keys}, {}
     for o, (ep, mean, _, _) in tl.items():
         hit = np.flatnonzero(mean <= loss)
-        out[o] = None if len(hit) == 0 else dict(epoch=int(ep[hit[0]]), **{k: float(other[k][o][1][hit[0]]) for k in keys})
+        out[o] = None if len(hit) == 0 else dict(epoch=int(ep[hit[0]]),
+                                                 **{k: float(other[k][o][1][hit[0]]) for k in keys})
     return out
 
 def format_at_training_loss(results: dict, loss) -> str:
-    "A Markdown table of `at_training_loss` for each setting (`loss`: one number, or setting -> number)."
-    lines = ['| setting | training loss | optimizer | epoch | distance | gen. error | test acc (%) |', '|---|---|---|---|---|---|---|']
+    """A Markdown table of `at_training_loss` for each setting (`loss`: one number, or setting -> number)."""
+    lines = ['| setting | training loss | optimizer | epoch | distance | gen. error | test acc (%) |',
+             '|---|---|---|---|---|---|---|']
     for name, recs in results.items():
         target = loss[name] if isinstance(loss, dict) else loss
         for o, v in at_training_loss(recs, target).items():
-            if v is None: lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | never | - | - | - |"); continue
-            lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | {v['epoch']} | {v['param_distance']:.3g} | "
-                         f"{v['gen_error']:.3g} | {100 * v['test_acc']:.2f} |")
+            if v is None:
+                lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | never | - | - | - |")
+                continue
+            lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | {v['epoch']} | "
+                         f"{v['param_distance']:.3g} | {v['gen_error']:.3g} | {100 * v['test_acc']:.2f} |")
     return '\n'.join(lines)
 
 
@@ -776,7 +813,8 @@ vf = stability_verdict(fake)   # the made-up curves above: SGD > SAM > StableSAM
 test_eq((vf['stablesam_below_sam'], vf['sam_below_sgd']), ((2, 2), (2, 2)))
 test_eq(vf['separate_sam_sgd'], 1)   # the ranges are apart from the first trained epoch
 assert vf['corr'] > 0.5
-_same = [dict(r, optimizer='sam') for r in fake if r['optimizer'] == 'sgd'] + [r for r in fake if r['optimizer'] == 'sgd']
+_same = ([dict(r, optimizer='sam') for r in fake if r['optimizer'] == 'sgd']
+         + [r for r in fake if r['optimizer'] == 'sgd'])
 test_eq(separation_epoch(_same, 'sam', 'sgd'), None)   # identical curves never separate
 _fl = [dict(r, train_loss=1.0 / (1 + r['epoch']), test_acc=0.9) for r in fake]
 test_eq({o: v['epoch'] for o, v in at_training_loss(_fl, 0.2).items()}, {'sgd': 4, 'sam': 4, 'stablesam': 4})
@@ -816,16 +854,23 @@ for schedule in FIGURE_SETTINGS:
 # `../results/stability/`, so this page shows them without rerunning anything.
 
 # %%
-REAL_RUNS = ([('fcn', schedule, 60_000) for schedule in FIGURE_SETTINGS] + [('fcn', schedule, 10_000) for schedule in FIGURE_SETTINGS]
+REAL_RUNS = ([('fcn', schedule, 60_000) for schedule in FIGURE_SETTINGS]
+             + [('fcn', schedule, 10_000) for schedule in FIGURE_SETTINGS]
              + [('lenet', 'constant', 3_000)])
-real_folder = lambda model, schedule, n: Path(f'../results/stability/{model}-mnist-{n // 1000}k-{schedule}')
+
+
+def real_folder(model, schedule, n):
+    """The committed results folder of one real-MNIST run."""
+    return Path(f'../results/stability/{model}-mnist-{n // 1000}k-{schedule}')
+
 
 # %%
 #| slow
 for model, schedule, n in REAL_RUNS:
-    main(['--dataset', 'mnist', '--model', model, '--data-root', '../../shared/data', '--subset', str(n), '--device', 'cpu',
-          '--epochs', '60', '--schedule', schedule, '--seeds', '0', '1', '2', '--no-download', '--quiet', '--resume',
-          '--workers', '2', '--out', str(real_folder(model, schedule, n))])
+    main(['--dataset', 'mnist', '--model', model, '--data-root', '../../shared/data', '--subset', str(n),
+          '--device', 'cpu', '--epochs', '60', '--schedule', schedule, '--seeds', '0', '1', '2',
+          '--no-download', '--quiet', '--executor', 'processes', '--processes', '2',
+          '--out', str(real_folder(model, schedule, n))])
 
 # %% [markdown]
 # The figures, in the paper's layout (FCN left, the conv net right). The paper's conv-net panel is LeNet
@@ -839,20 +884,30 @@ for model, schedule, n in REAL_RUNS:
     folder = real_folder(model, schedule, n)
     if (folder / 'records.jsonl').exists():
         real[model, schedule, n] = finished_pairs(read_jsonl(folder / 'records.jsonl'), 60)
-        if (folder / 'config.json').exists(): wall[model, schedule, n] = read_json(folder / 'config.json')['wall_time_s']
-FIGURE_TITLES = {'constant': 'Figure 5 on real MNIST: constant lr', 'weight-decay': 'Figure 6 on real MNIST: constant lr, weight decay 5e-4',
+        if (folder / 'config.json').exists():
+            wall[model, schedule, n] = read_json(folder / 'config.json')['wall_time_s']
+FIGURE_TITLES = {'constant': 'Figure 5 on real MNIST: constant lr',
+                 'weight-decay': 'Figure 6 on real MNIST: constant lr, weight decay 5e-4',
                  'cosine': 'Figure 7 on real MNIST: cosine lr'}
-COLUMNS = (('fcn', 60_000, 'FCN, all 60,000 MNIST images'), ('lenet', 3_000, 'LeNet, 3,000 MNIST images (stand-in for CIFAR-10)'))
+COLUMNS = (('fcn', 60_000, 'FCN, all 60,000 MNIST images'),
+           ('lenet', 3_000, 'LeNet, 3,000 MNIST images (stand-in for CIFAR-10)'))
 for schedule in FIGURE_SETTINGS:
     panels = {title: real[model, schedule, n] for model, n, title in COLUMNS if real.get((model, schedule, n))}
-    if panels: fig = stability_figure(panels, FIGURE_TITLES[schedule]); plt.show(); plt.close(fig)
+    if panels:
+        fig = stability_figure(panels, FIGURE_TITLES[schedule])
+        plt.show()
+        plt.close(fig)
 
 # %% [markdown]
 # The FCN on 10,000 images, the three settings side by side:
 
 # %%
-panels = {FIGURE_TITLES[s].split(': ', 1)[1]: real['fcn', s, 10_000] for s in FIGURE_SETTINGS if real.get(('fcn', s, 10_000))}
-if panels: fig = stability_figure(panels, 'Figures 5-7 on 10,000 real MNIST images (FCN)'); plt.show(); plt.close(fig)
+panels = {FIGURE_TITLES[s].split(': ', 1)[1]: real['fcn', s, 10_000]
+          for s in FIGURE_SETTINGS if real.get(('fcn', s, 10_000))}
+if panels:
+    fig = stability_figure(panels, 'Figures 5-7 on 10,000 real MNIST images (FCN)')
+    plt.show()
+    plt.close(fig)
 
 
 # %% [markdown]
@@ -863,13 +918,18 @@ if panels: fig = stability_figure(panels, 'Figures 5-7 on 10,000 real MNIST imag
 # %%
 def run_name(model, schedule, n): return f"{'FCN' if model == 'fcn' else 'LeNet'} {n // 1000}k, {schedule}"
 EQUAL_LOSS = {('fcn', 60_000): {'constant': 0.05, 'weight-decay': 0.05, 'cosine': 0.1},
-              ('fcn', 10_000): {'constant': 0.15, 'weight-decay': 0.15, 'cosine': 0.25}, ('lenet', 3_000): {'constant': 0.3}}
+              ('fcn', 10_000): {'constant': 0.15, 'weight-decay': 0.15, 'cosine': 0.25},
+              ('lenet', 3_000): {'constant': 0.3}}
 done = {run_name(*key): recs for key, recs in real.items() if recs}
 if done:
-    print(verdict_table(done)); print()
-    print(format_at_training_loss(done, {run_name(m, s, n): EQUAL_LOSS[m, n][s] for (m, s, n), recs in real.items() if recs}))
+    print(verdict_table(done))
+    print()
+    print(format_at_training_loss(done, {run_name(m, s, n): EQUAL_LOSS[m, n][s]
+                                         for (m, s, n), recs in real.items() if recs}))
     for key, recs in real.items():
-        if recs: print(f"\n{run_name(*key)} ({wall.get(key, float('nan')) / 60:.0f} minutes of wall time):\n{format_summary(stability_summary(recs))}")
+        if recs:
+            print(f"\n{run_name(*key)} ({wall.get(key, float('nan')) / 60:.0f} minutes of wall time):\n"
+                  f"{format_summary(stability_summary(recs))}")
 
 # %% [markdown]
 # ### What the real-MNIST runs say

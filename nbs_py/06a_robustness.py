@@ -4,7 +4,7 @@
 # %% [markdown]
 # # robustness
 #
-# > The paper's robustness claims on real networks: a learning-rate sweep to divergence (Figure 4 for a network) and training on noisy labels (Table 4's question at CPU size)
+# > The paper's robustness claims on real networks: a learning-rate sweep to divergence and training on noisy labels
 
 # %% [markdown]
 # The paper's central claim is that StableSAM is "more robust with the large learning rates"
@@ -70,13 +70,13 @@ from stablesam.variants import VARIANTS, variant_order
 # %%
 #| export
 def run_outcome(records: list[dict], num_classes: int = 10) -> str:
-    """`nonfinite` if a loss became non-finite, `chance` if test accuracy never exceeded twice chance, else `trained`."""
+    """`nonfinite` if a loss became non-finite, `chance` if test accuracy never beat twice chance, else `trained`."""
     if any(r.get('nonfinite') for r in records): return 'nonfinite'
     best = max((r['test_acc'] for r in records if r.get('test_acc') is not None), default=0.0)
     return 'chance' if best <= 2 / num_classes else 'trained'
 
 def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[dict]:
-    """Train `cfg` on `data` epoch by epoch: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
+    """Train `cfg` on `data`: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
     trainer, records = Trainer(cfg, data=data), []
     while trainer.epoch < cfg.epochs:
         rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1)
@@ -84,7 +84,9 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
         except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
         rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
         for name, ds in (('test', data.test), ('val', val)):
-            if ds is not None: e = trainer.evaluate(ds); rec[f'{name}_loss'], rec[f'{name}_acc'] = e['loss'], e['acc']
+            if ds is not None:
+                e = trainer.evaluate(ds)
+                rec[f'{name}_loss'], rec[f'{name}_acc'] = e['loss'], e['acc']
         records.append(strict_json(rec))
         if records[-1].get('nonfinite'): break
     outcome = run_outcome(records, data.num_classes)
@@ -102,18 +104,23 @@ test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.9)]), 'trained')
 
 # %%
 from stablesam.data import write_fake_mnist
+from stablesam.runs import read_jsonl
 
 # %%
 tmp = Path(tempfile.mkdtemp())
 write_fake_mnist(tmp, n_train=256, n_test=128)
 _fake = get_datasets('mnist', tmp, augment=False, download=False)
 _fake = dataclasses.replace(_fake, train=in_memory(_fake.train), test=in_memory(_fake.test))
-_cfg = lambda lr: TrainConfig(dataset='mnist', model='fcn', optimizer='stablesam', lr=lr, epochs=2, batch_size=64,
-                              momentum=0.9, weight_decay=0.0, label_smoothing=0.0, schedule='constant', augment=False,
-                              progress=False, download=False, device='cpu')
+def _cfg(lr):
+    """A two-epoch StableSAM run of the FCN at learning rate `lr`."""
+    return TrainConfig(dataset='mnist', model='fcn', optimizer='stablesam', lr=lr, epochs=2, batch_size=64,
+                       momentum=0.9, weight_decay=0.0, label_smoothing=0.0, schedule='constant', augment=False,
+                       progress=False, download=False, device='cpu')
 _ok, _bad = run_epochs(_cfg(0.05), _fake), run_epochs(_cfg(1e4), _fake)
-test_eq([r['epoch'] for r in _ok], [1, 2]); test_eq(_ok[-1]['diverged'], False)
-test_eq(_bad[-1]['diverged'], True); assert _bad[-1]['outcome'] in ('nonfinite', 'chance')
+test_eq([r['epoch'] for r in _ok], [1, 2])
+test_eq(_ok[-1]['diverged'], False)
+test_eq(_bad[-1]['diverged'], True)
+assert _bad[-1]['outcome'] in ('nonfinite', 'chance')
 
 
 # %% [markdown]
@@ -163,16 +170,17 @@ def train_sweep_run(spec: dict, run) -> list[dict]:
 LR_GRID = tuple(round(10 ** e, 4) for e in np.arange(-2, 0.51, 0.25))  # 0.01 ... 3.1623: eleven, geometric
 
 def mnist_in_memory(data_root, n_train=None, seed=0) -> DataBundle:
-    """Real MNIST decoded once into memory: a seeded subset of `n_train` training images (all if None) and the full test set."""
+    """Real MNIST in memory: a seeded subset of `n_train` training images (all if None) and the full test set."""
     d = get_datasets('mnist', data_root, augment=False, download=False, train_subset=n_train, seed=seed)
     return dataclasses.replace(d, train=in_memory(d.train), test=in_memory(d.test))
 
 def sweep_config(model, optimizer, lr, seed, *, epochs, batch_size=128, momentum=0.9, rho=0.05, schedule='constant',
                  device='auto', **settings) -> TrainConfig:
     """The `TrainConfig` of one sweep run: MNIST, SGD base, no weight decay, label smoothing or augmentation."""
-    return TrainConfig(dataset='mnist', model=model, optimizer=optimizer, lr=lr, seed=seed, epochs=epochs, batch_size=batch_size,
-                       momentum=momentum, rho=rho, weight_decay=0.0, label_smoothing=0.0, schedule=schedule, augment=False,
-                       progress=False, download=False, device=device, **settings).validate()
+    return TrainConfig(dataset='mnist', model=model, optimizer=optimizer, lr=lr, seed=seed, epochs=epochs,
+                       batch_size=batch_size, momentum=momentum, rho=rho, weight_decay=0.0, label_smoothing=0.0,
+                       schedule=schedule, augment=False, progress=False, download=False, device=device,
+                       **settings).validate()
 
 def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizers=('sgd', 'sam', 'stablesam'),
              lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, **options) -> list[dict]:
@@ -181,7 +189,8 @@ def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizer
     `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...)."""
     train = dict(train or {}, epochs=epochs)
     tags = ('model', 'optimizer', 'lr', 'seed')
-    specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train, tags=tags)
+    specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train,
+                  tags=tags)
              for m in models for o in optimizers for lr in lrs for s in seeds]
     data = mnist_data(data_root, n_train)
     fixed = {k: v for k, v in train.items() if k != 'device'}
@@ -214,7 +223,8 @@ def lr_sweep_summary(records: list[dict]) -> list[dict]:
     order = variant_order(o for _, o, _ in groups)
     for (m, o, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]), kv[0][2])):
         acc = np.array([r['test_acc'] if r.get('test_acc') is not None else np.nan for r in rs], dtype=float)
-        rows.append(dict(model=m, optimizer=o, lr=lr, runs=len(rs), diverged=float(np.mean([r['diverged'] for r in rs])),
+        rows.append(dict(model=m, optimizer=o, lr=lr, runs=len(rs),
+                         diverged=float(np.mean([r['diverged'] for r in rs])),
                          acc_mean=float(np.nanmean(acc)) if np.isfinite(acc).any() else None,
                          acc_min=float(np.nanmin(acc)) if np.isfinite(acc).any() else None,
                          acc_max=float(np.nanmax(acc)) if np.isfinite(acc).any() else None))
@@ -239,7 +249,8 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
             axs[1, j].fill_between(lr, lo, hi, alpha=0.2, color=plot_kwargs(o)['color'], linewidth=0)
         n = rs[0]['runs']
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
-        axs[1, j].set(xscale='log', xlabel=quantity('lr').label, ylim=(0, 100), ylabel=f"final {quantity('test_acc').label}")
+        axs[1, j].set(xscale='log', xlabel=quantity('lr').label, ylim=(0, 100),
+                      ylabel=f"final {quantity('test_acc').label}")
     axs[0, 0].legend(fontsize=8, title=f'{n} seeds each; band: min-max', title_fontsize=7)
     return fig
 
@@ -251,7 +262,7 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
 # %%
 #| export
 def lr_sweep_verdict(records: list[dict]) -> list[dict]:
-    """Per model and optimizer: the largest lr with no diverged seed, the smallest with all diverged, accuracy at the largest stable lr."""
+    """Per model and optimizer: largest lr with no seed diverged, smallest with all diverged, test acc at the former."""
     rows, out = lr_sweep_summary(records), []
     for m in dict.fromkeys(r['model'] for r in rows):
         for o in dict.fromkeys(r['optimizer'] for r in rows if r['model'] == m):
@@ -266,12 +277,13 @@ def lr_sweep_verdict(records: list[dict]) -> list[dict]:
     return out
 
 def compare_divergence(records: list[dict], a='stablesam', b='sam') -> dict:
-    """Per model: the learning rates at which `a` diverged in fewer seeds than `b`, and those where it diverged in more."""
+    """Per model: the learning rates where `a` diverged in fewer seeds than `b`, and those where it diverged in more."""
     rows = {(r['model'], r['optimizer'], r['lr']): r['diverged'] for r in lr_sweep_summary(records)}
     out = {}
     for m in dict.fromkeys(k[0] for k in rows):
         lrs = sorted({k[2] for k in rows if k[0] == m and (m, a, k[2]) in rows and (m, b, k[2]) in rows})
-        out[m] = dict(fewer=[lr for lr in lrs if rows[m, a, lr] < rows[m, b, lr]], more=[lr for lr in lrs if rows[m, a, lr] > rows[m, b, lr]])
+        out[m] = dict(fewer=[lr for lr in lrs if rows[m, a, lr] < rows[m, b, lr]],
+                      more=[lr for lr in lrs if rows[m, a, lr] > rows[m, b, lr]])
     return out
 
 
@@ -290,7 +302,8 @@ test_fail(lambda: lr_sweep(_out, tmp, **dict(_quick, epochs=3), progress=False),
 _again = lr_sweep(_out, tmp, **_quick, progress=False)
 test_eq(_again, _recs)   # nothing left to run: the records are read back unchanged
 test_eq(len(json.loads((_out / 'config.json').read_text())['done']), 6)
-fig = plot_lr_sweep(_recs); plt.close(fig)
+fig = plot_lr_sweep(_recs)
+plt.close(fig)
 
 # %% [markdown]
 # ## Noisy labels
@@ -311,7 +324,7 @@ fig = plot_lr_sweep(_recs); plt.close(fig)
 NOISE_LEVELS = (0.2, 0.4, 0.6, 0.8)
 
 def noisy_split(data: DataBundle, noise: float, seed: int, n_val: int) -> tuple:
-    """(train, val) views of `data.train` with a `noise` fraction of its labels randomised (seeded), `n_val` held out."""
+    """(train, val) views of `data.train`, a `noise` fraction of its labels randomised (seeded), `n_val` held out."""
     view = data.train
     noisy = LabelledView(view.base, view.indices, noisy_labels(view.targets, noise, data.num_classes, seed))
     return validation_split(noisy, n_val, seed)
@@ -319,7 +332,7 @@ def noisy_split(data: DataBundle, noise: float, seed: int, n_val: int) -> tuple:
 def label_noise_sweep(out, data_root, *, n_train=None, noises=NOISE_LEVELS, optimizers=('sgd', 'sam', 'stablesam'),
                       seeds=(0, 1, 2), n_val=2000, model='fcn', epochs=20, lr=0.05, schedule='cosine', train=None,
                       command=None, **options) -> list[dict]:
-    """Every optimizer at every noise level and seed with a held-out validation split, recorded into `out` (resumable)."""
+    """Every optimizer at every noise level and seed, with a held-out validation split, into `out` (resumable)."""
     train = dict(train or {}, epochs=epochs, schedule=schedule)
     tags = ('model', 'noise', 'optimizer', 'seed')
     specs = [dict(model=model, noise=noise, optimizer=o, seed=seed, lr=lr, n_val=n_val, data_root=str(data_root),
@@ -342,8 +355,9 @@ def label_noise_sweep(out, data_root, *, n_train=None, noises=NOISE_LEVELS, opti
 # %%
 #| export
 def selected_accuracy(run: list[dict], protocol: str) -> float:
-    """One run's test accuracy under `protocol` ('paper' or 'held-out', as `stablesam.results.run_scores` reads a run folder)."""
-    if protocol not in PROTOCOLS: raise ValueError(f"Unknown protocol: {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    """One run's test accuracy under `protocol` ('paper' or 'held-out', as `stablesam.results.run_scores` reads it)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol: {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     acc = run_scores(run)['best_test_acc' if protocol == 'paper' else 'held_out_test_acc']
     return acc if acc is not None and math.isfinite(acc) else 0.0
 
@@ -354,7 +368,8 @@ def label_noise_table(records: list[dict]) -> list[dict]:
     rows = []
     for protocol in PROTOCOLS:
         cells = {}
-        for (noise, o, seed), run in runs.items(): cells.setdefault((noise, o), {})[seed] = selected_accuracy(run, protocol)
+        for (noise, o, seed), run in runs.items():
+            cells.setdefault((noise, o), {})[seed] = selected_accuracy(run, protocol)
         order = variant_order(o for _, o in cells)
         for (noise, o), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
             a = np.array(list(by_seed.values()))
@@ -364,7 +379,7 @@ def label_noise_table(records: list[dict]) -> list[dict]:
     return rows
 
 def label_noise_verdict(rows: list[dict], a='stablesam', b='sam') -> list[dict]:
-    """Per protocol and noise: mean difference `a` - `b`, the seed spread, seeds where `a` > `b`, and whether it exceeds the spread."""
+    """Per protocol and noise: mean `a` - `b`, seed spread, seeds where `a` > `b`, and whether it beats the spread."""
     cell = {(r['protocol'], r['noise'], r['optimizer']): r for r in rows}
     out = []
     for (protocol, noise, o) in cell:
@@ -413,7 +428,8 @@ _v = label_noise_verdict(_rows)
 test_eq([(v['protocol'], v['noise'], v['seeds']) for v in _v], [('paper', 0.4, 2), ('held-out', 0.4, 2)])
 _run = [dict(epoch=1, test_acc=0.5, val_acc=0.6), dict(epoch=2, test_acc=0.7, val_acc=0.4)]
 test_eq((selected_accuracy(_run, 'paper'), selected_accuracy(_run, 'held-out')), (0.7, 0.5))
-fig = plot_label_noise(_recs); plt.close(fig)
+fig = plot_label_noise(_recs)
+plt.close(fig)
 
 
 # %% [markdown]
@@ -479,7 +495,8 @@ def main(argv=None):
         records = label_noise_sweep(args.out, args.data_root, noises=args.noises, n_val=args.n_val, model=args.model,
                                     lr=args.lr, **common)
         rows = label_noise_table(records)
-        table = markdown_table(rows, NOISE_COLUMNS) + '\n\n' + markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS)
+        table = (markdown_table(rows, NOISE_COLUMNS) + '\n\n'
+                 + markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS))
         fig = plot_label_noise(records)
     out = Path(args.out)
     fig.savefig(out / 'figure.png', dpi=150)
@@ -490,11 +507,14 @@ def main(argv=None):
 
 
 MODEL_TITLES = {'fcn': 'FCN 784-500-500-10 on MNIST', 'lenet': 'LeNet on MNIST'}
-LR_COLUMNS = dict(model=('model', None), optimizer=('optimizer', None), largest_stable_lr=('largest lr, no seed diverged', '{:g}'),
-                  acc_at_largest_stable=('test acc there', '{:.4f}'), smallest_all_diverged_lr=('smallest lr, all seeds diverged', '{:g}'),
+LR_COLUMNS = dict(model=('model', None), optimizer=('optimizer', None),
+                  largest_stable_lr=('largest lr, no seed diverged', '{:g}'),
+                  acc_at_largest_stable=('test acc there', '{:.4f}'),
+                  smallest_all_diverged_lr=('smallest lr, all seeds diverged', '{:g}'),
                   best_acc=('best mean test acc', '{:.4f}'))
-NOISE_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), optimizer=('optimizer', None), seeds=('seeds', None),
-                     mean=('test acc mean', '{:.4f}'), std=('std', '{:.4f}'), min=('min', '{:.4f}'), max=('max', '{:.4f}'))
+NOISE_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), optimizer=('optimizer', None),
+                     seeds=('seeds', None), mean=('test acc mean', '{:.4f}'), std=('std', '{:.4f}'),
+                     min=('min', '{:.4f}'), max=('max', '{:.4f}'))
 VERDICT_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), diff=('StableSAM - SAM', '{:+.4f}'),
                        spread=('seed spread (max std)', '{:.4f}'), seeds_a_better=('seeds StableSAM > SAM', None),
                        seeds=('paired seeds', None), beats=('beats SAM by more than the spread', None))
@@ -514,8 +534,8 @@ VERDICT_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), d
 
 # %%
 #| slow
-main(['lr-sweep', '--data-root', '../../shared/data', '--n-train', '10000', '--epochs', '3', '--device', 'cpu', '--quiet',
-      '--resume', '--out', '../results/lr_sweep/mnist-10k-3ep'])
+main(['lr-sweep', '--data-root', '../../shared/data', '--n-train', '10000', '--epochs', '3', '--device', 'cpu',
+      '--quiet', '--resume', '--out', '../results/lr_sweep/mnist-10k-3ep'])
 main(['label-noise', '--data-root', '../../shared/data', '--n-train', '12000', '--n-val', '2000', '--epochs', '15',
       '--device', 'cpu', '--quiet', '--resume', '--out', '../results/label_noise/fcn-mnist-10k-15ep'])
 
@@ -524,17 +544,23 @@ LR_RESULTS, NOISE_RESULTS = Path('../results/lr_sweep/mnist-10k-3ep'), Path('../
 lr_records = read_jsonl(LR_RESULTS / 'records.jsonl') if (LR_RESULTS / 'records.jsonl').exists() else []
 noise_records = read_jsonl(NOISE_RESULTS / 'records.jsonl') if (NOISE_RESULTS / 'records.jsonl').exists() else []
 if lr_records:
-    fig = plot_lr_sweep(lr_records, MODEL_TITLES); fig.suptitle('Large learning rates on real MNIST (10,000 images, 3 epochs)', fontsize=10)
-    plt.show(); plt.close(fig)
+    fig = plot_lr_sweep(lr_records, MODEL_TITLES)
+    fig.suptitle('Large learning rates on real MNIST (10,000 images, 3 epochs)', fontsize=10)
+    plt.show()
+    plt.close(fig)
     print(markdown_table(lr_sweep_verdict(lr_records), LR_COLUMNS))
     print(compare_divergence(lr_records))
 
 # %%
 if noise_records:
-    fig = plot_label_noise(noise_records); fig.suptitle('Noisy labels on real MNIST (FCN, 10,000 + 2,000 images, 15 epochs)', fontsize=10)
-    plt.show(); plt.close(fig)
+    fig = plot_label_noise(noise_records)
+    fig.suptitle('Noisy labels on real MNIST (FCN, 10,000 + 2,000 images, 15 epochs)', fontsize=10)
+    plt.show()
+    plt.close(fig)
     rows = label_noise_table(noise_records)
-    print(markdown_table(rows, NOISE_COLUMNS)); print(); print(markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS))
+    print(markdown_table(rows, NOISE_COLUMNS))
+    print()
+    print(markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS))
 
 # %% [markdown]
 # ### Verdicts

@@ -4,7 +4,7 @@
 # %% [markdown]
 # # landscape_experiment
 #
-# > Figures 1-3 of the paper on real data: an FCN on MNIST trained with SGD and SAM at four radii, its records, the verdicts on the three statements and the figures
+# > Figures 1-3 on real data: an FCN on MNIST trained with SGD and SAM at four radii, its records, verdicts and figures
 
 # %% [markdown]
 # The measurements come from [landscape](07_landscape.ipynb): `StepStats` records the optimizer's
@@ -159,8 +159,8 @@ def landscape_data(cfg):
     where = (cfg.dataset, str(Path(cfg.data_root).resolve()), cfg.train_subset, cfg.label_noise, cfg.seed)
     if where not in _DATA:
         _DATA.clear()
-        _DATA[where] = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset,
-                                    label_noise=cfg.label_noise, seed=cfg.seed, augment=cfg.augment, download=cfg.download)
+        _DATA[where] = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, seed=cfg.seed,
+                                    label_noise=cfg.label_noise, augment=cfg.augment, download=cfg.download)
     return _DATA[where]
 
 
@@ -192,6 +192,12 @@ def landscape_command(out, cfg, rhos, seeds, sgd, probe_epochs, n_probe, probe_i
             + ([] if sgd else ['--no-sgd']) + (['--train', *changed] if changed else []))
 
 
+def _run_config(cfg, optimizer, rho, seed) -> dict:
+    """The settings of one run of the sweep (SGD keeps `cfg`'s rho, unused)."""
+    rho = cfg.rho if rho is None else rho
+    return dataclasses.replace(cfg, optimizer=optimizer, rho=rho, seed=seed, out=None).to_dict()
+
+
 def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1, 2), *, sgd=True,
                          probe_epochs=(0, 1, 2, 5, 10, 20), n_probe=1000, probe_iters=100, command=None,
                          **options):
@@ -204,9 +210,7 @@ def landscape_experiment(out, cfg=None, rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1
                     n_probe=int(n_probe), probe_iters=int(probe_iters))
     runs = landscape_runs(rhos, seeds, sgd)
     specs = [dict(optimizer=o, rho=r, seed=s, n_probe=int(n_probe), probe_iters=int(probe_iters),
-                  probe_epochs=probe_epochs,
-                  config=dataclasses.replace(cfg, optimizer=o, rho=cfg.rho if r is None else r, seed=s, out=None).to_dict())
-             for o, r, s in runs]
+                  probe_epochs=probe_epochs, config=_run_config(cfg, o, r, s)) for o, r, s in runs]
     data = landscape_data(dataclasses.replace(cfg, seed=seeds[0])) if seeds else None
     meta = dict(data_root=cfg.data_root, n_train=len(data.train) if data else None,
                 n_test=min(len(data.test), cfg.test_subset or len(data.test)) if data else None, seeds=list(seeds))
@@ -578,7 +582,7 @@ def main(argv=None):
     p.add_argument('--n-probe', type=int, default=1000, help='training examples of the Hessian probes')
     p.add_argument('--probe-iters', type=int, default=100, help='power-iteration steps of a probe')
     p.add_argument('--train', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
-                   help='TrainConfig settings other than landscape_config\'s, e.g. epochs=20 train_subset=10000')
+                   help="TrainConfig settings other than landscape_config's, e.g. epochs=20 train_subset=10000")
     p.add_argument('--title', default=None, help='title of summary.md and the figure')
     add_common(p, data_root=LANDSCAPE_DEFAULTS['data_root'])
     args = p.parse_args(argv)

@@ -4,7 +4,7 @@
 # %% [markdown]
 # # Reproduce: the main job
 #
-# > `stablesam-reproduce`: the theory audit, the toy experiment of Figure 4 and SGD/SAM/StableSAM on real handwritten digits with label noise over several seeds, offline, in one command, with a one-page report.
+# > `stablesam-reproduce`: theory audit, toy Figure 4, SGD/SAM/StableSAM on noisy-label digits; offline, one report
 
 # %% [markdown]
 # A newcomer's first question is "what does this do?", and the answer should not wait for a dataset
@@ -36,6 +36,8 @@ import json
 import statistics
 import time
 from pathlib import Path
+
+from stablesam.experiment import add_common, command
 
 # %%
 #| hide
@@ -76,7 +78,7 @@ SIZES = {
 COMPARED = ('sgd', 'sam', 'stablesam')
 
 def command_line(out, quick=True, data_root='data', seed=0, stages=None):
-    "The `stablesam-reproduce` command line of a job (recorded in each result folder's config.json)."
+    """The `stablesam-reproduce` command line of a job (recorded in each result folder's config.json)."""
     return (['stablesam-reproduce'] + (['--quick'] if quick else ['--data-root', str(data_root)])
             + ['--seed', str(seed), '--out', str(out)] + (['--stages', *stages] if stages else []))
 
@@ -87,7 +89,7 @@ def command_line(out, quick=True, data_root='data', seed=0, stages=None):
 # %%
 #| export
 def run_audit(out, n_instances=16, seed=0, **_):
-    "Run the Section 4 audit (`verify_all`) and write `audit.md`; returns the rows."
+    """Run the Section 4 audit (`verify_all`) and write `audit.md`; returns the rows."""
     from stablesam.theory_audit import audit_table, verify_all
     from stablesam.theory_checks import status_counts
     rows = verify_all(n_instances=n_instances, seed=seed, progress=True)
@@ -100,7 +102,7 @@ def run_audit(out, n_instances=16, seed=0, **_):
 # %%
 #| export
 def run_toy(out, n_lrs=24, n_starts=1000, steps=1000, seed=0, **_):
-    "Compute Figure 4 (toy saddle problem) at the given size and write `figure4.png`; returns the rates."
+    """Compute Figure 4 (toy saddle problem) at the given size and write `figure4.png`; returns the rates."""
     import matplotlib.pyplot as plt
     from stablesam.toy import figure4, paper_lrs
     fig, rates = figure4(lrs=paper_lrs(n_lrs), n_starts=n_starts, steps=steps, seed=seed)
@@ -124,7 +126,7 @@ def run_toy(out, n_lrs=24, n_starts=1000, steps=1000, seed=0, **_):
 # %%
 #| export
 def compare_config(optimizer, seed=0, dataset='digits', data_root='data', epochs=20, label_noise=0.4, device='cpu'):
-    "The TrainConfig of one comparison run (FCN, Table 2's recipe scaled down, `label_noise` of the training labels randomised)."
+    """TrainConfig of one comparison run: FCN, Table 2's recipe scaled down, `label_noise` of the labels randomised."""
     from stablesam.train import TrainConfig
     return TrainConfig(dataset=dataset, data_root=str(data_root), model='fcn', optimizer=optimizer, rho=0.05, lr=0.05,
                        momentum=0.9, epochs=epochs, batch_size=128, weight_decay=5e-4, label_noise=label_noise,
@@ -145,46 +147,51 @@ def compare_config(optimizer, seed=0, dataset='digits', data_root='data', epochs
 DATA_LABELS = dict(digits='scikit-learn digits (8x8)', mnist='MNIST')
 
 def _runs(records):
-    "Per (optimizer, seed): that run's records in epoch order."
+    """Per (optimizer, seed): that run's records in epoch order."""
     runs = {}
     for r in records: runs.setdefault((r['optimizer'], r['seed']), []).append(r)
     return {k: sorted(v, key=lambda r: r['epoch']) for k, v in runs.items()}
 
 def spread(values, scale=100.0, signed=False):
-    "`values` times `scale` as 'mean ± std [min, max]' (sample std over the values); one value alone, without a spread."
+    """`values` times `scale` as 'mean ± std [min, max]' (sample std); one value alone, without a spread."""
     v = [scale * x for x in values]
     f = (lambda x: f"{x:+.1f}") if signed else (lambda x: f"{x:.1f}")
     if len(v) == 1: return f(v[0])
     return f"{f(statistics.mean(v))} ± {statistics.stdev(v):.1f} [{f(min(v))}, {f(max(v))}]"
 
 def comparison_table(records):
-    "The verdict in Markdown: per optimizer final/best test and final training accuracy over seeds, and the paired differences."
+    """Markdown verdict: per optimizer final/best test and final training accuracy over seeds; paired differences."""
     runs = _runs(records)
     seeds = sorted({s for _, s in runs})
     opts = [o for o in COMPARED if any(k[0] == o for k in runs)]
     first = records[0]
     over = (f"mean ± std [min, max] over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
             else f"one seed ({seeds[0]}), so no spread")
-    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"
+    def plural(n, word):
+        """`n` and `word`, plural unless `n` is 1."""
+        return f"{n} {word}{'s' if n != 1 else ''}"
     lines = [f"FCN on {DATA_LABELS.get(first['dataset'], first['dataset'])}, {100 * first['label_noise']:g}% of the "
              f"training labels randomised, {plural(first['epochs'], 'epoch')}; accuracies in %, {over}.", '',
-             '| optimizer | final test accuracy | best test accuracy (paper\'s protocol) | final training accuracy (noisy labels) |',
+             '| optimizer | final test accuracy | best test accuracy (paper\'s protocol) | '
+             'final training accuracy (noisy labels) |',
              '|---|---|---|---|']
     for o in opts:
         rs = [runs[o, s] for s in seeds if (o, s) in runs]
         lines.append(f"| {optimizer_label(o)} | {spread([r[-1]['test_acc'] for r in rs])} | "
-                     f"{spread([max(e['test_acc'] for e in r) for r in rs])} | {spread([r[-1]['train_acc'] for r in rs])} |")
+                     f"{spread([max(e['test_acc'] for e in r) for r in rs])} | "
+                     f"{spread([r[-1]['train_acc'] for r in rs])} |")
     pairs = [(a, b) for a, b in (('stablesam', 'sam'), ('sam', 'sgd')) if a in opts and b in opts]
     if pairs: lines.append('')
     for a, b in pairs:
         paired = [s for s in seeds if (a, s) in runs and (b, s) in runs]
         d = [runs[a, s][-1]['test_acc'] - runs[b, s][-1]['test_acc'] for s in paired]
         lines.append(f"- {optimizer_label(a)} - {optimizer_label(b)}, final test accuracy paired by seed: "
-                     f"{spread(d, signed=True)} points; {optimizer_label(a)} higher in {sum(x > 0 for x in d)} of {plural(len(d), 'seed')}.")
+                     f"{spread(d, signed=True)} points; {optimizer_label(a)} higher in {sum(x > 0 for x in d)} "
+                     f"of {plural(len(d), 'seed')}.")
     return '\n'.join(lines)
 
 def optimizer_label(name):
-    "The optimizer's display name from `stablesam.style`."
+    """The optimizer's display name from `stablesam.style`."""
     from stablesam.style import optimizer_style
     return optimizer_style(name).label
 
@@ -217,7 +224,7 @@ assert '±' not in one and 'one seed (0), so no spread' in one, one
 # %%
 #| export
 def plot_comparison(records, title=None):
-    "Test and training accuracy per epoch, one line per optimizer: mean over seeds, min-max over seeds shaded."
+    """Test and training accuracy per epoch, one line per optimizer: mean over seeds, min-max over seeds shaded."""
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
@@ -234,9 +241,11 @@ def plot_comparison(records, title=None):
             lo_all, hi_all = min(lo_all, q.scale * lo[late].min()), max(hi_all, q.scale * hi[late].max())
         pad = 0.1 * max(hi_all - lo_all, 1e-6)
         ax.set_ylim(lo_all - pad, hi_all + pad)
-        ax.set_xlabel(quantity('epoch').label); ax.set_ylabel(q.label)
+        ax.set_xlabel(quantity('epoch').label)
+        ax.set_ylabel(q.label)
         ax.set_title('clean test labels' if key == 'test_acc' else 'noisy training labels', fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title is None:
         r, n = records[0], len({r['seed'] for r in records})
@@ -247,7 +256,9 @@ def plot_comparison(records, title=None):
 
 
 # %%
-fig = plot_comparison(fake); plt.show(); plt.close(fig)
+fig = plot_comparison(fake)
+plt.show()
+plt.close(fig)
 
 # %% [markdown]
 # `run_comparison` trains the three optimizers for each seed through the experiment runner
@@ -282,13 +293,14 @@ def train_comparison_run(spec: dict, run) -> list:
 
 def run_comparison(out, setting='digits-quick', dataset='digits', data_root='data', epochs=20, n_seeds=5,
                    label_noise=0.4, seed=0, device='cpu', command=None, progress=True, **_):
-    """SGD, SAM and StableSAM for seeds `seed`.. `seed+n_seeds-1` into `out/setting/` (records, config, summary, figure)."""
+    """SGD, SAM, StableSAM for seeds `seed`..`seed+n_seeds-1` into `out/setting/` (records, config, summary, figure)."""
     import matplotlib.pyplot as plt
     from stablesam.data import get_datasets
     from stablesam.experiment import run_experiment
     dest = Path(out) / setting
     seeds = list(range(seed, seed + n_seeds))
-    train = {k: v for k, v in compare_config('sgd', seed, dataset, data_root, epochs, label_noise, device).to_dict().items()
+    train = {k: v
+             for k, v in compare_config('sgd', seed, dataset, data_root, epochs, label_noise, device).to_dict().items()
              if k not in _NOT_SETTINGS}
     specs = [dict(dataset=dataset, data_root=str(data_root), label_noise=label_noise, epochs=epochs, device=device,
                   optimizer=o, seed=s) for s in seeds for o in COMPARED]
@@ -324,7 +336,8 @@ test_eq((cfg['n_train'], cfg['n_test'], cfg['seeds']), (1297, 500, [0, 1]))
 before = (small / 'records.jsonl').read_text()
 again = run_comparison(tmp, setting='digits-small', epochs=3, n_seeds=2, progress=False)
 test_eq((small / 'records.jsonl').read_text(), before)
-test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=2, progress=False), contains='other settings')
+test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=2, progress=False),
+          contains='other settings')
 
 
 # %% [markdown]
@@ -337,18 +350,20 @@ test_fail(lambda: run_comparison(tmp, setting='digits-small', epochs=4, n_seeds=
 # %%
 #| export
 def mnist_present(data_root):
-    "Whether the real MNIST files are in `data_root` (as torchvision stores them)."
+    """Whether the real MNIST files are in `data_root` (as torchvision stores them)."""
     raw = Path(data_root) / 'MNIST' / 'raw'
     return all((raw / f).exists() or (raw / (f + '.gz')).exists()
-               for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
+               for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
+                         't10k-labels-idx1-ubyte'))
 
 def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=None, command=None, **_):
-    """The CPU-size stability run of Figure 5 (FCN on the first `subset` MNIST images, default `CPU_SUBSET`); writes `out/stability/`."""
+    """The CPU-size stability run of Figure 5 (FCN on `subset` MNIST images, default CPU_SUBSET) in `out/stability/`."""
     import matplotlib.pyplot as plt
     from stablesam import stability as st
     dest = Path(out) / 'stability'
     seeds, subset = list(range(seed, seed + n_seeds)), subset or st.CPU_SUBSET
-    cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu', download=False)
+    cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu',
+                              download=False)
     records = st.run_stability(cfg, seeds=seeds, subset=subset, out=dest, command=command)
     fig = st.plot_stability(records, f"FCN on MNIST ({subset:,} images), constant lr")
     fig.savefig(dest / 'stability.png', dpi=150)
@@ -368,28 +383,29 @@ def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=N
 # %%
 #| export
 def plan(quick=True, data_root='data', stages=None):
-    "The stages to run (all, or those named in `stages`), with their settings, for the quick or full job."
+    """The stages to run (all, or those named in `stages`), with their settings, for the quick or full job."""
     sizes = SIZES['quick' if quick else 'full']
     todo = [('audit', sizes['audit']), ('toy', sizes['toy']), ('compare', sizes['compare'])]
     if not quick and mnist_present(data_root): todo.append(('stability', sizes['stability']))
     return todo if stages is None else [(n, s) for n, s in todo if n in stages]
 
 def estimate(stages):
-    "The expected wall time of `stages` on two CPU cores, in seconds."
+    """The expected wall time of `stages` on two CPU cores, in seconds."""
     return sum(s['est_s'] for _, s in stages)
 
 def duration(seconds):
-    "`seconds` as a short human-readable duration."
+    """`seconds` as a short human-readable duration."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # %%
 #| export
 def _report(out, quick, results, timings, errors, total):
-    "Write the one-page `report.md` that links everything the job wrote."
+    """Write the one-page `report.md` that links everything the job wrote."""
     from stablesam.runs import machine
     lines = [f"# stablesam reproduce ({'quick' if quick else 'full'})", '',
-             f"Wall time {total:.0f} s on this machine ({machine()}). Each section links the notebook that explains it.", '']
+             f"Wall time {total:.0f} s on this machine ({machine()}). "
+             "Each section links the notebook that explains it.", '']
     if 'audit' in results:
         rows = results['audit']
         from stablesam.theory_checks import status_counts
@@ -407,17 +423,21 @@ def _report(out, quick, results, timings, errors, total):
                   '| rho | ' + ' | '.join(m for m in ('gd', 'sam', 'stablesam') if m in rates) + ' |',
                   '|---|' + '---|' * sum(m in rates for m in ('gd', 'sam', 'stablesam'))]
         for i, rho in enumerate(rates['rhos']):
-            lines.append(f'| {rho:g} | ' + ' | '.join(f"{rates[m][i].mean():.3f}" for m in ('gd', 'sam', 'stablesam') if m in rates) + ' |')
+            lines.append(f'| {rho:g} | '
+                         + ' | '.join(f"{rates[m][i].mean():.3f}" for m in ('gd', 'sam', 'stablesam') if m in rates)
+                         + ' |')
         lines += ['']
     if 'compare' in results:
         setting = SIZES['quick' if quick else 'full']['compare']['setting']
         r = results['compare'][0]
         lines += [f"## SGD, SAM and StableSAM on {DATA_LABELS.get(r['dataset'], r['dataset'])}, "
-                  f"{100 * r['label_noise']:g}% label noise", '', f'![test and training accuracy]({setting}/comparison.png)', '',
+                  f"{100 * r['label_noise']:g}% label noise", '',
+                  f'![test and training accuracy]({setting}/comparison.png)', '',
                   (Path(out) / setting / 'summary.md').read_text().strip(), '',
                   f"Records, settings and wall time in [{setting}/]({setting}/) ({timings['compare']:.0f} s).", '']
     if 'stability' in results:
-        lines += ['## Section 5.2: algorithmic stability (FCN on MNIST, CPU size)', '', '![stability](stability/stability.png)', '',
+        lines += ['## Section 5.2: algorithmic stability (FCN on MNIST, CPU size)', '',
+                  '![stability](stability/stability.png)', '',
                   (Path(out) / 'stability' / 'summary.md').read_text().strip(), '',
                   f"Records in [stability/](stability/) ({timings['stability']:.0f} s).", '']
     for stage, err in errors.items():
@@ -430,7 +450,7 @@ def _report(out, quick, results, timings, errors, total):
 STAGES = dict(audit=run_audit, toy=run_toy, compare=run_comparison, stability=run_stability_figure5)
 
 def reproduce(out, quick=True, data_root='data', seed=0, stages=None):
-    "Run the main job into `out`; returns `{stage: result}` and writes `report.md`. Failed stages are reported, not raised."
+    """Run the main job into `out`; returns `{stage: result}`, writes `report.md`; failures reported, not raised."""
     import traceback
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -481,13 +501,16 @@ test_eq(list(res['errors']), ['toy'])
 test_eq('disk full' in (tmp / 'broken' / 'report.md').read_text(), True)
 seen, saved = {}, dict(STAGES)
 def _recorder(name):
-    def stage(out, **kw): seen[name] = kw; raise RuntimeError('recorded')
+    def stage(out, **kw):
+        seen[name] = kw
+        raise RuntimeError('recorded')
     return stage
 STAGES.update({name: _recorder(name) for name in STAGES})
 try: reproduce(tmp / 'seeds', quick=True, seed=7, stages=('audit', 'toy'))
 finally: STAGES.update(saved)
 test_eq({n: kw['seed'] for n, kw in seen.items()}, dict(audit=7, toy=7))
-test_eq(seen['toy']['command'], ['stablesam-reproduce', '--quick', '--seed', '7', '--out', str(tmp / 'seeds'), '--stages', 'audit', 'toy'])
+test_eq(seen['toy']['command'],
+        ['stablesam-reproduce', '--quick', '--seed', '7', '--out', str(tmp / 'seeds'), '--stages', 'audit', 'toy'])
 
 
 # %% [markdown]
@@ -495,19 +518,24 @@ test_eq(seen['toy']['command'], ['stablesam-reproduce', '--quick', '--seed', '7'
 
 # %%
 #| export
+@command('stablesam-reproduce')
 def main(argv=None):
-    "The `stablesam-reproduce` command."
+    """The `stablesam-reproduce` command."""
     ap = argparse.ArgumentParser(prog='stablesam-reproduce', description=(
-        'Run the theory audit, the toy Figure 4 and SGD/SAM/StableSAM on real data with label noise over several seeds '
-        '(quick: scikit-learn\'s digits, no download; full: MNIST from --data-root), and write the figures, the tables, '
-        'the records and report.md into --out.'))
-    ap.add_argument('--quick', action='store_true', help='CI-size stages on the bundled digits, about a minute on a laptop CPU')
-    ap.add_argument('--out', required=True, type=Path, help='folder to write the report, figures, tables and records to')
+        'Run the theory audit, the toy Figure 4 and SGD/SAM/StableSAM on real data with label noise over several '
+        'seeds (quick: scikit-learn\'s digits, no download; full: MNIST from --data-root), and write the figures, the '
+        'tables, the records and report.md into --out.'))
+    ap.add_argument('--quick', action='store_true',
+                    help='CI-size stages on the bundled digits, about a minute on a laptop CPU')
+    ap.add_argument('--out', required=True, type=Path,
+                    help='folder to write the report, figures, tables and records to')
     ap.add_argument('--data-root', default='data', type=Path,
-                    help='full job only: where MNIST is read from (downloaded there if missing); the CPU-size stability '
-                         'run is added if MNIST is already present')
-    ap.add_argument('--seed', default=0, type=int, help='random seed of every stage (the first of the comparison\'s seeds)')
+                    help='full job only: where MNIST is read from (downloaded there if missing); the CPU-size '
+                         'stability run is added if MNIST is already present')
+    ap.add_argument('--seed', default=0, type=int,
+                    help='random seed of every stage (the first of the comparison\'s seeds)')
     ap.add_argument('--stages', nargs='+', choices=list(STAGES), help='run only these stages')
+    add_common(ap, 'debug')
     args = ap.parse_args(argv)
     todo = plan(args.quick, args.data_root, args.stages)
     print(f"stablesam-reproduce ({'quick' if args.quick else 'full'}): {', '.join(n for n, _ in todo)}; "
@@ -540,5 +568,7 @@ records = read_jsonl(committed / 'records.jsonl')
 config = json.loads((committed / 'config.json').read_text())
 print(f"{len(records)} records; n_train {config['n_train']}, n_test {config['n_test']}, seeds {config['seeds']}, "
       f"{config['epochs']} epochs, wall time {config['wall_time_s']:.0f} s on {config['machine']}")
-fig = plot_comparison(records); plt.show(); plt.close(fig)
+fig = plot_comparison(records)
+plt.show()
+plt.close(fig)
 display(Markdown(comparison_table(records)))

@@ -20,7 +20,8 @@ from .variants import VARIANTS, variant
 AMP_MODES = ('none', 'bf16', 'fp16')
 LR_SCHEDULES = ('cosine', 'constant')
 NONFINITE = ('stop', 'skip')  # what a non-finite loss or gradient does: stop the run (exit status 3), or skip the step
-RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every', 'on_nonfinite')
+RESUMABLE = ('out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'checkpoint_every',
+             'on_nonfinite')
 
 
 def setting(default, help: str, choices=None):
@@ -33,7 +34,8 @@ class TrainConfig:
     """Every setting of a training run (defaults: the CIFAR recipe of Table 2 with plain SGD)."""
     dataset: str = setting('cifar10', "dataset (imagenet: an ImageFolder tree with train/ and val/ under --data-root)",
                            DATASETS)
-    data_root: str = setting('data', "folder holding the datasets (torchvision downloads MNIST/CIFAR there on first use)")
+    data_root: str = setting('data',
+                             "folder holding the datasets (torchvision downloads MNIST/CIFAR there on first use)")
     model: str = setting('resnet20', "network", MODELS)
     optimizer: str = setting('sgd', "optimizer variant (sgd: the base optimizer alone; see stablesam.variants)",
                              VARIANTS.keys())
@@ -111,7 +113,8 @@ class TrainConfig:
                 raise ValueError(f"Unknown {f.name}: {getattr(self, f.name)!r} (choose from {', '.join(choices)})")
         for key in ('rho', 'lr', 'momentum', 'weight_decay'):
             v = getattr(self, key)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"Invalid {key}: {v}")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"Invalid {key}: {v}")
         for key in ('epochs', 'batch_size'):
             v = getattr(self, key)
             if not (isinstance(v, int) and v >= 1): raise ValueError(f"Invalid {key}: {v} (a positive integer)")
@@ -125,13 +128,15 @@ class TrainConfig:
         if self.workers is not None and self.workers < 0: raise ValueError(f"Invalid workers: {self.workers}")
         v = self.checkpoint_every
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"Invalid checkpoint_every: {v} (seconds between checkpoints within an epoch; 0: epoch ends only)")
+            raise ValueError(f"Invalid checkpoint_every: {v} "
+                             "(seconds between checkpoints within an epoch; 0: epoch ends only)")
         if self.fsdp and (self.ascent == 'local' or self.amp == 'fp16'):
             raise ValueError(f"Invalid fsdp with ascent={self.ascent!r}, amp={self.amp!r}: FSDP shards need ascent "
                              "'global' (no replica holds whole parameters) and no fp16 GradScaler")
         if self.gamma0 is not None and not variant(self.optimizer).stable:
             raise ValueError(f"Invalid gamma0 with optimizer {self.optimizer!r}: gamma0 clamps the renormalization "
-                             f"factor of a renormalizing variant ({', '.join(k for k, v in VARIANTS.items() if v.stable)})")
+                             "factor of a renormalizing variant "
+                             f"({', '.join(k for k, v in VARIANTS.items() if v.stable)})")
         return self
 
 
@@ -141,10 +146,11 @@ def _at_most(n, cap):
 
 # %% ../nbs/04a_config.ipynb #d528028f
 def epochs_change(saved_epochs, cfg):
-    """Why a run checkpointed with `saved_epochs` epochs cannot resume as `cfg` (None where it can: the same, or more at a constant lr)."""
+    """Why a run saved at `saved_epochs` epochs can't resume as `cfg` (None if it can: same, or more at constant lr)."""
     if saved_epochs == cfg.epochs: return None
     if cfg.schedule != 'constant':
-        return (f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (the {cfg.schedule} schedule would change: "
+        return (f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now "
+                f"(the {cfg.schedule} schedule would change: "
                 "its learning rate at every step depends on the number of epochs)")
     if cfg.epochs < saved_epochs:
         return f"epochs: {saved_epochs!r} in the checkpoint, {cfg.epochs!r} now (a run is extended, never shortened)"

@@ -113,7 +113,7 @@ class CheckpointError(RuntimeError):
 PREVIOUS = 'checkpoint.prev.pt'  # the checkpoint before the latest
 
 def _read(path):
-    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a CheckpointError naming it."""
+    """`torch.load` with `weights_only=True` (a checkpoint never runs code); a failure is a CheckpointError."""
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:

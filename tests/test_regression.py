@@ -56,8 +56,9 @@ def test_stability(root, tmp_path):
 def test_lr_sweep(root, tmp_path):
     from stablesam.robustness import main
     out = tmp_path / 'lr'
-    assert main(['lr-sweep', '--data-root', str(root), '--n-train', '64', '--epochs', '2', '--seeds', '0', '1', '--lrs', '0.05',
-                 '3.0', '--models', 'fcn', '--batch-size', '16', '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
+    assert main(['lr-sweep', '--data-root', str(root), '--n-train', '64', '--epochs', '2', '--seeds', '0', '1',
+                 '--lrs', '0.05', '3.0', '--models', 'fcn', '--batch-size', '16', '--device', 'cpu', '--quiet',
+                 '--out', str(out)]) == 0
     assert_same_records(read_jsonl(out / 'records.jsonl'), fixture('lr_sweep'))
     assert_same_summary(out / 'summary.md', 'lr_sweep', root, tmp_path)
 
@@ -65,8 +66,9 @@ def test_lr_sweep(root, tmp_path):
 def test_label_noise(root, tmp_path):
     from stablesam.robustness import main
     out = tmp_path / 'ln'
-    assert main(['label-noise', '--data-root', str(root), '--n-train', '96', '--n-val', '32', '--epochs', '2', '--seeds',
-                 '0', '1', '--noises', '0.4', '--batch-size', '16', '--device', 'cpu', '--quiet', '--out', str(out)]) == 0
+    assert main(['label-noise', '--data-root', str(root), '--n-train', '96', '--n-val', '32', '--epochs', '2',
+                 '--seeds', '0', '1', '--noises', '0.4', '--batch-size', '16', '--device', 'cpu', '--quiet',
+                 '--out', str(out)]) == 0
     assert_same_records(read_jsonl(out / 'records.jsonl'), fixture('label_noise'))
     assert_same_summary(out / 'summary.md', 'label_noise', root, tmp_path)
 

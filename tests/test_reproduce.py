@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from stablesam.data import write_fake_mnist
-from stablesam.reproduce import SIZES, compare_config, estimate, mnist_present, plan, run_comparison, run_stability_figure5
+from stablesam.reproduce import (SIZES, compare_config, estimate, mnist_present, plan, run_comparison,
+                                 run_stability_figure5)
 
 QUICK = SIZES['quick']['compare']
 OPTIMIZERS = ('SGD', 'SAM', 'StableSAM')
@@ -87,7 +88,8 @@ def test_quick_job_config_says_what_ran_and_where(quick_job):
 def test_quick_job_audit_table_has_every_statement(quick_job):
     _, out = quick_job
     audit = (out / 'audit.md').read_text()
-    for statement in ('Lemma 5', 'Theorem 8', 'Theorem 10', 'Theorem 15', 'Theorem 17', 'Theorem 18', 'Remark 19', 'Table 1'):
+    for statement in ('Lemma 5', 'Theorem 8', 'Theorem 10', 'Theorem 15', 'Theorem 17', 'Theorem 18', 'Remark 19',
+                      'Table 1'):
         assert f'| {statement} |' in audit, statement
 
 
@@ -105,7 +107,7 @@ def test_comparison_seed_single_seed_and_resume(tmp_path, one_thread):
 
 
 def test_shared_data_gives_the_trainers_own_records(one_thread):
-    """The comparison loads each seed's noisy digits once for three optimizers: the same records as a Trainer loading them."""
+    """The comparison loads each seed's noisy digits once for three optimizers: the same records as a Trainer's own."""
     import dataclasses
     from stablesam.data import get_datasets, in_memory
     from stablesam.train import Trainer, comparable
@@ -139,12 +141,13 @@ def test_full_job_stages_run_on_mnist_files(tmp_path, one_thread):
     """The full job's MNIST comparison and stability stages, at toy size on generated MNIST files (a test of the code
     path only: generated data is never a result)."""
     write_fake_mnist(tmp_path / 'data', n_train=60, n_test=30)
-    recs = run_comparison(tmp_path, setting='mnist-tiny', dataset='mnist', data_root=tmp_path / 'data', epochs=1, n_seeds=1,
-                          seed=4, progress=False)
+    recs = run_comparison(tmp_path, setting='mnist-tiny', dataset='mnist', data_root=tmp_path / 'data', epochs=1,
+                          n_seeds=1, seed=4, progress=False)
     assert {(r['dataset'], r['seed']) for r in recs} == {('mnist', 4)} and len(recs) == 3
     assert json.loads((tmp_path / 'mnist-tiny' / 'config.json').read_text())['n_train'] == 60
     recs = run_stability_figure5(tmp_path, tmp_path / 'data', seed=5, n_seeds=1, epochs=1, subset=20, command=['x'])
     assert {r['seed'] for r in recs} == {5} and {r['optimizer'] for r in recs} == {'sgd', 'sam', 'stablesam'}
     cfg = json.loads((tmp_path / 'stability' / 'config.json').read_text())
     assert (cfg['n_train'], cfg['seeds'], cfg['command']) == (19, [5], ['x'])
-    assert sorted(p.name for p in (tmp_path / 'stability').iterdir()) == ['config.json', 'pairs', 'records.jsonl', 'stability.png', 'summary.md']
+    assert sorted(p.name for p in (tmp_path / 'stability').iterdir()) == ['config.json', 'records.jsonl', 'runs',
+                                                                         'stability.png', 'summary.md']

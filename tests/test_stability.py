@@ -89,9 +89,10 @@ def test_identical_sets_never_drift(tmp_path):
 def test_cli_end_to_end(tmp_path, dataset, writer, capsys):
     writer(tmp_path / 'data', 48, 24)
     out = tmp_path / 'out'
+    # main returns the exit status (console scripts sys.exit() it)
     assert main(['--dataset', dataset, '--data-root', str(tmp_path / 'data'), '--optimizers', 'sgd', 'stablesam',
                     '--epochs', '2', '--seeds', '0', '1', '--subset', '40', '--batch-size', '13', '--lr', '0.05',
-                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) == 0   # console scripts sys.exit() it
+                    '--schedule', 'cosine', '--out', str(out), '--quiet', '--no-download', '--device', 'cpu']) == 0
     recs = read_jsonl(out / 'records.jsonl')
     assert len(recs) == 2 * 2 * 3                                   # optimizers x seeds x (epochs 0..2)
     assert {(r['optimizer'], r['seed'], r['epoch']) for r in recs} == \
@@ -135,7 +136,8 @@ def test_cli_bad_input(tmp_path, args, message, capsys):
 
 
 def test_cli_missing_data_names_folder(tmp_path, capsys):
-    assert main(['--data-root', str(tmp_path / 'nothing'), '--no-download', '--out', str(tmp_path / 'o'), '--quiet']) == 2
+    assert main(['--data-root', str(tmp_path / 'nothing'), '--no-download', '--out', str(tmp_path / 'o'),
+                 '--quiet']) == 2
     assert str(tmp_path / 'nothing') in capsys.readouterr().err
 
 
@@ -169,8 +171,8 @@ def test_bad_arguments_in_python():
 def test_console_script_exit_status(tmp_path):
     """The installed `stablesam-stability` entry point exits 0 on success and 2 on bad input."""
     write_fake_mnist(tmp_path / 'data', 24, 12)
-    args = ['--data-root', str(tmp_path / 'data'), '--no-download', '--epochs', '1', '--seeds', '0', '--optimizers', 'sgd',
-            '--batch-size', '8', '--device', 'cpu', '--quiet', '--out', str(tmp_path / 'out')]
+    args = ['--data-root', str(tmp_path / 'data'), '--no-download', '--epochs', '1', '--seeds', '0',
+            '--optimizers', 'sgd', '--batch-size', '8', '--device', 'cpu', '--quiet', '--out', str(tmp_path / 'out')]
     code = 'import sys; from stablesam.stability import main; sys.exit(main())'
     ok = subprocess.run([sys.executable, '-c', code] + args, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

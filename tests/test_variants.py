@@ -34,7 +34,8 @@ def test_registered_variant_everywhere(half_rho, tmp_path, capsys):
     common = ['--dataset', 'mnist', '--data-root', str(tmp_path / 'data'), '--model', 'fcn', '--epochs', '1',
               '--batch-size', '32', '--no-augment', '--no-progress']
     assert train_main([*common, '--optimizer', 'sgd', '--out', str(tmp_path / 'runs' / 'sgd')]) == 0
-    assert train_main([*common, '--optimizer', half_rho, '--gamma0', '0.5', '--out', str(tmp_path / 'runs' / half_rho)]) == 0
+    assert train_main([*common, '--optimizer', half_rho, '--gamma0', '0.5',
+                       '--out', str(tmp_path / 'runs' / half_rho)]) == 0
     capsys.readouterr()
     assert results_main([str(tmp_path / 'runs')]) == 0
     table = (tmp_path / 'runs' / 'results.md').read_text()
