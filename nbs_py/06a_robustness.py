@@ -122,7 +122,6 @@ test_eq(_ok[-1]['diverged'], False)
 test_eq(_bad[-1]['diverged'], True)
 assert _bad[-1]['outcome'] in ('nonfinite', 'chance')
 
-
 # %% [markdown]
 # ## Sweeps that resume
 #
