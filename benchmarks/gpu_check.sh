@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 python -c "import sys; from stablesam.data import write_fake_cifar; write_fake_cifar(sys.argv[1], n_train=256, n_test=256)" "$tmp/data"
 for amp in bf16 fp16; do
   echo "(c) stablesam-train --quick --amp $amp"
-  timeout 90 python -c 'import sys; from stablesam.train import main; sys.exit(main())' \
+  timeout 90 python -c 'import sys; from stablesam.cli import main; sys.exit(main())' \
     --quick --dataset cifar10 --data-root "$tmp/data" --no-download --model resnet20 --optimizer stablesam \
     --amp "$amp" --device cuda --no-progress --out "$tmp/run-$amp"
   python -c "import json, math, sys; m = [json.loads(l) for l in open(sys.argv[1])][-1]; \

@@ -12,7 +12,8 @@ import time
 import torch
 
 from stablesam.data import write_fake_cifar
-from stablesam.train import Trainer, TrainConfig
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer
 
 
 def main():

@@ -750,7 +750,8 @@ def probed_run(cfg, epochs, n_examples=1000, batch_size=250, **probe_kwargs):
 
 # %%
 from stablesam.data import write_fake_cifar
-from stablesam.train import preset_config, read_metrics
+from stablesam.config import preset_config
+from stablesam.runs import read_metrics
 
 # %%
 quick_root = Path(tempfile.mkdtemp())

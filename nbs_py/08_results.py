@@ -346,7 +346,8 @@ def main(argv=None):
 
 # %%
 from stablesam.data import write_fake_mnist
-from stablesam.train import Trainer, TrainConfig
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer
 
 # %%
 root = Path(tempfile.mkdtemp())

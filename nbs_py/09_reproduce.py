@@ -45,7 +45,7 @@ import tempfile
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail
 from IPython.display import Image, Markdown, display
-from stablesam.train import read_jsonl
+from stablesam.runs import read_jsonl
 
 # %%
 #| hide
@@ -127,7 +127,7 @@ def run_toy(out, n_lrs=24, n_starts=1000, steps=1000, seed=0, **_):
 #| export
 def compare_config(optimizer, seed=0, dataset='digits', data_root='data', epochs=20, label_noise=0.4, device='cpu'):
     """TrainConfig of one comparison run: FCN, Table 2's recipe scaled down, `label_noise` of the labels randomised."""
-    from stablesam.train import TrainConfig
+    from stablesam.config import TrainConfig
     return TrainConfig(dataset=dataset, data_root=str(data_root), model='fcn', optimizer=optimizer, rho=0.05, lr=0.05,
                        momentum=0.9, epochs=epochs, batch_size=128, weight_decay=5e-4, label_noise=label_noise,
                        label_smoothing=0.1, schedule='cosine', seed=seed, augment=False, device=device, workers=0,

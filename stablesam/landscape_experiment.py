@@ -30,7 +30,7 @@ _PATH_SETTINGS = ('data_root', 'out', 'resume', 'device', 'progress', 'workers',
 
 def landscape_config(**settings):
     """Real-data `TrainConfig`: FCN, 10k MNIST images, 20 epochs, batch 128, momentum 0.9, lr 0.05 cosine, wd 5e-4."""
-    from stablesam.train import TrainConfig
+    from stablesam.config import TrainConfig
     return TrainConfig(**{**LANDSCAPE_DEFAULTS, **settings}).validate()
 
 # %% ../nbs/07a_landscape_experiment.ipynb #a5d2999f

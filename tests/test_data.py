@@ -202,7 +202,8 @@ def test_digits_real_offline_fixed_split():
 
 def test_digits_through_the_trainer(one_thread):
     """`TrainConfig(dataset='digits')` trains FCN and builds LeNet (padded to 32x32) for the 8x8 digits."""
-    from stablesam.train import Trainer, TrainConfig
+    from stablesam.config import TrainConfig
+    from stablesam.train import Trainer
     kw = dict(dataset='digits', epochs=2, batch_size=64, lr=0.05, device='cpu', progress=False, augment=False)
     hist = Trainer(TrainConfig(model='fcn', optimizer='stablesam', **kw)).fit()
     assert hist[-1]['test_acc'] > 0.8  # real digits are learnt in two epochs

@@ -18,7 +18,8 @@ from stablesam.cli import main as train_main
 from stablesam.data import write_fake_mnist
 from stablesam.runs import (PREVIOUS, append_jsonl, read_json, read_jsonl, read_metrics, strict_json, write_json,
                             write_jsonl)
-from stablesam.train import Trainer, TrainConfig, comparable
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer, comparable
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'  # ../shared/data from the project root

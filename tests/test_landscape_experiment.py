@@ -8,7 +8,7 @@ import pytest
 from stablesam.landscape_experiment import (_epoch_list, _quadratic_model, epoch_ranges, format_landscape_summary,
                                             landscape_config, landscape_experiment, landscape_runs, landscape_summary,
                                             parabola_fit)
-from stablesam.train import read_jsonl
+from stablesam.runs import read_jsonl
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 ROOT = Path(__file__).resolve().parents[1]

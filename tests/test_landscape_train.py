@@ -4,7 +4,9 @@ import torch
 
 from stablesam.data import write_fake_cifar
 from stablesam.landscape import HESSIAN_PROBE, STEP_STATS, HessianProbe, StepStats
-from stablesam.train import TrainConfig, Trainer, comparable, read_jsonl
+from stablesam.config import TrainConfig
+from stablesam.runs import read_jsonl
+from stablesam.train import Trainer, comparable
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

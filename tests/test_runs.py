@@ -7,7 +7,8 @@ import pytest
 
 from stablesam.data import write_fake_mnist
 from stablesam.runs import CONFIG, METRICS, JsonlLog, read_metrics, read_run
-from stablesam.train import Trainer, TrainConfig, comparable
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer, comparable
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

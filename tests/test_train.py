@@ -15,7 +15,8 @@ import torch
 from stablesam.data import write_fake_cifar, write_fake_mnist
 from stablesam.cli import main, table_runs
 from stablesam.runs import load_checkpoint, read_metrics, save_checkpoint
-from stablesam.train import Trainer, TrainConfig, comparable
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer, comparable
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
@@ -198,7 +199,8 @@ def test_amp_on_cpu(root, amp):
 DDP_SCRIPT = """
 import json, os, sys
 import torch, torch.distributed as dist
-from stablesam.train import Trainer, TrainConfig
+from stablesam.config import TrainConfig
+from stablesam.train import Trainer
 root, out = sys.argv[1:]
 kw = dict(dataset='mnist', data_root=root, model='fcn', batch_size=64, lr=0.05, label_smoothing=0.0, augment=False,
           progress=False)
