@@ -107,20 +107,23 @@ def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
     ctx = mp.get_context('spawn')
     reports = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // processes)
-    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(reports, threads)) as pool:
-        pending = {pool.submit(_train_spec, train, todo[j], folders[j], j): j for j in range(len(todo))}
-        try:
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(reports, tick)
-                for future in done:
-                    finish(pending.pop(future), future.result())
+    pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(reports, threads))
+    pending, finished = {pool.submit(_train_spec, train, todo[j], folders[j], j): j for j in range(len(todo))}, False
+    try:
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(reports, tick)
-        except BrokenProcessPool as e:
-            raise RuntimeError("a worker process died (killed, or out of memory?); the finished runs are recorded: "
-                               "run the same command again to continue") from e
-        finally:
-            for future in pending: future.cancel()
+            for future in done:
+                finish(pending.pop(future), future.result())
+        _drain(reports, tick)
+        finished = True
+    except BrokenProcessPool as e:
+        raise RuntimeError("a worker process died (killed, or out of memory?); the finished runs are recorded: "
+                           "run the same command again to continue") from e
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:   # a run that failed stops its other workers now instead of waiting for their runs
+            for proc in list((getattr(pool, '_processes', None) or {}).values()): proc.terminate()
 
 
 def _drain(queue, tick) -> None:

@@ -14,8 +14,8 @@ import render_docs  # noqa: E402
 
 
 # the pages whose section is a figure of the paper or an experiment's result
-FIGURE_PAGES = {'00_optim', '01c_theory_audit', '02_toy', '05_train', '06_stability', '07_landscape', '08_results',
-                '09_reproduce'}
+FIGURE_PAGES = {'00_optim', '01c_theory_audit', '02_toy', '05_train', '06_stability', '07_landscape',
+                '07a_landscape_experiment', '08_results', '09_reproduce'}
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment_helpers import dies_on_three, squares
+from experiment_helpers import dies_on_three, fails_on_two, squares
 from stablesam.data import write_fake_mnist
 from stablesam.experiment import CONFIG, RECORDS, run_experiment
 from stablesam.runs import read_json, read_jsonl
@@ -97,6 +97,15 @@ def test_a_dead_worker_stops_the_run(tmp_path):
     assert {r['x'] for r in read_jsonl(tmp_path / RECORDS)} <= {1, 2, 4}
     again = run_experiment(tmp_path, specs, squares, key=('x',), settings={}, executor='processes', progress=False)
     assert again == run_experiment(tmp_path / 'one', specs, squares, key=('x',), settings={}, progress=False)
+
+
+def test_a_failing_run_stops_the_others_at_once(tmp_path):
+    """An exception in one worker's run reaches the caller without waiting for the other worker's long run."""
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match='bad spec x=2'):
+        run_experiment(tmp_path, [dict(x=x, epochs=1) for x in (1, 2)], fails_on_two, key=('x',), settings={},
+                       executor='processes', processes=2, progress=False)
+    assert time.monotonic() - t0 < 45
 
 
 def test_runner_refuses_bad_input(tmp_path):
