@@ -55,7 +55,7 @@ from torch import nn
 from stablesam.data import LabelledView, get_datasets, in_memory
 from stablesam.runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, machine, read_json, read_jsonl,
                             remove_temporaries, save_checkpoint, write_json, write_jsonl)
-from stablesam.style import optimizer_style, plot_kwargs, quantity
+from stablesam.style import markdown_table, optimizer_style, plot_kwargs, quantity
 
 
 # %% [markdown]
@@ -323,15 +323,17 @@ def stability_summary(records: list[dict], keys=PANELS) -> dict:
 
 def format_summary(summary: dict) -> str:
     """A Markdown table of `stability_summary`'s output: mean and, with several seeds, the min-max range."""
-    lines = ['| optimizer | epoch | seeds | distance | gen. error | acc. gap (%) |', '|---|---|---|---|---|---|']
     def cell(s, k, scale=1.0):
+        """Mean, and with several seeds the [min, max] range, of quantity `k`."""
         mean, lo, hi = (scale * s[f'{k}_{x}'] for x in ('mean', 'min', 'max'))
         return f"{mean:.3g}" if s['seeds'] == 1 else f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
-    for opt, s in summary.items():
-        lines.append(f"| {optimizer_style(opt).label} | {s['epoch']} | {s['seeds']} | {cell(s, 'param_distance')} | "
-                     f"{cell(s, 'gen_error')} | {cell(s, 'acc_gap', 100)} |")
-    return '\n'.join(lines + ([] if all(s['seeds'] == 1 for s in summary.values())
-                              else ['', 'mean [min, max] over seeds']))
+    rows = [dict(optimizer=optimizer_style(opt).label, epoch=s['epoch'], seeds=s['seeds'],
+                 distance=cell(s, 'param_distance'), gen_error=cell(s, 'gen_error'), acc_gap=cell(s, 'acc_gap', 100))
+            for opt, s in summary.items()]
+    columns = dict(optimizer=('optimizer', None), epoch=('epoch', None), seeds=('seeds', None),
+                   distance=('distance', None), gen_error=('gen. error', None), acc_gap=('acc. gap (%)', None))
+    note = [] if all(s['seeds'] == 1 for s in summary.values()) else ['', 'mean [min, max] over seeds']
+    return '\n'.join([markdown_table(rows, columns)] + note)
 
 
 # %%
@@ -757,22 +759,26 @@ def stability_verdict(records: list[dict]) -> dict:
 
 def verdict_table(results: dict) -> str:
     """A Markdown table of `stability_verdict` for each setting (`results`: setting name -> records)."""
-    head = ('| setting | final distance: SGD | SAM | StableSAM | seeds StableSAM < SAM | seeds SAM < SGD | '
-            'ranges apart from epoch: SGD/SAM | SAM/StableSAM | corr(distance, gen. error) |')
-    lines = [head, '|' + '---|' * 9]
     def fmt(t):
         """A (mean, min, max) triple as 'mean [min, max]', or the mean alone where min == max."""
         return f"{t[0]:.4g} [{t[1]:.4g}, {t[2]:.4g}]" if t[1] != t[2] else f"{t[0]:.4g}"
     def sep(e):
         """A separation epoch, or 'never'."""
         return 'never' if e is None else str(e)
+    def of(pair):
+        """A (count, total) pair as 'count of total'."""
+        return '{} of {}'.format(*pair)
+    rows = []
     for name, recs in results.items():
         v = stability_verdict(recs)
-        final = [fmt(v['final'][o]) if o in v['final'] else '-' for o in ('sgd', 'sam', 'stablesam')]
-        lines.append(f"| {name} | {' | '.join(final)} | {'{} of {}'.format(*v['stablesam_below_sam'])} | "
-                     f"{'{} of {}'.format(*v['sam_below_sgd'])} | {sep(v['separate_sam_sgd'])} | "
-                     f"{sep(v['separate_stablesam_sam'])} | {v['corr']:.2f} |")
-    return '\n'.join(lines)
+        rows.append(dict(setting=name, **{o: v['final'].get(o) for o in ('sgd', 'sam', 'stablesam')},
+                         below_sam=v['stablesam_below_sam'], below_sgd=v['sam_below_sgd'], corr=v['corr'],
+                         apart_sgd=sep(v['separate_sam_sgd']), apart_sam=sep(v['separate_stablesam_sam'])))
+    columns = dict(setting=('setting', None), sgd=('final distance: SGD', fmt), sam=('SAM', fmt),
+                   stablesam=('StableSAM', fmt), below_sam=('seeds StableSAM < SAM', of),
+                   below_sgd=('seeds SAM < SGD', of), apart_sgd=('ranges apart from epoch: SGD/SAM', None),
+                   apart_sam=('SAM/StableSAM', None), corr=('corr(distance, gen. error)', '{:.2f}'))
+    return markdown_table(rows, columns)
 
 
 # %% [markdown]
@@ -795,17 +801,16 @@ def at_training_loss(records: list[dict], loss: float) -> dict:
 
 def format_at_training_loss(results: dict, loss) -> str:
     """A Markdown table of `at_training_loss` for each setting (`loss`: one number, or setting -> number)."""
-    lines = ['| setting | training loss | optimizer | epoch | distance | gen. error | test acc (%) |',
-             '|---|---|---|---|---|---|---|']
+    rows = []
     for name, recs in results.items():
         target = loss[name] if isinstance(loss, dict) else loss
         for o, v in at_training_loss(recs, target).items():
-            if v is None:
-                lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | never | - | - | - |")
-                continue
-            lines.append(f"| {name} | <= {target:g} | {optimizer_style(o).label} | {v['epoch']} | "
-                         f"{v['param_distance']:.3g} | {v['gen_error']:.3g} | {100 * v['test_acc']:.2f} |")
-    return '\n'.join(lines)
+            rows.append(dict(setting=name, loss=f'<= {target:g}', optimizer=optimizer_style(o).label,
+                             **(dict(epoch='never') if v is None else v)))
+    return markdown_table(rows, dict(setting=('setting', None), loss=('training loss', None),
+                                     optimizer=('optimizer', None), epoch=('epoch', None),
+                                     param_distance=('distance', '{:.3g}'), gen_error=('gen. error', '{:.3g}'),
+                                     test_acc=('test acc (%)', lambda a: f'{100 * a:.2f}')))
 
 
 # %%

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from stablesam.experiment import add_common, command
+from stablesam.style import markdown_table
 
 # %%
 #| hide
@@ -171,15 +172,16 @@ def comparison_table(records):
         """`n` and `word`, plural unless `n` is 1."""
         return f"{n} {word}{'s' if n != 1 else ''}"
     lines = [f"FCN on {DATA_LABELS.get(first['dataset'], first['dataset'])}, {100 * first['label_noise']:g}% of the "
-             f"training labels randomised, {plural(first['epochs'], 'epoch')}; accuracies in %, {over}.", '',
-             '| optimizer | final test accuracy | best test accuracy (paper\'s protocol) | '
-             'final training accuracy (noisy labels) |',
-             '|---|---|---|---|']
+             f"training labels randomised, {plural(first['epochs'], 'epoch')}; accuracies in %, {over}.", '']
+    rows = []
     for o in opts:
         rs = [runs[o, s] for s in seeds if (o, s) in runs]
-        lines.append(f"| {optimizer_label(o)} | {spread([r[-1]['test_acc'] for r in rs])} | "
-                     f"{spread([max(e['test_acc'] for e in r) for r in rs])} | "
-                     f"{spread([r[-1]['train_acc'] for r in rs])} |")
+        rows.append(dict(optimizer=optimizer_label(o), final=spread([r[-1]['test_acc'] for r in rs]),
+                         best=spread([max(e['test_acc'] for e in r) for r in rs]),
+                         train=spread([r[-1]['train_acc'] for r in rs])))
+    lines.append(markdown_table(rows, dict(optimizer=('optimizer', None), final=('final test accuracy', None),
+                                           best=("best test accuracy (paper's protocol)", None),
+                                           train=('final training accuracy (noisy labels)', None))))
     pairs = [(a, b) for a, b in (('stablesam', 'sam'), ('sam', 'sgd')) if a in opts and b in opts]
     if pairs: lines.append('')
     for a, b in pairs:
