@@ -11,6 +11,7 @@
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 import matplotlib.pyplot as plt
+from stablesam.variants import unregister_variant
 
 # %%
 #| hide
@@ -842,6 +843,18 @@ def is_sam(opt):
     return isinstance(opt, SAM)
 
 
+# %% [markdown]
+# The registry's own page is [variants](00_variants.ipynb); its record and functions, reachable from here too:
+
+# %%
+show_doc(Variant)
+
+# %%
+show_doc(variant)
+
+# %%
+show_doc(register_variant)
+
 # %%
 lin = torch.nn.Linear(3, 2)
 opt = make_optimizer('stableasam', lin.parameters(), base='adamw', lr=1e-3, rho=0.5)
@@ -856,14 +869,13 @@ test_fail(lambda: SAM(lin.parameters(), torch.optim.SGD, renorm_norm='l1', lr=0.
 test_eq(list(OPTIMIZERS), list(VARIANTS))
 assert 'stablesam' in OPTIMIZERS and ', '.join(OPTIMIZERS).startswith('sgd, sam, stablesam')
 
+
 # %% [markdown]
 # A variant of one's own is one `register_variant` call: here a small SAM subclass that ascends with half the
 # given $\rho$, registered with `flags=dict(stable=True)` (so it renormalizes). `make_optimizer` then builds it
 # like a built-in variant, and its step is StableSAM's with $\rho/2$, bit for bit.
 
 # %%
-from stablesam.variants import unregister_variant
-
 class HalfRhoSAM(SAM):
     """SAM that ascends with half the given `rho` (a user's variant)."""
     def __init__(self, params, base_optimizer, rho=0.05, **kwargs):

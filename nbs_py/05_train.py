@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
+from stablesam.variants import register_variant, unregister_variant
 
 # %%
 #| hide
@@ -451,8 +452,6 @@ for a, b in zip(w, t.model.parameters()): test_eq(a, b.detach())
 # a setting of `TrainConfig` like the built-in ones, and a variant that does not renormalize never gets them.
 
 # %%
-from stablesam.variants import register_variant, unregister_variant
-
 register_variant('renormsam', label='SAM, renormalized', color='tab:cyan', cls='SAM', flags=dict(stable=True),
                  stable=True)
 try:

@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 import torch
+from stablesam.experiment import RECORDS
 
 # %%
 #| hide
@@ -286,7 +287,6 @@ test_eq(len(quick_jobs), 2)
 # whole table is too large for a quick cell): a finished run is trained again only with a new run folder.
 
 # %%
-from stablesam.experiment import RECORDS
 specs = [dict(out=job[job.index('--out') + 1], args=job) for job in quick_jobs]
 swept = run_experiment(root / 'runs' / 'table2', specs, train_table_run, key=('out',), settings={}, progress=False)
 test_eq([r['out'] for r in swept], [s['out'] for s in specs])
