@@ -27,8 +27,6 @@ torch.set_num_threads(1)
 #| export
 import argparse
 import dataclasses
-import json
-import os
 import shlex
 import sys
 from pathlib import Path

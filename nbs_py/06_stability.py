@@ -31,6 +31,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from fastcore.test import test_close, test_eq, test_fail, test_ne
+from stablesam.runs import append_jsonl, read_json, read_jsonl
 
 # %%
 #| hide
@@ -53,8 +54,7 @@ import torch
 from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, in_memory
-from stablesam.runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, machine, read_json, read_jsonl,
-                            remove_temporaries, save_checkpoint, write_json, write_jsonl)
+from stablesam.runs import CHECKPOINT_FORMAT, latest_checkpoint, remove_temporaries, save_checkpoint
 from stablesam.style import markdown_table, optimizer_style, plot_kwargs, quantity
 
 

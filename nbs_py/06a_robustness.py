@@ -24,6 +24,7 @@
 
 # %%
 #| hide
+import json
 import tempfile
 from pathlib import Path
 import matplotlib.pyplot as plt
@@ -38,14 +39,11 @@ torch.set_num_threads(1)
 # %%
 #| export
 import dataclasses
-import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stablesam.config import TrainConfig
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split

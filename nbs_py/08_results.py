@@ -34,7 +34,6 @@ import csv
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 from stablesam.experiment import add_common, command

@@ -32,7 +32,6 @@
 #| export
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from stablesam.style import markdown_table
 
 # %%
 #| hide
+import json
 import tempfile
 import matplotlib.pyplot as plt
 from fastcore.test import test_eq, test_fail

@@ -9,8 +9,6 @@ __all__ = ['TABLE2_MODELS', 'RHO_GRID', 'TABLE_OPTIMIZERS', 'TABLES', 'table_run
 # %% ../nbs/05a_cli.ipynb #c3b59b59
 import argparse
 import dataclasses
-import json
-import os
 import shlex
 import sys
 from pathlib import Path

@@ -10,7 +10,6 @@ __all__ = ['SIZES', 'COMPARED', 'DATA_LABELS', 'STAGES', 'command_line', 'run_au
 # %% ../nbs/09_reproduce.ipynb #6cb8b182
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path

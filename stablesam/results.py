@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 from .experiment import add_common, command

@@ -11,14 +11,11 @@ __all__ = ['LR_GRID', 'NOISE_LEVELS', 'MODEL_TITLES', 'LR_COLUMNS', 'NOISE_COLUM
 
 # %% ../nbs/06a_robustness.ipynb #e3163476
 import dataclasses
-import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import TrainConfig
 from .data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split

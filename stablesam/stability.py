@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from .data import LabelledView, get_datasets, in_memory
-from .runs import (CHECKPOINT_FORMAT, append_jsonl, latest_checkpoint, machine, read_json, read_jsonl,
-                            remove_temporaries, save_checkpoint, write_json, write_jsonl)
+from .runs import CHECKPOINT_FORMAT, latest_checkpoint, remove_temporaries, save_checkpoint
 from .style import markdown_table, optimizer_style, plot_kwargs, quantity
 
 # %% ../nbs/06_stability.ipynb #537c1fec
