@@ -220,7 +220,7 @@ def _drain(queue, tick) -> None:
 
 # %%
 #| export
-def _slurm_job_class():
+def slurm_job_class():
     """The Checkpointable job callable (submitit imported only when the slurm executor is used)."""
     try:
         from submitit.helpers import Checkpointable
@@ -239,7 +239,7 @@ def _slurm_job_class():
 def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
     """Submit `todo` (named `names`) as SLURM jobs through submitit and call `finish(j, records)` as job `j` ends."""
     import submitit
-    SpecJob = _slurm_job_class()
+    SpecJob = slurm_job_class()
     params = dict(slurm or {})
     cluster = params.pop('cluster', None)
     threads = int(params.pop('threads', 1))

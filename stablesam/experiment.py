@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['RECORDS', 'RUNS', 'EXECUTORS', 'COMMON', 'USAGE_ERRORS', 'Run', 'spec_key', 'spec_id', 'flat_settings',
-           'check_settings', 'run_experiment', 'add_common', 'key_value', 'executor_options', 'command']
+           'check_settings', 'slurm_job_class', 'run_experiment', 'add_common', 'key_value', 'executor_options',
+           'command']
 
 # %% ../nbs/04c_experiment.ipynb #728ed577
 import argparse
@@ -134,7 +135,7 @@ def _drain(queue, tick) -> None:
         except q.Empty: return
 
 # %% ../nbs/04c_experiment.ipynb #de0a1243
-def _slurm_job_class():
+def slurm_job_class():
     """The Checkpointable job callable (submitit imported only when the slurm executor is used)."""
     try:
         from submitit.helpers import Checkpointable
@@ -153,7 +154,7 @@ def _slurm_job_class():
 def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
     """Submit `todo` (named `names`) as SLURM jobs through submitit and call `finish(j, records)` as job `j` ends."""
     import submitit
-    SpecJob = _slurm_job_class()
+    SpecJob = slurm_job_class()
     params = dict(slurm or {})
     cluster = params.pop('cluster', None)
     threads = int(params.pop('threads', 1))

@@ -22,3 +22,4 @@ def fails_on_two(spec, run):
     if spec['x'] == 2: raise ValueError('bad spec x=2')
     if spec['x'] == 1: time.sleep(60)
     return squares(spec, run)
+

@@ -126,3 +126,4 @@ def test_records_of_another_run_are_refused(tmp_path):
     with pytest.raises(ValueError, match='returned records of another run'):
         run_experiment(tmp_path, [dict(x=1, epochs=1)], lambda spec, run: [dict(x=2)], key=('x',), settings={},
                        progress=False)
+
