@@ -89,11 +89,11 @@ test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')),
 # ## The results folder
 #
 # The runner appends a finished run's records to `records.jsonl`, then marks the run done in `config.json`
-# (written atomically) with the number of its records. A run killed before it is marked done is trained again on resume (from its own
-# checkpoint where it has one), and whatever it had appended, a torn line included, is dropped; so is a run
-# marked done whose records in `records.jsonl` are not all there. So a folder
-# resumed any number of times ends with the records of an uninterrupted run. At the end `records.jsonl` is
-# rewritten in the order of a one-process run.
+# (written atomically) with the number of its records and its wall time. A run killed before it is marked done
+# is trained again on resume (from its own checkpoint where it has one), and whatever it had appended, a torn
+# line included, is dropped; so is a run marked done whose records in `records.jsonl` are not all there. So a
+# folder resumed any number of times ends with the records of an uninterrupted run. At the end `records.jsonl`
+# is rewritten in the order of a one-process run.
 #
 # A resumed folder must hold the same settings: `check_settings` names each one that differs.
 
@@ -167,14 +167,21 @@ def _progress_note(record) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def _train_spec(train, spec: dict, folder, j: int) -> list:
-    """Train spec number `j` of a run in a worker process; its records (progress goes to the parent's queue)."""
-    return train(spec, Run(None if folder is None else Path(folder),
-                           lambda rec: _REPORTS.put((j, _progress_note(rec)))))
+def _timed(train, spec: dict, run: Run) -> tuple:
+    """`(records, seconds)` of `train(spec, run)`."""
+    t0 = time.perf_counter()
+    records = train(spec, run)
+    return records, time.perf_counter() - t0
+
+
+def _train_spec(train, spec: dict, folder, j: int) -> tuple:
+    """Train spec number `j` in a worker process: `(records, seconds)`; progress goes to the parent's queue."""
+    return _timed(train, spec, Run(None if folder is None else Path(folder),
+                                   lambda rec: _REPORTS.put((j, _progress_note(rec)))))
 
 
 def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
-    """Train `todo` in `processes` spawned worker processes, calling `finish(j, records)` as spec `j` ends."""
+    """Train `todo` in `processes` spawned processes, calling `finish(j, records, seconds)` as spec `j` ends."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -188,7 +195,7 @@ def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(reports, tick)
             for future in done:
-                finish(pending.pop(future), future.result())
+                finish(pending.pop(future), *future.result())
         _drain(reports, tick)
         finished = True
     except BrokenProcessPool as e:
@@ -232,12 +239,12 @@ def slurm_job_class():
         def __call__(self, train, spec, folder, threads):
             import torch
             torch.set_num_threads(threads)
-            return train(spec, Run(None if folder is None else Path(folder), _progress_note))
+            return _timed(train, spec, Run(None if folder is None else Path(folder), _progress_note))
     return SpecJob
 
 
 def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
-    """Submit `todo` (named `names`) as SLURM jobs through submitit and call `finish(j, records)` as job `j` ends."""
+    """Submit `todo` (named `names`) as SLURM jobs and call `finish(j, records, seconds)` as job `j` ends."""
     import submitit
     SpecJob = slurm_job_class()
     params = dict(slurm or {})
@@ -250,12 +257,12 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> N
         for i, job in list(jobs.items()):
             if job.done():
                 del jobs[i]
-                try: records = job.result()
+                try: records, seconds = job.result()
                 except Exception as e:
                     raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
                                        f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
                                        f"(log: {job.paths.stderr})") from e
-                finish(i, records)
+                finish(i, records, seconds)
         if jobs: time.sleep(0.5)
 
 
@@ -298,7 +305,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
                   processes=processes if executor == 'processes' else 1, machine=machine(), versions=_versions())
     wall0, run_wall = (saved or {}).get('wall_time_s', 0.0), dict((saved or {}).get('run_wall_s', {}))
-    t0, started = time.perf_counter(), {}
+    t0 = time.perf_counter()
 
     def write_config():
         write_json(out / CONFIG, dict(config,
@@ -312,7 +319,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     bar = _progress_bar(sum((units or _one)(specs[i]) for i in todo), desc or out.name, progress)
     counted = {i: 0 for i in todo}
 
-    def finish(j, records):
+    def finish(j, records, seconds):
         i = todo[j]
         records = _strict_round_trip(records)
         wrong = [spec_key(r, key) for r in records if spec_key(r, key) != keys[i]]
@@ -320,7 +327,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
         with open(out / RECORDS, 'a') as f: f.write(''.join(json.dumps(r, allow_nan=False) + '\n' for r in records))
         by_key[keys[i]] = records
         done.add(keys[i])
-        run_wall[spec_id(specs[i], key)] = round(time.perf_counter() - started.get(i, t0), 1)
+        run_wall[spec_id(specs[i], key)] = round(seconds, 1)
         write_config()
         bar.update((units or _one)(specs[i]) - counted[i])
         counted[i] = (units or _one)(specs[i])
@@ -336,8 +343,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     todo_specs, todo_folders = [specs[i] for i in todo], [folders[i] for i in todo]
     if executor == 'inline' or (executor == 'processes' and len(todo) < 2):
         for j, i in enumerate(todo):
-            started[i] = time.perf_counter()
-            finish(j, train(specs[i], Run(folders[i], partial(tick, j))))
+            finish(j, *_timed(train, specs[i], Run(folders[i], partial(tick, j))))
     elif executor == 'processes':
         _run_processes(train, todo_specs, todo_folders, min(processes, len(todo)), finish, tick)
     else:

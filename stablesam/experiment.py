@@ -94,14 +94,21 @@ def _progress_note(record) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def _train_spec(train, spec: dict, folder, j: int) -> list:
-    """Train spec number `j` of a run in a worker process; its records (progress goes to the parent's queue)."""
-    return train(spec, Run(None if folder is None else Path(folder),
-                           lambda rec: _REPORTS.put((j, _progress_note(rec)))))
+def _timed(train, spec: dict, run: Run) -> tuple:
+    """`(records, seconds)` of `train(spec, run)`."""
+    t0 = time.perf_counter()
+    records = train(spec, run)
+    return records, time.perf_counter() - t0
+
+
+def _train_spec(train, spec: dict, folder, j: int) -> tuple:
+    """Train spec number `j` in a worker process: `(records, seconds)`; progress goes to the parent's queue."""
+    return _timed(train, spec, Run(None if folder is None else Path(folder),
+                                   lambda rec: _REPORTS.put((j, _progress_note(rec)))))
 
 
 def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
-    """Train `todo` in `processes` spawned worker processes, calling `finish(j, records)` as spec `j` ends."""
+    """Train `todo` in `processes` spawned processes, calling `finish(j, records, seconds)` as spec `j` ends."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -115,7 +122,7 @@ def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(reports, tick)
             for future in done:
-                finish(pending.pop(future), future.result())
+                finish(pending.pop(future), *future.result())
         _drain(reports, tick)
         finished = True
     except BrokenProcessPool as e:
@@ -147,12 +154,12 @@ def slurm_job_class():
         def __call__(self, train, spec, folder, threads):
             import torch
             torch.set_num_threads(threads)
-            return train(spec, Run(None if folder is None else Path(folder), _progress_note))
+            return _timed(train, spec, Run(None if folder is None else Path(folder), _progress_note))
     return SpecJob
 
 
 def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
-    """Submit `todo` (named `names`) as SLURM jobs through submitit and call `finish(j, records)` as job `j` ends."""
+    """Submit `todo` (named `names`) as SLURM jobs and call `finish(j, records, seconds)` as job `j` ends."""
     import submitit
     SpecJob = slurm_job_class()
     params = dict(slurm or {})
@@ -165,12 +172,12 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> N
         for i, job in list(jobs.items()):
             if job.done():
                 del jobs[i]
-                try: records = job.result()
+                try: records, seconds = job.result()
                 except Exception as e:
                     raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
                                        f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
                                        f"(log: {job.paths.stderr})") from e
-                finish(i, records)
+                finish(i, records, seconds)
         if jobs: time.sleep(0.5)
 
 # %% ../nbs/04c_experiment.ipynb #b85fa08c
@@ -208,7 +215,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
                   settings=settings, **(meta or {}), runs=len(specs), executor=executor,
                   processes=processes if executor == 'processes' else 1, machine=machine(), versions=_versions())
     wall0, run_wall = (saved or {}).get('wall_time_s', 0.0), dict((saved or {}).get('run_wall_s', {}))
-    t0, started = time.perf_counter(), {}
+    t0 = time.perf_counter()
 
     def write_config():
         write_json(out / CONFIG, dict(config,
@@ -222,7 +229,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     bar = _progress_bar(sum((units or _one)(specs[i]) for i in todo), desc or out.name, progress)
     counted = {i: 0 for i in todo}
 
-    def finish(j, records):
+    def finish(j, records, seconds):
         i = todo[j]
         records = _strict_round_trip(records)
         wrong = [spec_key(r, key) for r in records if spec_key(r, key) != keys[i]]
@@ -230,7 +237,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
         with open(out / RECORDS, 'a') as f: f.write(''.join(json.dumps(r, allow_nan=False) + '\n' for r in records))
         by_key[keys[i]] = records
         done.add(keys[i])
-        run_wall[spec_id(specs[i], key)] = round(time.perf_counter() - started.get(i, t0), 1)
+        run_wall[spec_id(specs[i], key)] = round(seconds, 1)
         write_config()
         bar.update((units or _one)(specs[i]) - counted[i])
         counted[i] = (units or _one)(specs[i])
@@ -246,8 +253,7 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     todo_specs, todo_folders = [specs[i] for i in todo], [folders[i] for i in todo]
     if executor == 'inline' or (executor == 'processes' and len(todo) < 2):
         for j, i in enumerate(todo):
-            started[i] = time.perf_counter()
-            finish(j, train(specs[i], Run(folders[i], partial(tick, j))))
+            finish(j, *_timed(train, specs[i], Run(folders[i], partial(tick, j))))
     elif executor == 'processes':
         _run_processes(train, todo_specs, todo_folders, min(processes, len(todo)), finish, tick)
     else:
