@@ -80,9 +80,21 @@ def spec_id(spec: dict, key) -> str:
     return ','.join(f'{k}={spec[k]}' for k in key)
 
 
+_PER_PROCESS = {}   # what this process loaded once for the runs it trains (decoded datasets), by key
+
+
+def per_process(key, load):
+    """`load()`, called once per process and `key`: the data that all the runs a process trains share."""
+    if key not in _PER_PROCESS: _PER_PROCESS[key] = load()
+    return _PER_PROCESS[key]
+
+
 # %%
 test_eq(spec_id(dict(optimizer='sam', seed=0, lr=0.1), ('optimizer', 'seed')), 'optimizer=sam,seed=0')
 test_eq(spec_key(dict(optimizer='sam', seed=0, epoch=3), ('optimizer', 'seed')), ('sam', 0))
+loads = []
+test_eq([per_process(('demo', 1), lambda: loads.append(1) or 'data') for _ in range(2)], ['data', 'data'])
+test_eq(loads, [1])   # loaded once
 
 
 # %% [markdown]
@@ -313,10 +325,11 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
                                       run_wall_s=run_wall,
                                       wall_time_s=round(wall0 + time.perf_counter() - t0, 1)))
     write_config()
+    units = units or _one
     todo = [i for i, k in enumerate(keys) if k not in done]
     if cost is not None: todo.sort(key=lambda i: -cost(specs[i]))
     folders = {i: out / RUNS / spec_id(specs[i], key) for i in todo}
-    bar = _progress_bar(sum((units or _one)(specs[i]) for i in todo), desc or out.name, progress)
+    bar = _progress_bar(sum(units(specs[i]) for i in todo), desc or out.name, progress)
     counted = {i: 0 for i in todo}
 
     def finish(j, records, seconds):
@@ -329,12 +342,12 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
         done.add(keys[i])
         run_wall[spec_id(specs[i], key)] = round(seconds, 1)
         write_config()
-        bar.update((units or _one)(specs[i]) - counted[i])
-        counted[i] = (units or _one)(specs[i])
+        bar.update(units(specs[i]) - counted[i])
+        counted[i] = units(specs[i])
 
     def tick(j, note):
         i = todo[j]
-        if counted[i] < (units or _one)(specs[i]):
+        if counted[i] < units(specs[i]):
             counted[i] += 1
             bar.update(1)
         shown = {k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in list(_progress_note(note).items())[:4]}
@@ -491,9 +504,9 @@ def key_value(text: str):
 
 
 def executor_options(args) -> dict:
-    """The runner's keyword arguments from parsed common options."""
-    return dict(executor=args.executor, processes=args.processes, slurm=dict(args.slurm), fresh=args.fresh,
-                progress=args.progress)
+    """The runner's keyword arguments from parsed common options (a parser without `--fresh` never starts over)."""
+    return dict(executor=args.executor, processes=args.processes, slurm=dict(args.slurm),
+                fresh=getattr(args, 'fresh', False), progress=args.progress is not False)
 
 
 # %% [markdown]

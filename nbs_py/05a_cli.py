@@ -34,7 +34,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from stablesam.config import PRESETS, TrainConfig, preset_config
-from stablesam.experiment import add_common, command, run_experiment
+from stablesam.experiment import add_common, command, executor_options, run_experiment
 from stablesam.runs import CONFIG, read_json
 from stablesam.train import Diverged, Trainer
 from stablesam.variants import variant
@@ -200,8 +200,7 @@ def run_table(table, args, argv) -> list:
     specs = [dict(out=job[job.index('--out') + 1], args=job) for job in jobs]
     return run_experiment(Path(runs_dir) / table, specs, train_table_run, key=('out',), desc=table,
                           settings=dict(table=table, seeds=list(args.seeds), extra=given_settings(args)),
-                          command=['stablesam-train', *argv], executor=args.executor, processes=args.processes,
-                          slurm=dict(args.slurm), progress=args.progress is not False)
+                          command=['stablesam-train', *argv], **executor_options(args))
 
 
 @command('stablesam-train')

@@ -361,7 +361,7 @@ print(format_summary(sm))
 # %%
 #| export
 from stablesam.config import RESUMABLE, TrainConfig
-from stablesam.experiment import add_common, command, executor_options, run_experiment
+from stablesam.experiment import add_common, command, executor_options, per_process, run_experiment
 from stablesam.models import MODELS
 from stablesam.train import Trainer
 from stablesam.variants import VARIANTS, variant
@@ -488,14 +488,10 @@ def load_stability_data(cfg: TrainConfig):
     return dataclasses.replace(data, train=in_memory(data.train), test=in_memory(data.test))
 
 
-_DATA = {}   # this process's decoded datasets, by (dataset, data root)
-
-
 def stability_data(cfg: TrainConfig):
     """`load_stability_data(cfg)`, decoded once per process and dataset."""
-    where = (cfg.dataset, str(Path(cfg.data_root).resolve()))
-    if where not in _DATA: _DATA[where] = load_stability_data(cfg)
-    return _DATA[where]
+    where = ('stability', cfg.dataset, str(Path(cfg.data_root).resolve()))
+    return per_process(where, lambda: load_stability_data(cfg))
 
 
 def check_run(optimizers, seeds, subset=None) -> None:
@@ -530,14 +526,13 @@ def _pair_cost(spec: dict) -> int:
 
 
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
-                  subset: int | None = None, data=None, out=None, progress: bool = True, fresh: bool = False,
+                  subset: int | None = None, out=None, progress: bool = True, fresh: bool = False,
                   checkpoint_every: float = 600.0, executor: str = 'inline', processes: int = 2, slurm=None,
                   command=None) -> list[dict]:
     """Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."""
     check_run(optimizers, seeds, subset)
     if executor != 'inline' and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
         raise ValueError(f"executor {executor!r} starts CPU processes; on device {cfg.device!r} use executor='inline'")
-    if data is not None: _DATA[cfg.dataset, str(Path(cfg.data_root).resolve())] = data
     specs = [dict(optimizer=o, seed=int(s), subset=subset, checkpoint_every=checkpoint_every,
                   config=dataclasses.replace(cfg, optimizer=o, seed=int(s)).to_dict())
              for s in seeds for o in optimizers]

@@ -47,7 +47,7 @@ import numpy as np
 
 from stablesam.config import TrainConfig
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
-from stablesam.experiment import add_common, command, executor_options, run_experiment
+from stablesam.experiment import add_common, command, executor_options, per_process, run_experiment
 from stablesam.models import MODELS
 from stablesam.results import PROTOCOLS, run_scores
 from stablesam.runs import strict_json
@@ -120,6 +120,7 @@ test_eq(_ok[-1]['diverged'], False)
 test_eq(_bad[-1]['diverged'], True)
 assert _bad[-1]['outcome'] in ('nonfinite', 'chance')
 
+
 # %% [markdown]
 # ## Sweeps that resume
 #
@@ -131,14 +132,9 @@ assert _bad[-1]['outcome'] in ('nonfinite', 'chance')
 
 # %%
 #| export
-_DATA = {}   # this process's decoded MNIST subsets, by (data root, n_train)
-
-
 def mnist_data(data_root, n_train=None) -> DataBundle:
     """`mnist_in_memory(data_root, n_train)`, decoded once per process."""
-    where = (str(Path(data_root).resolve()), n_train)
-    if where not in _DATA: _DATA[where] = mnist_in_memory(data_root, n_train)
-    return _DATA[where]
+    return per_process(('mnist', str(Path(data_root).resolve()), n_train), lambda: mnist_in_memory(data_root, n_train))
 
 
 def train_sweep_run(spec: dict, run) -> list[dict]:

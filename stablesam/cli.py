@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from .config import PRESETS, TrainConfig, preset_config
-from .experiment import add_common, command, run_experiment
+from .experiment import add_common, command, executor_options, run_experiment
 from .runs import CONFIG, read_json
 from .train import Diverged, Trainer
 from .variants import variant
@@ -138,8 +138,7 @@ def run_table(table, args, argv) -> list:
     specs = [dict(out=job[job.index('--out') + 1], args=job) for job in jobs]
     return run_experiment(Path(runs_dir) / table, specs, train_table_run, key=('out',), desc=table,
                           settings=dict(table=table, seeds=list(args.seeds), extra=given_settings(args)),
-                          command=['stablesam-train', *argv], executor=args.executor, processes=args.processes,
-                          slurm=dict(args.slurm), progress=args.progress is not False)
+                          command=['stablesam-train', *argv], **executor_options(args))
 
 
 @command('stablesam-train')

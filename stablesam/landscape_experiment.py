@@ -93,18 +93,14 @@ def landscape_runs(rhos, seeds, sgd=True):
             for o, r in ([('sgd', None)] if sgd else []) + [('sam', float(rho)) for rho in rhos]]
 
 
-_DATA = {}   # this process's training data of the last seed it trained
-
-
 def landscape_data(cfg):
-    """The datasets of `cfg` (its seeded training subset), kept for the next run of the same seed."""
+    """The datasets of `cfg` (its seeded training subset), loaded once per process for the runs of its seed."""
     from stablesam.data import get_datasets
-    where = (cfg.dataset, str(Path(cfg.data_root).resolve()), cfg.train_subset, cfg.label_noise, cfg.seed)
-    if where not in _DATA:
-        _DATA.clear()
-        _DATA[where] = get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset, seed=cfg.seed,
-                                    label_noise=cfg.label_noise, augment=cfg.augment, download=cfg.download)
-    return _DATA[where]
+    from stablesam.experiment import per_process
+    where = ('landscape', cfg.dataset, str(Path(cfg.data_root).resolve()), cfg.train_subset, cfg.label_noise, cfg.seed)
+    return per_process(where, lambda: get_datasets(cfg.dataset, cfg.data_root, train_subset=cfg.train_subset,
+                                                   seed=cfg.seed, label_noise=cfg.label_noise, augment=cfg.augment,
+                                                   download=cfg.download))
 
 
 def train_landscape_run(spec: dict, run) -> list:

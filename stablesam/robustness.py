@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
-from .experiment import add_common, command, executor_options, run_experiment
+from .experiment import add_common, command, executor_options, per_process, run_experiment
 from .models import MODELS
 from .results import PROTOCOLS, run_scores
 from .runs import strict_json
@@ -52,14 +52,9 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
     return [dict(r, outcome=outcome, diverged=outcome != 'trained') for r in records]
 
 # %% ../nbs/06a_robustness.ipynb #897bc552
-_DATA = {}   # this process's decoded MNIST subsets, by (data root, n_train)
-
-
 def mnist_data(data_root, n_train=None) -> DataBundle:
     """`mnist_in_memory(data_root, n_train)`, decoded once per process."""
-    where = (str(Path(data_root).resolve()), n_train)
-    if where not in _DATA: _DATA[where] = mnist_in_memory(data_root, n_train)
-    return _DATA[where]
+    return per_process(('mnist', str(Path(data_root).resolve()), n_train), lambda: mnist_in_memory(data_root, n_train))
 
 
 def train_sweep_run(spec: dict, run) -> list[dict]:
