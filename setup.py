@@ -15,7 +15,8 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-slurm_requirements = cfg.get('slurm_requirements', '').split()
+EXTRAS = ('slurm', 'lightning', 'transformers', 'tensorboard', 'wandb', 'bench')  # stablesam[NAME]: NAME_requirements
+extras = {name: cfg.get(f'{name}_requirements', '').split() for name in EXTRAS}
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -31,7 +32,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements + slurm_requirements, 'slurm': slurm_requirements},
+    extras_require={'dev': dev_requirements + [r for name in EXTRAS for r in extras[name]], **extras},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

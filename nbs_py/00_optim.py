@@ -64,6 +64,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
+from stablesam.efficient import make_schedule
+
 try: from torch.distributed.tensor import DTensor
 except ImportError: DTensor = ()          # torch.distributed unavailable or torch < 2.4: no FSDP2 shards to handle
 
@@ -96,6 +98,18 @@ def _acc_dtype(dtype):
 def _local(t):
     """The local shard of a DTensor (the tensor itself under no_grad: in-place changes reach the DTensor), else `t`."""
     return t.to_local() if isinstance(t, DTensor) else t
+
+def _gather(p, local):
+    """The whole tensor of which `local` is the shard that parameter `p` holds (a copy of `local` if `p` is whole)."""
+    if not isinstance(p, DTensor): return local.detach().clone()
+    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                              stride=p.stride()).full_tensor()
+
+def _scatter(p, whole):
+    """The shard of tensor `whole` that parameter `p` holds (`whole` itself if `p` is whole)."""
+    if not isinstance(p, DTensor): return whole
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(whole.to(_local(p).device), p.device_mesh, p.placements).to_local()
 
 def _shard_groups(t):
     """The process groups over which the local parts of DTensor `t` add up to the whole; () for a plain tensor."""
@@ -229,14 +243,23 @@ def _grads_of(params):
 # state (momentum, Adam moments), so `state_dict()` is the base optimizer's plus SAM's settings and resumes
 # exactly. SAM's own state is one persistent copy of each parameter, taken at the ascent step and copied
 # back in place afterwards (an exact restore; `p.data` is never rebound), plus a copy of $g$ when
-# `track_alignment=True`.
+# `track_alignment=True` or for LookSAM, whose stored direction $g_v$ is one more copy (saved by `state_dict`).
 #
 # `first_step` does lines 3-4 with the gradient already in `.grad`; `second_step` does lines 5-7 with the
 # surrogate gradient in `.grad`; `unperturb` is `second_step` without the base step, for recipes that must act
 # between the two (gradient clipping, `GradScaler`). Everything stays on the device: `last_stats` holds 0-dim
 # tensors (`grad_norm` $\|g\|$, `asc_grad_norm` $\|g^{asc}\|$ before renormalization, `norm_ratio`
 # $\|g\|/\|g^{asc}\|$, `renorm_factor` applied (1 for the non-stable variants), and with
-# `track_alignment=True` also `alignment` $\langle g^{asc}, g\rangle - \|g\|^2$ and `cosine`).
+# `track_alignment=True` also `alignment` $\langle g^{asc}, g\rangle - \|g\|^2$ and `cosine`), and `sam_step`, a
+# Python bool.
+#
+# `first_step` returns True when it perturbed the weights: run the second pass. The efficient variants
+# ([efficient](00c_efficient.ipynb)) take a `schedule=` ('every:5', 'random:0.2', 'late:0.8', 'ae', or a
+# `SAMSchedule`) and LookSAM's `look_alpha=`: on a step the schedule does not pick, `first_step` returns False and
+# leaves the weights and `.grad` alone, and `second_step` (or `step()`) takes the base optimizer's step on $g$
+# (LookSAM: on $g + \alpha \frac{\|g\|}{\|g_v\|} g_v$, with $g_v$ the part of the last SAM step's $g^{asc}$
+# orthogonal to its $g$, rescaled to $\|g\|$ by the stable flavours). `last_stats` of such a step holds
+# `sam_step=False`, `grad_norm` and the `renorm_factor` of that rescaling.
 #
 # The class is written in one cell; the sections after it walk through its methods. Module helpers come first:
 # the check of a base optimizer passed already built, and the average over processes of `ascent="local"`.
@@ -268,7 +291,21 @@ def _average_(tensors):
         flat.div_(_world())
         torch._foreach_copy_(ts, torch._utils._unflatten_dense_tensors(flat, ts))
 
-_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')  # saved by state_dict
+_SETTINGS = ('stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent',
+             'look_alpha')  # saved by state_dict
+
+def _check_look_alpha(look_alpha):
+    """Raise a ValueError unless `look_alpha` is None (no LookSAM reuse) or a finite number >= 0."""
+    if look_alpha is None: return
+    if isinstance(look_alpha, bool) or not isinstance(look_alpha, (int, float)) or not math.isfinite(look_alpha) \
+            or look_alpha < 0:
+        raise ValueError(f"Invalid look_alpha: {look_alpha} (a finite number >= 0, or None for no LookSAM reuse)")
+
+def _agree(flag, device):
+    """`flag` made the same on every process (true if any process says true): one all-reduce."""
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
 
 
 # %%
@@ -277,11 +314,13 @@ class SAM(Optimizer):
     """Sharpness-aware minimization (Algorithm 1) around any `torch.optim` optimizer; the flags pick the variant."""
     def __init__(self, params, base_optimizer, rho=0.05, *, adaptive=False, stable=False, normalize=True,
                  gamma0=None, renorm_norm="plain", eps=1e-12, track_alignment=False, ascent="global",
-                 **base_kwargs):
+                 schedule=None, look_alpha=None, total_steps=None, **base_kwargs):
         _check_rho(rho)
         _check_settings(gamma0, renorm_norm, eps, ascent)
+        _check_look_alpha(look_alpha)
         self.stable, self.normalize, self.gamma0, self.renorm_norm = bool(stable), bool(normalize), gamma0, renorm_norm
         self.eps, self.track_alignment, self.ascent = eps, bool(track_alignment), ascent
+        self.schedule, self.look_alpha = make_schedule(schedule, total_steps), look_alpha
         defaults = dict(rho=rho, adaptive=bool(adaptive))
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs:
@@ -308,7 +347,7 @@ class SAM(Optimizer):
     # --- line 4: the ascent step ---
     @torch.no_grad()
     def first_step(self, zero_grad=False, *, grad_scaler=None):
-        """Lines 3-4: keep `w` and move every parameter with a gradient to its ascent point `w + e`."""
+        """Lines 3-4 on a SAM step (returns True: run the second pass); False: a one-pass step, `.grad` kept."""
         if self._first is not None:
             raise RuntimeError("first_step() called twice without second_step(): the weights are already "
                                "perturbed (unperturb() restores them)")
@@ -321,6 +360,10 @@ class SAM(Optimizer):
         device = params[0].device if params else None
         inv_scale = None if grad_scaler is None else 1. / grad_scaler.scale(torch.ones((), device=device))
         gnorm = _norm(grads, keys, device)
+        if not self._sam_step_now(gnorm, inv_scale, device):
+            self._first = dict(single=True, owners=owners, keys=keys, gnorm=gnorm, inv_scale=inv_scale)
+            self._restored = False
+            return False
         adaptive = any(g['adaptive'] for g, ps, _ in groups if ps)
         if adaptive:
             tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
@@ -328,7 +371,8 @@ class SAM(Optimizer):
         tnorm = _norm(tgrads, keys, device) if adaptive else gnorm
         backups = [self._buffer(p, 'w') for p in owners]
         if params: torch._foreach_copy_(backups, params)
-        if self.track_alignment and params: torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
+        if (self.track_alignment or self.look_alpha is not None) and params:
+            torch._foreach_copy_([self._buffer(p, 'g') for p in owners], grads)
         for g, ps, gs in groups:
             if not ps: continue
             if self.normalize: scale = g['rho'] / (tnorm + self.eps)
@@ -340,6 +384,16 @@ class SAM(Optimizer):
                            inv_scale=inv_scale)
         self._restored = False
         if zero_grad: self.zero_grad()
+        return True
+
+    def _sam_step_now(self, gnorm, inv_scale, device):
+        """The schedule's decision for this step, the same on every process under `ascent='global'`."""
+        sq = None
+        if self.schedule.needs_norm:
+            sq = (gnorm if inv_scale is None else gnorm * inv_scale).square().item()
+        fires = self.schedule.decide(sq)
+        if self.schedule.needs_norm and self.ascent == 'global' and _world() > 1: fires = _agree(fires, device)
+        return fires
 
     def _local_groups(self):
         """Per param group (group, local params with a gradient, their gradients); those params; their shard groups."""
@@ -362,6 +416,7 @@ class SAM(Optimizer):
         """Lines 5-6: restore `w` exactly and, for the stable variants, renormalize the surrogate gradient (`.grad`)."""
         if self._first is None: raise RuntimeError("second_step()/unperturb() called without first_step()")
         first, self._first = self._first, None
+        if first.get('single'): return self._one_pass_direction(first)
         groups, owners, keys = self._local_groups()
         grads = [d for _, _, gs in groups for d in gs]
         device = first['gnorm'].device
@@ -371,7 +426,10 @@ class SAM(Optimizer):
             num = first['tnorm']
             tgrads = [torch.mul(p.abs(), d) if g['adaptive'] else d for g, ps, gs in groups for p, d in zip(ps, gs)]
             den = _norm(tgrads, keys, device)
-        dot = self._dot(first['owners'], first['keys']) if self.track_alignment else None
+        dot = self._dot(first['owners'], first['keys']) if self.track_alignment or self.look_alpha is not None \
+            else None
+        if self.look_alpha is not None: self._store_look_direction(first['owners'], dot, first['gnorm'])
+        if not self.track_alignment: dot = None
         if first['params']: torch._foreach_copy_(first['params'], first['backups'])
         factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
         if self.stable and grads: _mul_(grads, factor)
@@ -411,10 +469,52 @@ class SAM(Optimizer):
         """Store this step's norms and factor in `last_stats`, unscaled by the GradScaler's scale when known."""
         if inv_scale is not None: gnorm, anorm = gnorm * inv_scale, anorm * inv_scale
         ratio = gnorm / anorm.clamp_min(self.eps)
-        self.last_stats = dict(grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio, renorm_factor=factor)
+        self.last_stats = dict(sam_step=True, grad_norm=gnorm, asc_grad_norm=anorm, norm_ratio=ratio,
+                               renorm_factor=factor)
         if dot is not None:
             if inv_scale is not None: dot = dot * inv_scale ** 2
             self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
+
+    # --- efficient variants: one-pass steps and LookSAM's reuse ---
+    def _store_look_direction(self, owners, dot, gnorm):
+        """LookSAM: keep g_v = g_asc - (<g, g_asc>/||g||^2) g, the part of this SAM step's g_asc orthogonal to g."""
+        ps = [p for p in owners if p.grad is not None]
+        if not ps: return
+        gvs = [self._buffer(p, 'gv') for p in ps]
+        torch._foreach_copy_(gvs, [_local(p.grad) for p in ps])
+        _add_scaled_(gvs, [self.state[p]['g'] for p in ps], -dot / gnorm.square().clamp_min(self.eps))
+
+    @torch.no_grad()
+    def _one_pass_direction(self, first):
+        """A one-pass step: `.grad` keeps g, or gets LookSAM's g + alpha ||g||/||g_v|| g_v (rescaled if stable)."""
+        owners, keys, gnorm = first['owners'], first['keys'], first['gnorm']
+        grads = [_local(p.grad) for p in owners]
+        factor = torch.ones((), device=gnorm.device)
+        if self.look_alpha is not None and owners and all('gv' in self.state[p] for p in owners):
+            gvs = [self.state[p]['gv'] for p in owners]
+            scale = self.look_alpha * gnorm / _norm(gvs, keys, gnorm.device).clamp_min(self.eps)
+            _add_scaled_(grads, gvs, scale)
+            if self.stable:
+                factor = gnorm / _norm(grads, keys, gnorm.device).clamp_min(self.eps)
+                _mul_(grads, factor)
+        if self.ascent == 'local' and _world() > 1 and grads: _average_(grads)
+        self._restored = True
+        gnorm = gnorm if first['inv_scale'] is None else gnorm * first['inv_scale']
+        self.last_stats = dict(sam_step=False, grad_norm=gnorm, renorm_factor=factor)
+
+    def _look_state(self):
+        """LookSAM's g_v per parameter in `param_groups` order, whole (gathered from the shards), or None."""
+        return [_gather(p, self.state[p]['gv']) if 'gv' in self.state[p] else None
+                for g in self.param_groups for p in g['params']]
+
+    def _load_look_state(self, gvs):
+        """Put `_look_state()`'s output back (each g_v sharded like its parameter)."""
+        params = [p for g in self.param_groups for p in g['params']]
+        if len(gvs) != len(params):
+            raise ValueError(f"LookSAM state has {len(gvs)} directions for {len(params)} parameters")
+        for p, gv in zip(params, gvs):
+            if gv is None: self.state[p].pop('gv', None)
+            else: self._buffer(p, 'gv').copy_(_scatter(p, gv))
 
     # --- step(closure), saving and resuming ---
     def step(self, closure=None):
@@ -431,8 +531,7 @@ class SAM(Optimizer):
         closure = torch.enable_grad()(closure)
         self.zero_grad()
         loss = closure()
-        self.first_step(zero_grad=True)
-        closure()
+        if self.first_step(zero_grad=True): closure()   # a one-pass step runs the closure once
         self.second_step()
         return loss
 
@@ -445,6 +544,7 @@ class SAM(Optimizer):
         """The base optimizer's state dict plus SAM's settings under `'sam'`."""
         sd = self.base_optimizer.state_dict()
         sd['sam'] = {k: getattr(self, k) for k in _SETTINGS}
+        sd['sam'].update(schedule=self.schedule.state_dict(), look_gv=self._look_state())
         return sd
 
     def load_state_dict(self, state_dict):
@@ -458,6 +558,8 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         for k in _SETTINGS:
             if k in sam: setattr(self, k, sam[k])
+        if 'schedule' in sam: self.schedule.load_state_dict(sam['schedule'])
+        if 'look_gv' in sam: self._load_look_state(sam['look_gv'])
 
     def __getstate__(self):
         """Pickle/deepcopy everything (the base optimizer and the flags too), keeping the param groups shared."""
@@ -468,8 +570,10 @@ class SAM(Optimizer):
     def __repr__(self):
         """The variant's flags and the base optimizer."""
         flags = [k for k in ('stable', 'normalize') if getattr(self, k)]
-        return (f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}, "
-                f"base={self.base_optimizer!r})")
+        extra = '' if self.schedule.spec == 'every:1' else f", schedule={self.schedule.spec!r}"
+        extra += '' if self.look_alpha is None else f", look_alpha={self.look_alpha}"
+        return (f"{type(self).__name__}({', '.join(flags)}, gamma0={self.gamma0}, renorm_norm={self.renorm_norm!r}"
+                f"{extra}, base={self.base_optimizer!r})")
 
 
 # %% [markdown]
@@ -816,7 +920,8 @@ _all_ = ['VARIANTS', 'Variant', 'register_variant', 'variant']  # re-exported: o
 
 OPTIMIZERS = VARIANTS.keys()  # kept for 0.1 code: a live view of the registry's names (`in`, iteration and join work)
 BASES = ('sgd', 'adamw')
-_SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent')
+_SAM_KWARGS = ('adaptive', 'stable', 'normalize', 'gamma0', 'renorm_norm', 'eps', 'track_alignment', 'ascent',
+               'schedule', 'look_alpha', 'total_steps')
 
 def _variant_class(name, v):
     """The class that builds variant `name`: `v.cls` itself, or the SAM class of this module it names."""
@@ -836,7 +941,7 @@ def make_optimizer(name, params, *, base="sgd", lr, momentum=0.9, weight_decay=0
         base_cls, base_kw = torch.optim.SGD, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
     else: base_cls, base_kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay, **kw)
     if v.cls is None: return base_cls(params, **base_kw)
-    return _variant_class(name, v)(params, base_cls, rho=rho, **v.flags, **sam_kw, **base_kw)
+    return _variant_class(name, v)(params, base_cls, rho=rho, **{**v.flags, **sam_kw}, **base_kw)
 
 def is_sam(opt):
     """Whether `opt` is a SAM-family optimizer (needs two passes per step)."""
@@ -937,13 +1042,13 @@ def sam_step(opt, model, loss_fn, x, y, *, grad_scaler=None, autocast_dtype=None
                 loss = loss_fn(out, y)
             backward(loss)
         if guard is not None and not guard(loss, 1): return opt.zero_grad(set_to_none=True)
-        opt.first_step(zero_grad=True, grad_scaler=grad_scaler)
-        with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
-            with cast(): second = loss_fn(model(x), y)
-            backward(second)
-        if guard is not None and not guard(second, 2):
-            opt.unperturb()
-            return opt.zero_grad(set_to_none=True)
+        if opt.first_step(zero_grad=True, grad_scaler=grad_scaler):  # False: a one-pass step of an efficient variant
+            with local(), freeze_bn_stats(model) if bn_first_pass else nullcontext():
+                with cast(): second = loss_fn(model(x), y)
+                backward(second)
+            if guard is not None and not guard(second, 2):
+                opt.unperturb()
+                return opt.zero_grad(set_to_none=True)
         opt.second_step(zero_grad=True, grad_scaler=grad_scaler)
     else:
         with cast():

@@ -47,7 +47,24 @@ VARIANTS = {
     'stableasam': Variant('StableASAM', 'tab:purple', 'v', '-', 'StableASAM', family='asam', stable=True),
     'usam': Variant('USAM', 'tab:orange', 'P', '--', 'USAM'),
     'stableusam': Variant('StableUSAM', 'tab:brown', 'X', '--', 'StableUSAM', stable=True),
+    # efficient variants (stablesam.efficient): a second pass on some steps only, or LookSAM's reuse of its direction
+    'sam-every': Variant('SAM every 5', 'deepskyblue', '<', '--', 'SAM', {'schedule': 'every:5'}),
+    'stablesam-every': Variant('StableSAM every 5', 'teal', '<', '-', 'StableSAM', {'schedule': 'every:5'},
+                               stable=True),
+    'sam-random': Variant('RandSAM p=0.2', 'tab:pink', '>', '--', 'SAM', {'schedule': 'random:0.2'}),
+    'stablesam-random': Variant('StableRandSAM p=0.2', 'deeppink', '>', '-', 'StableSAM', {'schedule': 'random:0.2'},
+                                stable=True),
+    'sam-late': Variant('SAM last 20%', 'yellowgreen', 'h', '--', 'SAM', {'schedule': 'late:0.8'}),
+    'stablesam-late': Variant('StableSAM last 20%', 'darkolivegreen', 'h', '-', 'StableSAM',
+                              {'schedule': 'late:0.8'}, stable=True),
+    'aesam': Variant('AE-SAM', 'gold', 'd', '--', 'SAM', {'schedule': 'ae'}),
+    'stableaesam': Variant('StableAE-SAM', 'darkgoldenrod', 'd', '-', 'StableSAM', {'schedule': 'ae'}, stable=True),
+    'looksam': Variant('LookSAM k=5', 'slateblue', '*', '--', 'SAM', {'schedule': 'every:5', 'look_alpha': 0.7}),
+    'stablelooksam': Variant('StableLookSAM k=5', 'indigo', '*', '-', 'StableSAM',
+                             {'schedule': 'every:5', 'look_alpha': 0.7}, stable=True),
 }
+EFFICIENT = ('sam-every', 'stablesam-every', 'sam-random', 'stablesam-random', 'sam-late', 'stablesam-late',
+             'aesam', 'stableaesam', 'looksam', 'stablelooksam')  # the efficient variants of stablesam.efficient
 FAMILIES = ('sam', 'asam')
 
 

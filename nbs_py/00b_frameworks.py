@@ -13,12 +13,14 @@
 #
 # Call `unperturb()` yourself before the framework's step when something must see the final gradient
 # (gradient clipping, a `GradScaler` that may skip the step on an overflow: a skipped `second_step` would leave
-# the weights perturbed). Each recipe logs `last_stats` (the exact and surrogate gradient norms and the
-# renormalization factor). The cells below are the recipes exactly as `tests/test_frameworks.py` runs them (it
-# executes the cells marked `# recipe:`): each trains 10 steps and is compared with the package's own loop
-# (`stablesam.optim.sam_step`) on the same batches. Tested with lightning 2.6.6, transformers 5.24.0 and
-# accelerate 1.15.0 (the dev dependencies); the cells are flagged `slow` so the docs build does not need the
-# frameworks.
+# the weights perturbed). The Lightning module and the Hugging Face Trainer built on these two rules are
+# importable code, `from stablesam.integrations import LitSAM, SAMTrainer` ([integrations](00d_integrations.ipynb),
+# `pip install 'stablesam[lightning]'` / `'stablesam[transformers]'`); this page says why they are written the
+# way they are, and keeps the `torch.compile` recipe. Each integration logs `last_stats` (the exact and surrogate
+# gradient norms and the renormalization factor). `tests/test_integrations.py` trains each for 10 steps and
+# compares it with the package's own loop (`stablesam.optim.sam_step`) on the same batches; `tests/test_frameworks.py`
+# runs the recipe cell marked `# recipe: compile` as written. Tested with lightning 2.6.6, transformers 5.25.0 and
+# accelerate 1.16.0; the cells that need them are flagged `slow` so the docs build does not need the frameworks.
 
 # %% [markdown]
 # ## PyTorch Lightning: manual optimization
@@ -30,88 +32,77 @@
 # On a CPU, Lightning 2.6 quietly turns `precision="16-mixed"` into bf16 autocast without a scaler; a
 # `MixedPrecision('16-mixed', 'cpu')` plugin runs the fp16 code path there (CPU autocast to float16 with a
 # `torch.amp.GradScaler('cpu')`), which is how the test exercises the scaler. `"bf16-mixed"` needs no scaler.
+# `stablesam.integrations.LitSAM` is that module; override its `compute_loss(batch)` for other batches.
 
 # %%
 #| slow
-# recipe: lightning
 import lightning as L
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from stablesam.optim import freeze_bn_stats
+from stablesam.integrations import LitSAM
+from stablesam.optim import StableSAM
 
-
-class LitSAM(L.LightningModule):
-    """A LightningModule trained by manual optimization with the SAM-family optimizer `make_opt(params)`."""
-    def __init__(self, net, make_opt):
-        super().__init__()
-        self.net, self.make_opt = net, make_opt
-        self.automatic_optimization = False              # SAM needs two passes per step
-
-    def configure_optimizers(self): return self.make_opt(self.net.parameters())
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        opt = self.optimizers()                           # Lightning's wrapper; opt.optimizer is the SAM
-        sam, scaler = opt.optimizer, getattr(self.trainer.precision_plugin, 'scaler', None)
-        loss = F.cross_entropy(self.net(x), y)
-        self.manual_backward(loss)                        # scaled under 16-mixed
-        sam.first_step(zero_grad=True, grad_scaler=scaler)
-        with freeze_bn_stats(self.net): self.manual_backward(F.cross_entropy(self.net(x), y))
-        sam.unperturb()                                   # restore w, renormalize (the factor ignores the scale)
-        opt.step()                                        # (unscale, skip on overflow,) the base step
-        opt.zero_grad()
-        self.log_dict({'train_loss': loss.detach(), **sam.last_stats}, on_step=True, on_epoch=False)
-        return loss
-
+# %%
+#| slow
+torch.manual_seed(0)
+x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+lit = LitSAM(nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)),
+             lambda ps: StableSAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9))
+L.Trainer(max_steps=4, accelerator='cpu', logger=False, enable_checkpointing=False, enable_progress_bar=False,
+          enable_model_summary=False).fit(lit, loader)
 
 # %% [markdown]
-# Training is the usual `L.Trainer(...).fit(LitSAM(net, make_opt), loader)`; for fp16 on a CPU, pass
-# `plugins=[MixedPrecision('16-mixed', 'cpu')]` (from `lightning.pytorch.plugins`) instead of `precision=`.
+# For fp16 on a CPU, pass `plugins=[MixedPrecision('16-mixed', 'cpu')]` (from `lightning.pytorch.plugins`)
+# instead of `precision=`.
 
 # %% [markdown]
 # ## Hugging Face `transformers.Trainer`
 #
 # Override `training_step`: the first backward, `first_step`, the second backward. The Trainer then calls the
-# (accelerate-wrapped) optimizer's `step()`, which is `second_step()`. The Trainer clips gradients between
-# `training_step` and `step()` (`max_grad_norm`, 1.0 by default), which would clip the surrogate gradient before
-# the renormalization: set `max_grad_norm=0` as below, or end `training_step` with `sam.unperturb()` to clip
-# the renormalized gradient (then `step()` is the base step; do that too with `fp16=True`, whose GradScaler may
-# skip `step()`). The model must return its loss, as Hugging Face models do given `labels`. `log` adds the
-# last step's statistics to the Trainer's logs (one host sync per logging step).
+# (accelerate-wrapped) optimizer's `step()`. The Trainer clips gradients between `training_step` and `step()`
+# (`max_grad_norm`, 1.0 by default), which would clip the surrogate gradient before the renormalization if the
+# weights were still perturbed: so `training_step` ends with `sam.unperturb()`, the Trainer clips the
+# renormalized gradient, and `step()` is the base step (which also keeps `fp16=True` safe: its GradScaler may
+# skip `step()`). With gradient accumulation the Trainer calls `training_step` once per micro-batch and steps
+# after the last: the ascent needs the gradient of the whole batch, so the first passes accumulate it, and on the
+# last micro-batch `first_step` perturbs once and the second pass runs over every micro-batch of the step
+# (their inputs are kept until then). The model must return its loss, as Hugging Face models do given `labels`.
+# `log` adds the last step's statistics to the Trainer's logs (one host sync per logging step).
+# `stablesam.integrations.SAMTrainer` does all of this:
 
 # %%
 #| slow
-# recipe: transformers
+import tempfile
+
+import torch.nn.functional as F
 import transformers
 
-from stablesam.optim import freeze_bn_stats
+from stablesam.integrations import SAMTrainer
 
 
-def sam_of(optimizer):
-    """The SAM optimizer inside accelerate's `AcceleratedOptimizer` (or `optimizer` itself)."""
-    return getattr(optimizer, 'optimizer', optimizer)
+class Classifier(nn.Module):
+    """A model that returns its loss given `labels`, as Hugging Face models do."""
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        return {'loss': F.cross_entropy(logits, labels), 'logits': logits}
 
 
-class SAMTrainer(transformers.Trainer):
-    """A Hugging Face Trainer for a SAM-family optimizer (pass it as `optimizers=(opt, None)`; `max_grad_norm=0`)."""
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        model.train()
-        inputs = self._prepare_inputs(inputs)
-        loss = self.compute_loss(model, inputs)
-        self.accelerator.backward(loss)
-        sam_of(self.optimizer).first_step(zero_grad=True)
-        with freeze_bn_stats(model): self.accelerator.backward(self.compute_loss(model, inputs))
-        return loss.detach()                              # the Trainer's optimizer.step() is second_step()
-
-    def log(self, logs, *args, **kwargs):
-        stats = sam_of(self.optimizer).last_stats if self.optimizer is not None else {}
-        super().log({**logs, **{k: v.item() for k, v in stats.items()}}, *args, **kwargs)
-
-
-# %% [markdown]
-# Used as `SAMTrainer(model=model, args=TrainingArguments(..., max_grad_norm=0), train_dataset=data,
-# optimizers=(StableSAM(model.parameters(), torch.optim.SGD, lr=0.1), None)).train()`.
+# %%
+#| slow
+model = Classifier()
+args = transformers.TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=16, max_steps=4,
+                                      max_grad_norm=1.0, logging_steps=1, report_to='none', save_strategy='no',
+                                      use_cpu=True, disable_tqdm=True)
+hf = SAMTrainer(model=model, args=args, train_dataset=[{'x': x[i], 'labels': y[i]} for i in range(len(y))],
+                optimizers=(StableSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1), None))
+hf.train()
+print([round(h['renorm_factor'], 4) for h in hf.state.log_history if 'loss' in h])
 
 # %% [markdown]
 # ## `torch.compile`

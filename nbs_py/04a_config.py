@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from stablesam.data import DATASETS
 from stablesam.models import MODELS
+from stablesam.efficient import make_schedule
 from stablesam.optim import ASCENTS, BASES, RENORM_NORMS
 from stablesam.variants import VARIANTS, variant
 
@@ -112,6 +113,11 @@ class TrainConfig:
                                          "[gamma0, sqrt(gamma0)] (Remark 19)")
     renorm_norm: str = setting('plain', "renormalizing variants: plain (||g||/||g_asc||) or adaptive (the authors' "
                                         "StableASAM)", RENORM_NORMS)
+    sam_schedule: str | None = setting(None, "SAM-family variants: when a step takes SAM's second pass, "
+                                             "overriding the variant's own (every:K, random:P[:SEED], late:F, "
+                                             "ae[:DELTA:C_START:C_END]; see stablesam.efficient)")
+    look_alpha: float | None = setting(None, "SAM-family variants: LookSAM's weight alpha of the stored direction "
+                                             "g_v on one-pass steps (overrides the variant's own)")
     workers: int | None = setting(None, "data loader worker processes (default: 8 on GPU, 0 on CPU)")
     device: str = setting('auto', "device: auto, cpu, cuda, cuda:N")
     download: bool = setting(True, "download missing MNIST/CIFAR data (--no-download: fail with a message instead)")
@@ -174,6 +180,12 @@ class TrainConfig:
             raise ValueError(f"Invalid gamma0 with optimizer {self.optimizer!r}: gamma0 clamps the renormalization "
                              "factor of a renormalizing variant "
                              f"({', '.join(k for k, v in VARIANTS.items() if v.stable)})")
+        if (self.sam_schedule is not None or self.look_alpha is not None) and variant(self.optimizer).cls is None:
+            raise ValueError(f"Invalid sam_schedule/look_alpha with optimizer {self.optimizer!r}: they set when a "
+                             "SAM-family variant takes its second pass")
+        if self.sam_schedule is not None: make_schedule(self.sam_schedule, total_steps=1)  # the spec's syntax
+        if self.look_alpha is not None and not (math.isfinite(self.look_alpha) and self.look_alpha >= 0):
+            raise ValueError(f"Invalid look_alpha: {self.look_alpha} (a finite number >= 0)")
         return self
 
 
@@ -193,6 +205,11 @@ test_fail(lambda: TrainConfig(model='resnet21').validate(), contains="Unknown mo
 test_fail(lambda: TrainConfig(lr=float('nan')).validate(), contains='Invalid lr: nan')
 test_fail(lambda: TrainConfig(batch_size=0).validate(), contains='Invalid batch_size: 0')
 test_fail(lambda: TrainConfig.from_dict({'rh0': 1}), contains="['rh0']")
+test_fail(lambda: TrainConfig(sam_schedule='every:5').validate(),
+          contains="Invalid sam_schedule/look_alpha with optimizer 'sgd'")
+test_fail(lambda: TrainConfig(optimizer='sam', sam_schedule='sometimes').validate(), contains="Unknown schedule")
+test_fail(lambda: TrainConfig(optimizer='looksam', look_alpha=-1.).validate(), contains="Invalid look_alpha: -1.0")
+TrainConfig(optimizer='stablesam', sam_schedule='ae:0.9:1:-1').validate()
 test_fail(lambda: TrainConfig(on_nonfinite='ignore').validate(),
           contains="Unknown on_nonfinite: 'ignore' (choose from stop, skip)")
 test_fail(lambda: TrainConfig(ascent='mixed').validate(),

@@ -19,6 +19,7 @@
 #| hide
 from fastcore.test import *
 import tempfile
+import stablesam
 import warnings
 from pathlib import Path
 import torch
@@ -298,8 +299,10 @@ def package_versions():
     """The versions of Python, torch, torchvision and the packages a run's results depend on."""
     import torch, torchvision
     from importlib.metadata import version, PackageNotFoundError
-    v = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__)
-    for pkg in ('stablesam', 'pytorchcv', 'numpy'):
+    from stablesam import __version__   # the code that ran (a source tree on the path may differ from pip's record)
+    v = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+             stablesam=__version__)
+    for pkg in ('pytorchcv', 'numpy'):
         try: v[pkg] = version(pkg)
         except PackageNotFoundError: v[pkg] = None
     return v
@@ -312,6 +315,18 @@ def machine():
     except (OSError, StopIteration): pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed (a command exits with status 2 and this message)."""
+    exit_status = 2
+
+
+def require(module: str, extra: str):
+    """`import module`, or a `MissingExtra` error naming the extra to install (`pip install 'stablesam[extra]'`)."""
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtra(f"{module} is not installed; it comes with pip install 'stablesam[{extra}]'") from e
 
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts; empty if there are none yet)."""
@@ -330,4 +345,6 @@ JsonlLog(tmp / METRICS).append(dict(epoch=1, test_acc=0.5))
 cfg, ms = read_run(tmp)
 test_eq((cfg['lr'], ms), (0.1, [dict(epoch=1, test_acc=0.5)]))
 test_eq(set(cfg['versions']) >= {'python', 'torch', 'stablesam'}, True)
+test_eq(cfg['versions']['stablesam'], stablesam.__version__)   # what every config.json records
 test_fail(lambda: read_run(tmp / 'nowhere'), contains='Unreadable run folder')
+test_fail(lambda: require('no_such_module_xyz', 'demo'), contains="pip install 'stablesam[demo]'")

@@ -62,12 +62,14 @@ from stablesam.runs import (CONFIG, CheckpointError, machine, read_json, read_js
 RECORDS = 'records.jsonl'
 RUNS = 'runs'        # each spec's own folder (checkpoints) under the results folder
 EXECUTORS = ('inline', 'processes', 'slurm')
+LOGGERS = ('tensorboard', 'wandb', 'csv')   # --logger: the backends of stablesam.loggers
 
 
 class Run(NamedTuple):
-    """What a train function gets besides its spec: its own folder (or None) and a progress callback."""
+    """What a train function gets besides its spec: its own folder (or None), a progress callback, its loggers."""
     folder: Path | None
     report: Callable
+    loggers: dict | None = None   # `logging_to` arguments (names, every): every Trainer of the run logs there
 
 
 def spec_key(spec: dict, key) -> tuple:
@@ -180,19 +182,22 @@ def _progress_note(record) -> dict:
 
 
 def _timed(train, spec: dict, run: Run) -> tuple:
-    """`(records, seconds)` of `train(spec, run)`."""
+    """`(records, seconds)` of `train(spec, run)`, each `Trainer` it builds logging as `run.loggers` says."""
     t0 = time.perf_counter()
-    records = train(spec, run)
+    if run.loggers and run.folder is not None:
+        from stablesam.loggers import logging_to
+        with logging_to(run.folder, **run.loggers): records = train(spec, run)
+    else: records = train(spec, run)
     return records, time.perf_counter() - t0
 
 
-def _train_spec(train, spec: dict, folder, j: int) -> tuple:
+def _train_spec(train, spec: dict, folder, j: int, loggers=None) -> tuple:
     """Train spec number `j` in a worker process: `(records, seconds)`; progress goes to the parent's queue."""
     return _timed(train, spec, Run(None if folder is None else Path(folder),
-                                   lambda rec: _REPORTS.put((j, _progress_note(rec)))))
+                                   lambda rec: _REPORTS.put((j, _progress_note(rec))), loggers))
 
 
-def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
+def _run_processes(train, todo, folders, processes: int, finish, tick, loggers=None) -> None:
     """Train `todo` in `processes` spawned processes, calling `finish(j, records, seconds)` as spec `j` ends."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -201,7 +206,8 @@ def _run_processes(train, todo, folders, processes: int, finish, tick) -> None:
     reports = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // processes)
     pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(reports, threads))
-    pending, finished = {pool.submit(_train_spec, train, todo[j], folders[j], j): j for j in range(len(todo))}, False
+    pending = {pool.submit(_train_spec, train, todo[j], folders[j], j, loggers): j for j in range(len(todo))}
+    finished = False
     try:
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -248,14 +254,14 @@ def slurm_job_class():
 
     class SpecJob(Checkpointable):
         """One spec as a SLURM job: requeued on preemption, resuming from the run's own checkpoint."""
-        def __call__(self, train, spec, folder, threads):
+        def __call__(self, train, spec, folder, threads, loggers=None):
             import torch
             torch.set_num_threads(threads)
-            return _timed(train, spec, Run(None if folder is None else Path(folder), _progress_note))
+            return _timed(train, spec, Run(None if folder is None else Path(folder), _progress_note, loggers))
     return SpecJob
 
 
-def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> None:
+def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, loggers=None) -> None:
     """Submit `todo` (named `names`) as SLURM jobs and call `finish(j, records, seconds)` as job `j` ends."""
     import submitit
     SpecJob = slurm_job_class()
@@ -264,7 +270,7 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> N
     threads = int(params.pop('threads', 1))
     executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
     if params: executor.update_parameters(**params)
-    jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads) for i in range(len(todo))}
+    jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
     while jobs:
         for i, job in list(jobs.items()):
             if job.done():
@@ -285,7 +291,8 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish) -> N
 #| export
 def run_experiment(out, specs: list, train, *, key, settings: dict, command=None, executor: str = 'inline',
                    processes: int = 2, fresh: bool = False, progress: bool = True, cost=None, units=None,
-                   slurm: dict | None = None, desc: str | None = None, meta: dict | None = None) -> list:
+                   slurm: dict | None = None, desc: str | None = None, meta: dict | None = None,
+                   loggers: dict | None = None) -> list:
     """Train every spec of `specs` with `train(spec, run)` into results folder `out`; all records, in spec order."""
     specs = [dict(s) for s in specs]
     keys = [spec_key(s, key) for s in specs]
@@ -356,11 +363,12 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     todo_specs, todo_folders = [specs[i] for i in todo], [folders[i] for i in todo]
     if executor == 'inline' or (executor == 'processes' and len(todo) < 2):
         for j, i in enumerate(todo):
-            finish(j, *_timed(train, specs[i], Run(folders[i], partial(tick, j))))
+            finish(j, *_timed(train, specs[i], Run(folders[i], partial(tick, j), loggers)))
     elif executor == 'processes':
-        _run_processes(train, todo_specs, todo_folders, min(processes, len(todo)), finish, tick)
+        _run_processes(train, todo_specs, todo_folders, min(processes, len(todo)), finish, tick, loggers)
     else:
-        _run_slurm(train, todo_specs, todo_folders, [spec_id(s, key) for s in todo_specs], out, slurm, finish)
+        _run_slurm(train, todo_specs, todo_folders, [spec_id(s, key) for s in todo_specs], out, slurm, finish,
+                   loggers)
     bar.close()
     records = [r for k in keys for r in by_key[k]]
     write_jsonl(out / RECORDS, records)   # the order of a one-process run
@@ -449,7 +457,7 @@ test_eq(len(run_experiment(tmp / 'toy', specs[:1], toy_train, key=('x',), settin
 
 # %%
 #| export
-COMMON = ('data_root', 'download', 'device', 'seeds', 'out', 'resume', 'progress', 'executor', 'debug')
+COMMON = ('data_root', 'download', 'device', 'seeds', 'out', 'resume', 'progress', 'executor', 'logger', 'debug')
 
 
 def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None,
@@ -489,6 +497,12 @@ def add_common(p: argparse.ArgumentParser, *names, seeds=(0, 1, 2), out=None,
         p.add_argument('--slurm', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
                        help="submitit settings of --executor slurm, e.g. timeout_min=120 slurm_partition=gpu "
                             "gpus_per_node=1 (cluster=local runs the jobs as local processes)")
+    if 'logger' in names:
+        p.add_argument('--logger', nargs='+', default=[], choices=LOGGERS, metavar='LOGGER',
+                       help=f"log training curves to {', '.join(LOGGERS)} (several at once allowed): per step the "
+                            "loss, lr and SAM statistics, per epoch the metrics, under the run folders")
+        p.add_argument('--log-every', type=int, default=50, metavar='N',
+                       help='log the step scalars every N steps (one host sync each; default: 50)')
     if 'debug' in names:
         p.add_argument('--debug', action='store_true', help='show the traceback of an unexpected error')
     return p
@@ -505,8 +519,10 @@ def key_value(text: str):
 
 def executor_options(args) -> dict:
     """The runner's keyword arguments from parsed common options (a parser without `--fresh` never starts over)."""
+    loggers = getattr(args, 'logger', None)
     return dict(executor=args.executor, processes=args.processes, slurm=dict(args.slurm),
-                fresh=getattr(args, 'fresh', False), progress=args.progress is not False)
+                fresh=getattr(args, 'fresh', False), progress=args.progress is not False,
+                loggers=dict(names=list(loggers), every=args.log_every) if loggers else None)
 
 
 # %% [markdown]
@@ -571,6 +587,9 @@ test_eq((demo([]), demo(['--help'])), (2, 0))   # argparse's usage error and --h
 p = add_common(argparse.ArgumentParser(prog='x'), out='runs/x')
 a = p.parse_args(['--quiet', '--fresh', '--executor', 'slurm', '--slurm', 'cluster=local', 'timeout_min=5'])
 test_eq((a.progress, a.fresh, executor_options(a)['slurm']), (False, True, dict(cluster='local', timeout_min=5)))
+test_eq(executor_options(a)['loggers'], None)
+a = p.parse_args(['--logger', 'csv', 'tensorboard', '--log-every', '5'])
+test_eq(executor_options(a)['loggers'], dict(names=['csv', 'tensorboard'], every=5))
 try:
     p.parse_args(['--executor', 'mpi'])
     raise AssertionError('an unknown executor was accepted')

@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from stablesam.config import PRESETS, TrainConfig, preset_config
 from stablesam.experiment import add_common, command, executor_options, run_experiment
+from stablesam.loggers import TrainLogger
 from stablesam.runs import CONFIG, read_json
 from stablesam.train import Diverged, Trainer
 from stablesam.variants import variant
@@ -134,7 +135,7 @@ def build_parser():
                         help=help + (f" ({', '.join(choices)})" if choices is not None else '')
                              + f' (default: {f.default})')
     ap.add_argument('--quiet', dest='progress', action='store_false', help='the same as --no-progress')
-    add_common(ap, 'executor', 'debug')
+    add_common(ap, 'executor', 'logger', 'debug')
     ap.set_defaults(executor=None)   # --sweep prints its commands unless an executor is named
     return ap
 
@@ -221,7 +222,9 @@ def main(argv=None):
     trainer = None
     try:
         cfg = config_from_args(args)
-        trainer = Trainer(cfg)
+        if args.logger and not cfg.out: raise ValueError("--logger writes into the run folder: give --out")
+        logger = [TrainLogger(args.logger, cfg.out, args.log_every)] if args.logger else []
+        trainer = Trainer(cfg, callbacks=logger)
         history = trainer.fit()
     except Diverged as e:
         if trainer is not None and trainer.rank > 0: return 3

@@ -81,6 +81,7 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
         try: m = trainer.train_epoch()
         except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
         rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
+        if 'sam_fraction' in m: rec['sam_fraction'] = m['sam_fraction']   # the efficient variants' share of SAM steps
         for name, ds in (('test', data.test), ('val', val)):
             if ds is not None:
                 e = trainer.evaluate(ds)

@@ -23,8 +23,12 @@
 # ```
 #
 # `pip install -e .` alone installs the library and what it needs at run time; `[dev]` adds the notebook
-# and test tools (nbdev, jupytext, jupyterlab, pytest). PyTorch is not pinned: on a GPU machine install the
-# build for your CUDA first.
+# and test tools (nbdev, jupytext, jupyterlab, pytest) and every optional extra. PyTorch is not pinned: on a GPU
+# machine install the build for your CUDA first. From a wheel (`python -m build`, or a package index):
+# `pip install stablesam`, plus the extras you use: `stablesam[lightning]` and `stablesam[transformers]` for
+# `stablesam.integrations`, `stablesam[tensorboard]` and `stablesam[wandb]` for `--logger`, `stablesam[slurm]` for
+# `--executor slurm`; a missing one is an error that names it. What changed between versions, and what to do
+# about it: [changelog](changelog.ipynb).
 #
 # ## See what it does, offline, in a few minutes
 #
@@ -65,7 +69,7 @@ loss_fn = nn.CrossEntropyLoss()
 x, y = torch.randn(256, 10), torch.randint(0, 2, (256,))
 for step in range(20):
     loss_fn(model(x), y).backward()
-    opt.first_step(zero_grad=True)           # ascend to w + rho * g / ||g||
+    opt.first_step(zero_grad=True)           # ascend to w + rho * g / ||g|| (returns True: a SAM step)
     loss_fn(model(x), y).backward()          # surrogate gradient at the ascent point
     opt.second_step(zero_grad=True)          # restore w, renormalize, base optimizer step
 
@@ -76,7 +80,8 @@ for step in range(20):
 # and renormalization factor as tensors. With BatchNorm, mixed precision, gradient clipping or accumulation,
 # see the recipes in [the optimizer page](00_optim.ipynb); DistributedDataParallel (the `global` and `local`
 # ascent semantics) and FSDP2 in [distributed](00a_distributed.ipynb); PyTorch Lightning, Hugging Face's
-# `Trainer` and `torch.compile` in [frameworks](00b_frameworks.ipynb).
+# `Trainer` and `torch.compile` in [frameworks](00b_frameworks.ipynb), with `from stablesam.integrations import
+# LitSAM, SAMTrainer` ([integrations](00d_integrations.ipynb)).
 
 # %%
 #| hide
@@ -84,6 +89,23 @@ from fastcore.test import test_eq, test_close
 final = loss_fn(model(x), y).item()
 assert final < 0.69, final  # it learns the random labels a little
 test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, True)
+
+# %% [markdown]
+# **Cheaper steps.** The efficient variants take SAM's second pass on some steps only: `first_step` returns whether
+# it perturbed the weights, so the loop above becomes (StableLookSAM: a full StableSAM step every 5 steps, the steps
+# in between reuse its direction at the gradient's length; see [efficient](00c_efficient.ipynb) for every-k,
+# random, late-phase and AE-SAM schedules, and [their evidence on MNIST](06b_efficient_evidence.ipynb)):
+
+# %%
+opt = StableSAM(model.parameters(), torch.optim.SGD, schedule='every:5', look_alpha=0.7, lr=0.1, momentum=0.9)
+for step in range(20):
+    loss_fn(model(x), y).backward()
+    if opt.first_step(zero_grad=True): loss_fn(model(x), y).backward()   # the second pass on SAM steps only
+    opt.second_step(zero_grad=True)
+
+# %%
+#| hide
+test_eq((opt.schedule.count, opt.schedule.sam_steps), (20, 4))
 
 # %% [markdown]
 # ## The paper's GPU experiments
@@ -113,7 +135,8 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # `--seeds`, `--out`, `--fresh` (it resumes by default), `--progress/--no-progress` (`--quiet`), `--executor
 # inline|processes|slurm` with `--processes N` or `--slurm KEY=VALUE ...`, and `--debug`; each exits with 2 on
 # a usage error, 3 when training diverged and 1 on anything unexpected. `stablesam-train --quick` runs the
-# same code on a tiny subset for one epoch, on a CPU.
+# same code on a tiny subset for one epoch, on a CPU. `--logger tensorboard wandb csv` (on every command that
+# trains) writes the training curves for TensorBoard or Weights & Biases ([loggers](05b_loggers.ipynb)).
 
 # %% [markdown]
 # ## What the package reproduces
@@ -148,6 +171,7 @@ test_eq(set(opt.last_stats) >= {'grad_norm', 'asc_grad_norm', 'renorm_factor'}, 
 # | "robust with large learning rates" on networks | learning-rate sweep 0.01-3.16 | real MNIST | FCN and LeNet, 10,000 images, 3 epochs, 3 seeds | CIFAR models |
 # | Table 4's question (label noise) | 20/40/60/80% noise, paper and held-out protocols | real MNIST | FCN, 10,000 + 2,000 validation images, 15 epochs, 3 seeds | CIFAR-10 with ResNets, Table 4's size |
 # | Figures 1-3 | norm ratio, alignment, loss along $e_1$ | real MNIST | FCN, 10,000 images, 20 epochs, SAM at 4 radii, 3 seeds | ResNet-18 / ResNet-20 on CIFAR |
+# | efficient variants (issue 20): gain kept, cost, critical lr | 80% label noise (60% partial), lr sweep 0.1-0.56, speed benchmark | real MNIST (speed also on generated CIFAR files) | FCN, 10,000 + 2,000 images, 15 epochs, 5 seeds, 13 optimizers; sweep 10,000 images, 3 epochs, 5 seeds | Figure 5's distance for the variants; CIFAR/ImageNet accuracy |
 # | main job (`stablesam-reproduce --quick`) | SGD / SAM / StableSAM with 40% label noise | scikit-learn's real 8x8 digits | 1,297 / 500 images, 20 epochs, 5 seeds | the full job on MNIST |
 # | Tables 2-3 | code path only (generated CIFAR / ImageFolder files in tests) | - | - | everything |
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .data import DATASETS
 from .models import MODELS
+from .efficient import make_schedule
 from .optim import ASCENTS, BASES, RENORM_NORMS
 from .variants import VARIANTS, variant
 
@@ -75,6 +76,11 @@ class TrainConfig:
                                          "[gamma0, sqrt(gamma0)] (Remark 19)")
     renorm_norm: str = setting('plain', "renormalizing variants: plain (||g||/||g_asc||) or adaptive (the authors' "
                                         "StableASAM)", RENORM_NORMS)
+    sam_schedule: str | None = setting(None, "SAM-family variants: when a step takes SAM's second pass, "
+                                             "overriding the variant's own (every:K, random:P[:SEED], late:F, "
+                                             "ae[:DELTA:C_START:C_END]; see stablesam.efficient)")
+    look_alpha: float | None = setting(None, "SAM-family variants: LookSAM's weight alpha of the stored direction "
+                                             "g_v on one-pass steps (overrides the variant's own)")
     workers: int | None = setting(None, "data loader worker processes (default: 8 on GPU, 0 on CPU)")
     device: str = setting('auto', "device: auto, cpu, cuda, cuda:N")
     download: bool = setting(True, "download missing MNIST/CIFAR data (--no-download: fail with a message instead)")
@@ -137,6 +143,12 @@ class TrainConfig:
             raise ValueError(f"Invalid gamma0 with optimizer {self.optimizer!r}: gamma0 clamps the renormalization "
                              "factor of a renormalizing variant "
                              f"({', '.join(k for k, v in VARIANTS.items() if v.stable)})")
+        if (self.sam_schedule is not None or self.look_alpha is not None) and variant(self.optimizer).cls is None:
+            raise ValueError(f"Invalid sam_schedule/look_alpha with optimizer {self.optimizer!r}: they set when a "
+                             "SAM-family variant takes its second pass")
+        if self.sam_schedule is not None: make_schedule(self.sam_schedule, total_steps=1)  # the spec's syntax
+        if self.look_alpha is not None and not (math.isfinite(self.look_alpha) and self.look_alpha >= 0):
+            raise ValueError(f"Invalid look_alpha: {self.look_alpha} (a finite number >= 0)")
         return self
 
 

@@ -6,7 +6,7 @@
 __all__ = ['CONFIG', 'METRICS', 'CHECKPOINT', 'DIVERGED', 'CHECKPOINT_FORMAT', 'PREVIOUS', 'atomic_write', 'remove_temporaries',
            'strict_json', 'write_json', 'write_jsonl', 'append_jsonl', 'read_json', 'read_jsonl', 'JsonlLog',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'machine',
-           'read_metrics', 'read_run']
+           'MissingExtra', 'require', 'read_metrics', 'read_run']
 
 # %% ../nbs/04b_runs.ipynb #6db8a0ab
 import dataclasses
@@ -163,8 +163,10 @@ def package_versions():
     """The versions of Python, torch, torchvision and the packages a run's results depend on."""
     import torch, torchvision
     from importlib.metadata import version, PackageNotFoundError
-    v = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__)
-    for pkg in ('stablesam', 'pytorchcv', 'numpy'):
+    from stablesam import __version__   # the code that ran (a source tree on the path may differ from pip's record)
+    v = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+             stablesam=__version__)
+    for pkg in ('pytorchcv', 'numpy'):
         try: v[pkg] = version(pkg)
         except PackageNotFoundError: v[pkg] = None
     return v
@@ -177,6 +179,18 @@ def machine():
     except (OSError, StopIteration): pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed (a command exits with status 2 and this message)."""
+    exit_status = 2
+
+
+def require(module: str, extra: str):
+    """`import module`, or a `MissingExtra` error naming the extra to install (`pip install 'stablesam[extra]'`)."""
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtra(f"{module} is not installed; it comes with pip install 'stablesam[{extra}]'") from e
 
 def read_metrics(run_dir):
     """The per-epoch metrics of a run folder (list of dicts; empty if there are none yet)."""

@@ -281,7 +281,7 @@ def _pair_cost(spec: dict) -> int:
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
                   subset: int | None = None, out=None, progress: bool = True, fresh: bool = False,
                   checkpoint_every: float = 600.0, executor: str = 'inline', processes: int = 2, slurm=None,
-                  command=None) -> list[dict]:
+                  command=None, loggers: dict | None = None) -> list[dict]:
     """Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."""
     check_run(optimizers, seeds, subset)
     if executor != 'inline' and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
@@ -299,7 +299,7 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
     return run_experiment(out, specs, train_stability_pair, key=('optimizer', 'seed'), settings=settings,
                           command=command, executor=executor, processes=processes, slurm=slurm, fresh=fresh,
                           progress=progress, cost=_pair_cost, units=lambda spec: cfg.epochs + 1, desc='stability',
-                          meta=meta)
+                          meta=meta, loggers=loggers)
 
 # %% ../nbs/06_stability.ipynb #1f5027ac
 CPU_SUBSET = 10_000  # training images of the CPU-size run (about 40 CPU-minutes for FCN, 60 epochs, 3 seeds)

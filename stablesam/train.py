@@ -28,6 +28,7 @@ from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, ep
 from .data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs,
                             split_augmentation, validation_split)
 from .distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
+from .loggers import trainer_loggers
 from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
 # (nbdev makes a wrapped import relative only when its last line is as long as `from stablesam.runs` at least)
@@ -102,18 +103,24 @@ class Trainer:
         elif self.world_size > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self._init_batches()
+        self.total_steps = cfg.epochs * self.steps_per_epoch
         extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if variant(cfg.optimizer).stable else {}
         extra['ascent'] = cfg.ascent
+        if variant(cfg.optimizer).cls is not None:  # the efficient variants' schedule (stablesam.efficient)
+            extra['total_steps'] = self.total_steps
+            if cfg.sam_schedule is not None: extra['schedule'] = cfg.sam_schedule
+            if cfg.look_alpha is not None: extra['look_alpha'] = cfg.look_alpha
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), base=cfg.base, lr=cfg.lr,
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho, **extra)
         self.sam = is_sam(self.optimizer)
+        self.efficient = self.sam and self.optimizer.schedule.spec != 'every:1'  # some steps take one pass
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == 'fp16' else None
-        self.callbacks = list(callbacks)
-        self._init_batches()
+        self.callbacks = list(callbacks) + trainer_loggers(self)  # + a TrainLogger inside a logging_to block
         self.epoch, self.step, self.history, self._eval_batches = 0, 0, [], {}
         self.position, self._sums = 0, None  # batches done in the current epoch, and its running sums
+        self.last_loss = None  # the last step's first-pass loss (a device tensor; None: skipped), for loggers
         self._pending, self._saved_at, self.checkpoint_path = None, time.perf_counter(), None
-        self.total_steps = cfg.epochs * self.steps_per_epoch
         self.out = Path(cfg.out) if cfg.out and self.rank == 0 else None
         self.metrics_log = JsonlLog(self.out / METRICS) if self.out is not None else None
 
@@ -127,6 +134,9 @@ class Trainer:
         except Diverged as e:
             if self.out is not None: write_json(self.out / DIVERGED, e.record())
             raise
+        finally:
+            for cb in self.callbacks:
+                if hasattr(cb, 'after_fit'): cb.after_fit(self)
         return self.history
 
     def _fit_epoch(self):
@@ -228,7 +238,8 @@ def _step_finite(self, loss):
     ok = torch.isfinite(loss) & torch.isfinite(global_norm([p.detach() for p in self.model.parameters()], self.device))
     if self.sam and self.scaler is None:
         stats = self.optimizer.last_stats
-        ok = ok & torch.isfinite(stats['grad_norm']) & torch.isfinite(stats['asc_grad_norm'])
+        for key in ('grad_norm', 'asc_grad_norm'):   # a one-pass step has no asc_grad_norm
+            if key in stats: ok = ok & torch.isfinite(stats[key])
     return ok
 
 @patch_to(Trainer)
@@ -277,6 +288,7 @@ def train_step(self, x, y):
                    autocast_dtype=AMP_DTYPES[self.cfg.amp],
                    bn_first_pass=self.cfg.bn_first_pass, guard=self._guard if skip else None)
     self.step += 1  # a skipped step counts: the schedule moves on
+    self.last_loss = None if res is None else res[1]
     if res is None:
         with torch.no_grad():
             for b, saved in zip(self.model.buffers(), buffers): b.copy_(saved)
@@ -296,8 +308,8 @@ def _reduce(self, *tensors):
 def _new_sums(self):
     """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
     def zero(): return torch.zeros((), dtype=torch.float64, device=self.device)
-    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, skipped=0, time=0.0,
-                cpu=0.0)
+    return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, sam_steps=0, skipped=0,
+                time=0.0, cpu=0.0)
 
 @patch_to(Trainer)
 def _checkpoint_due(self):
@@ -327,9 +339,10 @@ def train_epoch(self):
             sums['correct'].add_((out.argmax(1) == y).sum())
             sums['count'] += len(y)
             sums['steps'] += 1
-            if self.sam:
+            if self.sam and self.optimizer.last_stats['sam_step']:  # factor and ratio: means over SAM steps
                 sums['factor'].add_(self.optimizer.last_stats['renorm_factor'])
                 sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
+                sums['sam_steps'] += 1
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
         sums['time'], sums['cpu'] = before + time.perf_counter() - t0, cpu_before + time.process_time() - cpu0
@@ -348,8 +361,9 @@ def train_epoch(self):
              lr=self.optimizer.param_groups[0]['lr'], time=sums['time'], cpu_time=sums['cpu'],
              images_per_s=count / max(sums['time'], 1e-9))
     if self.sam:
-        m['norm_ratio'] = ratio_sum / self.world_size / max(sums['steps'], 1)
-        if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(sums['steps'], 1)
+        m['norm_ratio'] = ratio_sum / self.world_size / max(sums['sam_steps'], 1)
+        if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(sums['sam_steps'], 1)
+        if self.efficient: m['sam_fraction'] = sums['sam_steps'] / max(sums['steps'], 1)
     if self.cfg.on_nonfinite == 'skip': m['skipped_steps'] = sums['skipped']
     return m
 

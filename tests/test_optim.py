@@ -14,7 +14,8 @@ from stablesam.variants import unregister_variant
 
 # The variants under test come from the registry, read at import (before any test registers one of its own):
 BUILT_IN = dict(VARIANTS)
-SAM_VARIANTS = [n for n, v in BUILT_IN.items() if v.cls is not None]   # all but 'sgd' (the base optimizer alone)
+SAM_VARIANTS = [n for n, v in BUILT_IN.items() if v.cls is not None and 'schedule' not in v.flags]  # two passes a step
+# (the efficient variants, one pass on some steps, are tested in tests/test_efficient.py)
 STABLE_VARIANTS = [n for n in SAM_VARIANTS if BUILT_IN[n].stable]
 
 
@@ -103,7 +104,8 @@ def test_zero_gradient_no_perturbation_no_nan():
         (w * 0).sum().backward()
         opt.second_step(zero_grad=True)
         assert torch.equal(w.detach(), before)
-        assert all(torch.isfinite(v) for v in opt.last_stats.values())
+        assert opt.last_stats['sam_step'] is True
+        assert all(torch.isfinite(v) for k, v in opt.last_stats.items() if k != 'sam_step')
 
 
 def test_param_with_gradient_in_one_pass_only():
@@ -144,8 +146,9 @@ def test_no_host_sync_inside_a_step(monkeypatch):
             m.setattr(torch.Tensor, name, forbidden)
         opt.unperturb()
     opt.base_optimizer.step()
-    assert set(opt.last_stats) == {'grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment', 'cosine'}
-    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in opt.last_stats.values())
+    assert set(opt.last_stats) == {'sam_step', 'grad_norm', 'asc_grad_norm', 'norm_ratio', 'renorm_factor', 'alignment',
+                                   'cosine'}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for k, v in opt.last_stats.items() if k != 'sam_step')
 
 
 @pytest.mark.parametrize('name', STABLE_VARIANTS)
@@ -158,7 +161,8 @@ def test_runs_on_a_device_without_values(name):
     opt.first_step()
     for p in net.parameters(): p.grad = torch.randn_like(p)
     opt.second_step()
-    assert len(opt.last_stats) == 6 and all(v.device.type == 'meta' for v in opt.last_stats.values())
+    stats = {k: v for k, v in opt.last_stats.items() if k != 'sam_step'}   # sam_step: a Python bool
+    assert len(stats) == 6 and all(v.device.type == 'meta' for v in stats.values())
 
 
 def test_persistent_memory_is_one_copy_of_the_parameters():
@@ -495,7 +499,8 @@ def test_make_optimizer():
     net = make_net()
     for name, v in BUILT_IN.items():
         for base, cls in (('sgd', torch.optim.SGD), ('adamw', torch.optim.AdamW)):
-            opt = make_optimizer(name, net.parameters(), base=base, lr=0.01, weight_decay=1e-4, rho=0.2)
+            opt = make_optimizer(name, net.parameters(), base=base, lr=0.01, weight_decay=1e-4, rho=0.2,
+                                 total_steps=100)  # the late-phase and AE-SAM variants need it
             assert is_sam(opt) == (v.cls is not None)
             inner = opt.base_optimizer if is_sam(opt) else opt
             assert type(inner) is cls and inner.param_groups[0]['weight_decay'] == 1e-4

@@ -99,6 +99,15 @@ def local_reference(stable, rho, steps=STEPS):
     return flat(net.parameters())
 
 
+def exit_worker():
+    """Leave a worker process that passed without finalizing the interpreter."""
+    # Gloo's worker threads can abort a process at interpreter finalization after a successful run (a torch
+    # teardown race).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def ddp_worker(rank, init_file, out):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -135,11 +144,7 @@ def ddp_worker(rank, init_file, out):
         if rank == 0: out.write_text(json.dumps(diffs))
     finally:
         dist.destroy_process_group()
-    # Gloo's worker threads can abort a process at interpreter finalization after a successful run (a torch
-    # teardown race): a worker that passed leaves without finalizing.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_worker()
 
 
 def fsdp_model(cls, rho):
@@ -192,9 +197,7 @@ def fsdp_worker(rank, init_file, out, ckpt):
         if rank == 0: out.write_text(json.dumps(diffs))
     finally:
         dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_worker()
 
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason='torch.distributed not available'),
