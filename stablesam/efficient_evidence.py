@@ -64,18 +64,21 @@ def efficiency_rows(noise_records: dict, speed: dict, lr_records=(), goal_metric
     """Per optimizer: cost, SAM-step share, accuracy and gain kept per noise level and metric, critical lr, goal."""
     accs = {lvl: run_accuracies(recs) for lvl, recs in noise_records.items()}
     names = variant_order({o for a in accs.values() for (_, o, _) in a})
+    by_opt = {(lvl, metric): {} for lvl in accs for metric in METRICS}   # optimizer -> seed -> accuracy
+    for lvl, a in accs.items():
+        for metric in METRICS:
+            for (_, o, s), v in a.items(): by_opt[lvl, metric].setdefault(o, {})[s] = v[metric]
     rows = []
     for name in names:
         row = dict(optimizer=name, cost=speed.get(name, {}).get('cost'))
         fr = [v['sam_fraction'] for a in accs.values() for (_, o, _), v in a.items()
               if o == name and v['sam_fraction'] is not None]
         row['sam_fraction'] = float(np.mean(fr)) if fr else (None if name == 'sgd' else 1.0)
-        for lvl, a in accs.items():
+        for lvl in accs:
             for metric in METRICS:
-                by_opt = {}
-                for (_, o, s), v in a.items(): by_opt.setdefault(o, {})[s] = v[metric]
-                shared = set(by_opt.get(name, ())) & set(by_opt.get('sgd', ())) & set(by_opt.get('stablesam', ()))
-                g = gain_kept(by_opt, name) if len(shared) >= 2 else None   # None: fewer than 2 seeds finished
+                seeds = by_opt[lvl, metric]
+                shared = set(seeds.get(name, ())) & set(seeds.get('sgd', ())) & set(seeds.get('stablesam', ()))
+                g = gain_kept(seeds, name) if len(shared) >= 2 else None   # None: fewer than 2 seeds finished
                 key = f'{metric}{int(round(100 * lvl))}'
                 row[f'acc_{key}'], row[f'std_{key}'] = (g['acc'], g['acc_std']) if g else (None, None)
                 row[f'kept_{key}'] = g['share'] if g else None

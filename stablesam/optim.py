@@ -204,7 +204,7 @@ class SAM(Optimizer):
         else: raise TypeError(f"Invalid base_optimizer: {base_optimizer!r} (a torch.optim.Optimizer class or instance)")
         self.param_groups = self.base_optimizer.param_groups
         self.defaults = {**self.base_optimizer.defaults, **defaults}
-        self.last_stats, self._first, self._restored = {}, None, False
+        self.last_stats, self._first, self._restored, self._gv_norm = {}, None, False, None
 
     def add_param_group(self, param_group):
         """Add a group (it may carry its own `rho` and `adaptive`) to the shared param groups."""
@@ -298,7 +298,8 @@ class SAM(Optimizer):
             den = _norm(tgrads, keys, device)
         dot = self._dot(first['owners'], first['keys']) if self.track_alignment or self.look_alpha is not None \
             else None
-        if self.look_alpha is not None: self._store_look_direction(first['owners'], dot, first['gnorm'])
+        if self.look_alpha is not None:
+            self._store_look_direction(first['owners'], first['keys'], dot, first['gnorm'])
         if not self.track_alignment: dot = None
         if first['params']: torch._foreach_copy_(first['params'], first['backups'])
         factor = renorm_factor(num, den, self.gamma0, self.eps) if self.stable else torch.ones((), device=device)
@@ -346,13 +347,20 @@ class SAM(Optimizer):
             self.last_stats.update(alignment=dot - gnorm ** 2, cosine=dot / (gnorm * anorm).clamp_min(self.eps))
 
     # --- efficient variants: one-pass steps and LookSAM's reuse ---
-    def _store_look_direction(self, owners, dot, gnorm):
-        """LookSAM: keep g_v = g_asc - (<g, g_asc>/||g||^2) g, the part of this SAM step's g_asc orthogonal to g."""
-        ps = [p for p in owners if p.grad is not None]
-        if not ps: return
+    def _store_look_direction(self, owners, keys, dot, gnorm):
+        """LookSAM: keep g_v = g_asc - (<g, g_asc>/||g||^2) g (the part of g_asc orthogonal to g) and its norm."""
+        kept = [(p, k) for p, k in zip(owners, keys) if p.grad is not None]
+        if not kept: return
+        ps, ks = [p for p, _ in kept], [k for _, k in kept]
         gvs = [self._buffer(p, 'gv') for p in ps]
         torch._foreach_copy_(gvs, [_local(p.grad) for p in ps])
         _add_scaled_(gvs, [self.state[p]['g'] for p in ps], -dot / gnorm.square().clamp_min(self.eps))
+        self._gv_norm = (tuple(map(id, ps)), _norm(gvs, ks, gnorm.device))   # reused until the next SAM step
+
+    def _look_norm(self, owners, keys, gvs, device):
+        """||g_v|| over `owners`: the norm kept at the last SAM step when it covers the same parameters."""
+        if self._gv_norm is not None and self._gv_norm[0] == tuple(map(id, owners)): return self._gv_norm[1]
+        return _norm(gvs, keys, device)
 
     @torch.no_grad()
     def _one_pass_direction(self, first):
@@ -362,7 +370,7 @@ class SAM(Optimizer):
         factor = torch.ones((), device=gnorm.device)
         if self.look_alpha is not None and owners and all('gv' in self.state[p] for p in owners):
             gvs = [self.state[p]['gv'] for p in owners]
-            scale = self.look_alpha * gnorm / _norm(gvs, keys, gnorm.device).clamp_min(self.eps)
+            scale = self.look_alpha * gnorm / self._look_norm(owners, keys, gvs, gnorm.device).clamp_min(self.eps)
             _add_scaled_(grads, gvs, scale)
             if self.stable:
                 factor = gnorm / _norm(grads, keys, gnorm.device).clamp_min(self.eps)
@@ -380,6 +388,7 @@ class SAM(Optimizer):
     def _load_look_state(self, gvs):
         """Put `_look_state()`'s output back (each g_v sharded like its parameter)."""
         params = [p for g in self.param_groups for p in g['params']]
+        self._gv_norm = None
         if len(gvs) != len(params):
             raise ValueError(f"LookSAM state has {len(gvs)} directions for {len(params)} parameters")
         for p, gv in zip(params, gvs):

@@ -180,6 +180,28 @@ def test_stable_looksam_one_pass_steps_have_the_gradients_norm():
         opt.step()
 
 
+def test_looksam_one_pass_step_without_a_parameters_gradient_uses_g_v_of_the_rest():
+    net = make_net()
+    opt = SAM(net.parameters(), torch.optim.SGD, lr=0.1, schedule='every:3', look_alpha=0.7)
+    x, y = batches(1)[0]
+    sam_step(opt, net, LOSS, x, y)                                # the SAM step keeps g_v over every parameter
+    gv = opt.state_dict()['sam']['look_gv']
+    bias = net[2].bias
+    bias.requires_grad_(False)                                    # no gradient for it on the one-pass step
+    opt.zero_grad()
+    LOSS(net(x), y).backward()
+    g = [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
+    assert not opt.first_step(zero_grad=True)
+    opt.unperturb()
+    kept = [(gi, vi) for gi, vi in zip(g, gv) if gi is not None]
+    gnorm = torch.cat([gi.reshape(-1) for gi, _ in kept]).norm()
+    vnorm = torch.cat([vi.reshape(-1) for _, vi in kept]).norm()   # the norm over these parameters only
+    assert vnorm < torch.cat([v.reshape(-1) for v in gv]).norm()
+    for p, gi, vi in zip(net.parameters(), g, gv):
+        if gi is None: assert p.grad is None
+        else: torch.testing.assert_close(p.grad, gi + 0.7 * gnorm / vnorm * vi)
+
+
 def test_ae_sam_decides_by_its_definition():
     """The decisions of AE-SAM inside the optimizer equal ||g||^2 >= mu_t + c_t sigma_t computed by hand."""
     n, delta = 30, 0.9
@@ -244,8 +266,11 @@ def test_registry_variants_build_and_say_their_schedule():
     for name in EFFICIENT:
         v = VARIANTS[name]
         opt = make_optimizer(name, make_net().parameters(), lr=0.1, total_steps=100)
-        assert opt.schedule.spec.startswith(v.flags['schedule'].split(':')[0])
-        assert opt.stable == v.stable and (opt.look_alpha is not None) == ('look_alpha' in v.flags)
+        assert opt.schedule.spec.startswith(v.flags['schedule'])
+        assert opt.stable == v.stable and opt.look_alpha == v.flags.get('look_alpha')
+    assert [make_optimizer(n, make_net().parameters(), lr=0.1, total_steps=100).schedule.spec for n in EFFICIENT] \
+        == ['every:5'] * 2 + ['random:0.2:0'] * 2 + ['late:0.8'] * 2 + ['ae:0.9:1.0:-1.0'] * 2 + ['every:5'] * 2
+    assert make_optimizer('sam-late', make_net().parameters(), lr=0.1, total_steps=100).schedule.start == 80
     assert make_optimizer('stablesam-every', make_net().parameters(), lr=0.1, schedule='every:2').schedule.k == 2
 
 

@@ -3,6 +3,7 @@ decisions on every replica and equals one process on the global batch (AE-SAM's 
 under FSDP2 g_v is kept as shards and a checkpoint taken mid-schedule resumes exactly."""
 import json
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -10,10 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from stablesam.distributed import checkpoint_state, load_checkpoint_state, shard_model
+from stablesam.distributed import shard_model
 from stablesam.optim import SAM, StableSAM, sam_step
-from test_optim_ddp import (WORLD, assert_replicas_equal, batch_of, exit_worker, flat, full, global_batch, make_net,
-                            rel_diff)
+from test_optim_ddp import (WORLD, assert_replicas_equal, assert_resumes_exactly, batch_of, exit_worker, flat, full,
+                            global_batch, make_net, rel_diff)
 
 LR, STEPS, TOL = 0.1, 12, 1e-5
 # name: (class, rho, schedule, look_alpha)
@@ -87,36 +88,27 @@ def ddp_worker(rank, init_file, out):
     exit_worker()
 
 
+def sharded(case):
+    """A sharded network and the optimizer of `CASES[case]`."""
+    net = make_net()
+    shard_model(net)
+    return net, build(net.parameters(), case)
+
+
 def fsdp_worker(rank, init_file, out, ckpt):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     diffs = {}
     try:
         for case in CASES:
-            net = make_net()
-            shard_model(net)
-            opt = build(net.parameters(), case)
+            net, opt = sharded(case)
             check(rank, net, opt, lambda: full(net), case, diffs, 'fsdp')
             if CASES[case][3] is not None:
                 for p in net.parameters():   # g_v is this process's shard
                     assert opt.state[p]['gv'].shape == p.to_local().shape and p.to_local().numel() < p.numel()
         # checkpoint after 5 steps (mid-schedule: g_v stored, AE's averages moving), resume in fresh objects
         for case in ('stablelooksam', 'stableaesam'):
-            net = make_net()
-            shard_model(net)
-            opt = build(net.parameters(), case)
-            for step in range(5): sam_step(opt, net, nn.functional.cross_entropy, *batch_of(rank, step))
-            state = checkpoint_state(net, opt)
-            if rank == 0: torch.save(state, ckpt)
-            dist.barrier()
-            resumed = make_net()
-            shard_model(resumed)
-            ropt = build(resumed.parameters(), case)
-            load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
-            for step in range(5, STEPS):
-                for n, o in ((net, opt), (resumed, ropt)):
-                    sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
-            assert torch.equal(full(net), full(resumed)), f'{case}: resumed run differs'
+            ropt = assert_resumes_exactly(rank, partial(sharded, case), ckpt, 5, STEPS, case)
             assert ropt.schedule.state_dict()['count'] == STEPS
         if rank == 0: out.write_text(json.dumps(diffs))
     finally:

@@ -159,6 +159,23 @@ def full(net):
     return flat([p.full_tensor() for p in net.parameters()])
 
 
+def assert_resumes_exactly(rank, build, ckpt, split, steps, what='run'):
+    """Train `build()`'s sharded (net, optimizer) `split` steps, checkpoint, resume in a fresh `build()`, train both
+    to `steps`: the resumed weights equal the uninterrupted ones bit for bit; the resumed optimizer."""
+    net, opt = build()
+    for step in range(split): sam_step(opt, net, nn.functional.cross_entropy, *batch_of(rank, step))
+    state = checkpoint_state(net, opt)
+    if rank == 0: torch.save(state, ckpt)
+    dist.barrier()
+    resumed, ropt = build()
+    load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
+    for step in range(split, steps):
+        for n, o in ((net, opt), (resumed, ropt)):
+            sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
+    assert torch.equal(full(net), full(resumed)), f'{what}: resumed run differs'
+    return ropt
+
+
 def fsdp_worker(rank, init_file, out, ckpt):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -174,18 +191,7 @@ def fsdp_worker(rank, init_file, out, ckpt):
             for p in net.parameters():   # the copy of w is this process's shard, not the whole parameter
                 assert opt.state[p]['w'].shape == p.to_local().shape and p.to_local().numel() < p.numel()
         # checkpoint after 5 steps, resume in fresh objects, 5 more: exactly the uninterrupted run
-        cls, rho = VARIANTS['stablesam']
-        net, opt = fsdp_model(cls, rho)
-        for step in range(STEPS // 2): sam_step(opt, net, nn.functional.cross_entropy, *batch_of(rank, step))
-        state = checkpoint_state(net, opt)
-        if rank == 0: torch.save(state, ckpt)
-        dist.barrier()
-        resumed, ropt = fsdp_model(cls, rho)
-        load_checkpoint_state(resumed, ropt, *torch.load(ckpt, weights_only=True))
-        for step in range(STEPS // 2, STEPS):
-            for n, o in ((net, opt), (resumed, ropt)):
-                sam_step(o, n, nn.functional.cross_entropy, *batch_of(rank, step))
-        assert torch.equal(full(net), full(resumed)), 'resumed run differs'
+        ropt = assert_resumes_exactly(rank, lambda: fsdp_model(*VARIANTS['stablesam']), ckpt, STEPS // 2, STEPS)
         assert ropt.stable and ropt.ascent == 'global'
         net = make_net()
         shard_model(net)
