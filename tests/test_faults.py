@@ -128,12 +128,12 @@ def _progress(ckpt_dir):
 def chaos(main, argv, tmp, checkpoints, log, *, kills=6, seed=SEED):
     """Apply the faults to the run `argv` (resuming after each), then finish it; `checkpoints()` is the folder of the
     checkpoint being written, `log` the JSON-lines file the run appends to. Returns the per-fault rows."""
-    rows, todo, plan = [], ['corrupt', 'metrics'], _faults(seed, kills)
+    rows, todo, plan, more = [], ['corrupt', 'metrics'], _faults(seed, kills), 3
     while plan:
         kind, delay, nth = plan.pop(0)
-        if kind is None and todo and len(rows) < 3 * kills:  # a file fault the run did not allow yet: train on a little
-            plan = [('training', 0.0, 3), (None, 0, 0)]
-            continue
+        if kind is None and todo and len(rows) < 3 * kills:  # a file fault the run did not allow yet: train on further,
+            plan, more = [('training', 0.0, more), (None, 0, 0)], 2 * more  # twice as far each time (a loaded machine
+            continue                                                        # takes more checkpoints per step)
         damaged = _file_fault(checkpoints(), log, todo)
         if damaged is not None:
             rows.append(dict(fault=damaged[0], tried=True))
