@@ -171,7 +171,7 @@ test_eq((opt.schedule.count, opt.schedule.sam_steps), (20, 4))
 # | "robust with large learning rates" on networks | learning-rate sweep 0.01-3.16 | real MNIST | FCN and LeNet, 10,000 images, 3 epochs, 3 seeds | CIFAR models |
 # | Table 4's question (label noise) | 20/40/60/80% noise, paper and held-out protocols | real MNIST | FCN, 10,000 + 2,000 validation images, 15 epochs, 3 seeds | CIFAR-10 with ResNets, Table 4's size |
 # | Figures 1-3 | norm ratio, alignment, loss along $e_1$ | real MNIST | FCN, 10,000 images, 20 epochs, SAM at 4 radii, 3 seeds | ResNet-18 / ResNet-20 on CIFAR |
-# | efficient variants (issue 20): gain kept, cost, critical lr | 80% label noise (60% partial), lr sweep 0.1-0.56, speed benchmark | real MNIST (speed also on generated CIFAR files) | FCN, 10,000 + 2,000 images, 15 epochs, 5 seeds, 13 optimizers; sweep 10,000 images, 3 epochs, 5 seeds | Figure 5's distance for the variants; CIFAR/ImageNet accuracy |
+# | efficient variants (issue 20): gain kept, cost, critical lr, Figure 5's distance | 80% label noise (60% partial), lr sweep 0.1-0.56, stability pair (constant lr, 60 epochs), speed benchmark | real MNIST (speed also on generated CIFAR files) | FCN, 10,000 + 2,000 images, 15 epochs, 5 seeds, 13 optimizers; sweep 10,000 images, 3 epochs, 5 seeds; stability 10,000 images, 1 seed | 60% noise beyond 2 seeds for the variants; more seeds for the distance; CIFAR/ImageNet accuracy |
 # | main job (`stablesam-reproduce --quick`) | SGD / SAM / StableSAM with 40% label noise | scikit-learn's real 8x8 digits | 1,297 / 500 images, 20 epochs, 5 seeds | the full job on MNIST |
 # | Tables 2-3 | code path only (generated CIFAR / ImageFolder files in tests) | - | - | everything |
 
