@@ -276,7 +276,7 @@ plt.close(fig)
 # - AE-SAM (about half the steps): 0.10-0.13 of the best-epoch gain, 0.32-0.34 of the final one.
 # - LookSAM 0.97 [0.45, 1.76] and StableLookSAM 1.19 [0.78, 1.80] of the best-epoch gain, and 3.2 times the final
 #   one (75% final test accuracy against StableSAM's 44%). **This is not SAM's benefit for less**: LookSAM barely fits
-#   the noisy training labels (training loss 2.23 after 15 epochs against StableSAM's 1.63 and SGD's 1.13; training
+#   the noisy training labels (training loss 2.24 after 15 epochs against StableSAM's 1.63 and SGD's 1.13; training
 #   accuracy 0.20, the clean share), so it never memorises the noise that pulls the others' final accuracy down. On
 #   clean labels (the sweep below) it trains more slowly than SGD (91.6% against 94.5% test accuracy after 3 epochs
 #   at lr 0.1).
