@@ -150,6 +150,28 @@ def is_sharded(model):
 
 
 # %% [markdown]
+# ### Buffers: BatchNorm statistics
+#
+# FSDP2 shards parameters, not buffers: each process keeps its own BatchNorm running statistics, updated
+# from its own slice of every batch, so they drift apart. DDP broadcasts rank 0's buffers before every
+# forward pass, so under DDP the statistics a run ends with are rank 0's. `broadcast_buffers` gives every
+# process rank 0's buffers; the Trainer calls it after each training epoch and before each evaluation,
+# under DDP and FSDP alike. Broadcasting, not averaging, is the choice because it is DDP's semantics: the
+# running statistics never enter a training step (the train-mode forward uses the batch's own statistics),
+# so with it a run gives the same evaluation and the same checkpoint whether it is sharded or not, and
+# the checkpoint rank 0 writes holds the very statistics every process evaluated with. (An average over
+# processes would be another estimator, equal to neither DDP's nor a single process's running variance.)
+
+# %%
+#| export
+def broadcast_buffers(model, src=0):
+    """Give every process rank `src`'s buffers of `model` (BatchNorm running statistics), as DDP does."""
+    import torch.distributed as dist
+    if not dist.is_initialized() or dist.get_world_size() == 1: return
+    for b in model.buffers(): dist.broadcast(b, src)
+
+
+# %% [markdown]
 # ### Checkpoints of a sharded model
 #
 # A sharded model's `state_dict()` holds each process's shards. `checkpoint_state` gathers the full model and

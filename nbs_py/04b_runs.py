@@ -316,6 +316,65 @@ def machine():
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
+_DATA_READ = {}   # the data files and folders this process has read, in the order it read them
+_SHA256 = {}      # sha256 of files already hashed, by (path, size, mtime)
+
+
+def note_data_read(*paths):
+    """Record data files (or image folders) this process read: `provenance` hashes them."""
+    for p in paths: _DATA_READ[str(p)] = None
+
+
+def data_read():
+    """The data files and folders this process has read (see `note_data_read`), in order."""
+    return list(_DATA_READ)
+
+
+def file_sha256(path):
+    """The sha256 of a file (cached by size and mtime); of a folder, of its sorted relative file names and sizes."""
+    import hashlib
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob('*') if f.is_file())
+        listing = ''.join(f'{f.relative_to(path)}\t{f.stat().st_size}\n' for f in files)
+        return 'listing:' + hashlib.sha256(listing.encode()).hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
+def code_state():
+    """`dict(commit, dirty, changed)` of the git checkout holding the imported stablesam; commit None outside one."""
+    import subprocess
+    import stablesam
+    src = Path(stablesam.__file__).resolve().parent
+    def git(*args):
+        r = subprocess.run(['git', '-C', str(src), *args], capture_output=True, text=True, timeout=30)
+        return r.stdout.rstrip('\n') if r.returncode == 0 else None
+    root = git('rev-parse', '--show-toplevel')
+    if root is None or not (Path(root) / 'settings.ini').exists():   # an installed wheel: no checkout of ours
+        return dict(commit=None, dirty=None, changed=[], source=str(src))
+    changed = git('status', '--porcelain', '--', root, f':(exclude){root}/results') or ''
+    changed = [line[3:] for line in changed.splitlines()]   # results/ is what runs write, not code
+    return dict(commit=git('rev-parse', 'HEAD'), dirty=bool(changed), changed=changed[:20], source=root)
+
+
+def provenance(argv=None, threads=None, device=None):
+    """What made a record: the code's commit and dirtiness, versions, sha256 of the data read, threads, device, argv."""
+    import sys, torch
+    if device is None:
+        device = f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
+    return dict(code=code_state(), versions=package_versions(),
+                data={p: file_sha256(p) for p in data_read() if Path(p).exists()},
+                threads=torch.get_num_threads() if threads is None else threads, device=str(device),
+                argv=list(sys.argv if argv is None else argv), machine=machine())
+
+
 class MissingExtra(ImportError):
     """An optional dependency is not installed (a command exits with status 2 and this message)."""
     exit_status = 2
@@ -348,3 +407,26 @@ test_eq(set(cfg['versions']) >= {'python', 'torch', 'stablesam'}, True)
 test_eq(cfg['versions']['stablesam'], stablesam.__version__)   # what every config.json records
 test_fail(lambda: read_run(tmp / 'nowhere'), contains='Unreadable run folder')
 test_fail(lambda: require('no_such_module_xyz', 'demo'), contains="pip install 'stablesam[demo]'")
+
+# %% [markdown]
+# ## Provenance
+#
+# Every `config.json` (a training run's and an experiment's) carries a `provenance` record: the git
+# commit of the code that ran and whether its checkout had uncommitted changes outside `results/` (with
+# the changed files), the versions of Python, torch, torchvision, numpy and stablesam, the sha256 of every
+# data file the process read (the data loaders call `note_data_read`), the torch thread count, the device
+# and the exact argv. Two runs that differ in any of them need not give the same bits; two that agree in
+# all of them on the same kind of machine do (see the README's "Reproducibility"). `stablesam-results
+# provenance RUN_DIR` prints it.
+
+# %%
+(tmp / 'data').mkdir()
+(tmp / 'data' / 'f.bin').write_bytes(b'abc')
+note_data_read(tmp / 'data' / 'f.bin')
+p = provenance(argv=['stablesam-train', '--quick'], threads=1, device='cpu')
+test_eq(p['data'][str(tmp / 'data' / 'f.bin')], 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
+test_eq((p['argv'], p['threads'], p['device']), (['stablesam-train', '--quick'], 1, 'cpu'))
+test_eq(set(p['versions']) >= {'python', 'torch', 'torchvision', 'numpy', 'stablesam'}, True)
+test_eq(len(p['code']['commit'] or '') in (0, 40), True)   # 40 hex digits in a checkout, None in an installed wheel
+test_eq(file_sha256(tmp / 'data').startswith('listing:'), True)   # a folder (ImageFolder): its file list and sizes
+

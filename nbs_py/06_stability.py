@@ -31,7 +31,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from fastcore.test import test_close, test_eq, test_fail, test_ne
+from PIL import Image
 from stablesam.runs import append_jsonl, read_json, read_jsonl
+from stablesam.style import figure_text_problems
 
 # %%
 #| hide
@@ -55,7 +57,9 @@ from torch import nn
 
 from stablesam.data import LabelledView, get_datasets, in_memory
 from stablesam.runs import CHECKPOINT_FORMAT, latest_checkpoint, remove_temporaries, save_checkpoint
-from stablesam.style import markdown_table, optimizer_style, plot_kwargs, quantity
+from stablesam.results import DATASET_LABELS, MODEL_LABELS
+from stablesam.style import (figure_legend, markdown_table, optimizer_style, plot_kwargs, quantity, save_figure,
+                             wrapped)
 
 
 # %% [markdown]
@@ -254,35 +258,70 @@ def curves(records: list[dict], key: str) -> dict:
                     np.array([v.min() for v in vals]), np.array([v.max() for v in vals]))
     return out
 
-def plot_stability(records: list[dict], title: str | None = None, axes=None, figsize=(3.6, 6.6)):
+def band_title(records: list[dict]) -> str:
+    """The legend title: what the line and the band are (mean and min-max over seeds; one seed has no band)."""
+    seeds = sorted({r['seed'] for r in records})
+    if len(seeds) == 1: return f'seed {seeds[0]} (one seed: no band)'
+    return f'mean of {len(seeds)} seeds; band: min-max over seeds'
+
+
+def plot_stability(records: list[dict], title: str | None = None, axes=None, figsize=(3.6, 6.6), legend=True):
     """Rows: distance, generalisation error, accuracy gap per epoch; one line per optimizer, its seed range shaded."""
     import matplotlib.pyplot as plt
     if not records: raise ValueError("plot_stability needs at least one record")
-    fig = None
-    if axes is None: fig, axes = plt.subplots(len(PANELS), 1, figsize=figsize, sharex=True, layout='constrained')
-    seeds = len({r['seed'] for r in records})
+    own = axes is None
+    if own: fig, axes = plt.subplots(len(PANELS), 1, figsize=figsize, sharex=True, layout='constrained')
+    fig = axes[0].figure
     for ax, key in zip(axes, PANELS):
-        q = quantity(key)
-        for opt, (ep, mean, lo, hi) in curves(records, key).items():
-            kw = plot_kwargs(opt)
+        q, lines = quantity(key), curves(records, key)
+        for opt, (ep, mean, lo, hi) in lines.items():   # fewer marks a line where there are many lines
+            kw = plot_kwargs(opt, marker=True, points=len(ep), markers=max(3, min(8, 30 // len(lines))))
             ax.plot(ep, q.scale * mean, lw=1.2, **kw)
-            ax.fill_between(ep, q.scale * lo, q.scale * hi, alpha=0.25, color=kw['color'], linewidth=0)
+            ax.fill_between(ep, q.scale * lo, q.scale * hi, alpha=0.2, color=kw['color'], linewidth=0)
+        finals = [mean[-1] for _, mean, _, _ in lines.values()]
+        if key == 'param_distance' and min(finals) > 0 and max(finals) > 10 * min(finals):
+            ax.set_yscale('log')   # one optimizer's distance ten times another's: a log scale shows both
         ax.set_ylabel(q.label, fontsize=8)
-    axes[-1].set_xlabel(quantity('epoch').label)
-    axes[0].legend(fontsize=7, title=f'mean of {seeds} seed{"s" * (seeds > 1)}; band: min-max', title_fontsize=7)
-    if title is not None: axes[0].set_title(title, fontsize=9)
-    return fig if fig is not None else axes[0].figure
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(quantity('epoch').label, fontsize=8)
+    if own:   # the figure is this column: the title and the legend span it
+        if title is not None: fig.suptitle(wrapped(title, figsize[0], 9), fontsize=9)
+        if legend: figure_legend(fig, band_title(records))
+    elif title is not None:
+        axes[0].set_title(wrapped(title, fig.get_figwidth() * axes[0].get_position().width, 9), fontsize=9)
+    return fig
+
 
 def stability_figure(panels: dict, title: str | None = None, figsize=None):
     """The paper's layout: one column per model (`panels`: column title -> records), one row per quantity."""
     import matplotlib.pyplot as plt
     if not panels: raise ValueError("stability_figure needs at least one panel")
-    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (4.2 * len(panels), 7.8), squeeze=False,
-                             layout='constrained')
+    fig, axes = plt.subplots(len(PANELS), len(panels), figsize=figsize or (3.6 * len(panels), 7.2), squeeze=False,
+                             sharex='col', layout='constrained')
     for j, (name, records) in enumerate(panels.items()):
         plot_stability(records, f'({chr(97 + j)}) {name}', axes=axes[:, j])
-    if title is not None: fig.suptitle(title, fontsize=10)
+    if title is not None: fig.suptitle(wrapped(title, fig.get_figwidth(), 10), fontsize=10)
+    figure_legend(fig, band_title([r for records in panels.values() for r in records]))
     return fig
+
+
+SETTING_TEXT = {'constant': 'constant lr', 'weight-decay': 'constant lr, weight decay 5e-4', 'cosine': 'cosine lr'}
+
+
+def stability_title(model: str, dataset: str, setting: str, n_train: int | None = None) -> str:
+    """A stability figure's title: model, dataset, training-set size (S and S' each) and the setting of Figures 5-7."""
+    size = '' if n_train is None else f' ({n_train:,} images)'
+    return (f"{MODEL_LABELS.get(model, model)} on {DATASET_LABELS.get(dataset, dataset)}{size}, "
+            f"{SETTING_TEXT.get(setting, setting)}")
+
+
+def write_stability_figure(out, records: list[dict], title: str | None = None, pdf: bool = True) -> list:
+    """Write `stability.png` (and, with `pdf`, `stability.pdf`) of `records` into folder `out`; returns the paths."""
+    import matplotlib.pyplot as plt
+    fig = plot_stability(records, title)
+    try: return save_figure(fig, Path(out) / 'stability.png', pdf=pdf)
+    finally: plt.close(fig)
 
 
 # %% [markdown]
@@ -300,6 +339,21 @@ test_eq((c['sam'][2] <= c['sam'][1]).all() and (c['sam'][1] <= c['sam'][3]).all(
 fig = stability_figure({'FCN': fake, 'LeNet': fake}, 'layout only (synthetic curves)')
 plt.show()
 plt.close(fig)
+
+# %% [markdown]
+# A stored figure is for print: every text inside the figure, none on top of another, none too small to read
+# 700 pixels wide (`stablesam.style.figure_text_problems`), in the paper's column width and in the two-column
+# layout, with the long title a run writes:
+
+# %%
+title = stability_title('fcn', 'mnist', 'weight-decay', 59_999)
+for fig in (plot_stability(fake, title), stability_figure({'FCN': fake, 'LeNet, a stand-in': fake}, title)):
+    test_eq(figure_text_problems(fig), [])
+    plt.close(fig)
+with tempfile.TemporaryDirectory() as d:
+    paths = write_stability_figure(d, fake, title)
+    test_eq([p.name for p in paths], ['stability.png', 'stability.pdf'])
+    assert min(Image.open(paths[0]).info['dpi']) >= 150
 
 
 # %% [markdown]
@@ -361,7 +415,8 @@ print(format_summary(sm))
 # %%
 #| export
 from stablesam.config import RESUMABLE, TrainConfig
-from stablesam.experiment import add_common, command, executor_options, per_process, run_experiment
+from stablesam.experiment import RECORDS, add_common, command, executor_options, per_process, run_experiment
+from stablesam.runs import CONFIG, read_json, read_jsonl
 from stablesam.models import MODELS
 from stablesam.train import Trainer
 from stablesam.variants import VARIANTS, variant
@@ -614,12 +669,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def summary_title(args) -> str:
+    """The title of a stability experiment's figure and summary, from its command's arguments."""
+    return f"{args.model} on {args.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}` of a `stablesam-stability` results folder, from its records and recorded command."""
+    folder = Path(folder)
+    with warnings.catch_warnings():   # an old command's --workers: its warning is for the one who runs it
+        warnings.simplefilter('ignore')
+        args = parse_args(read_json(folder / CONFIG)['command'][1:])
+    table = format_summary(stability_summary(read_jsonl(folder / RECORDS)))
+    return {'summary.md': f"# {summary_title(args)}\n\n{table}\n"}
+
+
 @command('stablesam-stability')
 def main(argv=None) -> None:
-    """The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png and summary.md."""
+    """The `stablesam-stability` command: run, write records.jsonl, config.json, stability.png/.pdf and summary.md."""
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     out = Path(args.out)
@@ -630,14 +699,12 @@ def main(argv=None) -> None:
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, out=out,
                             checkpoint_every=args.checkpoint_every, command=['stablesam-stability', *argv],
                             **executor_options(args))
-    title = f"{cfg.model} on {cfg.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
-    fig = plot_stability(records, title)
-    fig.savefig(out / 'stability.png', dpi=150)
-    plt.close(fig)
-    table = format_summary(stability_summary(records))
-    (out / 'summary.md').write_text(f"# {title}\n\n{table}\n")
-    print(table)
-    print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'stability.png'}, {out / 'summary.md'}")
+    write_stability_figure(out, records, stability_title(cfg.model, cfg.dataset, args.schedule,
+                                                         read_json(out / CONFIG).get('n_train')))
+    for name, text in summary_files(out).items(): (out / name).write_text(text)
+    print(format_summary(stability_summary(records)))
+    print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'stability.png'} (and .pdf), "
+          f"{out / 'summary.md'}")
 
 
 # %% [markdown]
@@ -864,13 +931,17 @@ def real_folder(model, schedule, n):
     return Path(f'../results/stability/{model}-mnist-{n // 1000}k-{schedule}')
 
 
+# %% [markdown]
+# Each folder's `config.json` records the command that made it; the `slow` cell runs exactly those
+# commands (`stablesam.results_check.rerun`, from the repository root). These records were made on the
+# MNIST copy before 2026-12-04 (their `provenance` says so): on today's files the commands stop rather
+# than resume, and `rerun(folder, fresh=True)` makes them again from scratch.
+
 # %%
 #| slow
+from stablesam.results_check import rerun
 for model, schedule, n in REAL_RUNS:
-    main(['--dataset', 'mnist', '--model', model, '--data-root', '../../shared/data', '--subset', str(n),
-          '--device', 'cpu', '--epochs', '60', '--schedule', schedule, '--seeds', '0', '1', '2',
-          '--no-download', '--quiet', '--executor', 'processes', '--processes', '2',
-          '--out', str(real_folder(model, schedule, n))])
+    print(rerun(real_folder(model, schedule, n)))
 
 # %% [markdown]
 # The figures, in the paper's layout (FCN left, the conv net right). The paper's conv-net panel is LeNet

@@ -47,11 +47,11 @@ import numpy as np
 
 from stablesam.config import TrainConfig
 from stablesam.data import DataBundle, LabelledView, get_datasets, in_memory, noisy_labels, validation_split
-from stablesam.experiment import add_common, command, executor_options, per_process, run_experiment
+from stablesam.experiment import RECORDS, add_common, command, executor_options, per_process, run_experiment
 from stablesam.models import MODELS
 from stablesam.results import PROTOCOLS, run_scores
-from stablesam.runs import strict_json
-from stablesam.style import markdown_table, plot_kwargs, quantity
+from stablesam.runs import CONFIG, read_json, read_jsonl, strict_json
+from stablesam.style import figure_legend, markdown_table, optimizer_style, plot_kwargs, quantity, save_figure
 from stablesam.train import Diverged, Trainer
 from stablesam.variants import VARIANTS, variant_order
 
@@ -96,6 +96,39 @@ def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[
 test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.15)]), 'chance')
 test_eq(run_outcome([dict(test_acc=0.5, nonfinite={'train_loss': 'nan'})]), 'nonfinite')
 test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.9)]), 'trained')
+
+# %% [markdown]
+# Records are read back through `read_sweep_records`, which takes `nonfinite` in this form only: a dict from each
+# entry written as `null` to what it was (`'nan'`, `'inf'`, `'-inf'`, or `'nonfinite'` where a record migrated from
+# the first sweep's list of names cannot say which). A file still in the old form is named, with the command that
+# migrates it (`tools/migrate_nonfinite.py`, once).
+
+# %%
+#| export
+def check_nonfinite(records: list[dict], path) -> list[dict]:
+    """`records` (read from `path`), after checking that each `nonfinite` field is a dict; a list is the old form."""
+    for n, r in enumerate(records, 1):
+        if r.get('nonfinite') is not None and not isinstance(r['nonfinite'], dict):
+            raise ValueError(f"{path}, record {n}: 'nonfinite' is {r['nonfinite']!r}, the old list form; this version "
+                             "reads a dict of entry -> 'nan'/'inf'/'-inf'. Migrate the file once with `python "
+                             f"tools/migrate_nonfinite.py {path}`")
+    return records
+
+def read_sweep_records(path) -> list[dict]:
+    """The records of a sweep's `records.jsonl` (a cut last line dropped), `nonfinite` in the current form."""
+    return check_nonfinite(read_jsonl(path, torn_tail=True), path)
+
+def check_sweep_folder(out):
+    """Read results folder `out`'s records, if any, through `read_sweep_records` (before a sweep adds to them)."""
+    if out is not None and (Path(out) / RECORDS).exists(): read_sweep_records(Path(out) / RECORDS)
+
+
+# %%
+_old = Path(tempfile.mkdtemp()) / 'records.jsonl'
+_old.write_text('{"epoch": 1, "train_loss": null, "nonfinite": ["train_loss"]}\n')
+test_fail(lambda: read_sweep_records(_old), contains=f"{_old}, record 1: 'nonfinite' is ['train_loss'], the old list")
+_old.write_text('{"epoch": 1, "train_loss": null, "nonfinite": {"train_loss": "nan"}}\n')
+test_eq(read_sweep_records(_old), [dict(epoch=1, train_loss=None, nonfinite=dict(train_loss='nan'))])
 
 # %% [markdown]
 # A quick check on generated MNIST-format files (never a finding: the images are synthetic): a moderate
@@ -186,6 +219,7 @@ def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizer
     specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train,
                   tags=tags)
              for m in models for o in optimizers for lr in lrs for s in seeds]
+    check_sweep_folder(out)
     data = mnist_data(data_root, n_train)
     fixed = {k: v for k, v in train.items() if k != 'device'}
     settings = dict(dataset='mnist', models=list(models), optimizers=list(optimizers), lrs=list(lrs), seeds=list(seeds),
@@ -231,21 +265,23 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
     if not rows: raise ValueError("plot_lr_sweep needs at least one record")
     models = list(dict.fromkeys(r['model'] for r in rows))
     fig, axs = plt.subplots(2, len(models), figsize=figsize, sharex=True, squeeze=False, layout='constrained')
+    band = len({r['optimizer'] for r in rows}) <= 4   # more bands than that hide each other and the lines
     for j, m in enumerate(models):
         for o in dict.fromkeys(r['optimizer'] for r in rows if r['model'] == m):
             rs = [r for r in rows if r['model'] == m and r['optimizer'] == o]
-            lr = [r['lr'] for r in rs]
-            axs[0, j].plot(lr, [100 * r['diverged'] for r in rs], marker='o', ms=3, **plot_kwargs(o))
+            lr, kw = [r['lr'] for r in rs], plot_kwargs(o, marker=True)   # markers: lines on top of others show
+            axs[0, j].plot(lr, [100 * r['diverged'] for r in rs], lw=1.2, **kw)
             mean = np.array([np.nan if r['acc_mean'] is None else 100 * r['acc_mean'] for r in rs])
             lo = np.array([np.nan if r['acc_min'] is None else 100 * r['acc_min'] for r in rs])
             hi = np.array([np.nan if r['acc_max'] is None else 100 * r['acc_max'] for r in rs])
-            axs[1, j].plot(lr, mean, marker='o', ms=3, **plot_kwargs(o))
-            axs[1, j].fill_between(lr, lo, hi, alpha=0.2, color=plot_kwargs(o)['color'], linewidth=0)
+            axs[1, j].plot(lr, mean, lw=1.2, **kw)
+            if band: axs[1, j].fill_between(lr, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
         n = rs[0]['runs']
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
         axs[1, j].set(xscale='log', xlabel=quantity('lr').label, ylim=(0, 100),
                       ylabel=f"final {quantity('test_acc').label}")
-    axs[0, 0].legend(fontsize=8, title=f'{n} seeds each; band: min-max', title_fontsize=7)
+        for ax in axs[:, j]: ax.grid(alpha=0.3)
+    figure_legend(fig, f'{n} seeds each; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
     return fig
 
 
@@ -332,6 +368,7 @@ def label_noise_sweep(out, data_root, *, n_train=None, noises=NOISE_LEVELS, opti
     specs = [dict(model=model, noise=noise, optimizer=o, seed=seed, lr=lr, n_val=n_val, data_root=str(data_root),
                   n_train=n_train, train=train, tags=tags)
              for noise in noises for seed in seeds for o in optimizers]
+    check_sweep_folder(out)
     data = mnist_data(data_root, n_train)
     fixed = {k: v for k, v in train.items() if k != 'device'}
     settings = dict(dataset='mnist', model=model, noises=list(noises), optimizers=list(optimizers), seeds=list(seeds),
@@ -387,24 +424,39 @@ def label_noise_verdict(rows: list[dict], a='stablesam', b='sam') -> list[dict]:
                         beats=diff > spread and len(paired) > 1))
     return out
 
-def plot_label_noise(records: list[dict], figsize=(9, 3)):
-    """Selected test accuracy against label noise, one panel per protocol, one line per optimizer (min-max shaded)."""
+def plot_label_noise(records: list[dict], figsize=(9, 3.4)):
+    """Selected test accuracy against label noise, one panel per protocol, one line per optimizer (min-max shaded).
+
+    With one noise level the optimizers are the x-axis: one mark each, its bar the min-max over seeds."""
     import matplotlib.pyplot as plt
     rows = label_noise_table(records)
+    optimizers = list(dict.fromkeys(r['optimizer'] for r in rows))
+    levels = sorted({r['noise'] for r in rows})
     fig, axs = plt.subplots(1, len(PROTOCOLS), figsize=figsize, sharey=True, layout='constrained')
+    if len(levels) == 1: fig.set_figheight(figsize[1] + 1.4)   # room for the optimizers' names under the panels
     for ax, protocol in zip(axs, PROTOCOLS):
-        for o in dict.fromkeys(r['optimizer'] for r in rows):
+        for i, o in enumerate(optimizers):
             rs = [r for r in rows if r['optimizer'] == o and r['protocol'] == protocol]
+            kw = plot_kwargs(o, marker=True)   # the registry's markers: SAM's square shows under StableSAM's triangle
+            mean, lo, hi = (np.array([100 * r[k] for r in rs]) for k in ('mean', 'min', 'max'))
+            if len(levels) == 1:
+                ax.errorbar([i], mean, yerr=[mean - lo, hi - mean], capsize=3, **kw)
+                continue
             x = [100 * r['noise'] for r in rs]
-            ax.plot(x, [100 * r['mean'] for r in rs], marker='o', ms=3, **plot_kwargs(o))
-            ax.fill_between(x, [100 * r['min'] for r in rs], [100 * r['max'] for r in rs], alpha=0.2,
-                            color=plot_kwargs(o)['color'], linewidth=0)
-        ax.set(title=f"{protocol} protocol: " + ('best test accuracy over epochs' if protocol == 'paper'
-                                                  else 'test accuracy at the epoch of best validation accuracy'),
-               xlabel='training labels randomised (%)')
-        ax.title.set_fontsize(8)
+            ax.plot(x, mean, lw=1.2, **kw)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
+        if len(levels) == 1:
+            ax.set_xticks(range(len(optimizers)), [optimizer_style(o).label for o in optimizers], rotation=90,
+                          fontsize=8)
+            ax.set_xlim(-0.7, len(optimizers) - 0.3)
+        else: ax.set_xlabel('training labels randomised (%)')
+        ax.set_title(f"{protocol} protocol: " + ('best test accuracy over epochs' if protocol == 'paper'
+                                                  else 'test accuracy at the best validation epoch'), fontsize=9)
+        ax.grid(alpha=0.3)
     axs[0].set_ylabel(quantity('test_acc').label)
-    axs[0].legend(fontsize=8, title=f"{rows[0]['seeds']} seeds; band: min-max", title_fontsize=7)
+    spread = 'bar' if len(levels) == 1 else 'band'
+    if len(levels) == 1: fig.suptitle(f'{100 * levels[0]:g}% of the training labels randomised', fontsize=10)
+    figure_legend(fig, f"{rows[0]['seeds']} seeds; mark: mean, {spread}: min-max over seeds")
     return fig
 
 
@@ -470,6 +522,22 @@ def robustness_parser():
     return p
 
 
+def summary_tables(experiment: str, records: list) -> str:
+    """The Markdown tables of a `stablesam-robustness` experiment ('lr-sweep' or 'label-noise') from its records."""
+    if experiment == 'lr-sweep': return markdown_table(lr_sweep_verdict(records), LR_COLUMNS)
+    rows = label_noise_table(records)
+    return markdown_table(rows, NOISE_COLUMNS) + '\n\n' + markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS)
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}` of a `stablesam-robustness` results folder, from its records and recorded command."""
+    folder = Path(folder)
+    cmd = read_json(folder / CONFIG)['command']
+    experiment = robustness_parser().parse_args(cmd[1:]).experiment
+    return {'summary.md': f"# {experiment}: {' '.join(cmd)}\n\n"
+                          f"{summary_tables(experiment, read_jsonl(folder / RECORDS))}\n"}
+
+
 @command('stablesam-robustness')
 def main(argv=None):
     """The `stablesam-robustness` command."""
@@ -483,21 +551,18 @@ def main(argv=None):
                   train=dict(rho=args.rho, batch_size=args.batch_size, device=args.device), **executor_options(args))
     if args.experiment == 'lr-sweep':
         records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, **common)
-        table = markdown_table(lr_sweep_verdict(records), LR_COLUMNS)
         fig = plot_lr_sweep(records, MODEL_TITLES)
     else:
         records = label_noise_sweep(args.out, args.data_root, noises=args.noises, n_val=args.n_val, model=args.model,
                                     lr=args.lr, **common)
-        rows = label_noise_table(records)
-        table = (markdown_table(rows, NOISE_COLUMNS) + '\n\n'
-                 + markdown_table(label_noise_verdict(rows), VERDICT_COLUMNS))
         fig = plot_label_noise(records)
     out = Path(args.out)
-    fig.savefig(out / 'figure.png', dpi=150)
+    save_figure(fig, out / 'figure.png', pdf=True)
     plt.close(fig)
-    (out / 'summary.md').write_text(f"# {args.experiment}: {' '.join(cmd)}\n\n{table}\n")
-    print(table)
-    print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'summary.md'}, {out / 'figure.png'}")
+    for name, text in summary_files(out).items(): (out / name).write_text(text)
+    print(summary_tables(args.experiment, records))
+    print(f"wrote {out / 'records.jsonl'}, {out / 'config.json'}, {out / 'summary.md'}, {out / 'figure.png'} "
+          "(and .pdf)")
 
 
 MODEL_TITLES = {'fcn': 'FCN 784-500-500-10 on MNIST', 'lenet': 'LeNet on MNIST'}
@@ -528,15 +593,13 @@ VERDICT_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), d
 
 # %%
 #| slow
-main(['lr-sweep', '--data-root', '../../shared/data', '--n-train', '10000', '--epochs', '3', '--device', 'cpu',
-      '--quiet', '--resume', '--out', '../results/lr_sweep/mnist-10k-3ep'])
-main(['label-noise', '--data-root', '../../shared/data', '--n-train', '12000', '--n-val', '2000', '--epochs', '15',
-      '--device', 'cpu', '--quiet', '--resume', '--out', '../results/label_noise/fcn-mnist-10k-15ep'])
+from stablesam.results_check import rerun   # the commands the folders' config.json record, from the repository root
+for folder in ('../results/lr_sweep/mnist-10k-3ep', '../results/label_noise/fcn-mnist-10k-15ep'): print(rerun(folder))
 
 # %%
 LR_RESULTS, NOISE_RESULTS = Path('../results/lr_sweep/mnist-10k-3ep'), Path('../results/label_noise/fcn-mnist-10k-15ep')
-lr_records = read_jsonl(LR_RESULTS / 'records.jsonl') if (LR_RESULTS / 'records.jsonl').exists() else []
-noise_records = read_jsonl(NOISE_RESULTS / 'records.jsonl') if (NOISE_RESULTS / 'records.jsonl').exists() else []
+lr_records = read_sweep_records(LR_RESULTS / RECORDS) if (LR_RESULTS / RECORDS).exists() else []
+noise_records = read_sweep_records(NOISE_RESULTS / RECORDS) if (NOISE_RESULTS / RECORDS).exists() else []
 if lr_records:
     fig = plot_lr_sweep(lr_records, MODEL_TITLES)
     fig.suptitle('Large learning rates on real MNIST (10,000 images, 3 epochs)', fontsize=10)

@@ -19,7 +19,7 @@ from stablesam.robustness import main as robustness_main
 from stablesam.runs import read_jsonl
 from stablesam.stability import (curves, format_at_training_loss, format_summary, main as stability_main,
                                  stability_figure, stability_summary)
-from stablesam.style import markdown_table
+from stablesam.style import markdown_table, save_figure
 from stablesam.variants import VARIANTS
 
 # %%
@@ -41,10 +41,15 @@ plt.rcParams['figure.dpi'] = 72
 
 # %%
 #| export
+import json
+import sys
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stablesam.style import optimizer_style
+from stablesam.runs import read_jsonl
+from stablesam.style import figure_legend, markdown_table, optimizer_style
 from stablesam.variants import variant_order
 
 
@@ -161,15 +166,16 @@ def efficiency_rows(noise_records: dict, speed: dict, lr_records=(), goal_metric
     return rows
 
 
-def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(10, 7.5)):
+def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(8, 6.5)):
     """Share of StableSAM's gain kept (y, 90% interval) against cost (x, epoch time / SGD's): metric x noise level."""
-    fig, axes = plt.subplots(len(METRICS), len(levels), figsize=figsize, sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(METRICS), len(levels), figsize=figsize, sharex=True, squeeze=False,
+                             layout='constrained')
     for (i, metric), (j, pct) in ((im, jp) for im in enumerate(METRICS) for jp in enumerate(levels)):
         ax, key = axes[i][j], f'{metric}{pct}'
-        for level, text in ((0, 'SGD'), (1, 'StableSAM')):
+        for level, text, x, ha in ((0, 'SGD', 0.99, 'right'), (1, 'StableSAM', 0.01, 'left')):   # where no mark is
             ax.axhline(level, color='0.6', lw=0.8)
-            ax.annotate(text, (0.75, level), xycoords=('axes fraction', 'data'), ha='center', va='top', fontsize=7,
-                        color='0.4')
+            ax.annotate(text, (x, level), xycoords=('axes fraction', 'data'), ha=ha, va='bottom', fontsize=9,
+                        color='0.3')
         for r in rows:
             if r.get(f'kept_{key}') is None or r['cost'] is None or r['optimizer'] == 'sgd': continue
             y, lo, hi = r[f'kept_{key}'], r[f'lo_{key}'], r[f'hi_{key}']
@@ -183,16 +189,11 @@ def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(10, 7.5)):
         ax.set_xlim(min(x0, 0.95), max(x1, GOAL_COST + 0.05))
         ax.set_ylim(y0, max(y1, GOAL_SHARE + 0.2))
         if i == len(METRICS) - 1: ax.set_xlabel('cost: epoch time / SGD epoch time')
-        ax.set_title(f"{pct}% label noise, {'best-epoch' if metric == 'best' else 'final'} test accuracy", fontsize=10)
-        ax.set_ylabel("share of StableSAM's gain over SGD kept" if j == 0 else '')
+        ax.set_title(f"{pct}% label noise, {'best-epoch' if metric == 'best' else 'final'} test accuracy", fontsize=9)
+        ax.set_ylabel("share of StableSAM's gain\nover SGD kept" if j == 0 else '')
         ax.grid(alpha=0.3)
-    axes[0][0].text(0.02, 0.98, f'grey: the goal, >= {GOAL_SHARE:.0%} kept at <= {GOAL_COST}x',
-                    transform=axes[0][0].transAxes, va='top', fontsize=8, color='0.3')
-    legend = {}
-    for ax in axes.flat: legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-    labels, handles = list(legend), list(legend.values())
-    fig.legend(handles, labels, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    figure_legend(fig, f'grey: the goal, >= {GOAL_SHARE:.0%}\nkept at <= {GOAL_COST}x;\nmark: share kept,\n'
+                       'bar: 90% interval', fontsize=9, loc='outside right center')   # the notes over no mark
     return fig
 
 
@@ -208,47 +209,76 @@ def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(10, 7.5)):
 
 # %%
 #| slow
-OPTS = ['sgd', 'sam', 'stablesam', 'sam-every', 'stablesam-every', 'sam-random', 'stablesam-random', 'sam-late',
-        'stablesam-late', 'aesam', 'stableaesam', 'looksam', 'stablelooksam']
-for pct in (80, 60):
-    robustness_main(['label-noise', '--n-train', '12000', '--n-val', '2000', '--epochs', '15',
-                     '--noises', str(pct / 100), '--optimizers', *OPTS, '--seeds', '0', '1', '2', '3', '4',
-                     '--out', f'../results/efficient/label-noise-{pct}-fcn-10k', '--data-root', '../../shared/data',
-                     '--no-download', '--device', 'cpu', '--quiet'])
-robustness_main(['lr-sweep', '--n-train', '10000', '--epochs', '3', '--models', 'fcn', '--lrs', '0.1', '0.1778',
-                 '0.3162', '0.5623', '--optimizers', *OPTS, '--seeds', '0', '1', '2', '3', '4',
-                 '--out', '../results/efficient/lr-sweep-fcn-10k', '--data-root', '../../shared/data', '--no-download',
-                 '--device', 'cpu', '--quiet'])
+from stablesam.results_check import rerun   # the commands the folders' config.json record, from the repository root
+for name in ('label-noise-80-fcn-10k', 'label-noise-60-fcn-10k', 'lr-sweep-fcn-10k'):
+    print(rerun(f'../results/efficient/{name}'))
+
+# %% [markdown]
+# `summary_files` derives `summary.md` from the three record sets and `speed.json`; the folder's `config.json`
+# names the command that writes it (`python -m stablesam.efficient_evidence results/efficient`), so
+# `stablesam-results check` re-derives it like every other summary.
+
+# %%
+#| export
+def efficiency_columns() -> dict:
+    """The columns of the efficiency table: Markdown header and number format per row field."""
+    columns = dict(optimizer=('optimizer', None), cost=('cost x SGD', '{:.2f}'), sam_fraction=('SAM steps', '{:.2f}'))
+    for pct in (80, 60):
+        for metric in ('best', 'final'):
+            key = f'{metric}{pct}'
+            columns.update({f'acc_{key}': (f'{pct}% {metric} acc', '{:.4f}'), f'std_{key}': ('std', '{:.4f}'),
+                            f'kept_{key}': ('gain kept', '{:.2f}'), f'ci_{key}': ('90% CI', None)})
+    return dict(columns, critical_lr=('critical lr', '{:g}'), goal=('goal met (80%, best)', None))
+
+
+def efficiency_inputs(folder) -> tuple:
+    """`(noise_records, speed, lr_records)` of an efficient-variants results folder (what exists of them)."""
+    folder = Path(folder)
+    noise = {pct / 100: read_jsonl(folder / f'label-noise-{pct}-fcn-10k' / 'records.jsonl') for pct in (80, 60)
+             if (folder / f'label-noise-{pct}-fcn-10k' / 'records.jsonl').exists()}
+    lr_path, speed_path = folder / 'lr-sweep-fcn-10k' / 'records.jsonl', folder / 'speed.json'
+    speed = json.loads(speed_path.read_text())['settings']['mnist-fcn'] if speed_path.exists() else {}
+    return noise, speed, read_jsonl(lr_path) if lr_path.exists() else []
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}`: the efficiency table of `folder` from its records and `speed.json`."""
+    rows = efficiency_rows(*efficiency_inputs(folder))
+    cols = efficiency_columns()
+    return {'summary.md': markdown_table(rows, {k: v for k, v in cols.items()
+                                                if any(r.get(k) is not None for r in rows)}) + '\n'}
+
+
+def main(argv=None):
+    """`python -m stablesam.efficient_evidence FOLDER`: write FOLDER's summary.md and its config.json (the command)."""
+    from stablesam.runs import CONFIG, provenance, write_json
+    argv = sys.argv[1:] if argv is None else list(argv)
+    folder = Path(argv[0] if argv else 'results/efficient')
+    for name, text in summary_files(folder).items(): (folder / name).write_text(text)
+    write_json(folder / CONFIG, dict(experiment='efficient', inputs=['label-noise-80-fcn-10k', 'label-noise-60-fcn-10k',
+                                                                     'lr-sweep-fcn-10k', 'speed.json'],
+                                     command=['python', '-m', 'stablesam.efficient_evidence', str(folder)],
+                                     provenance=provenance()))
+
+
+if __name__ == '__main__': main()
+
 
 # %%
 RESULTS = Path('../results/efficient')
-noise_records = {pct / 100: read_jsonl(RESULTS / f'label-noise-{pct}-fcn-10k/records.jsonl') for pct in (80, 60)
-                 if (RESULTS / f'label-noise-{pct}-fcn-10k/records.jsonl').exists()}
-lr_path = RESULTS / 'lr-sweep-fcn-10k/records.jsonl'
-lr_records = read_jsonl(lr_path) if lr_path.exists() else []
-speed_path = RESULTS / 'speed.json'
-speed = json.loads(speed_path.read_text())['settings']['mnist-fcn'] if speed_path.exists() else {}
-COLUMNS = dict(optimizer=('optimizer', None), cost=('cost x SGD', '{:.2f}'), sam_fraction=('SAM steps', '{:.2f}'))
-for pct in (80, 60):
-    for metric in ('best', 'final'):
-        key = f'{metric}{pct}'
-        COLUMNS.update({f'acc_{key}': (f'{pct}% {metric} acc', '{:.4f}'), f'std_{key}': ('std', '{:.4f}'),
-                        f'kept_{key}': ('gain kept', '{:.2f}'), f'ci_{key}': ('90% CI', None)})
-COLUMNS.update(critical_lr=('critical lr', '{:g}'), goal=('goal met (80%, best)', None))
+noise_records, speed, lr_records = efficiency_inputs(RESULTS)
+COLUMNS = efficiency_columns()
 if noise_records:
     rows = efficiency_rows(noise_records, speed, lr_records)
     print(markdown_table(rows, {k: v for k, v in COLUMNS.items() if any(r.get(k) is not None for r in rows)}))
     if speed:
         done = [pct for pct in (80, 60) if any(r.get(f'kept_best{pct}') is not None for r in rows)]  # >= 2 seeds
-        fig = plot_cost_benefit(rows, levels=done, figsize=(5 * len(done), 7.5))
+        fig = plot_cost_benefit(rows, levels=done, figsize=(4 * len(done), 6.5))
         plt.show()
 
 # %%
 #| slow
-fig.savefig(RESULTS / 'cost_benefit.png', dpi=160, bbox_inches='tight')   # the committed figure
-fig.savefig(RESULTS / 'cost_benefit.pdf', bbox_inches='tight')
-(RESULTS / 'summary.md').write_text(markdown_table(rows, {k: v for k, v in COLUMNS.items()
-                                                          if any(r.get(k) is not None for r in rows)}) + '\n')
+save_figure(fig, RESULTS / 'cost_benefit.png', pdf=True)   # the committed figure
 plt.close(fig)
 
 # %% [markdown]
@@ -310,10 +340,7 @@ plt.close(fig)
 
 # %%
 #| slow
-stability_main(['--dataset', 'mnist', '--model', 'fcn', '--schedule', 'constant', '--subset', '10000', '--epochs',
-                '60', '--seeds', '0', '--optimizers', *OPTS, '--data-root', '../../shared/data', '--no-download',
-                '--device', 'cpu', '--quiet', '--executor', 'processes', '--processes', '2',
-                '--out', '../results/efficient/stability-fcn-10k-constant'])
+print(rerun('../results/efficient/stability-fcn-10k-constant'))   # the command its config.json records
 
 # %%
 stab_path = RESULTS / 'stability-fcn-10k-constant/records.jsonl'
@@ -327,22 +354,15 @@ if stab_records:
     print(format_at_training_loss({'FCN, 10,000 images, constant lr': stab_records}, loss_target))
     flavour = {'SAM and its efficient variants': lambda o: o == 'sgd' or not VARIANTS[o].stable,
                'StableSAM and its efficient variants': lambda o: o == 'sgd' or VARIANTS[o].stable}
+    # LookSAM's distance is 15x the others': stability_figure draws it on a log scale; one legend below the panels
     stab_fig = stability_figure({name: [r for r in stab_records if keep(r['optimizer'])]
-                                 for name, keep in flavour.items()}, figsize=(9, 8))
-    for top, middle in zip(stab_fig.axes[:2], stab_fig.axes[2:4]):
-        top.set_yscale('log')   # LookSAM's distance is 15x the others': a log scale shows all
-        legend = top.get_legend()   # moved to where no line runs: the upper left of the middle row
-        middle.legend(*top.get_legend_handles_labels(), loc='upper left', fontsize=7, ncols=2,
-                      title=legend.get_title().get_text(), title_fontsize=7)
-        middle.set_ylim(top=1.4 * middle.get_ylim()[1])   # headroom for it
-        legend.remove()
+                                 for name, keep in flavour.items()}, figsize=(7.2, 8))
     plt.show()
 
 # %%
 #| slow
 # beside the command's own stability.png and summary.md: the two flavours side by side
-stab_fig.savefig(RESULTS / 'stability-fcn-10k-constant/stability_by_flavour.png', dpi=160, bbox_inches='tight')
-stab_fig.savefig(RESULTS / 'stability-fcn-10k-constant/stability_by_flavour.pdf', bbox_inches='tight')
+save_figure(stab_fig, RESULTS / 'stability-fcn-10k-constant/stability_by_flavour.png', pdf=True)
 plt.close(stab_fig)
 
 # %% [markdown]

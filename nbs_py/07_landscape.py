@@ -364,7 +364,8 @@ test_fail(lambda: fixed_batch(ds, 33), contains="Invalid n: 33")
 # epoch's rows and copies them to the host **once**, then appends one JSON line per epoch to
 # `step_stats.jsonl` in the run folder (`{"epoch": e, "step": first step, key: [values...]}`) and
 # adds the epoch's minimum of each statistic to the metrics (`norm_ratio_min`, `alignment_min`, ...).
-# On a resumed run it keeps the lines of the epochs already done. Under DistributedDataParallel it
+# On a resumed run it keeps the lines of the epochs already done, and from a mid-epoch checkpoint the steps
+# of the epoch before it (its `state_dict`, which the Trainer's checkpoint holds). Under DistributedDataParallel it
 # records rank 0's statistics (its own $\|g\|$: the first pass is local to each replica).
 
 # %%
@@ -391,6 +392,7 @@ class StepStats:
     def __init__(self, keys=None, alignment=False, fname=STEP_STATS):
         self.keys, self.alignment, self.fname = (None if keys is None else tuple(keys)), bool(alignment), fname
         self.path, self.history, self._rows, self._first_step = None, [], [], None
+        self._restored = None  # the epoch's rows before a resume (a host tensor, from a mid-epoch checkpoint)
 
     def before_fit(self, trainer):
         """Turn on the optimizer's alignment diagnostic if asked; open (or, on resume, trim) the run folder's file."""
@@ -401,7 +403,7 @@ class StepStats:
             opt.track_alignment = True
         out = getattr(trainer, 'out', None)
         self.path = Path(out) / self.fname if out is not None else None
-        self.history, self._rows = [], []
+        self.history, self._rows, self._restored = [], [], None
         if self.path is not None and self.path.exists():
             done = [r for r in read_jsonl(self.path) if r['epoch'] <= trainer.epoch]
             self.history = done
@@ -411,7 +413,7 @@ class StepStats:
         """Stack this step's statistics on the device (no host synchronisation)."""
         stats = getattr(trainer.optimizer, 'last_stats', None)
         if not stats: return
-        if not self._rows:
+        if not self._rows and self._restored is None:
             if self.keys is None: self.keys = tuple(k for k in STAT_KEYS if k in stats)
             missing = [k for k in self.keys if k not in stats]
             if missing: raise KeyError(f"StepStats: {missing} not in optimizer.last_stats (it has {sorted(stats)}); "
@@ -421,9 +423,10 @@ class StepStats:
 
     def after_epoch(self, trainer, metrics):
         """Copy the epoch's statistics to the host in one transfer, append them to the file and the history."""
-        if not self._rows: return
-        values = torch.stack(self._rows).cpu().T.tolist()
-        self._rows = []
+        rows = self._host_rows()
+        if rows is None: return
+        values = rows.T.tolist()
+        self._rows, self._restored = [], None
         row = dict(epoch=metrics.get('epoch', trainer.epoch), step=self._first_step, **dict(zip(self.keys, values)))
         self.history.append(row)
         for k, v in zip(self.keys, values): metrics[f'{k}_min'] = min(v)
@@ -433,6 +436,22 @@ class StepStats:
     def series(self, key):
         """The recorded values of `key` over all steps and their position in epochs (see `stats_series`)."""
         return stats_series(self.history, key)
+
+    def _host_rows(self):
+        """The epoch's rows so far as one host tensor (steps x keys), or None before its first step."""
+        parts = [] if self._restored is None else [self._restored]
+        if self._rows: parts.append(torch.stack(self._rows).cpu())
+        return torch.cat(parts) if parts else None
+
+    def state_dict(self):
+        """The epoch's statistics so far: what a mid-epoch checkpoint of the Trainer keeps (tensors, weights-only)."""
+        return dict(keys=None if self.keys is None else list(self.keys), first_step=self._first_step,
+                    rows=self._host_rows())
+
+    def load_state_dict(self, state):
+        """Continue the epoch from `state_dict()`'s output (called by the Trainer after `before_fit` on resume)."""
+        if state['keys'] is not None: self.keys = tuple(state['keys'])
+        self._first_step, self._restored, self._rows = state['first_step'], state['rows'], []
 
 
 # %% [markdown]

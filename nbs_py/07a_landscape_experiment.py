@@ -51,7 +51,7 @@ import numpy as np
 from stablesam.landscape import HessianProbe, StepStats, axes_or_new, smoothed, fixed_batch, rho_colors, stats_series
 from stablesam.experiment import add_common, command, executor_options, key_value
 from stablesam.runs import read_jsonl
-from stablesam.style import optimizer_style, plot_kwargs, quantity
+from stablesam.style import optimizer_style, plot_kwargs, quantity, save_figure, wrapped
 
 # %%
 #| hide
@@ -71,7 +71,9 @@ from stablesam.train import Trainer
 # their shares, and the probe where there is one), and `config.json` (every setting, the call that
 # reproduces it, `n_train`, `n_test`, seeds, wall time, machine). A run's records are written when it
 # finishes; an interrupted sweep called again keeps the finished runs and trains the others, so its
-# records equal an uninterrupted sweep's.
+# records equal an uninterrupted sweep's. Each run checkpoints into its own folder (`runs/<run>/`, after
+# every epoch and every `checkpoint_every` seconds, the per-step statistics of the epoch so far included), so
+# a killed run continues from its last checkpoint instead of starting over.
 
 # %%
 #| export
@@ -165,6 +167,8 @@ def train_landscape_run(spec: dict, run) -> list:
     from stablesam.config import TrainConfig
     from stablesam.train import Trainer
     cfg = TrainConfig.from_dict(spec['config'])
+    if run.folder is not None:  # checkpoints there: a killed run resumes, its callbacks' per-step state too
+        cfg = dataclasses.replace(cfg, out=str(run.folder), resume=True)
     data = landscape_data(cfg)
     x, y = fixed_batch(data.train, min(spec['n_probe'], len(data.train)), seed=cfg.seed)
     probe = HessianProbe(list(zip(x.split(250), y.split(250))), spec['probe_epochs'], iters=spec['probe_iters'])
@@ -391,6 +395,9 @@ def _roi(ax, values, include=(), q=(1, 99), pad=0.08):
 
 # %%
 #| export
+LEGEND_PT = 7.5   # legend text: 8 px or more when the figure is shown 700 px wide
+
+
 def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
     """A per-step statistic of the SAM runs over training, one colour per rho (mean over seeds, min-max band shaded)."""
     ax = axes_or_new(ax)
@@ -404,7 +411,7 @@ def plot_step_records(records, key='norm_ratio', ax=None, smooth=20, ref=None):
     ax.set_xlabel(quantity('epoch').label)
     ax.set_ylabel(quantity(key).label)
     n = max((len(s) for s in runs.values()), default=0)
-    ax.legend(fontsize=7, title_fontsize=7,
+    ax.legend(fontsize=LEGEND_PT, title_fontsize=LEGEND_PT, loc='best',
               title=f'{n} seed{"s" * (n != 1)}' + (f', {smooth}-step mean' if smooth and smooth > 1 else ''))
     return ax
 
@@ -429,7 +436,7 @@ def plot_step_shares(records, ax=None):
     ax.set_ylim(lowest - 0.06 * (100 - lowest) - 0.5, 100 + 0.03 * (100 - lowest) + 0.3)
     ax.set_xlabel(quantity('epoch').label)
     ax.set_ylabel('share of SAM steps (%)')
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=LEGEND_PT, ncol=2)
     return ax
 
 
@@ -455,8 +462,9 @@ def plot_probe_records(records, optimizer='sgd', rho=None, ax=None, cmap='viridi
     ax.set_xlabel(quantity('alpha').label)
     ax.set_ylabel(quantity('loss_along').label)
     n = len({r['seed'] for r in rs})
-    ax.set_title(_opt_label(optimizer, rho), fontsize=9)
-    ax.legend(fontsize=6, title=f'{n} seed{"s" * (n != 1)}', title_fontsize=6)
+    ax.set_title(f'Figure 2: {_opt_label(optimizer, rho)}', fontsize=9)
+    ax.legend(fontsize=LEGEND_PT, title=f'{n} seed{"s" * (n != 1)}', title_fontsize=LEGEND_PT, ncols=2,
+              loc='upper center', bbox_to_anchor=(0.5, -0.18))   # below the panel: the curves fill it
     return ax
 
 
@@ -479,30 +487,29 @@ def _quadratic_model(alphas, losses, eig):
 # %%
 #| export
 def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
-    """Figures 1-3 from records: ratio, shares, alignment (top); loss along e1, SGD and SAM at `probe_rho` (bottom)."""
+    """Figures 1-3 from records: ratio and alignment; shares and sharpness; loss along e1, SGD and SAM at `probe_rho`."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
+    fig, axes = plt.subplots(3, 2, figsize=(9, 10.5), layout='constrained')   # 9 inches: legends readable 700 px wide
     plot_step_records(records, 'norm_ratio', ax=axes[0, 0], smooth=smooth, ref=1.0)
     axes[0, 0].set_title('Figure 1: exact / surrogate gradient norm', fontsize=9)
-    plot_step_shares(records, ax=axes[0, 1])
-    axes[0, 1].set_title('steps where the paper\'s inequalities hold', fontsize=9)
-    ax = plot_step_records(records, 'alignment', ax=axes[0, 2], smooth=smooth, ref=0.0)
+    plot_step_shares(records, ax=axes[1, 0])
+    axes[1, 0].set_title('steps where the paper\'s inequalities hold', fontsize=9)
+    ax = plot_step_records(records, 'alignment', ax=axes[0, 1], smooth=smooth, ref=0.0)
     al = np.concatenate([r['alignment'] for r in records if 'alignment' in r] or [np.ones(1)])
     lin = 10.0 ** np.floor(np.log10(max(float(np.percentile(np.abs(al), 5)), 1e-8)))
     ax.set_yscale('symlog', linthresh=lin, linscale=0.6)
     from matplotlib.ticker import SymmetricalLogLocator
     ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=lin, base=100))
     ax.autoscale(axis='y')   # the whole range, both signs, on the symmetric-log axis
-    axes[0, 2].set_title('Figure 3: alignment', fontsize=9)
+    axes[0, 1].set_title('Figure 3: alignment', fontsize=9)
     sam_rhos = sorted({r['rho'] for r in records if r['optimizer'] == 'sam' and r.get('hessian')})
-    plot_probe_records(records, 'sgd', None, ax=axes[1, 0])
+    plot_probe_records(records, 'sgd', None, ax=axes[2, 0])
     if sam_rhos:
         rho = min(sam_rhos, key=lambda r: abs(r - probe_rho))
-        plot_probe_records(records, 'sam', rho, ax=axes[1, 1])
-    else: axes[1, 1].axis('off')
-    _plot_curvature(records, axes[1, 2])
-    if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        plot_probe_records(records, 'sam', rho, ax=axes[2, 1])
+    else: axes[2, 1].axis('off')
+    _plot_curvature(records, axes[1, 1])
+    if title: fig.suptitle(wrapped(title, 9, 10), fontsize=10)
     return fig
 
 
@@ -521,7 +528,7 @@ def _plot_curvature(records, ax):
     ax.set_xlabel(quantity('epoch').label)
     ax.set_ylabel(quantity('hessian_top_eig').label)
     ax.set_title('sharpness at the probes', fontsize=9)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=LEGEND_PT)
 
 
 def write_landscape_report(out, title=None):
@@ -529,17 +536,30 @@ def write_landscape_report(out, title=None):
     import matplotlib.pyplot as plt
     out = Path(out)
     records = read_jsonl(out / 'records.jsonl')
-    cfg = json.loads((out / 'config.json').read_text())
     summary = landscape_summary(records)
+    (out / 'summary.md').write_text(landscape_summary_text(out, title))
+    fig = landscape_figure(records, title)
+    save_figure(fig, out / 'landscape.png', pdf=True)
+    plt.close(fig)
+    return summary
+
+
+def landscape_summary_text(out, title=None) -> str:
+    """The text of `summary.md` (head, then the verdict tables) from `out`'s records and config."""
+    out = Path(out)
+    records = read_jsonl(out / 'records.jsonl')
+    cfg = json.loads((out / 'config.json').read_text())
     head = (f"# {title or out.name}\n\nFrom `records.jsonl` ({len(records)} records; n_train {cfg.get('n_train')}, "
             f"n_test {cfg.get('n_test')}, seeds {cfg.get('seeds')}, "
             f"wall time {cfg.get('wall_time_s', 0) / 60:.1f} min on {cfg.get('machine')}). Seeds: mean (min-max).\n\n"
             f"Reproduce (from the repository root): `{_shell(cfg.get('command'))}`\n\n")
-    (out / 'summary.md').write_text(head + format_landscape_summary(summary))
-    fig = landscape_figure(records, title)
-    fig.savefig(out / 'landscape.png', dpi=150)
-    plt.close(fig)
-    return summary
+    return head + format_landscape_summary(landscape_summary(records))
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}` of a `stablesam-landscape` results folder, from its records and recorded command."""
+    cmd = json.loads((Path(folder) / 'config.json').read_text())['command']
+    return {'summary.md': landscape_summary_text(folder, landscape_parser().parse_args(cmd[1:]).title)}
 
 
 def _shell(command) -> str:
@@ -565,9 +585,21 @@ def _shell(command) -> str:
 @command('stablesam-landscape')
 def main(argv=None):
     """The `stablesam-landscape` command: the sweep of Figures 1-3, its records, summary and figure."""
-    import argparse
     import sys
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = landscape_parser().parse_args(argv)
+    cfg = landscape_config(**{'data_root': args.data_root, 'device': args.device, 'download': args.download,
+                              **dict(args.train)})
+    landscape_experiment(args.out, cfg, args.rhos, args.seeds, sgd=args.sgd, probe_epochs=args.probe_epochs,
+                         n_probe=args.n_probe, probe_iters=args.probe_iters, command=['stablesam-landscape', *argv],
+                         **executor_options(args))
+    write_landscape_report(args.out, args.title)
+    print((Path(args.out) / 'summary.md').read_text())
+
+
+def landscape_parser():
+    """The `stablesam-landscape` argument parser."""
+    import argparse
     p = argparse.ArgumentParser(prog='stablesam-landscape', description=(
         'Figures 1-3 on real data: SGD and SAM at several radii, with per-step gradient-norm ratios and '
         'alignments and Hessian probes along the top eigenvector; writes records, summary.md and landscape.png.'))
@@ -580,15 +612,7 @@ def main(argv=None):
     p.add_argument('--train', nargs='+', default=[], metavar='KEY=VALUE', type=key_value,
                    help="TrainConfig settings other than landscape_config's, e.g. epochs=20 train_subset=10000")
     p.add_argument('--title', default=None, help='title of summary.md and the figure')
-    add_common(p, data_root=LANDSCAPE_DEFAULTS['data_root'])
-    args = p.parse_args(argv)
-    cfg = landscape_config(**{'data_root': args.data_root, 'device': args.device, 'download': args.download,
-                              **dict(args.train)})
-    landscape_experiment(args.out, cfg, args.rhos, args.seeds, sgd=args.sgd, probe_epochs=args.probe_epochs,
-                         n_probe=args.n_probe, probe_iters=args.probe_iters, command=['stablesam-landscape', *argv],
-                         **executor_options(args))
-    write_landscape_report(args.out, args.title)
-    print((Path(args.out) / 'summary.md').read_text())
+    return add_common(p, data_root=LANDSCAPE_DEFAULTS['data_root'])
 
 
 # %% [markdown]
@@ -664,9 +688,8 @@ REAL_TITLE = 'FCN 784-500-500-10, 10,000 real MNIST images, 20 epochs, momentum 
 
 # %%
 #| slow
-landscape_experiment(real_out, landscape_config(data_root=mnist_root), rhos=(0.01, 0.05, 0.1, 0.2), seeds=(0, 1, 2),
-                     probe_epochs=(0, 1, 2, 5, 10, 20), n_probe=1000)
-write_landscape_report(real_out, REAL_TITLE);
+from stablesam.results_check import rerun   # the command config.json records (stablesam-landscape ... --title ...)
+print(rerun(real_out))
 
 # %% [markdown]
 # The committed records, tabulated and plotted (this cell and the next run in CI; they read

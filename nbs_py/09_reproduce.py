@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from stablesam.experiment import add_common, command
-from stablesam.style import markdown_table
+from stablesam.style import markdown_table, save_figure
 
 # %%
 #| hide
@@ -107,7 +107,7 @@ def run_toy(out, n_lrs=24, n_starts=1000, steps=1000, seed=0, **_):
     import matplotlib.pyplot as plt
     from stablesam.toy import figure4, paper_lrs
     fig, rates = figure4(lrs=paper_lrs(n_lrs), n_starts=n_starts, steps=steps, seed=seed)
-    fig.savefig(Path(out) / 'figure4.png', dpi=100)
+    save_figure(fig, Path(out) / 'figure4.png')
     plt.close(fig)
     return rates
 
@@ -231,13 +231,13 @@ def plot_comparison(records, title=None):
     import numpy as np
     from matplotlib.ticker import MaxNLocator
     from stablesam.stability import curves
-    from stablesam.style import plot_kwargs, quantity
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), layout='constrained')
+    from stablesam.style import figure_legend, plot_kwargs, quantity
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout='constrained')
     for ax, key in zip(axes, ('test_acc', 'train_acc')):
         q, lo_all, hi_all = quantity(key), np.inf, -np.inf
         for opt, (ep, mean, lo, hi) in curves(records, key).items():
-            kw = plot_kwargs(opt)
-            ax.plot(ep, q.scale * mean, **kw)
+            kw = plot_kwargs(opt, marker=True, points=len(ep))   # marks at other epochs per optimizer: lines told apart
+            ax.plot(ep, q.scale * mean, lw=1.2, **kw)
             ax.fill_between(ep, q.scale * lo, q.scale * hi, color=kw['color'], alpha=0.2, linewidth=0)
             late = ep >= ep.max() / 4
             lo_all, hi_all = min(lo_all, q.scale * lo[late].min()), max(hi_all, q.scale * hi[late].max())
@@ -248,11 +248,10 @@ def plot_comparison(records, title=None):
         ax.set_title('clean test labels' if key == 'test_acc' else 'noisy training labels', fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    r, n = records[0], len({r['seed'] for r in records})
+    figure_legend(fig, f"mean over {n} seed{'s' if n > 1 else ''}" + ('; band: min-max over seeds' if n > 1 else ''))
     if title is None:
-        r, n = records[0], len({r['seed'] for r in records})
-        title = (f"FCN on {DATA_LABELS.get(r['dataset'], r['dataset'])}, {100 * r['label_noise']:g}% label noise: "
-                 f"mean over {n} seed{'s' if n > 1 else ''}" + (', min-max shaded' if n > 1 else ''))
+        title = f"FCN on {DATA_LABELS.get(r['dataset'], r['dataset'])}, {100 * r['label_noise']:g}% label noise"
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -312,9 +311,9 @@ def run_comparison(out, setting='digits-quick', dataset='digits', data_root='dat
     records = run_experiment(dest, specs, train_comparison_run, key=('optimizer', 'seed'),
                              settings=dict(train=train, seeds=seeds), meta=meta, progress=progress, desc=setting,
                              command=command or command_line(out, stages=['compare'], seed=seed))
-    (dest / 'summary.md').write_text(comparison_table(records) + '\n')
+    (dest / 'summary.md').write_text(summary_files(dest)['summary.md'])
     fig = plot_comparison(records)
-    fig.savefig(dest / 'comparison.png', dpi=150)
+    save_figure(fig, dest / 'comparison.png')
     plt.close(fig)
     return records
 
@@ -367,10 +366,8 @@ def run_stability_figure5(out, data_root, seed=0, n_seeds=3, epochs=60, subset=N
     cfg = st.stability_config('mnist', 'fcn', 'constant', data_root=data_root, epochs=epochs, device='cpu',
                               download=False)
     records = st.run_stability(cfg, seeds=seeds, subset=subset, out=dest, command=command)
-    fig = st.plot_stability(records, f"FCN on MNIST ({subset:,} images), constant lr")
-    fig.savefig(dest / 'stability.png', dpi=150)
-    plt.close(fig)
-    (dest / 'summary.md').write_text(st.format_summary(st.stability_summary(records)) + '\n')
+    st.write_stability_figure(dest, records, st.stability_title('fcn', 'mnist', 'constant', subset - 1), pdf=False)
+    (dest / 'summary.md').write_text(summary_files(dest)['summary.md'])
     return records
 
 
@@ -402,49 +399,89 @@ def duration(seconds):
 
 # %%
 #| export
-def _report(out, quick, results, timings, errors, total):
-    """Write the one-page `report.md` that links everything the job wrote."""
-    from stablesam.runs import machine
-    lines = [f"# stablesam reproduce ({'quick' if quick else 'full'})", '',
-             f"Wall time {total:.0f} s on this machine ({machine()}). "
-             "Each section links the notebook that explains it.", '']
+TOY_METHODS = ('gd', 'sam', 'stablesam')
+
+
+def _job_record(out, quick, results, timings, errors, total, command):
+    """Write the job's `config.json`: its command, provenance, wall times and the numbers `report.md` shows."""
+    from stablesam.runs import CONFIG, machine, provenance, write_json
+    stages = {}
     if 'audit' in results:
-        rows = results['audit']
-        from stablesam.theory_checks import status_counts
+        stages['audit'] = [dict(statement=r['statement'], regime=r['regime'], status=r['status'])
+                           for r in results['audit']]
+    if 'toy' in results:
+        rates = results['toy']
+        stages['toy'] = dict(n_starts=rates['n_starts'], n_lrs=len(rates['lrs']), steps=rates['steps'],
+                             rhos=[float(r) for r in rates['rhos']],
+                             success={m: [float(rates[m][i].mean()) for i in range(len(rates['rhos']))]
+                                      for m in TOY_METHODS if m in rates})
+    if 'compare' in results:
+        r = results['compare'][0]
+        stages['compare'] = dict(setting=SIZES['quick' if quick else 'full']['compare']['setting'],
+                                 dataset=r['dataset'], label_noise=r['label_noise'])
+    if 'stability' in results: stages['stability'] = dict(folder='stability')
+    write_json(Path(out) / CONFIG, dict(command=command, quick=quick, wall_time_s=round(total, 1),
+                                        stage_wall_s={k: round(v, 1) for k, v in timings.items()}, stages=stages,
+                                        errors=errors, machine=machine(), provenance=provenance()))
+
+
+def report_text(out) -> str:
+    """The one-page `report.md` of a main job, from its `config.json` and its stages' records."""
+    from stablesam.runs import CONFIG, read_json
+    from stablesam.theory_checks import status_counts
+    out = Path(out)
+    job = read_json(out / CONFIG)
+    stages, t = job['stages'], job['stage_wall_s']
+    lines = [f"# stablesam reproduce ({'quick' if job['quick'] else 'full'})", '',
+             f"Wall time {job['wall_time_s']:.0f} s on this machine ({job['machine']}). "
+             "Each section links the notebook that explains it.", '']
+    if 'audit' in stages:
+        rows = stages['audit']
         lines += ['## Section 4: theory audit', '',
-                  f"{len(rows)} rows: {status_counts(rows)} ([table](audit.md), {timings['audit']:.0f} s). "
+                  f"{len(rows)} rows: {status_counts(rows)} ([table](audit.md), {t['audit']:.0f} s). "
                   "Violated or outside rows:", '']
         lines += [f"- {r['statement']} ({r['regime']}): {r['status']}" for r in rows
                   if r['status'] in ('violated', 'outside')] or ['- none']
         lines += ['']
-    if 'toy' in results:
-        rates = results['toy']
+    if 'toy' in stages:
+        toy = stages['toy']
+        methods = [m for m in TOY_METHODS if m in toy['success']]
         lines += ['## Section 5.1: Figure 4', '', '![Figure 4](figure4.png)', '',
-                  f"{rates['n_starts']:,} starts, {len(rates['lrs'])} learning rates, {rates['steps']} steps "
-                  f"({timings['toy']:.0f} s). Mean success rate over the learning rates:", '',
-                  '| rho | ' + ' | '.join(m for m in ('gd', 'sam', 'stablesam') if m in rates) + ' |',
-                  '|---|' + '---|' * sum(m in rates for m in ('gd', 'sam', 'stablesam'))]
-        for i, rho in enumerate(rates['rhos']):
-            lines.append(f'| {rho:g} | '
-                         + ' | '.join(f"{rates[m][i].mean():.3f}" for m in ('gd', 'sam', 'stablesam') if m in rates)
-                         + ' |')
+                  f"{toy['n_starts']:,} starts, {toy['n_lrs']} learning rates, {toy['steps']} steps "
+                  f"({t['toy']:.0f} s). Mean success rate over the learning rates:", '',
+                  '| rho | ' + ' | '.join(methods) + ' |', '|---|' + '---|' * len(methods)]
+        lines += [f'| {rho:g} | ' + ' | '.join(f"{toy['success'][m][i]:.3f}" for m in methods) + ' |'
+                  for i, rho in enumerate(toy['rhos'])]
         lines += ['']
-    if 'compare' in results:
-        setting = SIZES['quick' if quick else 'full']['compare']['setting']
-        r = results['compare'][0]
-        lines += [f"## SGD, SAM and StableSAM on {DATA_LABELS.get(r['dataset'], r['dataset'])}, "
-                  f"{100 * r['label_noise']:g}% label noise", '',
+    if 'compare' in stages:
+        c = stages['compare']
+        setting = c['setting']
+        lines += [f"## SGD, SAM and StableSAM on {DATA_LABELS.get(c['dataset'], c['dataset'])}, "
+                  f"{100 * c['label_noise']:g}% label noise", '',
                   f'![test and training accuracy]({setting}/comparison.png)', '',
-                  (Path(out) / setting / 'summary.md').read_text().strip(), '',
-                  f"Records, settings and wall time in [{setting}/]({setting}/) ({timings['compare']:.0f} s).", '']
-    if 'stability' in results:
+                  summary_files(out / setting)['summary.md'].strip(), '',
+                  f"Records, settings and wall time in [{setting}/]({setting}/) ({t['compare']:.0f} s).", '']
+    if 'stability' in stages:
         lines += ['## Section 5.2: algorithmic stability (FCN on MNIST, CPU size)', '',
                   '![stability](stability/stability.png)', '',
-                  (Path(out) / 'stability' / 'summary.md').read_text().strip(), '',
-                  f"Records in [stability/](stability/) ({timings['stability']:.0f} s).", '']
-    for stage, err in errors.items():
+                  summary_files(out / 'stability')['summary.md'].strip(), '',
+                  f"Records in [stability/](stability/) ({t['stability']:.0f} s).", '']
+    for stage, err in job['errors'].items():
         lines += [f'## {stage}: failed', '', '```', err, '```', '']
-    (Path(out) / 'report.md').write_text('\n'.join(lines))
+    return '\n'.join(lines)
+
+
+def summary_files(folder) -> dict:
+    """What a `stablesam-reproduce` folder's records give: a stage's `summary.md`, or the job's `report.md`."""
+    from stablesam.experiment import RECORDS
+    from stablesam.runs import CONFIG, read_json, read_jsonl
+    folder = Path(folder)
+    if not (folder / RECORDS).exists(): return {'report.md': report_text(folder)}
+    records = read_jsonl(folder / RECORDS)
+    if read_json(folder / CONFIG).get('experiment') == 'stability':
+        from stablesam import stability as st
+        return {'summary.md': st.format_summary(st.stability_summary(records)) + '\n'}
+    return {'summary.md': comparison_table(records) + '\n'}
 
 
 # %%
@@ -465,7 +502,8 @@ def reproduce(out, quick=True, data_root='data', seed=0, stages=None):
         try: results[name] = STAGES[name](out, seed=seed, data_root=data_root, command=command, **size)
         except Exception: errors[name] = traceback.format_exc(limit=3)
         timings[name] = time.time() - t
-    _report(out, quick, results, timings, errors, time.time() - t0)
+    _job_record(out, quick, results, timings, errors, time.time() - t0, command)
+    (out / 'report.md').write_text(report_text(out))
     written = sorted(p.name + ('/' if p.is_dir() else '') for p in out.iterdir())
     print(f"\nwrote {out}: " + ', '.join(written))
     for name, _ in todo:
@@ -557,7 +595,8 @@ def main(argv=None):
 
 # %%
 #| slow
-main(['--quick', '--out', '../results/main_job'])
+from stablesam.results_check import rerun   # the command results/main_job/config.json records, from the repository root
+print(rerun('../results/main_job'))
 
 # %% [markdown]
 # What it wrote, read back from the committed records in `results/main_job/digits-quick/`: FCN on the

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TABLE2_MODELS', 'RHO_GRID', 'TABLE_OPTIMIZERS', 'TABLES', 'table_runs', 'table_commands', 'build_parser',
-           'config_from_args', 'train_table_run', 'given_settings', 'run_table', 'main']
+           'config_from_args', 'train_table_run', 'given_settings', 'run_table', 'summary_files', 'main']
 
 # %% ../nbs/05a_cli.ipynb #c3b59b59
 import argparse
@@ -26,17 +26,20 @@ from .variants import variant
 TABLE2_MODELS = ('resnet20', 'resnet56', 'resnext29_32x4d', 'wrn28_10', 'pyramidnet110')
 RHO_GRID = dict(sam=(0.01, 0.02, 0.05, 0.1, 0.2), asam=(0.1, 0.2, 0.5, 1.0, 2.0))
 TABLE_OPTIMIZERS = ('sgd', 'sam', 'stablesam', 'asam', 'stableasam')
-TABLES = ('table2', 'table3', 'table4')
+TABLES = ('table2', 'table3', 'table4', 'mnist-noise40')   # the last: Table 4's layout at CPU size on real MNIST
 
 def _rho_tag(rho): return f'{rho:g}'
 
 def table_runs(table, seeds=(0, 1, 2), runs_dir='runs', data_root='data', extra=()):
-    """The runs of `table` ('table2', 'table3', 'table4') as a list of `stablesam-train` argument lists."""
+    """The runs of `table` (one of `TABLES`) as a list of `stablesam-train` argument lists."""
     if table not in TABLES: raise ValueError(f"Unknown table: {table!r} (choose from {', '.join(TABLES)})")
     jobs = []
     def add(preset, out, **s):
-        args = ['--preset', preset, '--data-root', str(data_root), '--out', str(Path(runs_dir, table, out)), '--resume']
-        for k, v in s.items(): args += [f"--{k.replace('_', '-')}", str(v)]
+        args = ([] if preset is None else ['--preset', preset]) + ['--data-root', str(data_root),
+                                                                   '--out', str(Path(runs_dir, table, out)), '--resume']
+        for k, v in s.items():
+            flag = '--' + k.replace('_', '-')
+            args += [flag] if v is True else ['--no-' + flag[2:]] if v is False else [flag, str(v)]
         jobs.append(args + list(extra))
     for seed in seeds:
         if table == 'table2':
@@ -53,6 +56,11 @@ def table_runs(table, seeds=(0, 1, 2), runs_dir='runs', data_root='data', extra=
                 for opt in TABLE_OPTIMIZERS:
                     add('imagenet-vit' if model == 'vit_s32' else 'imagenet', f'{model}/{opt}/seed{seed}',
                         model=model, optimizer=opt, seed=seed)
+        elif table == 'mnist-noise40':   # FCN on 5,000 real MNIST images, 40% noisy labels, 1,000 held out
+            for opt, rho in [('sgd', 0.05)] + [(o, r) for o in ('sam', 'stablesam') for r in (0.02, 0.05, 0.1)]:
+                add(None, f'{opt}_rho{_rho_tag(rho)}_seed{seed}', dataset='mnist', model='fcn', optimizer=opt,
+                    rho=rho, label_noise=0.4, train_subset=5000, val_split=1000, epochs=8, lr=0.05, momentum=0.9,
+                    weight_decay=0, label_smoothing=0, augment=False, download=False, seed=seed)
         else:
             for noise in (0.2, 0.4, 0.6, 0.8):
                 for model in ('resnet56', 'wrn28_10'):
@@ -137,9 +145,21 @@ def run_table(table, args, argv) -> list:
     jobs = table_runs(table, seeds=args.seeds, runs_dir=runs_dir, data_root=args.data_root or 'data',
                       extra=given_settings(args))
     specs = [dict(out=job[job.index('--out') + 1], args=job) for job in jobs]
-    return run_experiment(Path(runs_dir) / table, specs, train_table_run, key=('out',), desc=table,
-                          settings=dict(table=table, seeds=list(args.seeds), extra=given_settings(args)),
-                          command=['stablesam-train', *argv], **executor_options(args))
+    records = run_experiment(Path(runs_dir) / table, specs, train_table_run, key=('out',), desc=table,
+                             settings=dict(table=table, seeds=list(args.seeds), extra=given_settings(args)),
+                             command=['stablesam-train', *argv], **executor_options(args))
+    for name, text in summary_files(Path(runs_dir) / table).items(): (Path(runs_dir) / table / name).write_text(text)
+    return records
+
+
+def summary_files(folder) -> dict:
+    """`{'results.md': text}` of a table sweep's folder: its run folders tabulated under both protocols."""
+    from stablesam.results import PROTOCOLS, load_runs, summarize, table_markdown
+    runs = load_runs(folder)
+    held_out = all(r['best_val_acc'] is not None for r in runs)
+    parts = [f"## {protocol} protocol: {PROTOCOLS[protocol]}\n\n{table_markdown(summarize(runs, protocol=protocol))}"
+             for protocol in PROTOCOLS if protocol == 'paper' or held_out]
+    return {'results.md': '\n\n'.join(parts) + '\n'}
 
 
 @command('stablesam-train')

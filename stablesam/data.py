@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from .runs import note_data_read
+
 # %% ../nbs/03_data.ipynb #a0e493cb
 def _write_idx(path, array):
     """Write `array` (uint8) as an IDX file (the MNIST format: magic, big-endian dims, data)."""
@@ -270,17 +272,29 @@ def _torchvision(name, root, train, transform, download):
     """A torchvision dataset, downloaded if asked and possible; a clear error naming the folder, or the damaged file."""
     cls = {'mnist': tvd.MNIST, 'cifar10': _CIFAR10, 'cifar100': _CIFAR100}[name]
     if name == 'mnist': _check_mnist(root, train)
-    try: return cls(root, train=train, transform=transform, download=False)
+    try: ds = cls(root, train=train, transform=transform, download=False)
     except Exception as e:
         if name != 'mnist': _check_cifar(name, root, train)  # a file that is there but damaged is named as such
         if not isinstance(e, RuntimeError): raise
         if not download: raise _missing(name, root, 'download=False') from e
-    try: return cls(root, train=train, transform=transform, download=True)
-    except Exception as e: raise _missing(name, root, f'download failed: {type(e).__name__}: {e}') from e
+        try: ds = cls(root, train=train, transform=transform, download=True)
+        except Exception as e2: raise _missing(name, root, f'download failed: {type(e2).__name__}: {e2}') from e2
+    note_data_read(*_split_files(name, root, train))
+    return ds
+
+def _split_files(name, root, train):
+    """The files a torchvision dataset's split reads (for the provenance of what a run writes)."""
+    if name == 'mnist':
+        split = 'train' if train else 't10k'
+        return [Path(root) / 'MNIST' / 'raw' / f'{split}-{kind}' for kind in ('images-idx3-ubyte', 'labels-idx1-ubyte')]
+    cls = {'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
+    return [Path(root) / cls.base_folder / f for f, _ in (cls.train_list if train else cls.test_list) + [
+        [cls.meta['filename'], None]]]
 
 def _imagefolder(root, split, transform):
     folder = Path(root) / split
     if not folder.is_dir(): raise _missing('imagenet', root, f'no folder {folder}')
+    note_data_read(folder)
     return tvd.ImageFolder(str(folder), transform=transform)
 
 # %% ../nbs/03_data.ipynb #58e8d06d
@@ -305,8 +319,9 @@ def _digits_split(target):
 
 def _digits():
     """scikit-learn's 8x8 digits as normalised (training, test) tensor datasets of 1,297 and 500 images."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
+    import sklearn.datasets
+    d = sklearn.datasets.load_digits()
+    note_data_read(Path(sklearn.datasets.__file__).parent / 'data' / 'digits.csv.gz')
     train, test = _digits_split(d.target)
     (mean,), (std,) = _STATS['digits']
     x = torch.tensor((d.images / 16 - mean) / std, dtype=torch.float32).unsqueeze(1)

@@ -4,13 +4,18 @@
 
 # %% auto #0
 __all__ = ['GOAL_SHARE', 'GOAL_COST', 'METRICS', 'run_accuracies', 'gain_kept', 'critical_lr', 'efficiency_rows',
-           'plot_cost_benefit']
+           'plot_cost_benefit', 'efficiency_columns', 'efficiency_inputs', 'summary_files', 'main']
 
 # %% ../nbs/06b_efficient_evidence.ipynb #756a20f7
+import json
+import sys
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import optimizer_style
+from .runs import read_jsonl
+from .style import figure_legend, markdown_table, optimizer_style
 from .variants import variant_order
 
 
@@ -92,15 +97,16 @@ def efficiency_rows(noise_records: dict, speed: dict, lr_records=(), goal_metric
     return rows
 
 
-def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(10, 7.5)):
+def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(8, 6.5)):
     """Share of StableSAM's gain kept (y, 90% interval) against cost (x, epoch time / SGD's): metric x noise level."""
-    fig, axes = plt.subplots(len(METRICS), len(levels), figsize=figsize, sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(METRICS), len(levels), figsize=figsize, sharex=True, squeeze=False,
+                             layout='constrained')
     for (i, metric), (j, pct) in ((im, jp) for im in enumerate(METRICS) for jp in enumerate(levels)):
         ax, key = axes[i][j], f'{metric}{pct}'
-        for level, text in ((0, 'SGD'), (1, 'StableSAM')):
+        for level, text, x, ha in ((0, 'SGD', 0.99, 'right'), (1, 'StableSAM', 0.01, 'left')):   # where no mark is
             ax.axhline(level, color='0.6', lw=0.8)
-            ax.annotate(text, (0.75, level), xycoords=('axes fraction', 'data'), ha='center', va='top', fontsize=7,
-                        color='0.4')
+            ax.annotate(text, (x, level), xycoords=('axes fraction', 'data'), ha=ha, va='bottom', fontsize=9,
+                        color='0.3')
         for r in rows:
             if r.get(f'kept_{key}') is None or r['cost'] is None or r['optimizer'] == 'sgd': continue
             y, lo, hi = r[f'kept_{key}'], r[f'lo_{key}'], r[f'hi_{key}']
@@ -114,14 +120,53 @@ def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(10, 7.5)):
         ax.set_xlim(min(x0, 0.95), max(x1, GOAL_COST + 0.05))
         ax.set_ylim(y0, max(y1, GOAL_SHARE + 0.2))
         if i == len(METRICS) - 1: ax.set_xlabel('cost: epoch time / SGD epoch time')
-        ax.set_title(f"{pct}% label noise, {'best-epoch' if metric == 'best' else 'final'} test accuracy", fontsize=10)
-        ax.set_ylabel("share of StableSAM's gain over SGD kept" if j == 0 else '')
+        ax.set_title(f"{pct}% label noise, {'best-epoch' if metric == 'best' else 'final'} test accuracy", fontsize=9)
+        ax.set_ylabel("share of StableSAM's gain\nover SGD kept" if j == 0 else '')
         ax.grid(alpha=0.3)
-    axes[0][0].text(0.02, 0.98, f'grey: the goal, >= {GOAL_SHARE:.0%} kept at <= {GOAL_COST}x',
-                    transform=axes[0][0].transAxes, va='top', fontsize=8, color='0.3')
-    legend = {}
-    for ax in axes.flat: legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-    labels, handles = list(legend), list(legend.values())
-    fig.legend(handles, labels, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    figure_legend(fig, f'grey: the goal, >= {GOAL_SHARE:.0%}\nkept at <= {GOAL_COST}x;\nmark: share kept,\n'
+                       'bar: 90% interval', fontsize=9, loc='outside right center')   # the notes over no mark
     return fig
+
+# %% ../nbs/06b_efficient_evidence.ipynb #8813fd58
+def efficiency_columns() -> dict:
+    """The columns of the efficiency table: Markdown header and number format per row field."""
+    columns = dict(optimizer=('optimizer', None), cost=('cost x SGD', '{:.2f}'), sam_fraction=('SAM steps', '{:.2f}'))
+    for pct in (80, 60):
+        for metric in ('best', 'final'):
+            key = f'{metric}{pct}'
+            columns.update({f'acc_{key}': (f'{pct}% {metric} acc', '{:.4f}'), f'std_{key}': ('std', '{:.4f}'),
+                            f'kept_{key}': ('gain kept', '{:.2f}'), f'ci_{key}': ('90% CI', None)})
+    return dict(columns, critical_lr=('critical lr', '{:g}'), goal=('goal met (80%, best)', None))
+
+
+def efficiency_inputs(folder) -> tuple:
+    """`(noise_records, speed, lr_records)` of an efficient-variants results folder (what exists of them)."""
+    folder = Path(folder)
+    noise = {pct / 100: read_jsonl(folder / f'label-noise-{pct}-fcn-10k' / 'records.jsonl') for pct in (80, 60)
+             if (folder / f'label-noise-{pct}-fcn-10k' / 'records.jsonl').exists()}
+    lr_path, speed_path = folder / 'lr-sweep-fcn-10k' / 'records.jsonl', folder / 'speed.json'
+    speed = json.loads(speed_path.read_text())['settings']['mnist-fcn'] if speed_path.exists() else {}
+    return noise, speed, read_jsonl(lr_path) if lr_path.exists() else []
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}`: the efficiency table of `folder` from its records and `speed.json`."""
+    rows = efficiency_rows(*efficiency_inputs(folder))
+    cols = efficiency_columns()
+    return {'summary.md': markdown_table(rows, {k: v for k, v in cols.items()
+                                                if any(r.get(k) is not None for r in rows)}) + '\n'}
+
+
+def main(argv=None):
+    """`python -m stablesam.efficient_evidence FOLDER`: write FOLDER's summary.md and its config.json (the command)."""
+    from stablesam.runs import CONFIG, provenance, write_json
+    argv = sys.argv[1:] if argv is None else list(argv)
+    folder = Path(argv[0] if argv else 'results/efficient')
+    for name, text in summary_files(folder).items(): (folder / name).write_text(text)
+    write_json(folder / CONFIG, dict(experiment='efficient', inputs=['label-noise-80-fcn-10k', 'label-noise-60-fcn-10k',
+                                                                     'lr-sweep-fcn-10k', 'speed.json'],
+                                     command=['python', '-m', 'stablesam.efficient_evidence', str(folder)],
+                                     provenance=provenance()))
+
+
+if __name__ == '__main__': main()

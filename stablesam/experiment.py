@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['RECORDS', 'RUNS', 'EXECUTORS', 'LOGGERS', 'COMMON', 'USAGE_ERRORS', 'Run', 'spec_key', 'spec_id', 'per_process',
-           'flat_settings', 'check_settings', 'slurm_job_class', 'run_experiment', 'add_common', 'key_value',
-           'executor_options', 'command']
+           'flat_settings', 'check_settings', 'slurm_job_class', 'run_experiment', 'worker_threads', 'add_common',
+           'key_value', 'executor_options', 'command']
 
 # %% ../nbs/04c_experiment.ipynb #728ed577
 import argparse
@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from .runs import (CONFIG, CheckpointError, machine, read_json, read_jsonl, remove_temporaries, write_json,
-                            write_jsonl)
+from .runs import (CONFIG, CheckpointError, machine, provenance, read_json, read_jsonl, remove_temporaries,
+                            write_json, write_jsonl)
 
 # %% ../nbs/04c_experiment.ipynb #353eb5d8
 RECORDS = 'records.jsonl'
@@ -128,7 +128,7 @@ def _run_processes(train, todo, folders, processes: int, finish, tick, loggers=N
     from concurrent.futures.process import BrokenProcessPool
     ctx = mp.get_context('spawn')
     reports = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = worker_threads('processes', processes)
     pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(reports, threads))
     pending = {pool.submit(_train_spec, train, todo[j], folders[j], j, loggers): j for j in range(len(todo))}
     finished = False
@@ -179,7 +179,8 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, logg
     SpecJob = slurm_job_class()
     params = dict(slurm or {})
     cluster = params.pop('cluster', None)
-    threads = int(params.pop('threads', 1))
+    threads = worker_threads('slurm', 1, params)
+    params.pop('threads', None)
     executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
     if params: executor.update_parameters(**params)
     jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
@@ -227,9 +228,13 @@ def run_experiment(out, specs: list, train, *, key, settings: dict, command=None
     done = {k for k in keys if k in counts and len(by_key[k]) == counts[k]}   # else trained again
     by_key = {k: (v if k in done else []) for k, v in by_key.items()}
     write_jsonl(out / RECORDS, [r for k in keys for r in by_key[k]])   # drops the records of unfinished runs
+    made = _provenance(executor, processes, slurm)
+    earlier = _earlier_provenance(saved, made, out / CONFIG)
     config = dict(experiment=desc or out.name, command=list(command) if command is not None else None,
-                  settings=settings, **(meta or {}), runs=len(specs), executor=executor,
-                  processes=processes if executor == 'processes' else 1, machine=machine(), versions=_versions())
+                  settings=settings, **(meta or {}), key=list(key), runs=len(specs), executor=executor,
+                  processes=processes if executor == 'processes' else 1, machine=machine(),
+                  versions=made['versions'] if made else {}, provenance=made,
+                  **(dict(earlier_provenance=earlier) if earlier else {}))
     wall0, run_wall = (saved or {}).get('wall_time_s', 0.0), dict((saved or {}).get('run_wall_s', {}))
     t0 = time.perf_counter()
 
@@ -299,11 +304,31 @@ def _one(spec) -> int:
     return 1
 
 
-def _versions() -> dict:
-    """Package versions for `config.json` (torch's only where torch is already imported)."""
-    if 'torch' not in sys.modules: return {}
-    from stablesam.runs import package_versions
-    return package_versions()
+def worker_threads(executor: str, processes: int, slurm: dict | None = None) -> int | None:
+    """The torch threads each run trains with under `executor` (None inline: this process's own)."""
+    if executor == 'processes': return max(1, (os.cpu_count() or 1) // processes)
+    if executor == 'slurm': return int((slurm or {}).get('threads', 1))
+    return None
+
+
+def _provenance(executor: str, processes: int, slurm: dict | None):
+    """This invocation's provenance for `config.json` (None where torch was never imported: nothing trained here)."""
+    if 'torch' not in sys.modules: return None
+    return provenance(threads=worker_threads(executor, processes, slurm))
+
+
+def _earlier_provenance(saved, made, where) -> list:
+    """The provenance of the earlier invocations of a resumed experiment; other data files than before: ValueError."""
+    earlier = list((saved or {}).get('earlier_provenance', []))
+    before = (saved or {}).get('provenance')
+    if not before or not made: return earlier
+    changed = [f"{f}: sha256 {before['data'][f][:12]}... there, {made['data'][f][:12]}... now"
+               for f in sorted(set(before['data']) & set(made['data'])) if before['data'][f] != made['data'][f]]
+    if changed:
+        raise ValueError(f"{where} holds an experiment made from other data files ({'; '.join(changed)}): its runs "
+                         "would not be comparable; choose another --out, or pass --fresh to start it over")
+    same = all(before.get(k) == made.get(k) for k in ('code', 'versions', 'threads', 'device'))
+    return earlier if same else earlier + [dict(before, runs_done=len((saved or {}).get('done', [])))]
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

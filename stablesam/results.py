@@ -54,7 +54,7 @@ def load_runs(runs_dir):
 # %% ../nbs/08_results.ipynb #53efb343
 _CELL = ('dataset', 'model', 'label_noise', 'optimizer')
 _IGNORED = ('seed', 'rho', 'out', 'resume', 'workers', 'device', 'download', 'progress', 'data_root', 'versions',
-            'device_name', 'device_used', 'world_size', 'command', 'amp')
+            'device_name', 'device_used', 'world_size', 'command', 'amp', 'provenance')
 
 def _mean_std(xs):
     m = sum(xs) / len(xs)
@@ -192,9 +192,15 @@ def plot_curves(runs, metric='test_acc', rows=None, max_panels=6):
 @command('stablesam-results')
 def main(argv=None):
     """`stablesam-results RUNS_DIR`: write results.md, results.csv and curves.png and print the Markdown tables."""
+    from stablesam.results_check import check_main, provenance_text
+    if argv[:1] == ['check']: return check_main(argv[1:])   # stablesam-results check [ROOT]
+    if argv[:1] == ['provenance']:                          # stablesam-results provenance FOLDER...
+        for folder in argv[1:] or ['.']: print(provenance_text(folder))
+        return 0
     ap = argparse.ArgumentParser(prog='stablesam-results', description='Tabulate run folders in the paper\'s layout: '
                                  'mean ± std over seeds of the best test accuracy, rho chosen per cell; plus training '
-                                 'curves.')
+                                 'curves. `stablesam-results check [ROOT]` checks committed results against their '
+                                 'records; `stablesam-results provenance FOLDER` prints what made a run.')
     ap.add_argument('runs_dir', help='folder searched recursively for run folders (config.json + metrics.jsonl)')
     ap.add_argument('--out', default=None,
                     help='where to write results.md, results.csv, curves.png (default: RUNS_DIR)')

@@ -6,7 +6,8 @@
 __all__ = ['CONFIG', 'METRICS', 'CHECKPOINT', 'DIVERGED', 'CHECKPOINT_FORMAT', 'PREVIOUS', 'atomic_write', 'remove_temporaries',
            'strict_json', 'write_json', 'write_jsonl', 'append_jsonl', 'read_json', 'read_jsonl', 'JsonlLog',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'package_versions', 'machine',
-           'MissingExtra', 'require', 'read_metrics', 'read_run']
+           'note_data_read', 'data_read', 'file_sha256', 'code_state', 'provenance', 'MissingExtra', 'require',
+           'read_metrics', 'read_run']
 
 # %% ../nbs/04b_runs.ipynb #6db8a0ab
 import dataclasses
@@ -179,6 +180,65 @@ def machine():
     except (OSError, StopIteration): pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+_DATA_READ = {}   # the data files and folders this process has read, in the order it read them
+_SHA256 = {}      # sha256 of files already hashed, by (path, size, mtime)
+
+
+def note_data_read(*paths):
+    """Record data files (or image folders) this process read: `provenance` hashes them."""
+    for p in paths: _DATA_READ[str(p)] = None
+
+
+def data_read():
+    """The data files and folders this process has read (see `note_data_read`), in order."""
+    return list(_DATA_READ)
+
+
+def file_sha256(path):
+    """The sha256 of a file (cached by size and mtime); of a folder, of its sorted relative file names and sizes."""
+    import hashlib
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob('*') if f.is_file())
+        listing = ''.join(f'{f.relative_to(path)}\t{f.stat().st_size}\n' for f in files)
+        return 'listing:' + hashlib.sha256(listing.encode()).hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
+def code_state():
+    """`dict(commit, dirty, changed)` of the git checkout holding the imported stablesam; commit None outside one."""
+    import subprocess
+    import stablesam
+    src = Path(stablesam.__file__).resolve().parent
+    def git(*args):
+        r = subprocess.run(['git', '-C', str(src), *args], capture_output=True, text=True, timeout=30)
+        return r.stdout.rstrip('\n') if r.returncode == 0 else None
+    root = git('rev-parse', '--show-toplevel')
+    if root is None or not (Path(root) / 'settings.ini').exists():   # an installed wheel: no checkout of ours
+        return dict(commit=None, dirty=None, changed=[], source=str(src))
+    changed = git('status', '--porcelain', '--', root, f':(exclude){root}/results') or ''
+    changed = [line[3:] for line in changed.splitlines()]   # results/ is what runs write, not code
+    return dict(commit=git('rev-parse', 'HEAD'), dirty=bool(changed), changed=changed[:20], source=root)
+
+
+def provenance(argv=None, threads=None, device=None):
+    """What made a record: the code's commit and dirtiness, versions, sha256 of the data read, threads, device, argv."""
+    import sys, torch
+    if device is None:
+        device = f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
+    return dict(code=code_state(), versions=package_versions(),
+                data={p: file_sha256(p) for p in data_read() if Path(p).exists()},
+                threads=torch.get_num_threads() if threads is None else threads, device=str(device),
+                argv=list(sys.argv if argv is None else argv), machine=machine())
+
 
 class MissingExtra(ImportError):
     """An optional dependency is not installed (a command exits with status 2 and this message)."""

@@ -265,7 +265,7 @@ def sweep(methods=("gd", "sam", "stablesam"), rhos=(0.05, 0.2, 0.5), lrs=None, *
     return out
 
 # %% ../nbs/02_toy.ipynb #41cd2cf8
-from .style import markdown_table, optimizer_style
+from .style import markdown_table, optimizer_style, plot_kwargs
 
 _DRAWN = ("gd", "sam", "stablesam", "usam", "stableusam")  # the methods Figure 4 draws, in legend order
 
@@ -296,8 +296,8 @@ def figure4(rhos=(0.05, 0.2, 0.5), lrs=None, *, n_starts=10_000, steps=1000, tol
     plot_contour(axs[0])
     for i, (ax, rho) in enumerate(zip(axs[1:], rhos)):
         for m in (m for m in _DRAWN if m in rates):
-            st = optimizer_style(m)
-            ax.plot(lrs, rates[m][i], color=st.color, ls=st.linestyle, lw=1.2, label=st.label)
+            # the registry's marks, each optimizer's at other learning rates: a curve under another shows
+            ax.plot(lrs, rates[m][i], lw=1.2, **plot_kwargs(m, marker=True, points=len(lrs)))
         ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="learning rate", title=f"({chr(98 + i)}) $\\rho = {rho:g}$")
         if i == 0: ax.set_ylabel("success rate")
     axs[1].legend(fontsize=8, loc="lower right")

@@ -6,6 +6,7 @@
 __all__ = ['AMP_DTYPES', 'EVAL_BATCH', 'dist_info', 'resolve_device', 'Diverged', 'Trainer', 'comparable']
 
 # %% ../nbs/05_train.ipynb #adc4a9e0
+import copy
 import dataclasses
 import math
 import os
@@ -27,14 +28,14 @@ from tqdm.auto import tqdm
 from .config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
 from .data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs,
                             split_augmentation, validation_split)
-from .distributed import checkpoint_state, is_sharded, load_checkpoint_state, shard_model
+from .distributed import broadcast_buffers, checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from .loggers import trainer_loggers
 from .models import get_model
 from .optim import global_norm, is_sam, make_optimizer, sam_step
 # (nbdev makes a wrapped import relative only when its last line is as long as `from stablesam.runs` at least)
 from .runs import (
     CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, CheckpointError, JsonlLog, append_jsonl,
-    latest_checkpoint, load_checkpoint, package_versions, read_jsonl, read_metrics, remove_temporaries,
+    latest_checkpoint, load_checkpoint, package_versions, provenance, read_jsonl, read_metrics, remove_temporaries,
     save_checkpoint, write_json, write_jsonl)
 from .variants import variant
 
@@ -118,6 +119,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == 'fp16' else None
         self.callbacks = list(callbacks) + trainer_loggers(self)  # + a TrainLogger inside a logging_to block
         self.epoch, self.step, self.history, self._eval_batches = 0, 0, [], {}
+        self._callback_states = {}  # from the checkpoint resumed, given to the callbacks after their before_fit
         self.position, self._sums = 0, None  # batches done in the current epoch, and its running sums
         self.last_loss = None  # the last step's first-pass loss (a device tensor; None: skipped), for loggers
         self._pending, self._saved_at, self.checkpoint_path = None, time.perf_counter(), None
@@ -129,6 +131,8 @@ class Trainer:
         self._start_run()
         for cb in self.callbacks:
             if hasattr(cb, 'before_fit'): cb.before_fit(self)
+        states, self._callback_states = self._callback_states, {}
+        self.load_callback_states(states)  # after before_fit, which starts each callback afresh
         try:
             while self.epoch < self.cfg.epochs: self._fit_epoch()
         except Diverged as e:
@@ -235,7 +239,7 @@ def _finite(self, loss):
 @patch_to(Trainer)
 def _step_finite(self, loss):
     """A device bool after a step: its loss, gradient norms (SAM family, no GradScaler) and the weights are finite."""
-    ok = torch.isfinite(loss) & torch.isfinite(global_norm([p.detach() for p in self.model.parameters()], self.device))
+    ok = torch.isfinite(loss) & self._weights_finite()
     if self.sam and self.scaler is None:
         stats = self.optimizer.last_stats
         for key in ('grad_norm', 'asc_grad_norm'):   # a one-pass step has no asc_grad_norm
@@ -243,23 +247,46 @@ def _step_finite(self, loss):
     return ok
 
 @patch_to(Trainer)
-def _guard(self, loss, pass_number):
-    """`sam_step`'s guard in skip mode: whether the step may go on after this pass (same answer on every process)."""
-    # a non-finite ascent from overflowing gradients is the scaler's to skip
-    if self.scaler is not None and pass_number == 2: return True
-    ok = self._finite(loss).to(torch.int32)
+def _everywhere(self, ok):
+    """Device bool `ok` as a Python bool, True only if it is True on every process (one host sync)."""
+    ok = ok.to(torch.int32)
     if self.world_size > 1: dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok)
 
 @patch_to(Trainer)
+def _guard(self, loss, pass_number):
+    """`sam_step`'s guard in skip mode: whether the step may go on after this pass (same answer on every process)."""
+    # a non-finite ascent from overflowing gradients is the scaler's to skip
+    if self.scaler is not None and pass_number == 2: return True
+    return self._everywhere(self._finite(loss))
+
+@patch_to(Trainer)
+def _weights_finite(self):
+    """A device bool: every weight of the model is finite."""
+    return torch.isfinite(global_norm([p.detach() for p in self.model.parameters()], self.device))
+
+@patch_to(Trainer)
+def _snapshot(self):
+    """Copies of the weights, the buffers (BatchNorm statistics) and the optimizer state: what a skipped step restores."""
+    with torch.no_grad():
+        return ([p.detach().clone() for p in self.model.parameters()], [b.clone() for b in self.model.buffers()],
+                copy.deepcopy(self.optimizer.state_dict()))
+
+@patch_to(Trainer)
+def _restore(self, snapshot):
+    """Put a `_snapshot` back: the model and the optimizer as they were before the step."""
+    params, buffers, optimizer = snapshot
+    with torch.no_grad():
+        for p, saved in zip(self.model.parameters(), params): p.copy_(saved)
+        for b, saved in zip(self.model.buffers(), buffers): b.copy_(saved)
+    self.optimizer.load_state_dict(optimizer)
+
+@patch_to(Trainer)
 def check_finite(self):
-    """Raise `Diverged` if the last step had a non-finite loss or gradient (stop mode)."""
+    """Raise `Diverged` if the last step had a non-finite loss, gradient or weight (stop mode)."""
     if self._pending is None: return
     (ok, epoch, batch, step, lr), self._pending = self._pending, None
-    if self.world_size > 1:
-        ok = ok.to(torch.int32)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    if not bool(ok):
+    if not self._everywhere(ok):
         where = self.checkpoint_path or ('no run folder: out is not set' if self.cfg.out is None
                                          else 'none written yet')
         raise Diverged(epoch, step, batch, lr, where)
@@ -283,15 +310,16 @@ def train_step(self, x, y):
     lr = self.lr_at(self.step)
     for g in self.optimizer.param_groups: g['lr'] = lr
     skip = self.cfg.on_nonfinite == 'skip'
-    if skip: buffers = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics, restored if it is skipped
+    before = self._snapshot() if skip else None  # restored if the step is skipped
     res = sam_step(self.optimizer, self.net, self._loss, x, y, grad_scaler=self.scaler,
                    autocast_dtype=AMP_DTYPES[self.cfg.amp],
                    bn_first_pass=self.cfg.bn_first_pass, guard=self._guard if skip else None)
+    # finite loss and gradients can still make an update overflow: such a step is skipped too
+    if skip and res is not None and not self._everywhere(self._weights_finite()): res = None
     self.step += 1  # a skipped step counts: the schedule moves on
     self.last_loss = None if res is None else res[1]
     if res is None:
-        with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), buffers): b.copy_(saved)
+        self._restore(before)
         return None
     if not skip: self._pending = self._step_finite(res[1]), self.epoch + 1, self.position + 1, self.step, lr
     return res
@@ -354,6 +382,7 @@ def train_epoch(self):
                             img_s=f"{c * self.world_size / max(sums['time'], 1e-9):.0f}")
     self.check_finite()
     bar.close()
+    broadcast_buffers(self.model)  # every process ends the epoch with rank 0's BatchNorm statistics, as under DDP
     self.epoch, self.position, self._sums = self.epoch + 1, 0, None
     keys = ('loss', 'correct', 'count', 'factor', 'ratio')
     loss_sum, correct, count, factor_sum, ratio_sum = self._reduce(*(sums[k] for k in keys))
@@ -376,28 +405,65 @@ EVAL_BATCH = 1024  # evaluation batch of in-memory datasets (no autograd, so lar
 def evaluate(self, dataset):
     """Mean loss (without label smoothing) and accuracy of the model on `dataset`, shared out over processes."""
     self.model.eval()
+    broadcast_buffers(self.model)  # each process evaluates its share with rank 0's BatchNorm statistics
     key = id(dataset)
-    if key not in self._eval_batches:
-        part = Subset(dataset, range(self.rank, len(dataset), self.world_size)) if self.world_size > 1 else dataset
-        plain = self.in_memory(part)[0]  # evaluated without augmentation
-        if plain is not None: batches = self._to_device(decode(plain))
-        else: batches = DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs)
-        self._eval_batches[key] = (dataset, batches)  # the dataset is kept so that its id stays unique
-    batches = self._eval_batches[key][1]
-    if isinstance(batches, tuple): batches = zip(batches[0].split(EVAL_BATCH), batches[1].split(EVAL_BATCH))
+    if key not in self._eval_batches:  # the dataset is kept so that its id stays unique
+        self._eval_batches[key] = (dataset, [(self._eval_batches_of(part), counted)
+                                             for part, counted in self._eval_parts(dataset)])
     dtype = AMP_DTYPES[self.cfg.amp]
     loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
     correct, count = torch.zeros_like(loss_sum), 0
-    for x, y in batches:
-        x, y = x.to(self.device), y.to(self.device)
-        with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext(): out = self.model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction='sum').double()
-        correct += (out.argmax(1) == y).sum()
-        count += len(y)
+    for batches, counted in self._eval_batches[key][1]:
+        if isinstance(batches, tuple): batches = zip(batches[0].split(EVAL_BATCH), batches[1].split(EVAL_BATCH))
+        for x, y in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext():
+                out = self.model(x)
+            if not counted: continue
+            loss_sum += F.cross_entropy(out.float(), y, reduction='sum').double()
+            correct += (out.argmax(1) == y).sum()
+            count += len(y)
     loss_sum, correct, count = self._reduce(loss_sum, correct, count)
     return dict(loss=loss_sum / max(count, 1), acc=correct / max(count, 1))
 
+@patch_to(Trainer)
+def _eval_parts(self, dataset):
+    """`(part, counted)`: this process's equal share of `dataset` and the remainder, which only rank 0 counts."""
+    if self.world_size == 1: return [(dataset, True)]
+    even = len(dataset) - len(dataset) % self.world_size
+    parts = [(Subset(dataset, range(self.rank, even, self.world_size)), True),
+             (Subset(dataset, range(even, len(dataset))), self.rank == 0)]
+    return [(part, counted) for part, counted in parts if len(part)]  # the same parts on every process
+
+@patch_to(Trainer)
+def _eval_batches_of(self, part):
+    """The evaluation batches of `part`: its decoded tensors on the device (in memory) or a DataLoader."""
+    plain = self.in_memory(part)[0]  # evaluated without augmentation
+    if plain is not None: return self._to_device(decode(plain))
+    return DataLoader(part, batch_size=self.cfg.batch_size, shuffle=False, **self.loader_kwargs)
+
 # %% ../nbs/05_train.ipynb #f9249023
+@patch_to(Trainer)
+def _named_callbacks(self):
+    """`(name, callback)` pairs: the class name, numbered from a class's second callback on ('StepStats.1')."""
+    seen = {}
+    for cb in self.callbacks:
+        kind = type(cb).__name__
+        seen[kind] = n = seen.get(kind, -1) + 1
+        yield (kind if n == 0 else f'{kind}.{n}'), cb
+
+@patch_to(Trainer)
+def callback_states(self):
+    """The `state_dict()` of each callback that has one, by name (what a checkpoint keeps of the callbacks)."""
+    return {name: cb.state_dict() for name, cb in self._named_callbacks() if hasattr(cb, 'state_dict')}
+
+@patch_to(Trainer)
+def load_callback_states(self, states):
+    """Give each callback with `load_state_dict` its state in `states` (from `callback_states`), by name."""
+    for name, cb in self._named_callbacks():
+        if name in states and hasattr(cb, 'load_state_dict'): cb.load_state_dict(states[name])
+
+# %% ../nbs/05_train.ipynb #9b8cccf5
 @patch_to(Trainer)
 def state(self):
     """Everything `--resume` needs, as a checkpoint dict."""
@@ -407,7 +473,7 @@ def state(self):
     scaler = self.scaler.state_dict() if self.scaler is not None else None
     return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step,
                 history=self.history, position=self.position, sums=sums, rng=rng, model=model, optimizer=optimizer,
-                scaler=scaler)
+                scaler=scaler, callbacks=self.callback_states())
 
 @patch_to(Trainer)
 def load_state(self, state, path='checkpoint'):
@@ -420,6 +486,7 @@ def load_state(self, state, path='checkpoint'):
     if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
     self.epoch, self.step, self.history = state['epoch'], state['step'], list(state['history'])
     self.position, sums = state.get('position', 0), state.get('sums')
+    self._callback_states = state.get('callbacks') or {}  # none in a checkpoint written before callbacks were saved
     self._sums = None if sums is None else {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in sums.items()}
     if state.get('rng') is not None:
         torch.set_rng_state(state['rng']['torch'])
@@ -452,8 +519,10 @@ def _start_run(self):
     (self.out / DIVERGED).unlink(missing_ok=True)
     write_jsonl(self.metrics_log.path, self.history)  # the checkpoint's history: also what a damaged metrics.jsonl lost
     dev = torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else platform.processor() or 'cpu'
-    write_json(self.out / CONFIG, dict(self.cfg.to_dict(), versions=package_versions(), device_used=str(self.device),
-                                       device_name=dev, world_size=self.world_size, command=sys.argv))
+    made = provenance(device=f'{self.device} ({dev})')
+    write_json(self.out / CONFIG, dict(self.cfg.to_dict(), versions=made['versions'], device_used=str(self.device),
+                                       device_name=dev, world_size=self.world_size, command=sys.argv,
+                                       provenance=made))
 
 @patch_to(Trainer)
 def _save(self, metrics=None):

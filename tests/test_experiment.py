@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment_helpers import dies_on_three, fails_on_two, squares
+from experiment_helpers import dies_on_three, fails_on_two, same_records, squares
 from stablesam.data import write_fake_mnist
 from stablesam.experiment import CONFIG, RECORDS, run_experiment
 from stablesam.runs import read_json, read_jsonl
@@ -18,15 +18,6 @@ from stablesam.stability import run_stability, stability_config
 pytestmark = pytest.mark.usefixtures('one_thread')
 STABILITY = ['--epochs', '2', '--seeds', '0', '1', '--optimizers', 'sgd', 'stablesam', '--batch-size', '16',
              '--device', 'cpu', '--no-download', '--quiet', '--lr', '0.1']
-
-
-def same_records(a, b, rel=1e-6):
-    """Two record lists equal: labels exactly, measurements to `rel`."""
-    assert len(a) == len(b)
-    for r, q in zip(a, b):
-        assert r.keys() == q.keys()
-        for k, v in r.items():
-            assert (v == pytest.approx(q[k], rel=rel, abs=1e-9)) if isinstance(v, float) else v == q[k], k
 
 
 @pytest.fixture(scope='module')

@@ -87,3 +87,18 @@ def test_held_out_protocol_end_to_end(tmp_path, capsys):
     assert main([str(tmp_path / 'runs'), '--protocol', 'held-out', '--no-figure']) == 0
     out = capsys.readouterr().out
     assert 'Protocol held-out' in out and 'Protocol paper' not in out
+
+
+def test_committed_figures_are_print_quality():
+    """Every committed figure under results/ is a PNG of 150 dpi or more; each Figure 5-7 panel has a PDF beside it."""
+    from pathlib import Path
+
+    from PIL import Image
+    results = Path(__file__).resolve().parents[1] / 'results'
+    pngs = [p for p in results.rglob('*.png') if 'runs' not in p.relative_to(results).parts]
+    assert len(pngs) >= 17
+    low = {str(p.relative_to(results)): Image.open(p).info.get('dpi') for p in pngs
+           if min(Image.open(p).info.get('dpi', (0, 0))) < 149.5}
+    assert not low, f'below 150 dpi: {low}'
+    panels = [p for p in pngs if p.name == 'stability.png']
+    assert len(panels) >= 8 and all(p.with_suffix('.pdf').exists() for p in panels)

@@ -290,3 +290,22 @@ def test_checkpoint_is_weights_only(tmp_path):
     save_checkpoint(tmp_path / 'ok.pt', {'format': 'other'})
     with pytest.raises(RuntimeError, match='not a stablesam training checkpoint'):
         load_checkpoint(tmp_path / 'ok.pt')
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'stablesam'])
+def test_skip_restores_a_step_whose_update_overflows_the_weights(root, optimizer):
+    """Finite loss and gradients, but lr 3e38 makes the update overflow: skip mode skips the step, weights restored."""
+    cfg = dict(dataset='mnist', data_root=str(root), model='fcn', optimizer=optimizer, batch_size=64,
+               schedule='constant', progress=False, on_nonfinite='skip')
+    t = Trainer(TrainConfig(**cfg, lr=0.05))
+    x, y = next(t.batches())
+    t.train_step(x, y)  # a good step first: the momentum buffers exist
+    weights = [p.detach().clone() for p in t.model.parameters()]
+    momentum = {k: v['momentum_buffer'].clone() for k, v in t.optimizer.state_dict()['state'].items()}
+    t.cfg = TrainConfig(**cfg, lr=3e38).resolved()  # (float32's largest is 3.4e38)
+    assert t.train_step(100 * x, y) is None and t.step == 2
+    for a, b in zip(weights, t.model.parameters()): assert torch.equal(a, b.detach())
+    state = t.optimizer.state_dict()['state']
+    assert set(state) == set(momentum) and all(torch.equal(state[k]['momentum_buffer'], momentum[k]) for k in state)
+    t.cfg = TrainConfig(**cfg, lr=0.05).resolved()
+    assert t.train_step(x, y) is not None  # training goes on from the restored state
