@@ -112,7 +112,6 @@ def quantity(key: str) -> Quantity:
 test_eq(quantity('test_acc'), Quantity('test accuracy (%)', 100.0))
 test_fail(lambda: quantity('test_accuracy'), contains='QUANTITIES')
 
-
 # %% [markdown]
 # ## Saving a figure
 #
@@ -131,7 +130,7 @@ MIN_DPI = 150   # the least resolution of a stored figure
 
 
 def save_figure(fig, path, *, dpi: int = MIN_DPI, pdf: bool = False) -> list:
-    """Write `fig` to PNG `path` at `dpi` (at least `MIN_DPI`), cropped to what is drawn; with `pdf`, a PDF beside it."""
+    """Write `fig` to PNG `path` at `dpi` (at least `MIN_DPI`) cropped to what is drawn; with `pdf`, a PDF beside it."""
     if dpi < MIN_DPI: raise ValueError(f"Invalid dpi: {dpi} (a stored figure has at least {MIN_DPI})")
     path = Path(path)
     fig.savefig(path, dpi=dpi, bbox_inches='tight', pad_inches=0.05)
@@ -149,7 +148,7 @@ def wrapped(text: str, inches: float, fontsize: float) -> str:
 
 
 def figure_legend(fig, title: str | None = None, fontsize: float = 8, loc: str = 'outside lower center'):
-    """One legend for all of `fig`'s labelled lines, outside its panels (it hides no line), in as many columns as fit."""
+    """One legend for all of `fig`'s labelled lines, outside its panels (it hides no line), in the columns that fit."""
     handles = {}
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels()): handles.setdefault(label, h)

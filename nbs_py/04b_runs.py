@@ -429,4 +429,3 @@ test_eq((p['argv'], p['threads'], p['device']), (['stablesam-train', '--quick'],
 test_eq(set(p['versions']) >= {'python', 'torch', 'torchvision', 'numpy', 'stablesam'}, True)
 test_eq(len(p['code']['commit'] or '') in (0, 40), True)   # 40 hex digits in a checkout, None in an installed wheel
 test_eq(file_sha256(tmp / 'data').startswith('listing:'), True)   # a folder (ImageFolder): its file list and sizes
-

@@ -240,8 +240,9 @@ def _drain(queue, tick) -> None:
 # `--slurm KEY=VALUE` on a command line) go to `AutoExecutor.update_parameters` (`timeout_min`,
 # `slurm_partition`, `gpus_per_node`, ...), except `cluster`: `local` runs the jobs as local processes
 # (how the tests check this path without a cluster), `debug` in this process. The parent waits for the jobs
-# and records each as it finishes; if the parent itself is stopped, cancel its jobs (`scancel`) before
-# running the same command again, which resubmits the runs not recorded as done.
+# and records each as it finishes; a job that fails stops the run and cancels the other jobs (as does Ctrl-C);
+# if the parent itself is killed, cancel its jobs (`scancel`) before running the same command again, which
+# resubmits the runs not recorded as done.
 
 # %%
 #| export
@@ -272,17 +273,20 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, logg
     executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
     if params: executor.update_parameters(**params)
     jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
-    while jobs:
-        for i, job in list(jobs.items()):
-            if job.done():
-                del jobs[i]
-                try: records, seconds = job.result()
-                except Exception as e:
-                    raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
-                                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
-                                       f"(log: {job.paths.stderr})") from e
-                finish(i, records, seconds)
-        if jobs: time.sleep(0.5)
+    try:
+        while jobs:
+            for i, job in list(jobs.items()):
+                if job.done():
+                    del jobs[i]
+                    try: records, seconds = job.result()
+                    except Exception as e:
+                        raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
+                                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
+                                           f"(log: {job.paths.stderr})") from e
+                    finish(i, records, seconds)
+            if jobs: time.sleep(0.5)
+    finally:   # stopped by a failure (or Ctrl-C): the other jobs would go on training runs the next command resubmits
+        for job in jobs.values(): job.cancel(check=False)
 
 
 # %% [markdown]

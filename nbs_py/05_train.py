@@ -367,8 +367,8 @@ for e in (0, 3):
 # With `on_nonfinite='skip'` such a step is skipped instead, weights, optimizer state and BatchNorm
 # statistics as before it, and counted in the epoch's `skipped_steps`; deciding costs one host sync per pass
 # and one after the update (finite losses and gradients can still make the update overflow a weight), and each
-# step first copies the weights and the optimizer state to restore them. With a `GradScaler` (fp16), overflowing gradients are the scaler's to skip, as always:
-# only the first pass's loss is checked.
+# step first copies the weights and the optimizer state to restore them. With a `GradScaler` (fp16),
+# overflowing gradients are the scaler's to skip, as always: only the first pass's loss is checked.
 
 # %%
 #| exporti
@@ -412,7 +412,7 @@ def _weights_finite(self):
 
 @patch_to(Trainer)
 def _snapshot(self):
-    """Copies of the weights, the buffers (BatchNorm statistics) and the optimizer state: what a skipped step restores."""
+    """Copies of the weights, buffers (BatchNorm statistics) and optimizer state: what a skipped step restores."""
     with torch.no_grad():
         return ([p.detach().clone() for p in self.model.parameters()], [b.clone() for b in self.model.buffers()],
                 copy.deepcopy(self.optimizer.state_dict()))

@@ -241,7 +241,11 @@ with tempfile.TemporaryDirectory() as d:
 #
 # The paper's Figures 5-7 show, per setting, the distance, the generalisation error and (here also) the
 # accuracy gap against the epoch, one line per optimizer: the mean over seeds, with the spread (min to
-# max over seeds) shaded.
+# max over seeds) shaded. Each optimizer has its registry colour and marker, its marks at other epochs than
+# the others' (a line under another still shows); one legend below the panels says what line and band are;
+# a distance ten times another's is drawn on a log scale. `plot_stability` draws one column (one run's
+# folder), `stability_figure` the paper's layout (one column per model), `write_stability_figure` stores
+# a run's figure as PNG (150 dpi) and PDF.
 
 # %%
 #| export
@@ -320,7 +324,7 @@ def write_stability_figure(out, records: list[dict], title: str | None = None, p
     """Write `stability.png` (and, with `pdf`, `stability.pdf`) of `records` into folder `out`; returns the paths."""
     import matplotlib.pyplot as plt
     fig = plot_stability(records, title)
-    try: return save_figure(fig, Path(out) / 'stability.png', pdf=pdf)
+    try: return save_figure(fig, Path(out) / 'stability.png', dpi=200, pdf=pdf)   # a 3.6-inch column: 720 px wide
     finally: plt.close(fig)
 
 
@@ -608,7 +612,7 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
 # ## Command line
 #
 # `stablesam-stability` runs one setting (one dataset, model and schedule) for the given optimizers and
-# seeds and writes `records.jsonl`, `config.json`, `stability.png` and `summary.md` into `--out`:
+# seeds and writes `records.jsonl`, `config.json`, `stability.png` (a PDF beside it) and `summary.md` into `--out`:
 #
 # ```sh
 # stablesam-stability --dataset mnist --model fcn --schedule constant --epochs 60 --seeds 0 1 2 --out runs/stability/fcn-constant
@@ -671,7 +675,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def summary_title(args) -> str:
     """The title of a stability experiment's figure and summary, from its command's arguments."""
-    return f"{args.model} on {args.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
+    model = args.model or DEFAULT_MODELS.get(args.dataset, 'fcn')
+    return f"{model} on {args.dataset}, {args.schedule}: mean over seeds {', '.join(map(str, args.seeds))}"
 
 
 def summary_files(folder) -> dict:
@@ -894,7 +899,8 @@ print(verdict_table({'synthetic': fake}))
 # The full settings: all 60,000 MNIST / 50,000 CIFAR-10 training images, 60 epochs, three seeds, the
 # three schedules, on a GPU (a few minutes per setting for FCN and LeNet). They need the real datasets
 # in `../data` (torchvision downloads them on first use where there is network). Each setting writes
-# `records.jsonl`, `config.json`, `stability.png` and `summary.md` into its folder under `../results/stability/`.
+# `records.jsonl`, `config.json`, `stability.png` and `.pdf` and `summary.md` into its folder under
+# `../results/stability/`.
 
 # %%
 #| gpu

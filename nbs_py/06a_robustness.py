@@ -97,6 +97,7 @@ test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.15)]), 'chance')
 test_eq(run_outcome([dict(test_acc=0.5, nonfinite={'train_loss': 'nan'})]), 'nonfinite')
 test_eq(run_outcome([dict(test_acc=0.11), dict(test_acc=0.9)]), 'trained')
 
+
 # %% [markdown]
 # Records are read back through `read_sweep_records`, which takes `nonfinite` in this form only: a dict from each
 # entry written as `null` to what it was (`'nan'`, `'inf'`, `'-inf'`, or `'nonfinite'` where a record migrated from
@@ -535,7 +536,7 @@ def summary_files(folder) -> dict:
     cmd = read_json(folder / CONFIG)['command']
     experiment = robustness_parser().parse_args(cmd[1:]).experiment
     return {'summary.md': f"# {experiment}: {' '.join(cmd)}\n\n"
-                          f"{summary_tables(experiment, read_jsonl(folder / RECORDS))}\n"}
+                          f"{summary_tables(experiment, read_sweep_records(folder / RECORDS))}\n"}
 
 
 @command('stablesam-robustness')

@@ -213,6 +213,7 @@ from stablesam.results_check import rerun   # the commands the folders' config.j
 for name in ('label-noise-80-fcn-10k', 'label-noise-60-fcn-10k', 'lr-sweep-fcn-10k'):
     print(rerun(f'../results/efficient/{name}'))
 
+
 # %% [markdown]
 # `summary_files` derives `summary.md` from the three record sets and `speed.json`; the folder's `config.json`
 # names the command that writes it (`python -m stablesam.efficient_evidence results/efficient`), so
@@ -261,8 +262,10 @@ def main(argv=None):
                                      provenance=provenance()))
 
 
-if __name__ == '__main__': main()
-
+# %%
+#| eval: false
+#| export
+if __name__ == '__main__': main()   # python -m stablesam.efficient_evidence FOLDER (not run in the notebook)
 
 # %%
 RESULTS = Path('../results/efficient')
@@ -280,6 +283,8 @@ if noise_records:
 #| slow
 save_figure(fig, RESULTS / 'cost_benefit.png', pdf=True)   # the committed figure
 plt.close(fig)
+from stablesam.results_check import rerun
+print(rerun(RESULTS))   # summary.md and config.json: python -m stablesam.efficient_evidence results/efficient
 
 # %% [markdown]
 # ### Verdicts (80% noise and the learning-rate sweep complete; 60% partial, see below)

@@ -487,7 +487,7 @@ def _quadratic_model(alphas, losses, eig):
 # %%
 #| export
 def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
-    """Figures 1-3 from records: ratio and alignment; shares and sharpness; loss along e1, SGD and SAM at `probe_rho`."""
+    """Figures 1-3 from records: ratio and alignment; shares and sharpness; loss along e1 (SGD, SAM at `probe_rho`)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(3, 2, figsize=(9, 10.5), layout='constrained')   # 9 inches: legends readable 700 px wide
     plot_step_records(records, 'norm_ratio', ax=axes[0, 0], smooth=smooth, ref=1.0)
@@ -700,7 +700,7 @@ print(rerun(real_out))
 real_records = read_jsonl(real_out / 'records.jsonl')
 real_cfg = json.loads((real_out / 'config.json').read_text())
 real_summary = landscape_summary(real_records)
-print(f"{len(real_records)} records of {len(real_cfg['runs'])} runs; "
+print(f"{len(real_records)} records of {real_cfg['runs']} runs; "
       f"n_train {real_cfg['n_train']}, n_test {real_cfg['n_test']}, "
       f"seeds {real_cfg['seeds']}; wall time {real_cfg['wall_time_s'] / 60:.1f} min on {real_cfg['machine']}")
 Markdown(format_landscape_summary(real_summary))

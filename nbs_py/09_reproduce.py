@@ -198,6 +198,19 @@ def optimizer_label(name):
     return optimizer_style(name).label
 
 
+def summary_files(folder) -> dict:
+    """What a `stablesam-reproduce` folder's records give: a stage's `summary.md`, or the job's `report.md`."""
+    from stablesam.experiment import RECORDS
+    from stablesam.runs import CONFIG, read_json, read_jsonl
+    folder = Path(folder)
+    if not (folder / RECORDS).exists(): return {'report.md': report_text(folder)}
+    records = read_jsonl(folder / RECORDS)
+    if read_json(folder / CONFIG).get('experiment') == 'stability':
+        from stablesam import stability as st
+        return {'summary.md': st.format_summary(st.stability_summary(records)) + '\n'}
+    return {'summary.md': comparison_table(records) + '\n'}
+
+
 # %%
 test_eq(spread([0.9]), '90.0')
 test_eq(spread([0.9, 0.92, 0.94]), '92.0 ± 2.0 [90.0, 94.0]')
@@ -469,19 +482,6 @@ def report_text(out) -> str:
     for stage, err in job['errors'].items():
         lines += [f'## {stage}: failed', '', '```', err, '```', '']
     return '\n'.join(lines)
-
-
-def summary_files(folder) -> dict:
-    """What a `stablesam-reproduce` folder's records give: a stage's `summary.md`, or the job's `report.md`."""
-    from stablesam.experiment import RECORDS
-    from stablesam.runs import CONFIG, read_json, read_jsonl
-    folder = Path(folder)
-    if not (folder / RECORDS).exists(): return {'report.md': report_text(folder)}
-    records = read_jsonl(folder / RECORDS)
-    if read_json(folder / CONFIG).get('experiment') == 'stability':
-        from stablesam import stability as st
-        return {'summary.md': st.format_summary(st.stability_summary(records)) + '\n'}
-    return {'summary.md': comparison_table(records) + '\n'}
 
 
 # %%

@@ -91,6 +91,26 @@
 #   keys. **Do:** nothing; 0.2 configs load with the defaults.
 # - **`SAM.state_dict()['sam']` also holds `schedule` and `look_gv`** (the schedule's counters, moving averages and
 #   generator state; LookSAM's g_v, gathered whole under FSDP2); a 0.2 optimizer state dict still loads.
+#
+#
+# ### Evidence that cannot drift (issue 22)
+#
+# - **Provenance in every `config.json`**: a `provenance` record (commit, dirty, changed files, versions, sha256 of
+#   every data file read, threads, device, argv, machine); experiments also record their runner `key`.
+#   `stablesam-results provenance FOLDER` prints it. **Do:** nothing; readers of `config.json` see one more key.
+# - **A resumed experiment refuses other data files**: when a data file's sha256 differs from the one the
+#   experiment started with, the command stops (exit 2) naming the file. **Do:** `--fresh` (start over on the files
+#   present) or another `--out`.
+# - **`stablesam-results check [ROOT]`** re-derives every committed summary from its records and checks that
+#   every record set is complete and made by a command of this package; CI runs it. Each command's summary is
+#   written by its module's `summary_files(folder)` (stability, robustness, landscape_experiment, reproduce,
+#   efficient_evidence, cli). **Do:** an experiment committed before all its runs finished says so in its
+#   `config.json` (`"unfinished": "why, and how to continue"`).
+# - **`stablesam-reproduce` writes a job `config.json`** beside `report.md` (the command, stage wall times, the
+#   audit's statuses, Figure 4's success rates) and `report.md` is made from it (`report_text`).
+# - **`stablesam-train --sweep mnist-noise40`**: Table 4's layout at CPU size on real MNIST (the committed
+#   `results/results_table/mnist-noise40`, remade with it); a table sweep also writes `results.md`.
+# - **Results tables ignore `provenance`** when grouping runs into cells (it differs from run to run).
 
 # %% [markdown]
 # ## 0.2.0 (2026-12-01)

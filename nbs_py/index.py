@@ -176,6 +176,37 @@ test_eq((opt.schedule.count, opt.schedule.sam_steps), (20, 4))
 # | Tables 2-3 | code path only (generated CIFAR / ImageFolder files in tests) | - | - | everything |
 
 # %% [markdown]
+# ## Provenance and reproducibility
+#
+# Every `config.json` (an experiment's and a training run's) records what made it: the git commit and whether
+# the checkout had uncommitted changes outside `results/`, the versions of Python, torch, torchvision, numpy and
+# stablesam, the sha256 of every data file read, the torch thread count, the device and the exact argv
+# (`stablesam-results provenance FOLDER` prints them). A resumed experiment refuses data files whose checksums
+# differ from those it started with. Configs written before this was recorded were migrated once
+# (`tools/migrate_provenance.py`: the commit that first added the records, the versions and threads their
+# `machine` field gave, and the checksums of the MNIST copy they were made on).
+#
+# `stablesam-results check results` (run by CI) re-derives every committed `summary.md`, `results.md` and
+# `report.md` from its records with the function its command writes it with, and fails naming the file and the
+# first line that differs; it also fails on a missing run, record or epoch, on a `command` that is not an argv
+# list of this package's commands, and on a config without provenance. Each notebook's `slow` cell runs
+# the command its folder's `config.json` records (`stablesam.results_check.rerun`).
+#
+# **Bitwise reproducible** on a CPU: the same commit, the same versions, the same data files and the same torch
+# thread count give the same records, bit for bit. Checked: `OMP_NUM_THREADS=1 stablesam-reproduce --quick --seed 0
+# --stages compare`, run twice, gives `records.jsonl` identical to the committed `results/main_job/digits-quick`
+# (all 300 records, every field). **Not** bitwise reproducible across thread counts (a matrix product sums in
+# another order): the same command with 2 threads differs from the first record on (SGD, seed 0, epoch 1: training
+# loss 2.243858457 against 2.243858433; 269 of the 300 records differ), and its final test accuracies read SAM
+# 92.24 ± 1.28 and StableSAM 92.24 ± 1.37 where one thread reads 92.28 ± 1.25 and 92.12 ± 1.32 (5 seeds), so the
+# paired StableSAM - SAM difference is +0.0 with 2 threads and -0.2 with one: differences of that size are not
+# findings. The committed main-job records were made with one thread (their `provenance` says so). A run interrupted and resumed gives the bits of an uninterrupted
+# one (the fault-injection tests check this). The `processes` and `slurm` executors train each run with
+# `cpu_count // processes` and `--slurm threads=N` threads (recorded as `threads`); compare records across
+# executors to rounding unless those thread counts agree. On a GPU (cuDNN's algorithm choice) and across torch
+# versions, expect agreement to rounding, not bits.
+
+# %% [markdown]
 # ## Contributing
 #
 # The notebooks in `nbs/` are the source: `stablesam/` is exported from them and never edited by hand.

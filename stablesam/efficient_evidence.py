@@ -168,5 +168,6 @@ def main(argv=None):
                                      command=['python', '-m', 'stablesam.efficient_evidence', str(folder)],
                                      provenance=provenance()))
 
-
-if __name__ == '__main__': main()
+# %% ../nbs/06b_efficient_evidence.ipynb #74cac1d8
+#| eval: false
+if __name__ == '__main__': main()   # python -m stablesam.efficient_evidence FOLDER (not run in the notebook)

@@ -184,17 +184,20 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, logg
     executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
     if params: executor.update_parameters(**params)
     jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
-    while jobs:
-        for i, job in list(jobs.items()):
-            if job.done():
-                del jobs[i]
-                try: records, seconds = job.result()
-                except Exception as e:
-                    raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
-                                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
-                                       f"(log: {job.paths.stderr})") from e
-                finish(i, records, seconds)
-        if jobs: time.sleep(0.5)
+    try:
+        while jobs:
+            for i, job in list(jobs.items()):
+                if job.done():
+                    del jobs[i]
+                    try: records, seconds = job.result()
+                    except Exception as e:
+                        raise RuntimeError(f"SLURM job {job.job_id} ({names[i]}) failed: "
+                                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
+                                           f"(log: {job.paths.stderr})") from e
+                    finish(i, records, seconds)
+            if jobs: time.sleep(0.5)
+    finally:   # stopped by a failure (or Ctrl-C): the other jobs would go on training runs the next command resubmits
+        for job in jobs.values(): job.cancel(check=False)
 
 # %% ../nbs/04c_experiment.ipynb #b85fa08c
 def run_experiment(out, specs: list, train, *, key, settings: dict, command=None, executor: str = 'inline',

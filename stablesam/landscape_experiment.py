@@ -396,7 +396,7 @@ def _quadratic_model(alphas, losses, eig):
 
 # %% ../nbs/07a_landscape_experiment.ipynb #41701cfd
 def landscape_figure(records, title=None, probe_rho=0.05, smooth=20):
-    """Figures 1-3 from records: ratio and alignment; shares and sharpness; loss along e1, SGD and SAM at `probe_rho`."""
+    """Figures 1-3 from records: ratio and alignment; shares and sharpness; loss along e1 (SGD, SAM at `probe_rho`)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(3, 2, figsize=(9, 10.5), layout='constrained')   # 9 inches: legends readable 700 px wide
     plot_step_records(records, 'norm_ratio', ax=axes[0, 0], smooth=smooth, ref=1.0)

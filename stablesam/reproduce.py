@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SIZES', 'COMPARED', 'DATA_LABELS', 'TOY_METHODS', 'STAGES', 'command_line', 'run_audit', 'run_toy', 'compare_config',
-           'spread', 'comparison_table', 'optimizer_label', 'plot_comparison', 'train_comparison_run', 'run_comparison',
-           'mnist_present', 'run_stability_figure5', 'plan', 'estimate', 'duration', 'report_text', 'summary_files',
+           'spread', 'comparison_table', 'optimizer_label', 'summary_files', 'plot_comparison', 'train_comparison_run',
+           'run_comparison', 'mnist_present', 'run_stability_figure5', 'plan', 'estimate', 'duration', 'report_text',
            'reproduce', 'main']
 
 # %% ../nbs/09_reproduce.ipynb #6cb8b182
@@ -119,6 +119,19 @@ def optimizer_label(name):
     """The optimizer's display name from `stablesam.style`."""
     from stablesam.style import optimizer_style
     return optimizer_style(name).label
+
+
+def summary_files(folder) -> dict:
+    """What a `stablesam-reproduce` folder's records give: a stage's `summary.md`, or the job's `report.md`."""
+    from stablesam.experiment import RECORDS
+    from stablesam.runs import CONFIG, read_json, read_jsonl
+    folder = Path(folder)
+    if not (folder / RECORDS).exists(): return {'report.md': report_text(folder)}
+    records = read_jsonl(folder / RECORDS)
+    if read_json(folder / CONFIG).get('experiment') == 'stability':
+        from stablesam import stability as st
+        return {'summary.md': st.format_summary(st.stability_summary(records)) + '\n'}
+    return {'summary.md': comparison_table(records) + '\n'}
 
 # %% ../nbs/09_reproduce.ipynb #0a3800d7
 def plot_comparison(records, title=None):
@@ -304,19 +317,6 @@ def report_text(out) -> str:
     for stage, err in job['errors'].items():
         lines += [f'## {stage}: failed', '', '```', err, '```', '']
     return '\n'.join(lines)
-
-
-def summary_files(folder) -> dict:
-    """What a `stablesam-reproduce` folder's records give: a stage's `summary.md`, or the job's `report.md`."""
-    from stablesam.experiment import RECORDS
-    from stablesam.runs import CONFIG, read_json, read_jsonl
-    folder = Path(folder)
-    if not (folder / RECORDS).exists(): return {'report.md': report_text(folder)}
-    records = read_jsonl(folder / RECORDS)
-    if read_json(folder / CONFIG).get('experiment') == 'stability':
-        from stablesam import stability as st
-        return {'summary.md': st.format_summary(st.stability_summary(records)) + '\n'}
-    return {'summary.md': comparison_table(records) + '\n'}
 
 # %% ../nbs/09_reproduce.ipynb #e08c20c0
 STAGES = dict(audit=run_audit, toy=run_toy, compare=run_comparison, stability=run_stability_figure5)

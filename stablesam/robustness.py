@@ -347,7 +347,7 @@ def summary_files(folder) -> dict:
     cmd = read_json(folder / CONFIG)['command']
     experiment = robustness_parser().parse_args(cmd[1:]).experiment
     return {'summary.md': f"# {experiment}: {' '.join(cmd)}\n\n"
-                          f"{summary_tables(experiment, read_jsonl(folder / RECORDS))}\n"}
+                          f"{summary_tables(experiment, read_sweep_records(folder / RECORDS))}\n"}
 
 
 @command('stablesam-robustness')

@@ -267,7 +267,7 @@ def _weights_finite(self):
 
 @patch_to(Trainer)
 def _snapshot(self):
-    """Copies of the weights, the buffers (BatchNorm statistics) and the optimizer state: what a skipped step restores."""
+    """Copies of the weights, buffers (BatchNorm statistics) and optimizer state: what a skipped step restores."""
     with torch.no_grad():
         return ([p.detach().clone() for p in self.model.parameters()], [b.clone() for b in self.model.buffers()],
                 copy.deepcopy(self.optimizer.state_dict()))

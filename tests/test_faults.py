@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiment_helpers import chaos_environment, mark_checkpoint_writes_from_env, same_records
+from experiment_helpers import chaos_environment, fails_on_two, mark_checkpoint_writes_from_env, same_records
 from stablesam.cli import main as train_main
 from stablesam.data import write_fake_mnist
-from stablesam.experiment import RECORDS, worker_threads
+from stablesam.experiment import RECORDS, run_experiment, worker_threads
 from stablesam.runs import (CONFIG, PREVIOUS, append_jsonl, read_json, read_jsonl, read_metrics, strict_json,
                             write_json, write_jsonl)
 from stablesam.config import TrainConfig
@@ -56,15 +56,17 @@ def _child(main, argv, log, marks, slow_save):
     os._exit(code or 0)
 
 
-def _group(pgid):
-    """{pid: command line} of the live (not zombie) processes of process group `pgid`."""
+def _live(pgid=None, mentioning=None):
+    """{pid: command line} of the live (not zombie) processes of process group `pgid`, or whose command line
+    mentions `mentioning`."""
     found = {}
     for stat in Path('/proc').glob('[0-9]*/stat'):
-        try: fields = stat.read_text().rsplit(')', 1)[1].split()
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+            cmdline = (stat.parent / 'cmdline').read_bytes().replace(b'\0', b' ').decode()
         except (OSError, IndexError): continue
-        if fields[0] != 'Z' and int(fields[2]) == pgid:
-            try: found[int(stat.parent.name)] = (stat.parent / 'cmdline').read_bytes().replace(b'\0', b' ').decode()
-            except OSError: pass
+        if fields[0] != 'Z' and (int(fields[2]) == pgid or mentioning is not None and mentioning in cmdline):
+            found[int(stat.parent.name)] = cmdline
     return found
 
 
@@ -89,29 +91,26 @@ def _run(main, argv, tmp, *, kill_on=None, delay=0.0, slow_save=0.0, worker=Fals
     for m in marks.iterdir(): m.unlink()
     log.write_text('')
     p = multiprocessing.get_context('fork').Process(target=_child, args=(main, argv, str(log), marks, slow_save))
-    T0 = time.time()
     p.start()
     hit = None
     try:
         pid = None if kill_on is None else _wait_mark(marks, kill_on, p, timeout)
         if pid is not None:
             time.sleep(delay)
-            alive = pid in _group(p.pid)
+            alive = pid in _live(p.pid)
             if worker and pid != p.pid:
                 hit = 'worker' if alive else None
                 if alive: os.kill(pid, signal.SIGKILL)
             else:
                 hit = 'group' if p.is_alive() else None
                 if hit: os.killpg(p.pid, signal.SIGKILL)
-        tk = time.time()
         p.join(timeout)
         assert not p.is_alive(), 'the run did not finish in time'
         t0 = time.time()
-        while _group(p.pid) and time.time() - t0 < 30: time.sleep(0.05)
-        print(f'DEBUG run {kill_on} worker={worker} hit={hit} code={p.exitcode} wait-mark {tk - T0:.1f}s join {t0 - tk:.1f}s group {time.time() - t0:.1f}s', file=sys.__stdout__)
-        assert not _group(p.pid), f'processes of the command left running after it ended: {_group(p.pid)}'
+        while _live(p.pid) and time.time() - t0 < 30: time.sleep(0.05)
+        assert not _live(p.pid), f'processes of the command left running after it ended: {_live(p.pid)}'
     finally:
-        if _group(p.pid): os.killpg(p.pid, signal.SIGKILL)
+        if _live(p.pid): os.killpg(p.pid, signal.SIGKILL)
     return ('killed' if p.exitcode == -signal.SIGKILL else p.exitcode), log.read_text(), hit
 
 
@@ -173,27 +172,25 @@ def chaos(main, argv, tmp, checkpoints, log, *, kills=6, seed=SEED, workers=(), 
     """Apply the faults to the run `argv` (resuming after each), then finish it; `checkpoints()` is the folder of the
     checkpoint being written, `log` the JSON-lines file the run appends to, `workers` the kinds of kill of one worker
     alone, `files` the kinds of damaged files. Returns the per-fault rows."""
-    rows, todo, plan, more = [], list(files), _faults(seed, kills, workers), 3
+    rows, todo, plan, more, unnoticed = [], list(files), _faults(seed, kills, workers), 3, None
     while plan:
         kind, delay, nth = plan.pop(0)
-        damaged = _file_fault(checkpoints(), log, todo)
+        damaged = None if kind == 'start-up' else _file_fault(checkpoints(), log, todo)  # killed before it resumes
         if kind is None and todo and len(rows) < 3 * kills:  # file faults the run did not allow yet: a damaged
             if 'corrupt' in todo:                              # checkpoint needs a run under way: train on further,
                 kind, delay, nth, more = 'training', 0.0, more, 2 * more   # twice as far each time; the others a
             plan.append((None, 0, 0))                                        # pair finished: finish, then again
-        if damaged is not None:
-            rows.append(dict(fault=damaged[0], tried=True))
-            if kind == 'start-up': kind, nth = 'training', 1  # killed only once it has resumed from the damaged files
+        if damaged is not None: rows.append(dict(fault=damaged[0], tried=True))
         mark = None if kind is None else 'ready' if kind == 'start-up' else f'save{nth}'
         slow = 0.3 if kind in ('write', 'worker-write') else 0.0
         status, err, hit = _run(main, argv, tmp, kill_on=mark, delay=delay, slow_save=slow, worker=kind in WORKER_KILLS)
         if hit == 'worker':  # the command stops on its own, naming the dead worker
             assert status == 0 or (status == 1 and ('worker process died' in err or 'SLURM job' in err)), err[-2000:]
         else: assert status == 'killed' or status == 0, err[-2000:]
-        if damaged is not None and damaged[0] == 'corrupt':  # the warning names both files
-            err += _job_logs(log.parent)
-            assert f'The latest checkpoint {damaged[1]} does not load' in err, err[-2000:]
-            assert str(damaged[1].parent / PREVIOUS) in err, err[-2000:]
+        if damaged is not None and damaged[0] == 'corrupt': unnoticed = damaged[1]
+        if unnoticed is not None and f'The latest checkpoint {unnoticed} does not load' in err + _job_logs(log.parent):
+            assert str(unnoticed.parent / PREVIOUS) in err + _job_logs(log.parent), err[-2000:]  # it names both files
+            unnoticed = None   # (a run killed before it resumed that pair warns in a later run)
         if kind in WORKER_KILLS and hit == 'group':  # the mark was the command's own: it trains a last run itself
             kind = 'write' if kind == 'worker-write' else 'training'
         if kind is not None:
@@ -201,6 +198,7 @@ def chaos(main, argv, tmp, checkpoints, log, *, kills=6, seed=SEED, workers=(), 
                              saved=_progress(checkpoints())))
     assert status == 0, err[-2000:]
     assert not todo, f'faults not tried: {todo} (the run is too short): {rows}'
+    assert unnoticed is None, f'no warning that the latest checkpoint {unnoticed} does not load: {err[-2000:]}'
     assert any(r.get('saved') and r['saved'][1] > 0 for r in rows), rows  # some kills hit runs resumed within an epoch
     return rows
 
@@ -334,6 +332,22 @@ def test_chaos_stability(fake_root, stability_straight, fault_table, tmp_path, e
     report(f'stablesam-stability --executor {executor} (generated MNIST)', rows,
            lost='0 records; both final models of each pair ' + ('bit-identical to' if exact else 'within 1e-6 of')
            + ' the uninterrupted run', table_file=fault_table)
+
+
+def test_a_failed_slurm_job_cancels_the_other_jobs(tmp_path, monkeypatch):
+    """A SLURM job that fails stops the run, and the runner cancels the other jobs: left running, they would train the
+    same run folders as the jobs that the same command, run again, submits."""
+    pytest.importorskip('submitit')
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(Path(__file__).parent), os.environ.get('PYTHONPATH', '')]))
+    try:
+        with pytest.raises(RuntimeError, match=r'SLURM job \d+ \(x=2\) failed'):
+            run_experiment(tmp_path, [dict(x=x, epochs=1) for x in (1, 2)], fails_on_two, key=('x',), settings={},
+                           executor='slurm', slurm=dict(cluster='local', timeout_min=5), progress=False)
+        t0 = time.time()
+        while _live(mentioning=str(tmp_path)) and time.time() - t0 < 20: time.sleep(0.1)
+        assert not _live(mentioning=str(tmp_path)), 'the job of x=1 is still running'
+    finally:
+        for pid in _live(mentioning=str(tmp_path)): os.kill(pid, signal.SIGKILL)
 
 
 # ---- mid-epoch checkpoints and the two slots, in process ----

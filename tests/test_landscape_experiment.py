@@ -106,10 +106,10 @@ def test_sweep_resumes_to_the_same_records(tmp_path, monkeypatch):
 def test_committed_results_are_complete_and_strict():
     cfg = json.loads((RESULTS / 'config.json').read_text())
     records = [json.loads(l, parse_constant=strict) for l in (RESULTS / 'records.jsonl').read_text().splitlines()]
-    runs = {tuple(r) for r in cfg['runs']}
+    runs = {tuple(d['run']) for d in cfg['done']}   # the runs the runner recorded as finished
     done = {(r['optimizer'], r['rho'], r['seed']) for r in records}
-    assert done <= runs
-    if done == runs:   # a finished sweep: every run has every epoch, the summary and the figure are there
+    assert done == runs and cfg['key'] == ['optimizer', 'rho', 'seed']
+    if len(runs) == cfg['runs']:   # a finished sweep: every run has every epoch, the summary and the figure are there
         epochs = cfg['settings']['train']['epochs']
         for key in runs:
             epochs_done = sorted(r['epoch'] for r in records if (r['optimizer'], r['rho'], r['seed']) == key)
@@ -136,7 +136,11 @@ def test_sweep_killed_by_a_signal_resumes(tmp_path, monkeypatch):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     proc = subprocess.Popen([sys.executable, '-c', code], env=env)
     t0 = time.time()
-    while not ((out / 'records.jsonl').exists() and (out / 'records.jsonl').read_text().count('\n') >= 2):
+    def one_run_recorded():
+        """The runner has written a finished run to records.jsonl and listed it in config.json."""
+        try: return bool(json.loads((out / 'config.json').read_text()).get('done'))
+        except (OSError, ValueError): return False   # not yet written, or caught mid-rename
+    while not one_run_recorded():
         assert proc.poll() is None and time.time() - t0 < 300, 'the sweep ended before it could be killed'
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

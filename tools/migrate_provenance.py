@@ -114,7 +114,8 @@ def migrate(folder: Path, data: dict) -> bool:
     path = folder / 'config.json'
     config = json.loads(path.read_text())
     records_path = folder / 'records.jsonl'
-    records = [json.loads(x) for x in records_path.read_text().splitlines() if x.strip()] if records_path.exists() else []
+    lines = records_path.read_text().splitlines() if records_path.exists() else []
+    records = [json.loads(x) for x in lines if x.strip()]
     extra = runner_fields(config, records) if records else {}
     if 'settings' not in config and config['command'][0] == 'stablesam-stability':   # resumable by its command
         extra['settings'] = json.loads(json.dumps(command_settings(config['command'])))
