@@ -111,6 +111,21 @@
 # - **`stablesam-train --sweep mnist-noise40`**: Table 4's layout at CPU size on real MNIST (the committed
 #   `results/results_table/mnist-noise40`, remade with it); a table sweep also writes `results.md`.
 # - **Results tables ignore `provenance`** when grouping runs into cells (it differs from run to run).
+# - **`--on-nonfinite skip` also skips a step whose update makes a weight non-finite** (the loss and gradient were
+#   finite): the weights, BatchNorm statistics and optimizer state are restored. In skip mode each step keeps a
+#   copy of them and syncs once more. **Do:** nothing; `stop` (the default) is unchanged.
+# - **Sweep records carry `nonfinite` as a dict only**: a record with the list form (written before 0.2's dict) is
+#   an error naming the file and the fix. **Do:** `python tools/migrate_nonfinite.py FOLDER` once (the committed
+#   lr-sweep records are migrated).
+# - **Callback state in checkpoints**: a Trainer callback with `state_dict()`/`load_state_dict()` (the landscape's
+#   `StepStats`) is saved in every checkpoint, mid-epoch too, and restored on resume; landscape runs now checkpoint
+#   into `runs/<run>/`. Older checkpoints load without it.
+# - **Distributed evaluation and BatchNorm**: every process evaluates an equal share (the remainder counted once),
+#   so FSDP2 no longer deadlocks on uneven shards; BatchNorm running statistics are broadcast from rank 0 after
+#   each epoch and before evaluation under DDP and FSDP2.
+# - **Figures**: `stablesam.style.save_figure` (PNG at 150 dpi or more, optional PDF) and `figure_text_problems`
+#   (text outside the figure, overlapping, or too small at 700 px); every stored figure was redrawn from its
+#   records (`tools/redraw_figures.py`), the stability figures as one column with the legend below and markers.
 
 # %% [markdown]
 # ## 0.2.0 (2026-12-01)
