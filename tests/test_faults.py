@@ -275,11 +275,13 @@ def test_chaos_train(fake_root, fault_table, tmp_path):
 
 
 def _partial_pair(out):
-    """The checkpoint folder of the pair a stability run is training (not yet marked done by the runner), or None."""
+    """The checkpoint folder of a pair a stability run is training (not yet marked done by the runner), one with a
+    previous checkpoint where there is one (the processes and slurm executors train pairs side by side), or None."""
     done = {','.join(f'{k}={v}' for k, v in zip(('optimizer', 'seed'), d['run']))
             for d in read_json(out / 'config.json')['done']} if (out / 'config.json').exists() else set()
-    if not (out / 'runs').exists(): return None
-    return next((p for p in sorted((out / 'runs').glob('*')) if p.name not in done), None)
+    pairs = [p for p in sorted((out / 'runs').glob('*')) if p.name not in done] if (out / 'runs').exists() else []
+    return next((p for p in pairs if (p / 'checkpoint.pt').exists() and (p / PREVIOUS).exists()),
+                pairs[0] if pairs else None)
 
 
 STABILITY_CHAOS = ['--dataset', 'mnist', '--model', 'fcn', '--optimizers', 'sgd', 'stablesam', '--seeds', '0',
