@@ -523,8 +523,9 @@ print((tmp / 'job' / 'report.md').read_text())
 # %%
 #| hide
 test_eq(res['errors'], {})
-test_eq(sorted(p.name for p in (tmp / 'job').iterdir()), ['figure4.png', 'report.md'])
+test_eq(sorted(p.name for p in (tmp / 'job').iterdir()), ['config.json', 'figure4.png', 'report.md'])
 test_eq('![Figure 4](figure4.png)' in (tmp / 'job' / 'report.md').read_text(), True)
+test_eq(summary_files(tmp / 'job')['report.md'], (tmp / 'job' / 'report.md').read_text())   # made from config.json
 
 
 # %% [markdown]
