@@ -944,8 +944,10 @@ def real_folder(model, schedule, n):
 # than resume, and `rerun(folder, fresh=True)` makes them again from scratch.
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun
 for model, schedule, n in REAL_RUNS:
     print(rerun(real_folder(model, schedule, n)))
 

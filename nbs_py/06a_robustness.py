@@ -593,8 +593,11 @@ VERDICT_COLUMNS = dict(protocol=('protocol', None), noise=('noise', '{:.0%}'), d
 #   validation, 15 epochs, batch 128, momentum 0.9, lr 0.05 with a cosine schedule, $\rho = 0.05$, seeds 0-2.
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun   # the commands the folders' config.json record, from the repository root
+# the commands the folders' config.json record, from the repository root
 for folder in ('../results/lr_sweep/mnist-10k-3ep', '../results/label_noise/fcn-mnist-10k-15ep'): print(rerun(folder))
 
 # %%

@@ -208,8 +208,11 @@ def plot_cost_benefit(rows: list[dict], levels=(80, 60), figsize=(8, 6.5)):
 # The cells after it read the committed records.
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun   # the commands the folders' config.json record, from the repository root
+# the commands the folders' config.json record, from the repository root
 for name in ('label-noise-80-fcn-10k', 'label-noise-60-fcn-10k', 'lr-sweep-fcn-10k'):
     print(rerun(f'../results/efficient/{name}'))
 
@@ -280,10 +283,12 @@ if noise_records:
         plt.show()
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
 save_figure(fig, RESULTS / 'cost_benefit.png', pdf=True)   # the committed figure
 plt.close(fig)
-from stablesam.results_check import rerun
 print(rerun(RESULTS))   # summary.md and config.json: python -m stablesam.efficient_evidence results/efficient
 
 # %% [markdown]

@@ -687,8 +687,11 @@ real_out = Path('../results/landscape/fcn-mnist-10k')
 REAL_TITLE = 'FCN 784-500-500-10, 10,000 real MNIST images, 20 epochs, momentum 0.9, 3 seeds'
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun   # the command config.json records (stablesam-landscape ... --title ...)
+# the command config.json records (stablesam-landscape ... --title ...)
 print(rerun(real_out))
 
 # %% [markdown]

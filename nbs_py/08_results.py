@@ -410,8 +410,10 @@ REAL_RUNS = Path('../results/results_table/mnist-noise40')
 # writes `results.md` (both protocols).
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun
 print(rerun(REAL_RUNS))
 
 # %%

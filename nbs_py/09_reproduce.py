@@ -595,8 +595,11 @@ def main(argv=None):
 # on two cores; skipped by the tests, which run it elsewhere):
 
 # %%
+from stablesam.results_check import rerun   # runs the command a results folder records
+
+# %%
 #| slow
-from stablesam.results_check import rerun   # the command results/main_job/config.json records, from the repository root
+# the command results/main_job/config.json records, from the repository root
 print(rerun('../results/main_job'))
 
 # %% [markdown]

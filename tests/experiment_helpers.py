@@ -16,6 +16,18 @@ def dies_on_three(spec, run):
     return squares(spec, run)
 
 
+def fails_on_two_while_one_runs(spec, run):
+    """`fails_on_two`, except that x == 2 raises only once the run with x == 1 has started (file `spec['started']`)."""
+    import time
+    from pathlib import Path
+    started = Path(spec['started'])
+    if spec['x'] == 1: started.touch()
+    if spec['x'] == 2:
+        t0 = time.time()
+        while not started.exists() and time.time() - t0 < 120: time.sleep(0.05)
+    return fails_on_two(spec, run)
+
+
 def fails_on_two(spec, run):
     """`squares`, except that the run with x == 2 raises; the run with x == 1 takes long enough to be running then."""
     import time
