@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -183,7 +184,8 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, logg
     params.pop('threads', None)
     executor = submitit.AutoExecutor(folder=str(out / 'slurm' / '%j'), cluster=cluster)
     if params: executor.update_parameters(**params)
-    jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
+    with _sigint_inherited_as_default():   # so that cancelling a local job (SIGINT to its controller) stops it
+        jobs = {i: executor.submit(SpecJob(), train, todo[i], folders[i], threads, loggers) for i in range(len(todo))}
     try:
         while jobs:
             for i, job in list(jobs.items()):
@@ -197,7 +199,20 @@ def _run_slurm(train, todo, folders, names, out: Path, slurm: dict, finish, logg
                     finish(i, records, seconds)
             if jobs: time.sleep(0.5)
     finally:   # stopped by a failure (or Ctrl-C): the other jobs would go on training runs the next command resubmits
-        for job in jobs.values(): job.cancel(check=False)
+        for job in jobs.values(): job.cancel(check=False)   # scancel on SLURM, SIGINT to a local job's controller
+
+
+@contextmanager
+def _sigint_inherited_as_default():
+    """Processes started in this block get SIGINT's default action even where this process ignores SIGINT."""
+    import signal
+    import threading
+    ignored = (threading.current_thread() is threading.main_thread()   # only the main thread may set handlers
+               and signal.getsignal(signal.SIGINT) == signal.SIG_IGN)   # a background job of a non-interactive shell
+    if ignored: signal.signal(signal.SIGINT, signal.default_int_handler)   # a handled signal resets to default on exec
+    try: yield
+    finally:
+        if ignored: signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 # %% ../nbs/04c_experiment.ipynb #b85fa08c
 def run_experiment(out, specs: list, train, *, key, settings: dict, command=None, executor: str = 'inline',

@@ -337,11 +337,15 @@ def test_chaos_stability(fake_root, stability_straight, fault_table, tmp_path, e
            + ' the uninterrupted run', table_file=fault_table)
 
 
-def test_a_failed_slurm_job_cancels_the_other_jobs(tmp_path, monkeypatch):
+@pytest.mark.parametrize('sigint', ['default', 'ignored'])
+def test_a_failed_slurm_job_cancels_the_other_jobs(tmp_path, monkeypatch, sigint):
     """A SLURM job that fails stops the run, and the runner cancels the other jobs: left running, they would train the
-    same run folders as the jobs that the same command, run again, submits."""
+    same run folders as the jobs that the same command, run again, submits. Also where the command runs with SIGINT
+    ignored (a background job of a non-interactive shell, as CI runs it), which submitit's local cancel relies on."""
     pytest.importorskip('submitit')
     monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(Path(__file__).parent), os.environ.get('PYTHONPATH', '')]))
+    before = signal.getsignal(signal.SIGINT)
+    if sigint == 'ignored': signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with pytest.raises(RuntimeError, match=r'SLURM job \d+ \(x=2\) failed'):
             # x=2 fails once x=1 is running: a job cancelled while submitit's local controller still starts it can
@@ -353,6 +357,7 @@ def test_a_failed_slurm_job_cancels_the_other_jobs(tmp_path, monkeypatch):
         while _live(mentioning=str(tmp_path)) and time.time() - t0 < 20: time.sleep(0.1)
         assert not _live(mentioning=str(tmp_path)), 'the job of x=1 is still running'
     finally:
+        signal.signal(signal.SIGINT, before)
         for pid in _live(mentioning=str(tmp_path)): os.kill(pid, signal.SIGKILL)
 
 
