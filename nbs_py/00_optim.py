@@ -159,6 +159,47 @@ test_eq(global_norm([]), torch.tensor(0.))
 
 
 # %% [markdown]
+# `StepChange` measures the length of each step, ||w_{t+1} - w_t||, for the records of issue 21 (is StableSAM's
+# step shorter, and by how much?): `before()` copies the weights (the local shards under FSDP2) into buffers
+# kept between steps, `norm()` after the step takes the difference in place, so a step costs two passes over
+# the weights and no host sync.
+
+# %%
+#| export
+class StepChange:
+    """The global L2 norm of one step's change of `params` (DTensor shards too): call `before()`, step, `norm()`."""
+    def __init__(self, params):
+        self.params, self.saved = list(params), None
+
+    @torch.no_grad()
+    def before(self):
+        """Copy the weights as they are before the step."""
+        local = [_local(p) for p in self.params]
+        if self.saved is None: self.saved = [torch.empty_like(t) for t in local]
+        torch._foreach_copy_(self.saved, local)
+
+    @torch.no_grad()
+    def norm(self):
+        """||w_after - w_before|| as a 0-dim tensor (float32 or wider) on the weights' device."""
+        if self.saved is None: raise RuntimeError("StepChange.norm() called without before()")
+        local = [_local(p) for p in self.params]
+        torch._foreach_sub_(self.saved, local)
+        return _norm(self.saved, [_shard_groups(p) for p in self.params], local[0].device) if local \
+            else torch.zeros(())
+
+
+# %%
+_w = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+_change = StepChange(_w)
+_start = [w.detach().clone() for w in _w]
+_change.before()
+with torch.no_grad():
+    for w in _w: w.add_(torch.randn_like(w))
+test_close(_change.norm(), torch.cat([(w - s).flatten() for w, s in zip(_w, _start)]).norm(), eps=1e-6)
+test_fail(lambda: StepChange(_w).norm(), contains='without before()')
+
+
+# %% [markdown]
 # Multiplying a list of tensors by one on-device scalar (a norm ratio), and adding such a multiple to a list
 # of tensors, are the other building blocks; the scalar is moved to each group's device and dtype once.
 

@@ -37,6 +37,8 @@ class Variant(NamedTuple):
     flags: dict = {}          # extra keyword arguments of `cls` (e.g. dict(adaptive=True))
     family: str | None = 'sam'  # 'sam' or 'asam': which rho grid the presets and table sweeps use; None: no rho
     stable: bool = False      # renormalizes (takes gamma0 and renorm_norm)
+    matched: str | None = None  # a step-matched control: its lr is scaled by StableSAM's measured factor, the run's
+                                # mean ('mean') or each epoch's ('epoch'), given as the `lr_scale` setting
 
 
 VARIANTS = {
@@ -62,10 +64,23 @@ VARIANTS = {
     'looksam': Variant('LookSAM k=5', 'slateblue', '*', '--', 'SAM', {'schedule': 'every:5', 'look_alpha': 0.7}),
     'stablelooksam': Variant('StableLookSAM k=5', 'indigo', '*', '-', 'StableSAM',
                              {'schedule': 'every:5', 'look_alpha': 0.7}, stable=True),
+    # controls of issue 21 (stablesam.controls): is renormalization more than a shorter step?
+    'sam-lrf': Variant('SAM at lr×f', 'cornflowerblue', 's', ':', 'SAM', matched='mean'),
+    'sgd-lrf': Variant('SGD at lr×f', 'gray', 'o', ':', None, {}, None, matched='mean'),
+    'sam-lrf-epoch': Variant('SAM at lr×f(epoch)', 'navy', 's', '-.', 'SAM', matched='epoch'),
+    'stablesam-clamp10': Variant('StableSAM γ0=0.1', 'lightsalmon', '^', ':', 'StableSAM', {'gamma0': 0.1},
+                                 stable=True),
+    'stablesam-clamp50': Variant('StableSAM γ0=0.5', 'orangered', '^', '--', 'StableSAM', {'gamma0': 0.5},
+                                 stable=True),
+    'stablesam-clamp90': Variant('StableSAM γ0=0.9', 'maroon', '^', '-.', 'StableSAM', {'gamma0': 0.9},
+                                 stable=True),
 }
 EFFICIENT = ('sam-every', 'stablesam-every', 'sam-random', 'stablesam-random', 'sam-late', 'stablesam-late',
              'aesam', 'stableaesam', 'looksam', 'stablelooksam')  # the efficient variants of stablesam.efficient
 FAMILIES = ('sam', 'asam')
+MATCHED = ('mean', 'epoch')  # how a step-matched control follows StableSAM's factor
+CONTROLS = ('sam-lrf', 'sgd-lrf', 'sam-lrf-epoch')  # step-matched: lr x StableSAM's factor (stablesam.controls)
+CLAMPED = ('stablesam-clamp10', 'stablesam-clamp50', 'stablesam-clamp90')  # Remark 19's clamp [gamma0, sqrt(gamma0)]
 
 
 # %% [markdown]
@@ -107,7 +122,7 @@ test_eq(len({v.color for v in VARIANTS.values()}), len(VARIANTS))  # one colour 
 #| export
 def register_variant(name: str, *, label: str, color: str, cls=None, flags: dict | None = None,
                      family: str | None = 'sam', stable: bool = False, marker: str = 'o', linestyle: str = '-',
-                     replace: bool = False) -> Variant:
+                     matched: str | None = None, replace: bool = False) -> Variant:
     """Add optimizer variant `name` to `VARIANTS` (CLI choices, presets, the Trainer, figures and tables know it)."""
     if not re.fullmatch(r'[a-z][a-z0-9_-]*', str(name)):
         raise ValueError(f"Invalid variant name: {name!r} "
@@ -116,9 +131,11 @@ def register_variant(name: str, *, label: str, color: str, cls=None, flags: dict
         raise ValueError(f"Variant {name!r} is already registered (pass replace=True to redefine it)")
     if family is not None and family not in FAMILIES:
         raise ValueError(f"Invalid family: {family!r} (choose from {', '.join(FAMILIES)}, or None for no rho)")
+    if matched not in (None, *MATCHED):
+        raise ValueError(f"Invalid matched: {matched!r} (choose from {', '.join(MATCHED)}, or None)")
     taken = [k for k, v in VARIANTS.items() if v.color == color and k != name]
     if taken: raise ValueError(f"Colour {color!r} is taken by {taken[0]!r}: each variant has its own colour")
-    VARIANTS[name] = Variant(label, color, marker, linestyle, cls, dict(flags or {}), family, bool(stable))
+    VARIANTS[name] = Variant(label, color, marker, linestyle, cls, dict(flags or {}), family, bool(stable), matched)
     return VARIANTS[name]
 
 

@@ -80,6 +80,9 @@ class TrainConfig:
     base: str = setting('sgd', "base optimizer of the SAM family (sgd has momentum --momentum)", BASES)
     rho: float = setting(0.05, "perturbation radius rho of the SAM family")
     lr: float = setting(0.1, "peak learning rate")
+    lr_scale: str | None = setting(None, "multiply the learning rate by F, or by F1,F2,... in epochs 1, 2, ... (the "
+                                         "last repeats): the step-matched controls' StableSAM factor "
+                                         "(stablesam.controls)")
     momentum: float = setting(0.9, "SGD momentum")
     epochs: int = setting(200, "number of training epochs")
     batch_size: int = setting(128, "global mini-batch size (split over the processes under torchrun)")
@@ -183,10 +186,23 @@ class TrainConfig:
         if (self.sam_schedule is not None or self.look_alpha is not None) and variant(self.optimizer).cls is None:
             raise ValueError(f"Invalid sam_schedule/look_alpha with optimizer {self.optimizer!r}: they set when a "
                              "SAM-family variant takes its second pass")
+        if self.lr_scale is not None: lr_scales(self.lr_scale)  # the syntax and the values
+        if variant(self.optimizer).matched and self.lr_scale is None:
+            raise ValueError(f"Invalid optimizer {self.optimizer!r} without lr_scale: a step-matched control runs at "
+                             "lr x StableSAM's measured factor (give --lr-scale, or --match-from to an experiment)")
         if self.sam_schedule is not None: make_schedule(self.sam_schedule, total_steps=1)  # the spec's syntax
         if self.look_alpha is not None and not (math.isfinite(self.look_alpha) and self.look_alpha >= 0):
             raise ValueError(f"Invalid look_alpha: {self.look_alpha} (a finite number >= 0)")
         return self
+
+
+def lr_scales(text: str) -> list[float]:
+    """The factors of an `lr_scale` setting ('0.9' or '0.9,0.92,...'): finite and positive, else a ValueError."""
+    try: scales = [float(v) for v in str(text).split(',')]
+    except ValueError: scales = []
+    if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
+        raise ValueError(f"Invalid lr_scale: {text!r} (a positive number, or numbers separated by commas: one an epoch)")
+    return scales
 
 
 def _at_most(n, cap):
@@ -217,6 +233,12 @@ test_fail(lambda: TrainConfig(ascent='mixed').validate(),
 test_fail(lambda: TrainConfig(fsdp=True, ascent='local').validate(), contains="Invalid fsdp with ascent='local'")
 test_fail(lambda: TrainConfig(fsdp=True, amp='fp16').validate(), contains="amp='fp16'")
 test_fail(lambda: TrainConfig(optimizer='sam', gamma0=0.5).validate(), contains="Invalid gamma0 with optimizer 'sam'")
+test_eq(lr_scales('0.9'), [0.9])
+test_eq(lr_scales('0.9,0.95'), [0.9, 0.95])
+test_fail(lambda: TrainConfig(lr_scale='0.9,-1').validate(), contains="Invalid lr_scale: '0.9,-1'")
+test_fail(lambda: TrainConfig(lr_scale='fast').validate(), contains="Invalid lr_scale: 'fast'")
+test_fail(lambda: TrainConfig(optimizer='sam-lrf').validate(), contains="without lr_scale")
+TrainConfig(optimizer='sam-lrf', lr_scale='0.93').validate()
 TrainConfig(optimizer='stablesam', gamma0=0.5).validate()
 assert all(f.metadata.get('help') for f in dataclasses.fields(TrainConfig))   # every setting has its help text
 TrainConfig(fsdp=True, amp='bf16').validate()

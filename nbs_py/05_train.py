@@ -43,6 +43,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -52,13 +53,14 @@ from tqdm.auto import tqdm
 # Some of these names are re-exports for 0.1 code, which imported them from stablesam.train: TrainConfig,
 # preset_config, PRESETS, AMP_MODES, LR_SCHEDULES (now in stablesam.config) and the run-folder functions write_json,
 # write_jsonl, append_jsonl, read_jsonl, read_metrics, load_checkpoint, ... (now in stablesam.runs). Keep them.
-from stablesam.config import AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, preset_config
+from stablesam.config import (AMP_MODES, LR_SCHEDULES, PRESETS, RESUMABLE, TrainConfig, epochs_change, lr_scales,
+                              preset_config)
 from stablesam.data import (EpochSampler, SeededAugment, decode, eval_subset, get_datasets, loader_kwargs,
                             split_augmentation, validation_split)
 from stablesam.distributed import broadcast_buffers, checkpoint_state, is_sharded, load_checkpoint_state, shard_model
 from stablesam.loggers import trainer_loggers
 from stablesam.models import get_model
-from stablesam.optim import global_norm, is_sam, make_optimizer, sam_step
+from stablesam.optim import StepChange, global_norm, is_sam, make_optimizer, sam_step
 # (nbdev makes a wrapped import relative only when its last line is as long as `from stablesam.runs` at least)
 from stablesam.runs import (
     CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, DIVERGED, METRICS, PREVIOUS, CheckpointError, JsonlLog, append_jsonl,
@@ -188,7 +190,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self._init_batches()
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        extra = dict(gamma0=cfg.gamma0, renorm_norm=cfg.renorm_norm) if variant(cfg.optimizer).stable else {}
+        extra = dict(renorm_norm=cfg.renorm_norm) if variant(cfg.optimizer).stable else {}
+        if cfg.gamma0 is not None: extra['gamma0'] = cfg.gamma0  # else the variant's own (a clamped variant's)
         extra['ascent'] = cfg.ascent
         if variant(cfg.optimizer).cls is not None:  # the efficient variants' schedule (stablesam.efficient)
             extra['total_steps'] = self.total_steps
@@ -198,12 +201,15 @@ class Trainer:
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho, **extra)
         self.sam = is_sam(self.optimizer)
         self.efficient = self.sam and self.optimizer.schedule.spec != 'every:1'  # some steps take one pass
+        self._lr_scales = [1.0] if cfg.lr_scale is None else lr_scales(cfg.lr_scale)
+        self.change = StepChange(self.model.parameters())  # each step's length ||w_{t+1} - w_t||
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == 'fp16' else None
         self.callbacks = list(callbacks) + trainer_loggers(self)  # + a TrainLogger inside a logging_to block
         self.epoch, self.step, self.history, self._eval_batches = 0, 0, [], {}
         self._callback_states = {}  # from the checkpoint resumed, given to the callbacks after their before_fit
         self.position, self._sums = 0, None  # batches done in the current epoch, and its running sums
         self.last_loss = None  # the last step's first-pass loss (a device tensor; None: skipped), for loggers
+        self.last_change = None  # the last step's ||w_{t+1} - w_t|| (a device tensor)
         self._pending, self._saved_at, self.checkpoint_path = None, time.perf_counter(), None
         self.out = Path(cfg.out) if cfg.out and self.rank == 0 else None
         self.metrics_log = JsonlLog(self.out / METRICS) if self.out is not None else None
@@ -441,9 +447,10 @@ def check_finite(self):
 #| exporti
 @patch_to(Trainer)
 def lr_at(self, step):
-    """The learning rate at global step `step` (cosine decay to 0 over all steps, or constant)."""
-    if self.cfg.schedule == 'constant': return self.cfg.lr
-    return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / max(1, self.total_steps)))
+    """The learning rate at global step `step` (cosine decay to 0 over all steps, or constant), times `lr_scale`."""
+    lr = self.cfg.lr * self._lr_scales[min(step // self.steps_per_epoch, len(self._lr_scales) - 1)]
+    if self.cfg.schedule == 'constant': return lr
+    return 0.5 * lr * (1 + math.cos(math.pi * min(step, self.total_steps) / max(1, self.total_steps)))
 
 @patch_to(Trainer)
 def _loss(self, out, y):
@@ -458,6 +465,7 @@ def train_step(self, x, y):
     for g in self.optimizer.param_groups: g['lr'] = lr
     skip = self.cfg.on_nonfinite == 'skip'
     before = self._snapshot() if skip else None  # restored if the step is skipped
+    self.change.before()
     res = sam_step(self.optimizer, self.net, self._loss, x, y, grad_scaler=self.scaler,
                    autocast_dtype=AMP_DTYPES[self.cfg.amp],
                    bn_first_pass=self.cfg.bn_first_pass, guard=self._guard if skip else None)
@@ -468,6 +476,7 @@ def train_step(self, x, y):
     if res is None:
         self._restore(before)
         return None
+    self.last_change = self.change.norm()
     if not skip: self._pending = self._step_finite(res[1]), self.epoch + 1, self.position + 1, self.step, lr
     return res
 
@@ -525,6 +534,33 @@ test_eq(Trainer(TrainConfig(**dict(quick, optimizer='sam', renorm_norm='adaptive
 # resumed from it trains the rest of the epoch and reports exactly what the uninterrupted run reports.
 # Under DDP and FSDP checkpoints are written at epoch ends only (the running sums are per process).
 
+# %% [markdown]
+# For issue 21 (is renormalization more than a shorter step?) every epoch also reports, for all optimizers,
+# the mean length of a step, $\|w_{t+1} - w_t\|$ (`update_norm`), and for the SAM family the renormalization
+# factor of each SAM step (the one applied by the Stable variants, the one SAM would have applied,
+# $\|g\|/\|g^{asc}\|$, by the others): its mean and 10th/50th/90th percentiles (`factor_mean`, `factor_p10`,
+# ...), and the mean $\|g\|$ and $\|g^{asc}\|$ (`grad_norm`, `asc_grad_norm`). The per-step values stay on the
+# device until the epoch ends; a checkpoint within the epoch keeps them.
+
+# %%
+#| export
+STEP_SERIES = ('update', 'step_factor', 'grad', 'asc_grad')  # per-step values of an epoch, kept on the device
+FACTOR_KEYS = ('factor_mean', 'factor_p10', 'factor_p50', 'factor_p90', 'grad_norm', 'asc_grad_norm')
+STEP_KEYS = ('update_norm', *FACTOR_KEYS)  # what an experiment's per-epoch records copy from the metrics
+
+def step_statistics(sums: dict, sam: bool) -> dict:
+    """An epoch's step statistics: mean update norm; SAM family: the factor's mean and percentiles, mean norms."""
+    def host(key): return torch.stack(sums[key]).double().cpu().numpy() if sums[key] else None  # one sync a series
+    update = host('update')
+    out = dict(update_norm=None if update is None else float(update.mean()))
+    if not sam: return out
+    factor, grad, asc = host('step_factor'), host('grad'), host('asc_grad')
+    if factor is None: return dict(out, **dict.fromkeys(FACTOR_KEYS))
+    p10, p50, p90 = (float(v) for v in np.percentile(factor, [10, 50, 90]))
+    return dict(out, factor_mean=float(factor.mean()), factor_p10=p10, factor_p50=p50, factor_p90=p90,
+                grad_norm=float(grad.mean()), asc_grad_norm=float(asc.mean()))
+
+
 # %%
 #| exporti
 @patch_to(Trainer)
@@ -539,7 +575,7 @@ def _new_sums(self):
     """Zero running sums of an epoch: device tensors (read once, at its end), step counts and seconds."""
     def zero(): return torch.zeros((), dtype=torch.float64, device=self.device)
     return dict(loss=zero(), correct=zero(), count=0, factor=zero(), ratio=zero(), steps=0, sam_steps=0, skipped=0,
-                time=0.0, cpu=0.0)
+                time=0.0, cpu=0.0, **{k: [] for k in STEP_SERIES})
 
 @patch_to(Trainer)
 def _checkpoint_due(self):
@@ -569,10 +605,16 @@ def train_epoch(self):
             sums['correct'].add_((out.argmax(1) == y).sum())
             sums['count'] += len(y)
             sums['steps'] += 1
+            sums['update'].append(self.last_change)
             if self.sam and self.optimizer.last_stats['sam_step']:  # factor and ratio: means over SAM steps
-                sums['factor'].add_(self.optimizer.last_stats['renorm_factor'])
-                sums['ratio'].add_(self.optimizer.last_stats['norm_ratio'])
+                st = self.optimizer.last_stats
+                sums['factor'].add_(st['renorm_factor'])
+                sums['ratio'].add_(st['norm_ratio'])
                 sums['sam_steps'] += 1
+                # the factor applied (stable variants) or the one SAM would have applied
+                sums['step_factor'].append(st['renorm_factor'] if self.optimizer.stable else st['norm_ratio'])
+                sums['grad'].append(st['grad_norm'])
+                sums['asc_grad'].append(st['asc_grad_norm'])
         for cb in self.callbacks:
             if hasattr(cb, 'after_step'): cb.after_step(self)
         sums['time'], sums['cpu'] = before + time.perf_counter() - t0, cpu_before + time.process_time() - cpu0
@@ -596,13 +638,39 @@ def train_epoch(self):
         if self.optimizer.stable: m['renorm_factor'] = factor_sum / self.world_size / max(sums['sam_steps'], 1)
         if self.efficient: m['sam_fraction'] = sums['sam_steps'] / max(sums['steps'], 1)
     if self.cfg.on_nonfinite == 'skip': m['skipped_steps'] = sums['skipped']
+    m.update(step_statistics(sums, self.sam))
     return m
 
 
 # %%
 m = Trainer(TrainConfig(**quick)).train_epoch()
-test_eq(set(m), {'train_loss', 'train_acc', 'lr', 'time', 'cpu_time', 'images_per_s', 'norm_ratio', 'renorm_factor'})
+test_eq(set(m), {'train_loss', 'train_acc', 'lr', 'time', 'cpu_time', 'images_per_s', 'norm_ratio', 'renorm_factor',
+                 'update_norm', *FACTOR_KEYS})
 assert 0 < m['renorm_factor'] and 0 <= m['train_acc'] <= 1
+test_close(m['factor_mean'], m['renorm_factor'], eps=1e-9)
+assert m['factor_p10'] <= m['factor_p50'] <= m['factor_p90'] and m['grad_norm'] > 0 and m['asc_grad_norm'] > 0
+
+# %% [markdown]
+# The step length is measured, not derived: for plain SGD (no momentum, no weight decay) it must equal the
+# learning rate times the gradient's norm, which the trainer never computes for SGD; for SAM the factor
+# recorded is the ratio it would have applied, and a scaled learning rate (`lr_scale`) scales the steps.
+
+# %%
+def one_step(**kw):
+    t = Trainer(TrainConfig(**dict(quick, momentum=0.0, weight_decay=0.0, label_smoothing=0.0, **kw)))
+    x, y = next(t.batches())
+    t.model.zero_grad()
+    F.cross_entropy(t.model(x), y).backward()
+    g = global_norm([p.grad for p in t.model.parameters()]).item()
+    t.train_step(x, y)
+    return t, g
+
+t, g = one_step(optimizer='sgd')
+test_close(t.last_change.item(), 0.05 * g, eps=1e-6 * g)
+t, _ = one_step(optimizer='sgd', lr_scale='0.5')
+test_close(t.last_change.item(), 0.025 * g, eps=1e-6 * g)
+t, _ = one_step(optimizer='sam')
+test_close(t.optimizer.last_stats['norm_ratio'].item(), g / t.optimizer.last_stats['asc_grad_norm'].item(), eps=1e-5)
 
 # %% [markdown]
 # ### Evaluation
@@ -710,11 +778,16 @@ def load_callback_states(self, states):
 
 # %%
 #| exporti
+def _moved(v, device):
+    """A running sum (a tensor, a list of tensors, or a number) on `device`."""
+    if torch.is_tensor(v): return v.to(device)
+    return [t.to(device) for t in v] if isinstance(v, list) else v
+
 @patch_to(Trainer)
 def state(self):
     """Everything `--resume` needs, as a checkpoint dict."""
     model, optimizer = checkpoint_state(self.model, self.optimizer)  # gathered in full if sharded (every rank calls)
-    sums = None if self._sums is None else {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._sums.items()}
+    sums = None if self._sums is None else {k: _moved(v, 'cpu') for k, v in self._sums.items()}
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
     scaler = self.scaler.state_dict() if self.scaler is not None else None
     return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), epoch=self.epoch, step=self.step,
@@ -733,7 +806,9 @@ def load_state(self, state, path='checkpoint'):
     self.epoch, self.step, self.history = state['epoch'], state['step'], list(state['history'])
     self.position, sums = state.get('position', 0), state.get('sums')
     self._callback_states = state.get('callbacks') or {}  # none in a checkpoint written before callbacks were saved
-    self._sums = None if sums is None else {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in sums.items()}
+    self._sums = None if sums is None else {k: _moved(v, self.device) for k, v in sums.items()}
+    if self._sums is not None:  # a checkpoint written before the step series were kept: none yet this epoch
+        for k in STEP_SERIES: self._sums.setdefault(k, [])
     if state.get('rng') is not None:
         torch.set_rng_state(state['rng']['torch'])
         cuda = state['rng']['cuda']

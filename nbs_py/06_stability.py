@@ -419,10 +419,11 @@ print(format_summary(sm))
 # %%
 #| export
 from stablesam.config import RESUMABLE, TrainConfig
+from stablesam.controls import match_source, match_specs
 from stablesam.experiment import RECORDS, add_common, command, executor_options, per_process, run_experiment
 from stablesam.runs import CONFIG, read_json, read_jsonl
 from stablesam.models import MODELS
-from stablesam.train import Trainer
+from stablesam.train import STEP_KEYS, Trainer
 from stablesam.variants import VARIANTS, variant
 
 FIGURE_SETTINGS = {'constant': dict(schedule='constant', weight_decay=0.0),      # Figure 5
@@ -476,12 +477,13 @@ class _PairCheckpoint:
     def save(self):
         """Write both trainers' states and the records so far (nothing without a folder)."""
         if self.folder is None: return
-        cfg, ta, tb, records = self.pair
+        cfg, ta, tb, records, steps = self.pair
         # never a state after a non-finite step
         ta.check_finite()
         tb.check_finite()
         self.folder.mkdir(parents=True, exist_ok=True)
-        state = dict(format=CHECKPOINT_FORMAT, config=cfg.to_dict(), a=ta.state(), b=tb.state(), records=records)
+        state = dict(format=CHECKPOINT_FORMAT, config=cfg.to_dict(), a=ta.state(), b=tb.state(), records=records,
+                     steps=steps)
         save_checkpoint(self.folder / 'checkpoint.pt', state, previous=self.folder / 'checkpoint.prev.pt')
         self.saved_at = time.perf_counter()
 
@@ -496,7 +498,7 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *
     ta = Trainer(cfg, data=dataclasses.replace(data, train=s), callbacks=[saver])
     tb = Trainer(cfg, data=dataclasses.replace(data, train=s_prime), callbacks=[saver])
     tb.model.load_state_dict(ta.model.state_dict())
-    records = []
+    records, steps = [], {}  # steps: model S's step statistics of the epoch in progress (kept by the checkpoint)
     if resume and saver.folder is not None and saver.folder.exists():
         remove_temporaries(saver.folder)
         state, path = latest_checkpoint(saver.folder, cfg, ignore=RESUMABLE)
@@ -504,19 +506,22 @@ def train_pair(cfg: TrainConfig, data, neighbours: Neighbours, on_record=None, *
             ta.load_state(state['a'], path)
             tb.load_state(state['b'], path)
             records = list(state['records'])
+            steps.update(state.get('steps') or {})
             for rec in records:
                 if on_record is not None: on_record(rec)
-    saver.pair = cfg, ta, tb, records
+    saver.pair = cfg, ta, tb, records, steps
     while len(records) <= cfg.epochs:
         epoch = len(records)
         if epoch > 0:
             if ta.epoch < epoch:  # a pair resumed within S' 's epoch has trained this epoch on S already
-                ta.train_epoch()
+                m = ta.train_epoch()
+                steps.clear()
+                steps.update({k: m[k] for k in STEP_KEYS if k in m})
             tb.train_epoch()
         lr = cfg.lr if epoch == 0 else ta.optimizer.param_groups[0]['lr']
         rec = stability_record(cfg.optimizer, cfg.seed, epoch, param_distance(ta.model, tb.model),
                                ta.evaluate(s), ta.evaluate(data.test), tb.evaluate(s_prime), tb.evaluate(data.test),
-                               lr=lr)
+                               lr=lr, **(steps if epoch > 0 else {}))
         records.append(rec)
         saver.save()
         if on_record is not None: on_record(rec)
@@ -587,8 +592,11 @@ def _pair_cost(spec: dict) -> int:
 def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seeds=(0, 1, 2), *,
                   subset: int | None = None, out=None, progress: bool = True, fresh: bool = False,
                   checkpoint_every: float = 600.0, executor: str = 'inline', processes: int = 2, slurm=None,
-                  command=None, loggers: dict | None = None) -> list[dict]:
-    """Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples."""
+                  command=None, loggers: dict | None = None, match_from=None) -> list[dict]:
+    """Stability records for each optimizer and seed on neighbouring sets from the first `subset` training examples.
+
+    `match_from`: the results folder of StableSAM pairs in this setting, whose factors the step-matched controls
+    (`stablesam.controls`) follow, seed by seed."""
     check_run(optimizers, seeds, subset)
     if executor != 'inline' and cfg.device != 'cpu' and (cfg.device != 'auto' or torch.cuda.is_available()):
         raise ValueError(f"executor {executor!r} starts CPU processes; on device {cfg.device!r} use executor='inline'")
@@ -597,6 +605,10 @@ def run_stability(cfg: TrainConfig, optimizers=('sgd', 'sam', 'stablesam'), seed
              for s in seeds for o in optimizers]
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE + ('optimizer', 'seed')}
     settings = dict(train=fixed, optimizers=list(optimizers), seeds=[int(s) for s in seeds], subset=subset)
+    if any(variant(o).matched for o in optimizers):
+        source = None if match_from is None else match_source(match_from, settings, ('train', 'subset'), cfg.data_root)
+        specs, matched = match_specs(specs, source, ['seed'])
+        settings.update(match_from=None if match_from is None else str(match_from), matched=matched)
     meta = None
     if out is not None:
         data = stability_data(cfg)
@@ -656,6 +668,9 @@ def stability_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint-every', type=float, default=600.0, metavar='SECONDS',
                    help='seconds between checkpoints of a pair within an epoch '
                         '(0: after each epoch only; default: 600)')
+    p.add_argument('--match-from', default=None, metavar='FOLDER',
+                   help='the step-matched controls (sam-lrf, sgd-lrf, sam-lrf-epoch) follow the factor of the '
+                        'stablesam pairs in this results folder, made in the same setting (stablesam.controls)')
     p.add_argument('--workers', type=int, default=None, help=argparse.SUPPRESS)   # 0.2's name of --processes
     add_common(p, out='runs/stability')
     return p
@@ -703,7 +718,7 @@ def main(argv=None) -> None:
                            download=args.download)
     records = run_stability(cfg, args.optimizers, args.seeds, subset=args.subset, out=out,
                             checkpoint_every=args.checkpoint_every, command=['stablesam-stability', *argv],
-                            **executor_options(args))
+                            match_from=args.match_from, **executor_options(args))
     write_stability_figure(out, records, stability_title(cfg.model, cfg.dataset, args.schedule,
                                                          read_json(out / CONFIG).get('n_train')))
     for name, text in summary_files(out).items(): (out / name).write_text(text)
@@ -748,6 +763,32 @@ for opt in ('sgd', 'sam', 'stablesam'):
     assert differ[-1]['param_distance'] > 0, opt
     print(f"{opt:9s} S'=S: distance {same[-1]['param_distance']:.1e};  "
           f"S' one example apart: {differ[-1]['param_distance']:.2e}")
+
+# %% [markdown]
+# ## Step-matched controls
+#
+# The controls of issue 21 ([controls](04d_controls.ipynb)) are optimizers of the same experiment: given
+# `match_from`, the results folder of StableSAM pairs in this setting, each control pair trains at StableSAM's
+# learning rate times that seed's measured factor (`sam-lrf`, `sgd-lrf`: the run's mean; `sam-lrf-epoch`: epoch
+# by epoch). Every record carries model $S$'s step statistics of its epoch, so the check below reads the factor
+# from the source's records and the learning rate from the control's.
+
+# %%
+cfg = stability_config('mnist', data_root=tmp, lr=0.1, epochs=2, batch_size=32, download=False)
+src = run_stability(cfg, ['stablesam'], [0, 1], subset=64, out=tmp / 'st-src', progress=False)
+test_eq({k for k in STEP_KEYS if k in src[-1]}, set(STEP_KEYS))
+ctl = run_stability(cfg, ['sgd-lrf', 'sam-lrf-epoch'], [1], subset=64, out=tmp / 'st-ctl', progress=False,
+                    match_from=tmp / 'st-src')
+f = [r['factor_mean'] for r in src if r['seed'] == 1 and r['epoch'] > 0]
+test_close([r['lr'] for r in ctl if r['optimizer'] == 'sgd-lrf' and r['epoch'] > 0], [0.1 * np.mean(f)] * 2, eps=1e-6)
+test_close([r['lr'] for r in ctl if r['optimizer'] == 'sam-lrf-epoch' and r['epoch'] > 0], [0.1 * v for v in f],
+           eps=1e-6)
+assert 'factor_mean' not in ctl[1] and 'update_norm' in ctl[1]   # SGD records its step length, and no factor
+test_eq(read_json(tmp / 'st-ctl' / CONFIG)['settings']['matched']['optimizer=sgd-lrf,seed=1'], f"{np.mean(f):.6g}")
+test_fail(lambda: run_stability(cfg, ['sam-lrf'], [0], subset=64, progress=False), contains='give --match-from')
+test_fail(lambda: run_stability(dataclasses.replace(cfg, lr=0.2), ['sam-lrf'], [0], subset=64, progress=False,
+                                match_from=tmp / 'st-src'), contains="other settings (train:")
+
 
 # %% [markdown]
 # ## Quick runs: Figures 5-7 at CI size

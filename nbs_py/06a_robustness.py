@@ -52,8 +52,9 @@ from stablesam.models import MODELS
 from stablesam.results import PROTOCOLS, run_scores
 from stablesam.runs import CONFIG, read_json, read_jsonl, strict_json
 from stablesam.style import figure_legend, markdown_table, optimizer_style, plot_kwargs, quantity, save_figure
-from stablesam.train import Diverged, Trainer
-from stablesam.variants import VARIANTS, variant_order
+from stablesam.controls import match_source, match_specs
+from stablesam.train import STEP_KEYS, Diverged, Trainer
+from stablesam.variants import VARIANTS, variant, variant_order
 
 
 # %% [markdown]
@@ -76,11 +77,14 @@ def run_outcome(records: list[dict], num_classes: int = 10) -> str:
 def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[dict]:
     """Train `cfg` on `data`: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
     trainer, records = Trainer(cfg, data=data), []
+    initial = trainer.evaluate(data.train)['loss']   # criterion (b) of issue 21: did training lower the loss at all?
     while trainer.epoch < cfg.epochs:
-        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1)
+        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1,
+                   init_train_loss=initial)
         try: m = trainer.train_epoch()
         except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
-        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
+        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc'],
+                                                 **{k: m[k] for k in STEP_KEYS if k in m}))
         if 'sam_fraction' in m: rec['sam_fraction'] = m['sam_fraction']   # the efficient variants' share of SAM steps
         for name, ds in (('test', data.test), ('val', val)):
             if ds is not None:
@@ -211,10 +215,12 @@ def sweep_config(model, optimizer, lr, seed, *, epochs, batch_size=128, momentum
                        **settings).validate()
 
 def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizers=('sgd', 'sam', 'stablesam'),
-             lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, **options) -> list[dict]:
+             lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, match_from=None,
+             **options) -> list[dict]:
     """The learning-rate sweep: every model, optimizer, learning rate and seed, recorded into `out` (resumable).
 
-    `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...)."""
+    `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...);
+    `match_from`: a sweep's folder with StableSAM runs whose factors the step-matched controls follow, run by run."""
     train = dict(train or {}, epochs=epochs)
     tags = ('model', 'optimizer', 'lr', 'seed')
     specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train,
@@ -225,6 +231,11 @@ def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizer
     fixed = {k: v for k, v in train.items() if k != 'device'}
     settings = dict(dataset='mnist', models=list(models), optimizers=list(optimizers), lrs=list(lrs), seeds=list(seeds),
                     n_train=n_train, train=fixed)
+    if any(variant(o).matched for o in optimizers):
+        source = None if match_from is None else match_source(match_from, settings, ('dataset', 'n_train', 'train'),
+                                                              data_root)
+        specs, matched = match_specs(specs, source, ['model', 'lr', 'seed'], into='train')
+        settings.update(match_from=None if match_from is None else str(match_from), matched=matched)
     meta = dict(n_train=len(data.train), n_test=len(data.test), seeds=list(seeds))
     return run_experiment(out, specs, train_sweep_run, key=tags, settings=settings, command=command, meta=meta,
                           desc='lr_sweep', **options)
@@ -335,6 +346,23 @@ test_eq(_again, _recs)   # nothing left to run: the records are read back unchan
 test_eq(len(json.loads((_out / 'config.json').read_text())['done']), 6)
 fig = plot_lr_sweep(_recs)
 plt.close(fig)
+
+# %% [markdown]
+# Every record also carries the training loss at initialisation (`init_train_loss`, for the second failure
+# criterion of issue 21) and its epoch's step statistics; a step-matched control (`sam-lrf`, ...) follows the
+# factor of the StableSAM run with its model, learning rate and seed in the sweep `match_from` names. Where that
+# run recorded no factor (the absurd learning rate: it diverged in its first epoch) the control is left out and
+# says so in the settings.
+
+# %%
+assert all(r['init_train_loss'] > 0 for r in _recs)
+_fine = [r for r in _recs if r['optimizer'] == 'stablesam' and r['lr'] == 0.05]
+test_eq(all(r['factor_p10'] <= r['factor_p50'] <= r['factor_p90'] for r in _fine), True)
+_ctl = lr_sweep(tmp / 'lr_ctl', tmp, **dict(_quick, optimizers=('sam-lrf',)), match_from=_out, progress=False)
+test_close([r['lr'] for r in _ctl], [0.05, 0.05])   # the record names the sweep's lr; the run took lr x f
+_settings = json.loads((tmp / 'lr_ctl' / 'config.json').read_text())['settings']
+test_eq(_settings['matched'], {'optimizer=sam-lrf,model=fcn,lr=0.05,seed=0': f"{np.mean([r['factor_mean'] for r in _fine]):.6g}",
+                               'optimizer=sam-lrf,model=fcn,lr=10000.0,seed=0': None})
 
 # %% [markdown]
 # ## Noisy labels
@@ -514,6 +542,9 @@ def robustness_parser():
                            help='models (default: fcn lenet)')
             q.add_argument('--lrs', type=float, nargs='+', default=list(LR_GRID),
                            help='learning rates (default: 0.01 ... 3.16)')
+            q.add_argument('--match-from', default=None, metavar='FOLDER',
+                           help='the step-matched controls (sam-lrf, sgd-lrf, sam-lrf-epoch) follow the factor of the '
+                                'stablesam runs of this sweep folder, run by run (same model, lr and seed)')
         else:
             q.add_argument('--model', default='fcn', choices=MODELS, metavar='MODEL', help='model (default: fcn)')
             q.add_argument('--noises', type=float, nargs='+', default=list(NOISE_LEVELS), help='noise fractions')
@@ -551,7 +582,8 @@ def main(argv=None):
     common = dict(optimizers=args.optimizers, seeds=args.seeds, epochs=args.epochs, n_train=args.n_train, command=cmd,
                   train=dict(rho=args.rho, batch_size=args.batch_size, device=args.device), **executor_options(args))
     if args.experiment == 'lr-sweep':
-        records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, **common)
+        records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, match_from=args.match_from,
+                           **common)
         fig = plot_lr_sweep(records, MODEL_TITLES)
     else:
         records = label_noise_sweep(args.out, args.data_root, noises=args.noises, n_val=args.n_val, model=args.model,

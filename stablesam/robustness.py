@@ -25,8 +25,9 @@ from .models import MODELS
 from .results import PROTOCOLS, run_scores
 from .runs import CONFIG, read_json, read_jsonl, strict_json
 from .style import figure_legend, markdown_table, optimizer_style, plot_kwargs, quantity, save_figure
-from .train import Diverged, Trainer
-from .variants import VARIANTS, variant_order
+from .controls import match_source, match_specs
+from .train import STEP_KEYS, Diverged, Trainer
+from .variants import VARIANTS, variant, variant_order
 
 # %% ../nbs/06a_robustness.ipynb #b53fd5f2
 def run_outcome(records: list[dict], num_classes: int = 10) -> str:
@@ -38,11 +39,14 @@ def run_outcome(records: list[dict], num_classes: int = 10) -> str:
 def run_epochs(cfg: TrainConfig, data: DataBundle, *, val=None, **tags) -> list[dict]:
     """Train `cfg` on `data`: one strict-JSON record per epoch (test and `val` metrics); stops at a non-finite loss."""
     trainer, records = Trainer(cfg, data=data), []
+    initial = trainer.evaluate(data.train)['loss']   # criterion (b) of issue 21: did training lower the loss at all?
     while trainer.epoch < cfg.epochs:
-        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1)
+        rec = dict(tags, optimizer=cfg.optimizer, seed=cfg.seed, lr=cfg.lr, rho=cfg.rho, epoch=trainer.epoch + 1,
+                   init_train_loss=initial)
         try: m = trainer.train_epoch()
         except Diverged as e: m = dict(train_loss=float('nan'), train_acc=None, stopped=e.record()['message'])
-        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc']))
+        rec.update(m if 'stopped' in m else dict(train_loss=m['train_loss'], train_acc=m['train_acc'],
+                                                 **{k: m[k] for k in STEP_KEYS if k in m}))
         if 'sam_fraction' in m: rec['sam_fraction'] = m['sam_fraction']   # the efficient variants' share of SAM steps
         for name, ds in (('test', data.test), ('val', val)):
             if ds is not None:
@@ -105,10 +109,12 @@ def sweep_config(model, optimizer, lr, seed, *, epochs, batch_size=128, momentum
                        **settings).validate()
 
 def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizers=('sgd', 'sam', 'stablesam'),
-             lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, **options) -> list[dict]:
+             lrs=LR_GRID, seeds=(0, 1, 2), epochs=3, train=None, command=None, match_from=None,
+             **options) -> list[dict]:
     """The learning-rate sweep: every model, optimizer, learning rate and seed, recorded into `out` (resumable).
 
-    `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...)."""
+    `train`: settings of `sweep_config` (batch_size, momentum, rho, device); `options`: the runner's (executor, ...);
+    `match_from`: a sweep's folder with StableSAM runs whose factors the step-matched controls follow, run by run."""
     train = dict(train or {}, epochs=epochs)
     tags = ('model', 'optimizer', 'lr', 'seed')
     specs = [dict(model=m, optimizer=o, lr=lr, seed=s, data_root=str(data_root), n_train=n_train, train=train,
@@ -119,6 +125,11 @@ def lr_sweep(out, data_root, *, n_train=None, models=('fcn', 'lenet'), optimizer
     fixed = {k: v for k, v in train.items() if k != 'device'}
     settings = dict(dataset='mnist', models=list(models), optimizers=list(optimizers), lrs=list(lrs), seeds=list(seeds),
                     n_train=n_train, train=fixed)
+    if any(variant(o).matched for o in optimizers):
+        source = None if match_from is None else match_source(match_from, settings, ('dataset', 'n_train', 'train'),
+                                                              data_root)
+        specs, matched = match_specs(specs, source, ['model', 'lr', 'seed'], into='train')
+        settings.update(match_from=None if match_from is None else str(match_from), matched=matched)
     meta = dict(n_train=len(data.train), n_test=len(data.test), seeds=list(seeds))
     return run_experiment(out, specs, train_sweep_run, key=tags, settings=settings, command=command, meta=meta,
                           desc='lr_sweep', **options)
@@ -325,6 +336,9 @@ def robustness_parser():
                            help='models (default: fcn lenet)')
             q.add_argument('--lrs', type=float, nargs='+', default=list(LR_GRID),
                            help='learning rates (default: 0.01 ... 3.16)')
+            q.add_argument('--match-from', default=None, metavar='FOLDER',
+                           help='the step-matched controls (sam-lrf, sgd-lrf, sam-lrf-epoch) follow the factor of the '
+                                'stablesam runs of this sweep folder, run by run (same model, lr and seed)')
         else:
             q.add_argument('--model', default='fcn', choices=MODELS, metavar='MODEL', help='model (default: fcn)')
             q.add_argument('--noises', type=float, nargs='+', default=list(NOISE_LEVELS), help='noise fractions')
@@ -362,7 +376,8 @@ def main(argv=None):
     common = dict(optimizers=args.optimizers, seeds=args.seeds, epochs=args.epochs, n_train=args.n_train, command=cmd,
                   train=dict(rho=args.rho, batch_size=args.batch_size, device=args.device), **executor_options(args))
     if args.experiment == 'lr-sweep':
-        records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, **common)
+        records = lr_sweep(args.out, args.data_root, models=args.models, lrs=args.lrs, match_from=args.match_from,
+                           **common)
         fig = plot_lr_sweep(records, MODEL_TITLES)
     else:
         records = label_noise_sweep(args.out, args.data_root, noises=args.noises, n_val=args.n_val, model=args.model,

@@ -7,9 +7,11 @@ import pytest
 
 from stablesam.data import write_fake_mnist
 from stablesam.runs import read_jsonl
+from stablesam.train import STEP_KEYS
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 FIXTURES = Path(__file__).parent / 'regression'
+ADDED = {*STEP_KEYS, 'init_train_loss'}   # record fields added after the fixtures were written
 
 
 def assert_same_records(got, want, rel=1e-9, path='records'):
@@ -17,7 +19,9 @@ def assert_same_records(got, want, rel=1e-9, path='records'):
     if isinstance(want, float) and isinstance(got, (int, float)):
         assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-12), f"{path}: {got!r} != {want!r}"
     elif isinstance(want, dict):
-        assert isinstance(got, dict) and set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        # the step statistics of issue 21 (and the initial training loss) came after the fixtures: added, never changed
+        assert isinstance(got, dict) and set(want) <= set(got) and set(got) - set(want) <= ADDED, \
+            f"{path}: keys {sorted(got)} != {sorted(want)}"
         for k in want: assert_same_records(got[k], want[k], rel, f'{path}.{k}')
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), f"{path}: {len(got)} items != {len(want)}"
