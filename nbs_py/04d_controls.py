@@ -119,8 +119,8 @@ def match_source(folder, settings: dict, keys, data_root) -> list[dict]:
 
 # %%
 #| export
-def match_specs(specs: list[dict], source: list[dict] | None, run_keys, into: str = 'config') -> tuple[list[dict], dict]:
-    """`(specs, matched)`: each control's `into` settings with its `lr_scale`; `matched`: id -> lr_scale (None: left out)."""
+def match_specs(specs: list[dict], source: list[dict] | None, run_keys, into: str = 'config') -> tuple:
+    """`(specs, matched)`: each control's `into` settings with its `lr_scale`; `matched`: id -> lr_scale or None."""
     out, matched = [], {}
     for spec in specs:
         if variant(spec['optimizer']).matched is None:
@@ -157,5 +157,6 @@ test_eq(len(match_source(tmp / 'src', src['settings'], ['train', 'subset'], tmp 
 test_fail(lambda: match_source(tmp / 'src', dict(src['settings'], subset=50), ['train', 'subset'], tmp / 'data'),
           contains="other settings (subset: 100 there, 50 here)")
 (tmp / 'data' / 'f.bin').write_bytes(b'abcd')
-test_fail(lambda: match_source(tmp / 'src', src['settings'], ['train'], tmp / 'data'), contains='other data files (f.bin')
+test_fail(lambda: match_source(tmp / 'src', src['settings'], ['train'], tmp / 'data'),
+          contains='other data files (f.bin')
 test_fail(lambda: match_source(tmp / 'none', {}, [], tmp / 'data'), contains='no config.json there')

@@ -519,7 +519,6 @@ try:
 finally: unregister_variant('renormsam')
 test_eq(Trainer(TrainConfig(**dict(quick, optimizer='sam', renorm_norm='adaptive'))).optimizer.renorm_norm, 'plain')
 
-
 # %% [markdown]
 # ### The epoch
 #
@@ -649,6 +648,7 @@ test_eq(set(m), {'train_loss', 'train_acc', 'lr', 'time', 'cpu_time', 'images_pe
 assert 0 < m['renorm_factor'] and 0 <= m['train_acc'] <= 1
 test_close(m['factor_mean'], m['renorm_factor'], eps=1e-9)
 assert m['factor_p10'] <= m['factor_p50'] <= m['factor_p90'] and m['grad_norm'] > 0 and m['asc_grad_norm'] > 0
+
 
 # %% [markdown]
 # The step length is measured, not derived: for plain SGD (no momentum, no weight decay) it must equal the

@@ -789,7 +789,6 @@ test_fail(lambda: run_stability(cfg, ['sam-lrf'], [0], subset=64, progress=False
 test_fail(lambda: run_stability(dataclasses.replace(cfg, lr=0.2), ['sam-lrf'], [0], subset=64, progress=False,
                                 match_from=tmp / 'st-src'), contains="other settings (train:")
 
-
 # %% [markdown]
 # ## Quick runs: Figures 5-7 at CI size
 #

@@ -361,7 +361,8 @@ test_eq(all(r['factor_p10'] <= r['factor_p50'] <= r['factor_p90'] for r in _fine
 _ctl = lr_sweep(tmp / 'lr_ctl', tmp, **dict(_quick, optimizers=('sam-lrf',)), match_from=_out, progress=False)
 test_close([r['lr'] for r in _ctl], [0.05, 0.05])   # the record names the sweep's lr; the run took lr x f
 _settings = json.loads((tmp / 'lr_ctl' / 'config.json').read_text())['settings']
-test_eq(_settings['matched'], {'optimizer=sam-lrf,model=fcn,lr=0.05,seed=0': f"{np.mean([r['factor_mean'] for r in _fine]):.6g}",
+_f = f"{np.mean([r['factor_mean'] for r in _fine]):.6g}"
+test_eq(_settings['matched'], {'optimizer=sam-lrf,model=fcn,lr=0.05,seed=0': _f,
                                'optimizer=sam-lrf,model=fcn,lr=10000.0,seed=0': None})
 
 # %% [markdown]

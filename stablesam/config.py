@@ -164,7 +164,7 @@ def lr_scales(text: str) -> list[float]:
     try: scales = [float(v) for v in str(text).split(',')]
     except ValueError: scales = []
     if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
-        raise ValueError(f"Invalid lr_scale: {text!r} (a positive number, or numbers separated by commas: one an epoch)")
+        raise ValueError(f"Invalid lr_scale: {text!r} (a positive number, or comma-separated numbers, one an epoch)")
     return scales
 
 

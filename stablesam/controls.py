@@ -61,8 +61,8 @@ def match_source(folder, settings: dict, keys, data_root) -> list[dict]:
     return records
 
 # %% ../nbs/04d_controls.ipynb #13917c77
-def match_specs(specs: list[dict], source: list[dict] | None, run_keys, into: str = 'config') -> tuple[list[dict], dict]:
-    """`(specs, matched)`: each control's `into` settings with its `lr_scale`; `matched`: id -> lr_scale (None: left out)."""
+def match_specs(specs: list[dict], source: list[dict] | None, run_keys, into: str = 'config') -> tuple:
+    """`(specs, matched)`: each control's `into` settings with its `lr_scale`; `matched`: id -> lr_scale or None."""
     out, matched = [], {}
     for spec in specs:
         if variant(spec['optimizer']).matched is None:
