@@ -168,6 +168,11 @@ _STATS = {'mnist': ((0.1307,), (0.3081,)),
 def _check_dataset(name):
     if name not in DATASETS: raise ValueError(f"Unknown dataset: {name!r} (choose from {', '.join(DATASETS)})")
 
+def normalization(name) -> tuple:
+    """`(mean, std)` per channel with which dataset `name`'s images are normalised (pixels in [0, 1] before)."""
+    _check_dataset(name)
+    return _STATS[name]
+
 def get_transforms(name, train=True, augment=True):
     """The paper's transform for dataset `name`: augmentation for the training split if `augment`, else evaluation."""
     _check_dataset(name)

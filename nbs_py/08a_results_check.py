@@ -51,7 +51,9 @@ from stablesam.runs import CONFIG, METRICS, read_json, read_jsonl
 #| export
 DERIVERS = {'stablesam-stability': 'stablesam.stability', 'stablesam-robustness': 'stablesam.robustness',
             'stablesam-landscape': 'stablesam.landscape_experiment', 'stablesam-reproduce': 'stablesam.reproduce',
-            'stablesam.efficient_evidence': 'stablesam.efficient_evidence', 'stablesam-train': 'stablesam.cli'}
+            'stablesam.efficient_evidence': 'stablesam.efficient_evidence', 'stablesam-train': 'stablesam.cli',
+            'stablesam.open_questions': 'stablesam.open_questions',
+            'stablesam.controls_evidence': 'stablesam.controls_evidence'}
 SKIPPED = ('runs', 'slurm')      # the runner's working folders (checkpoints, job logs): not committed
 
 
