@@ -15,7 +15,8 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-EXTRAS = ('slurm', 'lightning', 'transformers', 'tensorboard', 'wandb', 'attacks', 'bench')  # stablesam[NAME]: NAME_requirements
+# stablesam[NAME]: NAME_requirements
+EXTRAS = ('slurm', 'lightning', 'transformers', 'tensorboard', 'wandb', 'attacks', 'bench')
 extras = {name: cfg.get(f'{name}_requirements', '').split() for name in EXTRAS}
 
 setuptools.setup(

@@ -73,7 +73,7 @@ def stability_rows(records: list[dict], ref: str = 'stablesam', others=OTHERS, l
 
 
 def format_stability_rows(rows: list[dict]) -> str:
-    """A Markdown table of `stability_rows`: StableSAM's and the other's seed ranges, apart or not, paired difference."""
+    """A Markdown table of `stability_rows`: both seed ranges, whether they are apart, the paired difference."""
     def rng(r, p):
         return '-' if r.get(f'{p}_mean') is None else \
             f"{r[f'{p}_mean']:.3g} [{r[f'{p}_min']:.3g}, {r[f'{p}_max']:.3g}]"
@@ -161,7 +161,7 @@ def _corr(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def correlations(records: list[dict], epochs=(10, 30, 60), a: str = 'param_distance', b: str = 'gen_error') -> dict:
+def correlations(records: list[dict], epochs=(10, 30, 60), a='param_distance', b='gen_error') -> dict:
     """r(`a`, `b`): pooled over trained epochs, across runs at each of `epochs`, and within each run (min/median/max)."""
     trained = [r for r in records if r['epoch'] > 0]
     runs = {}

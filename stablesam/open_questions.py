@@ -100,7 +100,7 @@ def torchattacks_attack(model: nn.Module, name: str, eps: float, steps: int = 10
 
 
 def pgd_reference(model: nn.Module, x, y, eps: float, alpha: float, steps: int):
-    """PGD from its definition, without random start: signed gradient ascent steps projected on the eps-ball in [0, 1]."""
+    """PGD from its definition, no random start: signed gradient steps projected on the eps-ball within [0, 1]."""
     x0, adv = x.detach(), x.detach().clone()
     for _ in range(steps):
         adv.requires_grad_(True)
