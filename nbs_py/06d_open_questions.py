@@ -445,7 +445,6 @@ def main(argv=None):
 #| export
 if __name__ == '__main__': sys.exit(main())   # python -m stablesam.open_questions (not run in the notebook)
 
-
 # %% [markdown]
 # The same code on generated MNIST-format files (a code check, not a finding): a tiny stability experiment with
 # SGD, SAM, StableSAM and the step-matched SAM, then the measurements of its final models.

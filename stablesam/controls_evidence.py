@@ -162,7 +162,7 @@ def _corr(x, y) -> float | None:
 
 
 def correlations(records: list[dict], epochs=(10, 30, 60), a='param_distance', b='gen_error') -> dict:
-    """r(`a`, `b`): pooled over trained epochs, across runs at each of `epochs`, and within each run (min/median/max)."""
+    """r(`a`, `b`): pooled over trained epochs, across runs at each of `epochs`, within each run (min, median, max)."""
     trained = [r for r in records if r['epoch'] > 0]
     runs = {}
     for r in trained: runs.setdefault((r['optimizer'], r['seed']), []).append(r)
