@@ -296,3 +296,377 @@ _c = correlations(_cr)
 assert _c['pooled'] > 0.5 and _c['within_min'] > 0.9 and _c['within_positive'] == 3
 test_eq(_c['at_epoch'][10] is not None, True)
 test_eq(correlations(_cr, epochs=(5,))['at_epoch'][5], None)   # no run at epoch 5
+
+
+# %% [markdown]
+# ## The verdicts
+#
+# Each reading of the paper gets one row: **holds**, **does not hold** or **cannot tell**, with the numbers and
+# the reason. The rules, fixed before the records were read:
+#
+# - a critical learning rate is **above** another's when its estimate is higher and the two bootstrap intervals do
+#   not overlap (holds); **not above** when its estimate is at most the other's (does not hold); otherwise cannot
+#   tell;
+# - a distance or generalisation error is **below** another's when the seed ranges are apart (holds); **not below**
+#   when the ranges are apart the other way, or the mean is not lower (does not hold); otherwise cannot tell;
+# - "positively correlated" holds for a reading when every correlation of that reading is above 0.
+
+# %%
+#| export
+def interval_verdict(a: dict, b: dict) -> str:
+    """'holds': `a`'s critical lr above `b`'s, intervals disjoint; 'does not hold': not higher; else 'cannot tell'."""
+    def v(x): return -np.inf if x is None else x
+    if v(a['critical']) <= v(b['critical']): return 'does not hold'
+    return 'holds' if v(a['lo']) > v(b['hi']) else 'cannot tell'
+
+
+def range_verdict(c: dict) -> str:
+    """'holds' if the first seed range lies below the second, 'does not hold' if above or not lower on average."""
+    if c.get('a_mean') is None: return 'cannot tell'
+    if c['below']: return 'holds'
+    if c['above'] or c['a_mean'] >= c['b_mean']: return 'does not hold'
+    return 'cannot tell'
+
+
+def fmt_range(c: dict, p: str) -> str:
+    """`p` ('a' or 'b') of a `compare_runs` dict as 'mean [min, max]'."""
+    return f"{c[f'{p}_mean']:.3g} [{c[f'{p}_min']:.3g}, {c[f'{p}_max']:.3g}]"
+
+
+# %%
+test_eq(interval_verdict(dict(critical=0.3, lo=0.26, hi=0.38), dict(critical=0.2, lo=0.17, hi=0.22)), 'holds')
+test_eq(interval_verdict(dict(critical=0.3, lo=0.2, hi=0.38), dict(critical=0.2, lo=0.17, hi=0.26)), 'cannot tell')
+test_eq(interval_verdict(dict(critical=None, lo=None, hi=None), dict(critical=0.2, lo=0.17, hi=0.26)),
+        'does not hold')
+test_eq(range_verdict(compare_runs({0: 1., 1: 2.}, {0: 3., 1: 4.})), 'holds')
+test_eq(range_verdict(compare_runs({0: 1., 1: 3.5}, {0: 3., 1: 4.})), 'cannot tell')
+test_eq(range_verdict(compare_runs({0: 3., 1: 4.5}, {0: 3., 1: 4.})), 'does not hold')
+
+
+# %% [markdown]
+# `verdict_rows` applies the rules to every reading the records can speak to; a reading whose records are missing
+# gets no row (the summary lists what was not run).
+
+# %%
+#| export
+def _lr_text(r: dict) -> str:
+    """A critical-lr row as 'lr [lo, hi]'."""
+    def f(v): return 'below the grid' if v is None else f'{v:g}'
+    return f"{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]"
+
+
+def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) -> list[dict]:
+    """Rows: is `ref`'s critical learning rate above each of `others`', per model and criterion?"""
+    by = {(r['model'], r['optimizer'], r['criterion']): r for r in crit}
+    rows = []
+    for model, crit_name in dict.fromkeys((r['model'], r['criterion']) for r in crit):
+        a = by.get((model, ref, crit_name))
+        for o in others:
+            b = by.get((model, o, crit_name))
+            if a is None or b is None: continue
+            rows.append(dict(section='3 large lr', reading=f"{model.upper()}: StableSAM's critical lr is above "
+                                                           f"{optimizer_style(o).label}'s, criterion ({crit_name})",
+                             verdict=interval_verdict(a, b),
+                             numbers=f"StableSAM {_lr_text(a)}; {optimizer_style(o).label} {_lr_text(b)}; "
+                                     f"{a['seeds']} seeds",
+                             reason='estimate and 90% bootstrap interval over seeds'))
+    return rows
+
+
+def stability_verdicts(records: list[dict], setting: str, others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
+    """Rows: is StableSAM's distance (generalisation error) below each of `others`' at the last epoch and equal loss?"""
+    rows = []
+    for r in stability_rows(records, others=[o for o in others]):
+        c = r
+        if c.get('a_mean') is None and c.get('a_seeds') is None: continue
+        what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[r['quantity']]
+        numbers = '-' if c.get('a_mean') is None else (
+            f"StableSAM {fmt_range(c, 'a')}; {optimizer_style(r['other']).label} {fmt_range(c, 'b')}; "
+            f"paired {c['paired']:+.3g} ({c['paired_below']} of {c['paired_n']} seeds lower)")
+        rows.append(dict(section=f'2 stability, {setting}',
+                         reading=f"StableSAM's {what} is below {optimizer_style(r['other']).label}'s ({r['when']})",
+                         verdict=range_verdict(c), numbers=numbers, reason='seed ranges (min-max) apart or not'))
+    return rows
+
+
+def correlation_verdicts(sources: dict) -> list[dict]:
+    """Rows: are distance and generalisation error positively correlated: pooled, at fixed epochs, within runs?"""
+    cs = {name: correlations(recs) for name, recs in sources.items()}
+    pooled = [c['pooled'] for c in cs.values() if c['pooled'] is not None]
+    at = [(n, e, r) for n, c in cs.items() for e, r in c['at_epoch'].items() if r is not None]
+    within_pos = sum(c['within_positive'] for c in cs.values())
+    runs = sum(c['runs'] for c in cs.values())
+    lows = sorted(at, key=lambda t: t[2])[:2]
+    return [
+        dict(section='4 correlation', reading='distance and gen. error positively correlated, pooled over epochs',
+             verdict='holds' if pooled and min(pooled) > 0 else 'does not hold',
+             numbers=f"r {min(pooled):.2f} to {max(pooled):.2f} over {len(pooled)} settings",
+             reason='pooled r also counts that both grow with the epochs'),
+        dict(section='4 correlation', reading='... across runs at a fixed epoch (10, 30, 60)',
+             verdict='holds' if at and min(r for *_, r in at) > 0 else 'does not hold',
+             numbers=f"r {min(r for *_, r in at):.2f} to {max(r for *_, r in at):.2f} over {len(at)} (setting, "
+                     f"epoch); lowest: " + ', '.join(f'{n} epoch {e}: {r:.2f}' for n, e, r in lows),
+             reason='the reading that compares runs; few runs a setting, so a single r is noisy'),
+        dict(section='4 correlation', reading='... within each run over its epochs',
+             verdict='holds' if within_pos == runs else 'does not hold',
+             numbers=f"positive in {within_pos} of {runs} runs; median r per setting "
+                     f"{min(c['within_median'] for c in cs.values()):.2f} to "
+                     f"{max(c['within_median'] for c in cs.values()):.2f}",
+             reason='within a run both grow with time: this says little about generalisation')]
+
+
+def format_verdicts(rows: list[dict]) -> str:
+    """The verdict table in Markdown."""
+    return markdown_table(rows, dict(section=('section', None), reading=('reading', None),
+                                     verdict=('verdict', lambda v: f'**{v}**'), numbers=('numbers', None),
+                                     reason=('how it is decided', None)))
+
+
+# %%
+#| export
+def _by(records, kind, name, key) -> dict:
+    """Seed -> `key` of the open-question records of `kind` ('model' or 'path') for `name` (optimizer or (a, b))."""
+    out = {}
+    for r in records:
+        if r['kind'] != kind: continue
+        if (r['a'] if kind == 'model' else (r['a'], r['b'])) == name: out[r['seed']] = r[key]
+    return out
+
+
+def question_verdicts(records: list[dict], eps: float = 0.1) -> list[dict]:
+    """Rows answering the paper's open questions from `stablesam.open_questions` records."""
+    rows = []
+    bar = _by(records, 'path', ('sam', 'stablesam'), 'barrier_train')
+    ref = {r['seed']: r['barrier_train'] for r in records if r['kind'] == 'order'}
+    if bar and ref:
+        dist = _by(records, 'path', ('sam', 'stablesam'), 'distance')
+        rdist = {r['seed']: r['distance'] for r in records if r['kind'] == 'order'}
+        holds = max(bar.values()) <= max(ref.values()) + 1e-4
+        rows.append(dict(section='6 same attractor?',
+                         reading='SAM and StableSAM (same init and batch order) end in one basin: no higher '
+                                 'train-loss barrier than two SAM runs in other batch orders',
+                         verdict='holds' if holds else 'does not hold',
+                         numbers=f"barrier SAM-StableSAM {max(bar.values()):.2g} (max of {len(bar)} seeds), "
+                                 f"SAM-SAM other order {max(ref.values()):.2g}; distance "
+                                 f"{np.mean(list(dist.values())):.3g} vs {np.mean(list(rdist.values())):.3g}",
+                         reason='loss along the straight path, 11 points; barrier above the chord'))
+    for key, what in (('top_eig', 'top Hessian eigenvalue'), ('trace', 'Hessian trace')):
+        for other in ('sam', 'sam-lrf'):
+            c = compare_runs(_by(records, 'model', 'stablesam', key), _by(records, 'model', other, key))
+            if c.get('a_mean') is None: continue
+            rows.append(dict(section='6 how flat?', reading=f"StableSAM's {what} is below "
+                                                            f"{optimizer_style(other).label}'s (final models)",
+                             verdict=range_verdict(c), numbers=f"StableSAM {fmt_range(c, 'a')}; "
+                                                               f"{optimizer_style(other).label} {fmt_range(c, 'b')}",
+                             reason='seed ranges apart or not; equal-training-loss models were not kept'))
+    key = f'pgd_{eps:g}'
+    c = compare_runs(_by(records, 'model', 'sam', key), _by(records, 'model', 'stablesam', key))
+    if c.get('a_mean') is not None:
+        rows.append(dict(section='6 adversarial robustness', reading=f"StableSAM is more robust than SAM: higher "
+                                                                      f"accuracy under PGD, eps {eps:g}",
+                         verdict=range_verdict(c), numbers=f"SAM {fmt_range(c, 'a')}; StableSAM {fmt_range(c, 'b')}",
+                         reason='seed ranges apart or not (the other eps: summary of the open-questions folder)'))
+    return rows
+
+
+def factor_control_verdicts(crit: list[dict], ref='stablesam',
+                            controls=('stablesam-clamp10', 'stablesam-clamp50', 'stablesam-clamp90',
+                                      'stableusam')) -> list[dict]:
+    """Rows: does controlling the factor (Remark 19's clamp; rho scaled by ||g||) raise the critical lr?"""
+    by = {(r['model'], r['optimizer'], r['criterion']): r for r in crit}
+    rows = []
+    for (model, opt, crit_name), r in by.items():
+        if opt not in controls or (model, ref, crit_name) not in by: continue
+        a = by[model, ref, crit_name]
+        rows.append(dict(section='6 controlling the factor', reading=f"{model.upper()}: {optimizer_style(opt).label}'s "
+                                                                     f"critical lr is above StableSAM's ({crit_name})",
+                         verdict=interval_verdict(r, a), numbers=f"{optimizer_style(opt).label} {_lr_text(r)}; "
+                                                                f"StableSAM {_lr_text(a)}",
+                         reason='estimate and 90% bootstrap interval over seeds'))
+    return rows
+
+
+# %% [markdown]
+# ## The summary of `results/controls`
+#
+# `python -m stablesam.controls_evidence results/controls` reads the folders below (those present), writes
+# `summary.md` (the verdict table and the tables behind it) and the figures, and records its command in
+# `config.json`; `stablesam-results check` derives `summary.md` again from the records.
+
+# %%
+#| export
+LR_FOLDERS = ('lr-sweep-10k-3ep', 'lr-sweep-10k-3ep-matched', 'lr-sweep-10k-3ep-factor-control')
+STABILITY = {'weight decay, FCN 10k': ('stability-fcn-10k-weight-decay', 'stability-fcn-10k-weight-decay-controls')}
+QUESTIONS = 'open-questions-fcn-10k-weight-decay'
+CORRELATION_ROOT = 'stability'   # beside the controls folder: Figures 5-7's records (the earlier MNIST copy)
+
+
+def _records(folder) -> list[dict]:
+    """The records of results folder `folder` ([] if it has none)."""
+    path = Path(folder) / 'records.jsonl'
+    return read_jsonl(path, torn_tail=True) if path.exists() else []
+
+
+def evidence_inputs(folder) -> dict:
+    """The records the summary reads: lr sweep, stability settings, open questions, correlation sources."""
+    folder = Path(folder)
+    lr = [r for f in LR_FOLDERS for r in _records(folder / f)]
+    stab = {name: [r for f in fs for r in _records(folder / f)] for name, fs in STABILITY.items()}
+    corr = {p.name + ' (earlier MNIST copy)': _records(p) for p in sorted((folder.parent / CORRELATION_ROOT).glob('*'))
+            if (p / 'records.jsonl').exists()}
+    corr.update({f'{name} (controls)': recs for name, recs in stab.items() if recs})
+    return dict(lr=lr, stability={k: v for k, v in stab.items() if v}, questions=_records(folder / QUESTIONS),
+                correlation=corr, present=[f for f in (*LR_FOLDERS, *(f for fs in STABILITY.values() for f in fs),
+                                                       QUESTIONS) if (folder / f / 'records.jsonl').exists()])
+
+
+def correlation_table(sources: dict) -> str:
+    """Pooled, fixed-epoch and within-run correlations per source, as a Markdown table."""
+    rows = []
+    for name, recs in sources.items():
+        c = correlations(recs)
+        rows.append(dict(setting=name, runs=c['runs'], pooled=c['pooled'],
+                         **{f'e{e}': r for e, r in c['at_epoch'].items()},
+                         within=f"{c['within_min']:.2f} / {c['within_median']:.2f} / {c['within_max']:.2f}"))
+    f = '{:.2f}'
+    return markdown_table(rows, dict(setting=('setting', None), runs=('runs', None), pooled=('pooled r', f),
+                                     e10=('r at epoch 10', f), e30=('epoch 30', f), e60=('epoch 60', f),
+                                     within=('within runs: min / median / max', None)))
+
+
+def summary_text(inputs: dict) -> str:
+    """The summary of `results/controls`: the verdict table, then the tables behind it."""
+    crit = critical_rows(inputs['lr']) if inputs['lr'] else []
+    rows = lr_verdicts(crit)
+    for name, recs in inputs['stability'].items(): rows += stability_verdicts(recs, name)
+    rows += correlation_verdicts(inputs['correlation'])
+    rows += question_verdicts(inputs['questions']) + factor_control_verdicts(crit)
+    parts = ['# Renormalization or a shorter step? Verdicts on real MNIST', '',
+             'Folders read: ' + ', '.join(inputs['present']), '', format_verdicts(rows), '']
+    if crit: parts += ['## Critical learning rates (lr sweep, 10,000 images, 3 epochs)', '',
+                       'Criterion (a): ' + CRITERIA['a'] + '; (b): ' + CRITERIA['b'] + '.', '',
+                       format_critical_rows(crit), '']
+    for name, recs in inputs['stability'].items():
+        parts += [f'## Stability, {name}: StableSAM against each optimizer', '',
+                  format_stability_rows(stability_rows(recs)), '']
+    parts += ['## Distance and generalisation error: three correlations', '', correlation_table(inputs['correlation']),
+              '']
+    return '\n'.join(parts)
+
+
+def summary_files(folder) -> dict:
+    """`{'summary.md': text}` of `results/controls` from the records of its folders."""
+    return {'summary.md': summary_text(evidence_inputs(folder))}
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
+#| export
+def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
+    """Share of failed seeds against the learning rate: rows criteria (a), (b); columns models; a line per optimizer."""
+    import matplotlib.pyplot as plt
+    from stablesam.style import figure_legend, plot_kwargs, wrapped
+    from stablesam.variants import variant_order
+    models = list(dict.fromkeys(r['model'] for r in records))
+    fig, axes = plt.subplots(2, len(models), figsize=figsize, squeeze=False, sharex=True, sharey=True,
+                             layout='constrained')
+    for i, crit in enumerate(CRITERIA):
+        fails = failures(records, crit)
+        for j, model in enumerate(models):
+            ax = axes[i, j]
+            for opt in variant_order([o for m, o in fails if m == model]):
+                f = fails[model, opt]
+                lrs = list(f)
+                ax.plot(lrs, [100 * f[lr].mean() for lr in lrs], lw=1.2, **plot_kwargs(opt, marker=True))
+            ax.axhline(50, color='0.6', lw=0.8, ls='--')
+            ax.set_xscale('log')
+            ax.set_title(wrapped(f"{model.upper()}, criterion ({crit})", 3.4, 9), fontsize=9)
+            ax.set_ylabel('seeds failed (%)', fontsize=8)
+            ax.set_xlabel('learning rate', fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    figure_legend(fig, 'dashed line: half the seeds (the critical lr is the largest lr at or below it)')
+    return fig
+
+
+def plot_distance_vs_loss(records: list[dict], figsize=(3.6, 3.2), key='param_distance'):
+    """Mean `key` against the mean training loss over seeds, one line per optimizer: the equal-loss comparison."""
+    import matplotlib.pyplot as plt
+    from stablesam.stability import curves
+    from stablesam.style import figure_legend, plot_kwargs, quantity
+    fig, ax = plt.subplots(figsize=figsize, layout='constrained')
+    loss, val = curves(records, 'train_loss'), curves(records, key)
+    for opt in loss:
+        keep = loss[opt][0] > 0
+        ax.plot(loss[opt][1][keep], quantity(key).scale * val[opt][1][keep], lw=1.2,
+                **plot_kwargs(opt, marker=True, points=int(keep.sum())))
+    ax.set_xscale('log')
+    ax.invert_xaxis()
+    ax.set_xlabel('training loss (mean over seeds; training runs right)', fontsize=8)
+    ax.set_ylabel(quantity(key).label, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    figure_legend(fig, 'one point an epoch')
+    return fig
+
+
+def plot_factor(records: list[dict], figsize=(3.6, 3.0)):
+    """The factor per epoch: StableSAM's applied and SAM's would-be, median with the 10th-90th percentile band."""
+    import matplotlib.pyplot as plt
+    from stablesam.stability import curves
+    from stablesam.style import figure_legend, plot_kwargs
+    fig, ax = plt.subplots(figsize=figsize, layout='constrained')
+    recs = [r for r in records if r.get('factor_p50') is not None]
+    p10, p50, p90 = (curves(recs, k) for k in ('factor_p10', 'factor_p50', 'factor_p90'))
+    for opt in p50:
+        kw = plot_kwargs(opt, marker=True, points=len(p50[opt][0]))
+        ax.plot(p50[opt][0], p50[opt][1], lw=1.2, **kw)
+        ax.fill_between(p50[opt][0], p10[opt][1], p90[opt][1], color=kw['color'], alpha=0.15, linewidth=0)
+    ax.axhline(1, color='0.6', lw=0.8, ls='--')
+    ax.set_xlabel('epoch', fontsize=8)
+    ax.set_ylabel('factor ||g|| / ||g_asc|| per step', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    figure_legend(fig, 'median of the steps; band: 10th-90th percentile (mean over seeds)')
+    return fig
+
+
+def write_figures(folder, inputs: dict) -> list:
+    """Write the figures of `summary_text`'s inputs into `folder`; returns their paths."""
+    import matplotlib.pyplot as plt
+    from stablesam.stability import plot_stability
+    from stablesam.style import save_figure
+    made = []
+    def save(fig, name):
+        try: made.extend(save_figure(fig, Path(folder) / name, dpi=200))
+        finally: plt.close(fig)
+    if inputs['lr']: save(plot_failures(inputs['lr']), 'lr_failures.png')
+    for name, recs in inputs['stability'].items():
+        slug = name.split(',')[0].replace(' ', '-')
+        save(plot_stability(recs, f"FCN on MNIST (10,000 images), {name.split(',')[0]}: StableSAM and step-matched "
+                                  "controls"), f'stability-{slug}.png')
+        save(plot_distance_vs_loss(recs), f'distance-vs-loss-{slug}.png')
+        save(plot_factor(recs), f'factor-{slug}.png')
+    return made
+
+
+def main(argv=None):
+    """`python -m stablesam.controls_evidence FOLDER`: FOLDER's summary.md, figures and config.json (the command)."""
+    from stablesam.runs import CONFIG, provenance, write_json
+    argv = sys.argv[1:] if argv is None else list(argv)
+    folder = Path(argv[0] if argv else 'results/controls')
+    inputs = evidence_inputs(folder)
+    for name, text in summary_files(folder).items(): (folder / name).write_text(text)
+    write_figures(folder, inputs)
+    write_json(folder / CONFIG, dict(experiment='controls', inputs=inputs['present'],
+                                     command=['python', '-m', 'stablesam.controls_evidence', str(folder)],
+                                     provenance=provenance()))
+    print((folder / 'summary.md').read_text())
+
+
+# %%
+#| eval: false
+#| export
+if __name__ == '__main__': main()   # python -m stablesam.controls_evidence FOLDER (not run in the notebook)
