@@ -10,6 +10,7 @@
 #| hide
 from fastcore.test import *
 import matplotlib.pyplot as plt
+from stablesam.stability import plot_stability
 
 # %%
 #| hide
@@ -670,3 +671,39 @@ def main(argv=None):
 #| eval: false
 #| export
 if __name__ == '__main__': main()   # python -m stablesam.controls_evidence FOLDER (not run in the notebook)
+
+# %% [markdown]
+# ## On real MNIST
+#
+# The records are in `results/controls/` (official MNIST files; each folder's `config.json` holds the command, the
+# data files' sha256 and the commit). What was run:
+#
+# - **learning-rate sweep** (`lr-sweep-10k-3ep`): FCN and LeNet, 10,000 training images, 3 epochs, momentum 0.9,
+#   batch 128, rho 0.05, 10 learning rates from 0.1 to 0.5623 (twelfth-decade steps, three times finer than the
+#   committed sweep), 5 seeds, SGD, SAM and StableSAM; `-matched`: SAM at lr x f, f from the StableSAM run with
+#   the same model, learning rate and seed; `-factor-control`: Remark 19's clamp at gamma0 0.1, 0.5, 0.9 and rho
+#   scaled by ||g|| (StableUSAM: with radius rho ||g|| the ascent step is rho g), FCN;
+# - **stability, weight decay** (`stability-fcn-10k-weight-decay`): Figure 6's setting (constant lr 0.01, weight
+#   decay 5e-4, no momentum, batch 128, 60 epochs) on the first 10,000 training images, StableSAM, 3 seeds;
+#   `-controls`: SGD, SAM and the three step-matched controls, f from the StableSAM pair of the same seed;
+# - **open questions** (`open-questions-fcn-10k-weight-decay`): the final models of the two folders above.
+#
+# The summary below is derived from those records each time this page runs (and by `stablesam-results check`).
+
+# %%
+FOLDER = Path('../results/controls')
+inputs = evidence_inputs(FOLDER) if FOLDER.exists() else None
+if inputs: print(summary_text(inputs))
+
+# %%
+if inputs and inputs['lr']:
+    fig = plot_failures(inputs['lr'])
+    plt.show()
+
+# %%
+if inputs:
+    for name, recs in inputs['stability'].items():
+        plot_stability(recs, f'{name}: StableSAM and step-matched controls')
+        plot_distance_vs_loss(recs)
+        plot_factor(recs)
+        plt.show()

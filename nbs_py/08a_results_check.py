@@ -147,7 +147,7 @@ test_eq(record_problems('f', dict(cfg, runs=3, unfinished='stopped for time'), r
 
 # %%
 #| export
-def folder_problems(folder, derive: bool = True) -> list:
+def folder_problems(folder) -> list:
     """Everything wrong with one results folder holding a `config.json` (empty: it checks out)."""
     folder = Path(folder)
     config = read_json(folder / CONFIG)
@@ -163,7 +163,7 @@ def folder_problems(folder, derive: bool = True) -> list:
         problems.append(f"{where}: made from code outside a checkout of this repository ({made['code'].get('source')})")
     if (folder / METRICS).exists(): return problems + run_folder_problems(folder, config)   # a training run
     if (folder / RECORDS).exists(): problems += record_problems(folder, config, read_jsonl(folder / RECORDS))
-    if not derive or problems: return problems
+    if problems: return problems
     for file, text in importlib.import_module(DERIVERS[name]).summary_files(folder).items():
         path = folder / file
         if not path.exists():

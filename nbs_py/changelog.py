@@ -128,6 +128,30 @@
 #   records (`tools/redraw_figures.py`), the stability figures as one column with the legend below and markers.
 
 # %% [markdown]
+# ### Renormalization or a shorter step? (issue 21)
+#
+# - **Step statistics in every epoch's metrics and records**: `update_norm` (the mean length of a step,
+#   $\|w_{t+1} - w_t\|$, measured by `stablesam.optim.StepChange`) for every optimizer, and for the SAM family the
+#   factor of each SAM step (applied by the Stable variants, the one SAM would have applied otherwise):
+#   `factor_mean`, `factor_p10/p50/p90`, and the mean `grad_norm` and `asc_grad_norm`. The stability records carry
+#   the S model's, the lr-sweep records also `init_train_loss` (the loss before the first step). The step length
+#   costs two more passes over the weights a step (3.5% of a StableSAM step's CPU time for the MNIST FCN).
+#   **Do:** nothing; readers of records see more keys (the regression fixtures check the old ones unchanged).
+# - **`lr_scale`** (`--lr-scale F` or `F1,F2,...` per epoch) multiplies the learning rate; **step-matched controls**
+#   in the registry: `sam-lrf` and `sgd-lrf` (lr x StableSAM's mean factor), `sam-lrf-epoch` (lr x each epoch's
+#   factor); `Variant.matched` says which. `stablesam-stability` and the lr sweep take `--match-from FOLDER`: each
+#   control follows the StableSAM run of its seed (and model and lr) recorded there, after the folder's settings and
+#   data files are checked (`stablesam.controls`).
+# - **Remark 19's clamp as variants**: `stablesam-clamp10`, `-clamp50`, `-clamp90` (gamma0 0.1, 0.5, 0.9). A
+#   variant's own `gamma0` flag is kept unless `--gamma0` is given (before, the Trainer passed `gamma0=None`).
+# - **`stablesam.controls_evidence`** (critical learning rates under two failure criteria with a bootstrap over
+#   seeds, seed-range comparisons at equal epochs and at equal training loss, correlations three ways, the verdict
+#   table; `python -m stablesam.controls_evidence results/controls`) and **`stablesam.open_questions`** (the loss
+#   barrier between final models, Hessian top eigenvalue and Hutchinson trace, FGSM/PGD accuracy with
+#   `torchattacks`; `python -m stablesam.open_questions`). New extra: `stablesam[attacks]` (torchattacks).
+# - `stablesam.data.normalization(dataset)`; `results_check.folder_problems` lost its unused `derive` parameter.
+
+# %% [markdown]
 # ## 0.2.0 (2026-12-01)
 #
 # - **Stability records are `records.jsonl`**, next to a `config.json` with the command, settings and wall time

@@ -75,7 +75,7 @@ def run_folder_problems(folder, config: dict) -> list:
     return []
 
 # %% ../nbs/08a_results_check.ipynb #cbf3cfad
-def folder_problems(folder, derive: bool = True) -> list:
+def folder_problems(folder) -> list:
     """Everything wrong with one results folder holding a `config.json` (empty: it checks out)."""
     folder = Path(folder)
     config = read_json(folder / CONFIG)
@@ -91,7 +91,7 @@ def folder_problems(folder, derive: bool = True) -> list:
         problems.append(f"{where}: made from code outside a checkout of this repository ({made['code'].get('source')})")
     if (folder / METRICS).exists(): return problems + run_folder_problems(folder, config)   # a training run
     if (folder / RECORDS).exists(): problems += record_problems(folder, config, read_jsonl(folder / RECORDS))
-    if not derive or problems: return problems
+    if problems: return problems
     for file, text in importlib.import_module(DERIVERS[name]).summary_files(folder).items():
         path = folder / file
         if not path.exists():
