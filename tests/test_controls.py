@@ -1,4 +1,6 @@
 """The step-matched controls on the command line: a control without its factor is a usage error naming the fix."""
+import json
+
 from stablesam.cli import main as train_main
 from stablesam.data import write_fake_mnist
 from stablesam.robustness import main as robustness_main
@@ -27,6 +29,5 @@ def test_a_control_trains_at_the_scaled_lr(tmp_path, capsys):
     assert train_main(['--dataset', 'mnist', '--data-root', str(tmp_path / 'data'), '--model', 'fcn', '--epochs', '2',
                        '--batch-size', '32', '--optimizer', 'sam-lrf', '--lr', '0.1', '--lr-scale', '0.5,0.25',
                        '--schedule', 'constant', '--no-augment', '--no-progress', '--out', str(out)]) == 0
-    import json
     lrs = [json.loads(line)['lr'] for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert lrs == [0.05, 0.025]
