@@ -454,7 +454,9 @@ from stablesam.data import write_fake_mnist
 from stablesam.experiment import RECORDS
 from stablesam.runs import read_jsonl
 from stablesam.stability import main as stability_main
+from stablesam.train import Trainer
 
+# %%
 _tmp = Path(tempfile.mkdtemp())
 write_fake_mnist(_tmp / 'data', 160, 64)
 _common = ['--data-root', str(_tmp / 'data'), '--no-download', '--device', 'cpu', '--quiet', '--epochs', '2',
@@ -483,7 +485,6 @@ print(summary_files(_tmp / 'oq')['summary.md'])
 # A Trainer of a seed starts from `initial_model` of that seed: the batch-order reference starts where the pair did.
 
 # %%
-from stablesam.train import Trainer
 _cfg, _sub = folder_config(_tmp / 'ctl', 'sam', 1, _tmp / 'data')
 _train, _data = pair_data(_cfg, _sub)
 _t = Trainer(_cfg, data=_data)
