@@ -152,6 +152,7 @@ test_eq((opt.schedule.count, opt.schedule.sam_steps), (20, 4))
 # | Section 5.3, Tables 2-3 | CIFAR-10/100 and ImageNet training | [data](03_data.ipynb), [models](04_models.ipynb), [config](04a_config.ipynb) (presets), [runs](04b_runs.ipynb) (run folders), [train](05_train.ipynb), [cli](05a_cli.ipynb) (`stablesam-train`) | GPU |
 # | Section 5.4, Table 4 | label noise | [config](04a_config.ipynb), [train](05_train.ipynb) | GPU |
 # | Tables 2-4 from run folders | mean $\pm$ std over seeds | [results](08_results.ipynb) | CPU |
+# | Section 6, and the controls the paper lacks (issue 21) | step-matched SAM/SGD at lr x StableSAM's factor, two failure criteria and a bootstrapped critical lr, correlations three ways, loss barrier, Hessian eigenvalue and trace, FGSM/PGD | [controls](04d_controls.ipynb), [controls_evidence](06c_controls_evidence.ipynb), [open_questions](06d_open_questions.ipynb) | CPU |
 # | all experiments | one runner: specs in, records out, resumable; inline, spawned processes or SLURM (submitit) | [experiment](04c_experiment.ipynb) | CPU, cluster |
 # | all figures and tables | one registry of optimizer variants; one label, colour and marker each; axis labels for every recorded quantity | [variants](00_variants.ipynb), [style](00_style.ipynb) | CPU |
 
