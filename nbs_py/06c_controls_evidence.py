@@ -237,14 +237,29 @@ assert _lo == 0.1 and _hi == 0.4, (_lo, _hi)   # resamples with seed 3 twice pas
 
 # %%
 #| export
+def complete_grid(fails: dict) -> tuple:
+    """`(fails, end)`: the learning rates up to the first with fewer seeds than the most, and that lr (None: all)."""
+    full, kept = max(len(f) for f in fails.values()), {}
+    for lr, f in fails.items():
+        if len(f) < full: return kept, lr
+        kept[lr] = f
+    return kept, None
+
+
 def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
-    """Per model, optimizer and criterion: the critical learning rate, its bootstrap interval and the seed count."""
+    """Per model, optimizer and criterion: the critical learning rate, its bootstrap interval and the seed count.
+
+    A step-matched control has no run where its StableSAM run left no factor (it diverged in its first epoch); its
+    grid ends below the first such learning rate (`grid_end`), and a critical lr at the grid's end is a lower bound."""
     rows = []
     for criterion in CRITERIA:
         for (model, opt), fails in failures(records, criterion).items():
+            fails, end = complete_grid(fails)
             lo, hi = critical_interval(fails, n_boot)
-            rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=critical_lr(fails), lo=lo,
-                             hi=hi, seeds=min(len(f) for f in fails.values()),
+            crit = critical_lr(fails)
+            rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=crit, lo=lo, hi=hi,
+                             seeds=min(len(f) for f in fails.values()), grid_end=end,
+                             lower_bound=end is not None and crit == max(fails),
                              failed={lr: int(f.sum()) for lr, f in fails.items()}))
     return rows
 
@@ -252,12 +267,21 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
 def format_critical_rows(rows: list[dict]) -> str:
     """A Markdown table of `critical_rows`."""
     def lr(v): return 'below the grid' if v is None else f'{v:g}'
-    out = [dict(r, optimizer=optimizer_style(r['optimizer']).label, critical=lr(r['critical']),
-                interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]") for r in rows]
+    out = [dict(r, optimizer=optimizer_style(r['optimizer']).label,
+                critical=('>= ' if r.get('lower_bound') else '') + lr(r['critical']),
+                interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]",
+                end=None if r.get('grid_end') is None else f"{r['grid_end']:g}") for r in rows]
     return markdown_table(out, dict(model=('model', None), criterion=('criterion', None),
                                     optimizer=('optimizer', None), critical=('critical lr', None),
-                                    interval=('90% bootstrap interval', None), seeds=('seeds', None)))
+                                    interval=('90% bootstrap interval', None), seeds=('seeds', None),
+                                    end=('grid ends below (no StableSAM factor)', None)))
 
+
+# %%
+_kept, _end = complete_grid({0.1: np.zeros(4), 0.2: np.zeros(2), 0.4: np.zeros(4)})
+test_eq((list(_kept), _end), ([0.1], 0.2))   # a control's grid ends where its StableSAM run left no factor
+_rows = critical_rows(_sweep, n_boot=200)
+test_eq([(r['criterion'], r['critical'], r['grid_end']) for r in _rows], [('a', 0.2, None), ('b', 0.2, None)])
 
 # %% [markdown]
 # ## 3. Distance and generalisation error: correlated three ways
@@ -317,7 +341,8 @@ test_eq(correlations(_cr, epochs=(5,))['at_epoch'][5], None)   # no run at epoch
 def interval_verdict(a: dict, b: dict) -> str:
     """'holds': `a`'s critical lr above `b`'s, intervals disjoint; 'does not hold': not higher; else 'cannot tell'."""
     def v(x): return -np.inf if x is None else x
-    if v(a['critical']) <= v(b['critical']): return 'does not hold'
+    if v(a['critical']) <= v(b['critical']): return 'cannot tell' if a.get('lower_bound') else 'does not hold'
+    if b.get('lower_bound'): return 'cannot tell'   # b's grid ended: b may be as high
     return 'holds' if v(a['lo']) > v(b['hi']) else 'cannot tell'
 
 
@@ -339,6 +364,8 @@ test_eq(interval_verdict(dict(critical=0.3, lo=0.26, hi=0.38), dict(critical=0.2
 test_eq(interval_verdict(dict(critical=0.3, lo=0.2, hi=0.38), dict(critical=0.2, lo=0.17, hi=0.26)), 'cannot tell')
 test_eq(interval_verdict(dict(critical=None, lo=None, hi=None), dict(critical=0.2, lo=0.17, hi=0.26)),
         'does not hold')
+test_eq(interval_verdict(dict(critical=0.3, lo=0.26, hi=0.38), dict(critical=0.2, lo=0.17, hi=0.2, lower_bound=True)),
+        'cannot tell')
 test_eq(range_verdict(compare_runs({0: 1., 1: 2.}, {0: 3., 1: 4.})), 'holds')
 test_eq(range_verdict(compare_runs({0: 1., 1: 3.5}, {0: 3., 1: 4.})), 'cannot tell')
 test_eq(range_verdict(compare_runs({0: 3., 1: 4.5}, {0: 3., 1: 4.})), 'does not hold')
@@ -351,9 +378,11 @@ test_eq(range_verdict(compare_runs({0: 3., 1: 4.5}, {0: 3., 1: 4.})), 'does not 
 # %%
 #| export
 def _lr_text(r: dict) -> str:
-    """A critical-lr row as 'lr [lo, hi]'."""
+    """A critical-lr row as 'lr [lo, hi]' ('>= lr' where the grid ended there)."""
     def f(v): return 'below the grid' if v is None else f'{v:g}'
-    return f"{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]"
+    bound = '>= ' if r.get('lower_bound') else ''
+    end = '' if r.get('grid_end') is None else f" (grid ends below {r['grid_end']:g})"
+    return f"{bound}{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]{end}"
 
 
 def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) -> list[dict]:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['STABILITY_KEYS', 'OTHERS', 'CRITERIA', 'LR_FOLDERS', 'STABILITY', 'QUESTIONS', 'CORRELATION_ROOT', 'run_values',
            'compare_runs', 'common_loss', 'stability_rows', 'format_stability_rows', 'run_failed', 'failures',
-           'critical_lr', 'critical_interval', 'critical_rows', 'format_critical_rows', 'correlations',
+           'critical_lr', 'critical_interval', 'complete_grid', 'critical_rows', 'format_critical_rows', 'correlations',
            'interval_verdict', 'range_verdict', 'fmt_range', 'lr_verdicts', 'stability_verdicts',
            'correlation_verdicts', 'format_verdicts', 'question_verdicts', 'factor_control_verdicts', 'evidence_inputs',
            'correlation_table', 'summary_text', 'summary_files', 'plot_failures', 'plot_distance_vs_loss',
@@ -136,14 +136,29 @@ def critical_interval(fails: dict, n_boot: int = 2000, seed: int = 0, level: flo
     return (None if lo < min(fails) else float(lo)), (None if hi < min(fails) else float(hi))
 
 # %% ../nbs/06c_controls_evidence.ipynb #3ec51bad
+def complete_grid(fails: dict) -> tuple:
+    """`(fails, end)`: the learning rates up to the first with fewer seeds than the most, and that lr (None: all)."""
+    full, kept = max(len(f) for f in fails.values()), {}
+    for lr, f in fails.items():
+        if len(f) < full: return kept, lr
+        kept[lr] = f
+    return kept, None
+
+
 def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
-    """Per model, optimizer and criterion: the critical learning rate, its bootstrap interval and the seed count."""
+    """Per model, optimizer and criterion: the critical learning rate, its bootstrap interval and the seed count.
+
+    A step-matched control has no run where its StableSAM run left no factor (it diverged in its first epoch); its
+    grid ends below the first such learning rate (`grid_end`), and a critical lr at the grid's end is a lower bound."""
     rows = []
     for criterion in CRITERIA:
         for (model, opt), fails in failures(records, criterion).items():
+            fails, end = complete_grid(fails)
             lo, hi = critical_interval(fails, n_boot)
-            rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=critical_lr(fails), lo=lo,
-                             hi=hi, seeds=min(len(f) for f in fails.values()),
+            crit = critical_lr(fails)
+            rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=crit, lo=lo, hi=hi,
+                             seeds=min(len(f) for f in fails.values()), grid_end=end,
+                             lower_bound=end is not None and crit == max(fails),
                              failed={lr: int(f.sum()) for lr, f in fails.items()}))
     return rows
 
@@ -151,11 +166,14 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
 def format_critical_rows(rows: list[dict]) -> str:
     """A Markdown table of `critical_rows`."""
     def lr(v): return 'below the grid' if v is None else f'{v:g}'
-    out = [dict(r, optimizer=optimizer_style(r['optimizer']).label, critical=lr(r['critical']),
-                interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]") for r in rows]
+    out = [dict(r, optimizer=optimizer_style(r['optimizer']).label,
+                critical=('>= ' if r.get('lower_bound') else '') + lr(r['critical']),
+                interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]",
+                end=None if r.get('grid_end') is None else f"{r['grid_end']:g}") for r in rows]
     return markdown_table(out, dict(model=('model', None), criterion=('criterion', None),
                                     optimizer=('optimizer', None), critical=('critical lr', None),
-                                    interval=('90% bootstrap interval', None), seeds=('seeds', None)))
+                                    interval=('90% bootstrap interval', None), seeds=('seeds', None),
+                                    end=('grid ends below (no StableSAM factor)', None)))
 
 # %% ../nbs/06c_controls_evidence.ipynb #57e39b8b
 def _corr(x, y) -> float | None:
@@ -181,7 +199,8 @@ def correlations(records: list[dict], epochs=(10, 30, 60), a='param_distance', b
 def interval_verdict(a: dict, b: dict) -> str:
     """'holds': `a`'s critical lr above `b`'s, intervals disjoint; 'does not hold': not higher; else 'cannot tell'."""
     def v(x): return -np.inf if x is None else x
-    if v(a['critical']) <= v(b['critical']): return 'does not hold'
+    if v(a['critical']) <= v(b['critical']): return 'cannot tell' if a.get('lower_bound') else 'does not hold'
+    if b.get('lower_bound'): return 'cannot tell'   # b's grid ended: b may be as high
     return 'holds' if v(a['lo']) > v(b['hi']) else 'cannot tell'
 
 
@@ -199,9 +218,11 @@ def fmt_range(c: dict, p: str) -> str:
 
 # %% ../nbs/06c_controls_evidence.ipynb #c81d6d69
 def _lr_text(r: dict) -> str:
-    """A critical-lr row as 'lr [lo, hi]'."""
+    """A critical-lr row as 'lr [lo, hi]' ('>= lr' where the grid ended there)."""
     def f(v): return 'below the grid' if v is None else f'{v:g}'
-    return f"{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]"
+    bound = '>= ' if r.get('lower_bound') else ''
+    end = '' if r.get('grid_end') is None else f" (grid ends below {r['grid_end']:g})"
+    return f"{bound}{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]{end}"
 
 
 def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) -> list[dict]:
