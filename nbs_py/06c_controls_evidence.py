@@ -283,6 +283,7 @@ test_eq((list(_kept), _end), ([0.1], 0.2))   # a control's grid ends where its S
 _rows = critical_rows(_sweep, n_boot=200)
 test_eq([(r['criterion'], r['critical'], r['grid_end']) for r in _rows], [('a', 0.2, None), ('b', 0.2, None)])
 
+
 # %% [markdown]
 # ## 3. Distance and generalisation error: correlated three ways
 #
