@@ -147,6 +147,15 @@ def wrapped(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(int(inches * 72 / (0.6 * fontsize)), 12), break_on_hyphens=False)
 
 
+def log_lr_axis(ax):
+    """A logarithmic learning-rate x axis labelled at 1, 2 and 5 times each power of ten, in plain numbers."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    ax.set_xscale('log')
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def figure_legend(fig, title: str | None = None, fontsize: float = 8, loc: str = 'outside lower center'):
     """One legend for all of `fig`'s labelled lines, outside its panels (it hides no line), in the columns that fit."""
     handles = {}

@@ -51,7 +51,8 @@ from stablesam.experiment import RECORDS, add_common, command, executor_options,
 from stablesam.models import MODELS
 from stablesam.results import PROTOCOLS, run_scores
 from stablesam.runs import CONFIG, read_json, read_jsonl, strict_json
-from stablesam.style import figure_legend, markdown_table, optimizer_style, plot_kwargs, quantity, save_figure
+from stablesam.style import (figure_legend, log_lr_axis, markdown_table, optimizer_style, plot_kwargs, quantity,
+                             save_figure)
 from stablesam.controls import match_source, match_specs
 from stablesam.train import STEP_KEYS, Diverged, Trainer
 from stablesam.variants import VARIANTS, variant, variant_order
@@ -290,8 +291,8 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
             if band: axs[1, j].fill_between(lr, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
         n = rs[0]['runs']
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
-        axs[1, j].set(xscale='log', xlabel=quantity('lr').label, ylim=(0, 100),
-                      ylabel=f"final {quantity('test_acc').label}")
+        axs[1, j].set(xlabel=quantity('lr').label, ylim=(0, 100), ylabel=f"final {quantity('test_acc').label}")
+        log_lr_axis(axs[1, j])
         for ax in axs[:, j]: ax.grid(alpha=0.3)
     figure_legend(fig, f'{n} seeds each; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
     return fig

@@ -159,7 +159,9 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
             rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=crit, lo=lo, hi=hi,
                              seeds=min(len(f) for f in fails.values()), grid_end=end,
                              lower_bound=end is not None and crit == max(fails),
-                             failed={lr: int(f.sum()) for lr, f in fails.items()}))
+                             failed={lr: int(f.sum()) for lr, f in fails.items()},
+                             failed_runs=int(sum(f.sum() for f in fails.values())),
+                             grid_runs=sum(len(f) for f in fails.values())))
     return rows
 
 
@@ -169,10 +171,12 @@ def format_critical_rows(rows: list[dict]) -> str:
     out = [dict(r, optimizer=optimizer_style(r['optimizer']).label,
                 critical=('>= ' if r.get('lower_bound') else '') + lr(r['critical']),
                 interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]",
-                end=None if r.get('grid_end') is None else f"{r['grid_end']:g}") for r in rows]
+                end=None if r.get('grid_end') is None else f"{r['grid_end']:g}",
+                total=f"{r['failed_runs']} of {r['grid_runs']}") for r in rows]
     return markdown_table(out, dict(model=('model', None), criterion=('criterion', None),
                                     optimizer=('optimizer', None), critical=('critical lr', None),
                                     interval=('90% bootstrap interval', None), seeds=('seeds', None),
+                                    total=('failed runs on its grid', None),
                                     end=('grid ends below (no StableSAM factor)', None)))
 
 # %% ../nbs/06c_controls_evidence.ipynb #57e39b8b
@@ -421,7 +425,7 @@ def summary_files(folder) -> dict:
 def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
     """Share of failed seeds against the learning rate: rows criteria (a), (b); columns models; a line per optimizer."""
     import matplotlib.pyplot as plt
-    from stablesam.style import figure_legend, plot_kwargs, wrapped
+    from stablesam.style import figure_legend, log_lr_axis, plot_kwargs, wrapped
     from stablesam.variants import variant_order
     models = list(dict.fromkeys(r['model'] for r in records))
     fig, axes = plt.subplots(2, len(models), figsize=figsize, squeeze=False, sharex=True, sharey=True,
@@ -435,7 +439,7 @@ def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
                 lrs = list(f)
                 ax.plot(lrs, [100 * f[lr].mean() for lr in lrs], lw=1.2, **plot_kwargs(opt, marker=True))
             ax.axhline(50, color='0.6', lw=0.8, ls='--')
-            ax.set_xscale('log')
+            log_lr_axis(ax)
             ax.set_title(wrapped(f"{model.upper()}, criterion ({crit})", 3.4, 9), fontsize=9)
             ax.set_ylabel('seeds failed (%)', fontsize=8)
             ax.set_xlabel('learning rate', fontsize=8)
