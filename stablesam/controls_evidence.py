@@ -210,7 +210,7 @@ def interval_verdict(a: dict, b: dict) -> str:
 
 def range_verdict(c: dict) -> str:
     """'holds' if the first seed range lies below the second, 'does not hold' if above or not lower on average."""
-    if c.get('a_mean') is None: return 'cannot tell'
+    if c.get('a_mean') is None or min(c['a_seeds'], c['b_seeds']) < 2: return 'cannot tell'   # one seed: no spread
     if c['below']: return 'holds'
     if c['above'] or c['a_mean'] >= c['b_mean']: return 'does not hold'
     return 'cannot tell'
@@ -435,7 +435,7 @@ def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
         for j, model in enumerate(models):
             ax = axes[i, j]
             for opt in variant_order([o for m, o in fails if m == model]):
-                f = fails[model, opt]
+                f = complete_grid(fails[model, opt])[0]   # a control's grid ends where StableSAM left no factor
                 lrs = list(f)
                 ax.plot(lrs, [100 * f[lr].mean() for lr in lrs], lw=1.2, **plot_kwargs(opt, marker=True))
             ax.axhline(50, color='0.6', lw=0.8, ls='--')
