@@ -85,9 +85,13 @@ test_fail(lambda: matched_lr_scale('sam', [0.9]), contains="not a step-matched c
 #| export
 def _data_problems(source: dict, data_root) -> list[str]:
     """The data files in `source`'s provenance whose checksum differs from the file of that name under `data_root`."""
-    root, problems = Path(data_root), []
+    root, problems = Path(data_root).resolve(), []
     for path, digest in ((source.get('provenance') or {}).get('data') or {}).items():
-        here = next(root.rglob(Path(path).name), None) if root.exists() else None
+        path = Path(path)
+        if path.exists():   # the file itself, if it is one of this data root's (a process may read other datasets)
+            here = path if path.resolve().is_relative_to(root) else None
+        else:               # the source was made in another checkout: the file of that name here
+            here = next(root.rglob(path.name), None) if root.exists() else None
         if here is not None and file_sha256(here) != digest:
             problems.append(f"{Path(path).name}: sha256 {digest[:12]}... there, {file_sha256(here)[:12]}... here")
     return problems
@@ -156,6 +160,11 @@ src = dict(settings=dict(train=dict(lr=0.01), subset=100),
 test_eq(len(match_source(tmp / 'src', src['settings'], ['train', 'subset'], tmp / 'data')), 3)
 test_fail(lambda: match_source(tmp / 'src', dict(src['settings'], subset=50), ['train', 'subset'], tmp / 'data'),
           contains="other settings (subset: 100 there, 50 here)")
+(tmp / 'other').mkdir()
+(tmp / 'other' / 'f.bin').write_bytes(b'xyz')   # a file of the same name in another data root: not this one's
+src['provenance']['data'][str(tmp / 'other' / 'f.bin')] = file_sha256(tmp / 'other' / 'f.bin')
+(tmp / 'src' / CONFIG).write_text(json.dumps(src))
+test_eq(len(match_source(tmp / 'src', src['settings'], ['train'], tmp / 'data')), 3)
 (tmp / 'data' / 'f.bin').write_bytes(b'abcd')
 test_fail(lambda: match_source(tmp / 'src', src['settings'], ['train'], tmp / 'data'),
           contains='other data files (f.bin')

@@ -34,9 +34,13 @@ def matched_lr_scale(name: str, factors: list[float]) -> str | None:
 # %% ../nbs/04d_controls.ipynb #006fc6e8
 def _data_problems(source: dict, data_root) -> list[str]:
     """The data files in `source`'s provenance whose checksum differs from the file of that name under `data_root`."""
-    root, problems = Path(data_root), []
+    root, problems = Path(data_root).resolve(), []
     for path, digest in ((source.get('provenance') or {}).get('data') or {}).items():
-        here = next(root.rglob(Path(path).name), None) if root.exists() else None
+        path = Path(path)
+        if path.exists():   # the file itself, if it is one of this data root's (a process may read other datasets)
+            here = path if path.resolve().is_relative_to(root) else None
+        else:               # the source was made in another checkout: the file of that name here
+            here = next(root.rglob(path.name), None) if root.exists() else None
         if here is not None and file_sha256(here) != digest:
             problems.append(f"{Path(path).name}: sha256 {digest[:12]}... there, {file_sha256(here)[:12]}... here")
     return problems
