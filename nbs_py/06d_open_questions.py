@@ -94,9 +94,10 @@ def loss_acc(model: nn.Module, batches) -> tuple:
     return loss / n, correct / n
 
 
-def interpolate(model_a: nn.Module, model_b: nn.Module, sets: dict, alphas=np.linspace(0, 1, 11)) -> list[dict]:
-    """Loss and accuracy on each of `sets` (name -> batches) along (1 - alpha) w_a + alpha w_b, per alpha."""
+def interpolate(model_a: nn.Module, model_b: nn.Module, sets: dict, alphas=None) -> list[dict]:
+    """Loss and accuracy on each of `sets` (name -> batches) along (1 - alpha) w_a + alpha w_b (default: 11 alphas)."""
     import copy
+    alphas = np.linspace(0, 1, 11) if alphas is None else alphas
     mid, a, b = copy.deepcopy(model_a), model_a.state_dict(), model_b.state_dict()
     rows = []
     for alpha in alphas:
