@@ -267,12 +267,16 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
     return rows
 
 
+def _lr(v) -> str:
+    """A critical learning rate, or 'below the grid' for None."""
+    return 'below the grid' if v is None else f'{v:g}'
+
+
 def format_critical_rows(rows: list[dict]) -> str:
     """A Markdown table of `critical_rows`."""
-    def lr(v): return 'below the grid' if v is None else f'{v:g}'
     out = [dict(r, optimizer=optimizer_style(r['optimizer']).label,
-                critical=('>= ' if r.get('lower_bound') else '') + lr(r['critical']),
-                interval=f"[{lr(r['lo'])}, {lr(r['hi'])}]",
+                critical=('>= ' if r.get('lower_bound') else '') + _lr(r['critical']),
+                interval=f"[{_lr(r['lo'])}, {_lr(r['hi'])}]",
                 end=None if r.get('grid_end') is None else f"{r['grid_end']:g}",
                 total=f"{r['failed_runs']} of {r['grid_runs']}") for r in rows]
     return markdown_table(out, dict(model=('model', None), criterion=('criterion', None),
@@ -387,10 +391,9 @@ test_eq(range_verdict(compare_runs({0: 1., 1: 2.}, {0: 3.})), 'cannot tell')
 #| export
 def _lr_text(r: dict) -> str:
     """A critical-lr row as 'lr [lo, hi]' ('>= lr' where the grid ended there)."""
-    def f(v): return 'below the grid' if v is None else f'{v:g}'
     bound = '>= ' if r.get('lower_bound') else ''
     end = '' if r.get('grid_end') is None else f" (grid ends below {r['grid_end']:g})"
-    return f"{bound}{f(r['critical'])} [{f(r['lo'])}, {f(r['hi'])}]{end}"
+    return f"{bound}{_lr(r['critical'])} [{_lr(r['lo'])}, {_lr(r['hi'])}]{end}"
 
 
 def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) -> list[dict]:
@@ -414,9 +417,8 @@ def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) ->
 def stability_verdicts(records: list[dict], setting: str, others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
     """Rows: is StableSAM's distance (generalisation error) below each of `others`' at the last epoch and equal loss?"""
     rows = []
-    for r in stability_rows(records, others=[o for o in others]):
-        c = r
-        if c.get('a_mean') is None and c.get('a_seeds') is None: continue
+    for c in stability_rows(records, others=others):
+        r = c
         what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[r['quantity']]
         numbers = '-' if c.get('a_mean') is None else (
             f"StableSAM {fmt_range(c, 'a')}; {optimizer_style(r['other']).label} {fmt_range(c, 'b')}; "

@@ -42,6 +42,7 @@ from torch import nn
 
 from stablesam.data import normalization
 from stablesam.landscape import hessian_vector_product, model_loss_fn, top_hessian_eig
+from stablesam.stability import param_distance as distance   # ||w_a - w_b|| / (||w_a|| + ||w_b||)
 
 
 # %% [markdown]
@@ -112,13 +113,6 @@ def barrier(rows: list[dict], key: str = 'train_loss') -> float:
     """The largest rise of `key` along the path above the straight line between its two ends."""
     ends = rows[0][key], rows[-1][key]
     return max(r[key] - ((1 - r['alpha']) * ends[0] + r['alpha'] * ends[1]) for r in rows)
-
-
-def distance(model_a: nn.Module, model_b: nn.Module) -> float:
-    """||w_a - w_b|| / (||w_a|| + ||w_b||), as in the stability experiment."""
-    pa, pb = [p.detach().double() for p in model_a.parameters()], [p.detach().double() for p in model_b.parameters()]
-    diff = sum(((x - y) ** 2).sum() for x, y in zip(pa, pb)).sqrt()
-    return float(diff / (sum((x ** 2).sum() for x in pa).sqrt() + sum((y ** 2).sum() for y in pb).sqrt()))
 
 
 # %%
