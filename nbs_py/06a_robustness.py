@@ -289,12 +289,13 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
             hi = np.array([np.nan if r['acc_max'] is None else 100 * r['acc_max'] for r in rs])
             axs[1, j].plot(lr, mean, lw=1.2, **kw)
             if band: axs[1, j].fill_between(lr, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
-        n = rs[0]['runs']
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
         axs[1, j].set(xlabel=quantity('lr').label, ylim=(0, 100), ylabel=f"final {quantity('test_acc').label}")
         log_lr_axis(axs[1, j])
         for ax in axs[:, j]: ax.grid(alpha=0.3)
-    figure_legend(fig, f'{n} seeds each; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
+    ns = sorted({r['runs'] for r in rows})   # a matched control leaves out the seeds whose source diverged
+    seeds = f'{ns[0]} seeds each' if len(ns) == 1 else f'{ns[0]}-{ns[-1]} seeds a point'
+    figure_legend(fig, f'{seeds}; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
     return fig
 
 
@@ -330,6 +331,21 @@ def compare_divergence(records: list[dict], a='stablesam', b='sam') -> dict:
     return out
 
 
+def critical_lr(fails: dict) -> float | None:
+    """The largest learning rate (key of `fails`: lr -> failed flags, one per seed) at which at most half fail."""
+    ok = [lr for lr, f in fails.items() if np.sum(f) <= len(f) / 2]
+    return max(ok) if ok else None
+
+
+
+# %% [markdown]
+# An optimizer's **critical learning rate** is the largest at which at most half its seeds fail; `critical_lr` takes
+# the failed flags per learning rate, whatever decided them (divergence here; issue 21's two criteria in
+# `stablesam.controls_evidence`).
+
+# %%
+test_eq(critical_lr({0.1: [False] * 4, 0.2: [True, True, False, False], 0.4: [True, True, True, False]}), 0.2)
+test_eq(critical_lr({0.1: [True, True, False]}), None)   # two of three fail at the smallest lr: none
 
 # %% [markdown]
 # The quick configuration of the same code (generated data, so it only shows that the sweep, its

@@ -48,6 +48,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from stablesam.robustness import critical_lr
 from stablesam.runs import read_jsonl
 from stablesam.style import figure_legend, markdown_table, optimizer_style
 from stablesam.variants import variant_order
@@ -104,22 +105,21 @@ test_fail(lambda: gain_kept({'v': {0: 1.}, 'sgd': {0: 1.}, 'stablesam': {0: 1.}}
 
 # %%
 #| export
-def critical_lr(records: list[dict], optimizer: str, model='fcn') -> float | None:
-    """The largest learning rate at which at most half the seeds of `optimizer` diverged (None: every lr failed)."""
+def divergence_critical_lr(records: list[dict], optimizer: str, model='fcn') -> float | None:
+    """`critical_lr` of `optimizer` with divergence as the failure (None: every lr failed)."""
     last = {}
     for r in records:
         if r['optimizer'] == optimizer and r.get('model', model) == model: last[(r['lr'], r['seed'])] = r
     by_lr = {}
     for (lr, _), r in last.items(): by_lr.setdefault(lr, []).append(bool(r['diverged']))
-    ok = [lr for lr, div in by_lr.items() if sum(div) <= len(div) / 2]
-    return max(ok) if ok else None
+    return critical_lr(by_lr)
 
 
 # %%
 recs = [dict(optimizer='sam', model='fcn', lr=lr, seed=s, epoch=1, diverged=(lr > 0.2 and s < 2) or lr > 0.5)
         for lr in (0.1, 0.3, 0.6) for s in range(4)]
-test_eq(critical_lr(recs, 'sam'), 0.3)          # 2 of 4 diverged at 0.3: at most half
-test_eq(critical_lr([dict(r, diverged=True) for r in recs], 'sam'), None)
+test_eq(divergence_critical_lr(recs, 'sam'), 0.3)          # 2 of 4 diverged at 0.3: at most half
+test_eq(divergence_critical_lr([dict(r, diverged=True) for r in recs], 'sam'), None)
 
 # %% [markdown]
 # One row per optimizer joins the three: accuracy and share kept at each noise level, the critical learning rate,
@@ -158,7 +158,7 @@ def efficiency_rows(noise_records: dict, speed: dict, lr_records=(), goal_metric
                 row[f'kept_{key}'] = g['share'] if g else None
                 row[f'lo_{key}'], row[f'hi_{key}'] = (g['lo'], g['hi']) if g else (None, None)
                 row[f'ci_{key}'] = f"[{g['lo']:.2f}, {g['hi']:.2f}]" if g else None
-        if lr_records: row['critical_lr'] = critical_lr(lr_records, name)
+        if lr_records: row['critical_lr'] = divergence_critical_lr(lr_records, name)
         k80 = row.get(f'kept_{goal_metric}80')
         row['goal'] = (None if k80 is None or row['cost'] is None
                        else 'yes' if k80 >= GOAL_SHARE and row['cost'] <= GOAL_COST else 'no')

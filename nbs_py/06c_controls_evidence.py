@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stablesam.robustness import critical_lr
 from stablesam.runs import read_jsonl
 from stablesam.style import markdown_table, optimizer_style
 
@@ -195,12 +196,6 @@ def failures(records: list[dict], criterion: str) -> dict:
     for (model, opt, lr, seed), run in sorted(runs.items()):
         out.setdefault((model, opt), {}).setdefault(lr, []).append(run_failed(run, criterion))
     return {k: {lr: np.array(v) for lr, v in sorted(by_lr.items())} for k, by_lr in out.items()}
-
-
-def critical_lr(fails: dict) -> float | None:
-    """The largest learning rate (key of `fails`: lr -> failed flags) at which at most half the seeds fail."""
-    ok = [lr for lr, f in fails.items() if f.sum() <= len(f) / 2]
-    return max(ok) if ok else None
 
 
 def critical_interval(fails: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.9) -> tuple:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['STABILITY_KEYS', 'OTHERS', 'CRITERIA', 'LR_FOLDERS', 'STABILITY', 'QUESTIONS', 'CORRELATION_ROOT', 'run_values',
            'compare_runs', 'common_loss', 'stability_rows', 'format_stability_rows', 'run_failed', 'failures',
-           'critical_lr', 'critical_interval', 'complete_grid', 'critical_rows', 'format_critical_rows', 'correlations',
+           'critical_interval', 'complete_grid', 'critical_rows', 'format_critical_rows', 'correlations',
            'interval_verdict', 'range_verdict', 'fmt_range', 'lr_verdicts', 'stability_verdicts',
            'correlation_verdicts', 'format_verdicts', 'question_verdicts', 'factor_control_verdicts', 'evidence_inputs',
            'correlation_table', 'summary_text', 'summary_files', 'plot_failures', 'plot_distance_vs_loss',
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .robustness import critical_lr
 from .runs import read_jsonl
 from .style import markdown_table, optimizer_style
 
@@ -118,12 +119,6 @@ def failures(records: list[dict], criterion: str) -> dict:
     for (model, opt, lr, seed), run in sorted(runs.items()):
         out.setdefault((model, opt), {}).setdefault(lr, []).append(run_failed(run, criterion))
     return {k: {lr: np.array(v) for lr, v in sorted(by_lr.items())} for k, by_lr in out.items()}
-
-
-def critical_lr(fails: dict) -> float | None:
-    """The largest learning rate (key of `fails`: lr -> failed flags) at which at most half the seeds fail."""
-    ok = [lr for lr, f in fails.items() if f.sum() <= len(f) / 2]
-    return max(ok) if ok else None
 
 
 def critical_interval(fails: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.9) -> tuple:

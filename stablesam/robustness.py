@@ -6,9 +6,9 @@
 __all__ = ['LR_GRID', 'NOISE_LEVELS', 'MODEL_TITLES', 'LR_COLUMNS', 'NOISE_COLUMNS', 'VERDICT_COLUMNS', 'run_outcome',
            'run_epochs', 'check_nonfinite', 'read_sweep_records', 'check_sweep_folder', 'mnist_data', 'train_sweep_run',
            'mnist_in_memory', 'sweep_config', 'lr_sweep', 'final_records', 'lr_sweep_summary', 'plot_lr_sweep',
-           'lr_sweep_verdict', 'compare_divergence', 'noisy_split', 'label_noise_sweep', 'selected_accuracy',
-           'label_noise_table', 'label_noise_verdict', 'plot_label_noise', 'robustness_parser', 'summary_tables',
-           'summary_files', 'main']
+           'lr_sweep_verdict', 'compare_divergence', 'critical_lr', 'noisy_split', 'label_noise_sweep',
+           'selected_accuracy', 'label_noise_table', 'label_noise_verdict', 'plot_label_noise', 'robustness_parser',
+           'summary_tables', 'summary_files', 'main']
 
 # %% ../nbs/06a_robustness.ipynb #e3163476
 import dataclasses
@@ -176,12 +176,13 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
             hi = np.array([np.nan if r['acc_max'] is None else 100 * r['acc_max'] for r in rs])
             axs[1, j].plot(lr, mean, lw=1.2, **kw)
             if band: axs[1, j].fill_between(lr, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
-        n = rs[0]['runs']
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
         axs[1, j].set(xlabel=quantity('lr').label, ylim=(0, 100), ylabel=f"final {quantity('test_acc').label}")
         log_lr_axis(axs[1, j])
         for ax in axs[:, j]: ax.grid(alpha=0.3)
-    figure_legend(fig, f'{n} seeds each; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
+    ns = sorted({r['runs'] for r in rows})   # a matched control leaves out the seeds whose source diverged
+    seeds = f'{ns[0]} seeds each' if len(ns) == 1 else f'{ns[0]}-{ns[-1]} seeds a point'
+    figure_legend(fig, f'{seeds}; line: mean' + (', band: min-max over seeds' if band else ' over seeds'))
     return fig
 
 # %% ../nbs/06a_robustness.ipynb #9b1f669a
@@ -209,6 +210,12 @@ def compare_divergence(records: list[dict], a='stablesam', b='sam') -> dict:
         out[m] = dict(fewer=[lr for lr in lrs if rows[m, a, lr] < rows[m, b, lr]],
                       more=[lr for lr in lrs if rows[m, a, lr] > rows[m, b, lr]])
     return out
+
+
+def critical_lr(fails: dict) -> float | None:
+    """The largest learning rate (key of `fails`: lr -> failed flags, one per seed) at which at most half fail."""
+    ok = [lr for lr, f in fails.items() if np.sum(f) <= len(f) / 2]
+    return max(ok) if ok else None
 
 
 
