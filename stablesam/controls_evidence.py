@@ -356,7 +356,8 @@ def factor_control_verdicts(crit: list[dict], ref='stablesam',
 
 # %% ../nbs/06c_controls_evidence.ipynb #abe8001d
 LR_FOLDERS = ('lr-sweep-10k-3ep', 'lr-sweep-10k-3ep-matched', 'lr-sweep-10k-3ep-factor-control')
-STABILITY = {'weight decay, FCN 10k': ('stability-fcn-10k-weight-decay', 'stability-fcn-10k-weight-decay-controls')}
+STABILITY = {'weight decay, FCN 10k': ('stability-fcn-10k-weight-decay', 'stability-fcn-10k-weight-decay-controls'),
+             'cosine, FCN 10k': ('stability-fcn-10k-cosine', 'stability-fcn-10k-cosine-controls')}
 QUESTIONS = 'open-questions-fcn-10k-weight-decay'
 CORRELATION_ROOT = 'stability'   # beside the controls folder: Figures 5-7's records (the earlier MNIST copy)
 
