@@ -198,7 +198,9 @@ test_fail(lambda: torchattacks_attack(_net, 'cw', 0.1), contains='Unknown attack
 # `question_specs` lists the measurements: one per final model (flatness, robustness) and one per pair of models
 # (the path between them), for every seed of the given stability folders, plus the batch-order reference: SAM
 # trained from a seed's initialisation with another seed's batch order (seed + 1000), compared with that seed's
-# SAM. They run through the experiment runner ([experiment](04c_experiment.ipynb)), so a stopped run continues
+# SAM; and the flatness **at equal training loss**: L is the highest final training loss (on S) among the runs of
+# SGD, SAM, StableSAM and step-matched SAM, and each of those runs is retrained from its initialisation to its
+# first epoch at or below L (the same batches as the stability run, checked against its recorded loss). They run through the experiment runner ([experiment](04c_experiment.ipynb)), so a stopped run continues
 # and the folder's `config.json` records the command, the data files and the code.
 
 # %%
@@ -206,6 +208,7 @@ test_fail(lambda: torchattacks_attack(_net, 'cw', 0.1), contains='Unknown attack
 PAIRS = (('sam', 'stablesam'), ('sam', 'sgd'), ('sam', 'sam-lrf'), ('stablesam', 'sam-lrf'))
 KEY = ('kind', 'a', 'b', 'seed')
 ORDER_OFFSET = 1000   # the batch-order reference trains with seed + ORDER_OFFSET's order
+FLAT = ('sgd', 'sam', 'stablesam', 'sam-lrf')   # the optimizers whose flatness is compared at equal training loss
 
 
 def _sources(folders) -> dict:
@@ -228,7 +231,28 @@ def question_specs(folders, seeds, pairs=PAIRS, order_seeds=(0,)) -> list[dict]:
               if (a, s) in src and (b, s) in src]
     specs += [dict(kind='order', a='sam', b='sam', seed=s, folders=[src['sam', s]]) for s in order_seeds
               if ('sam', s) in src]
+    level, epochs = equal_loss_epochs(folders, seeds)
+    specs += [dict(kind='equal-loss', a=o, b=None, seed=s, folders=[src[o, s]], epoch=e, level=level)
+              for (o, s), e in epochs.items()]
     return specs
+
+
+def equal_loss_epochs(folders, seeds, optimizers=FLAT) -> tuple:
+    """`(L, {(optimizer, seed): epoch})`: L the highest final training loss on S of the runs of `optimizers`, each
+    run's first epoch at or below it (`(None, {})` without such runs)."""
+    from stablesam.experiment import RECORDS
+    from stablesam.runs import read_jsonl
+    src, runs = _sources(folders), {}
+    for folder in dict.fromkeys(src.values()):
+        for r in read_jsonl(Path(folder) / RECORDS):
+            k = (r['optimizer'], r['seed'])
+            if r['optimizer'] in optimizers and r['seed'] in seeds and src.get(k) == folder:
+                runs.setdefault(k, []).append(r)
+    finals = {k: max(rs, key=lambda r: r['epoch'])['train_loss'] for k, rs in runs.items()}
+    finals = {k: v for k, v in finals.items() if np.isfinite(v)}   # a diverged run has no equal-loss epoch
+    if not finals: return None, {}
+    level = max(finals.values())
+    return level, {k: min(r['epoch'] for r in runs[k] if r['train_loss'] <= level) for k in finals}
 
 
 # %% [markdown]
@@ -281,6 +305,28 @@ def final_model(folder, optimizer: str, seed: int, data_root=None) -> nn.Module:
     return model.eval()
 
 
+def epoch_model(folder, optimizer: str, seed: int, epoch: int, data_root=None, rtol: float = 1e-3) -> nn.Module:
+    """`optimizer`'s model on S with `seed` after `epoch` epochs, retrained from its initialisation in the stability
+    run's batch order; its training loss is checked against the run's record of that epoch."""
+    import dataclasses
+    from stablesam.experiment import RECORDS
+    from stablesam.runs import read_jsonl
+    from stablesam.train import Trainer
+    cfg, subset = folder_config(folder, optimizer, seed, data_root)
+    rec = next((r for r in read_jsonl(Path(folder) / RECORDS) if (r['optimizer'], r['seed'], r['epoch']) ==
+                (optimizer, seed, epoch)), None)
+    if rec is None:
+        raise ValueError(f"Invalid epoch: {folder} has no record of {optimizer}, seed {seed}, epoch {epoch}")
+    train, data = pair_data(cfg, subset)
+    t = Trainer(cfg, data=dataclasses.replace(data, train=train))   # cfg.epochs unchanged: the same lr schedule
+    for _ in range(epoch): t.train_epoch()
+    got = loss_acc(t.model, _batches(train))[0]
+    if abs(got - rec['train_loss']) > rtol * abs(rec['train_loss']):
+        raise RuntimeError(f"{optimizer}, seed {seed}: the retrained model's training loss at epoch {epoch} is "
+                           f"{got:.6g}, the run recorded {rec['train_loss']:.6g} (not the same training)")
+    return t.model.eval()
+
+
 # %%
 #| export
 def _batches(dataset, n=None, size=1000):
@@ -291,19 +337,25 @@ def _batches(dataset, n=None, size=1000):
     return list(zip(x.split(size), y.split(size)))
 
 
-def measure_model(model, train, test, dataset='mnist', *, n_hessian=2000, probes=100, n_attack=2000,
-                  eps=(0.05, 0.1, 0.2, 0.3), seed=0) -> dict:
-    """Losses, accuracies, top Hessian eigenvalue and trace (on `n_hessian` of `train`), attacked test accuracy."""
+def flatness(model, train, *, n_hessian=2000, probes=100, seed=0) -> dict:
+    """Top Hessian eigenvalue (power iteration) and trace (Hutchinson, with its standard error) on `n_hessian` of
+    `train`."""
     from stablesam.landscape import fixed_batch
-    out = {}
-    out['train_loss'], out['train_acc'] = loss_acc(model, _batches(train))
-    out['test_loss'], out['test_acc'] = loss_acc(model, _batches(test))
     hb = fixed_batch(train, min(n_hessian, len(train)), seed=seed)
     loss_fn = model_loss_fn(model, [hb])
     params = [p for p in model.parameters() if p.requires_grad]
-    out['top_eig'] = top_hessian_eig(loss_fn, params, iters=100, tol=1e-3, seed=seed)[0]
+    top = top_hessian_eig(loss_fn, params, iters=100, tol=1e-3, seed=seed)[0]
     tr = hutchinson_trace(loss_fn, params, probes=probes, seed=seed)
-    out['trace'], out['trace_se'] = tr['trace'], tr['stderr']
+    return dict(top_eig=top, trace=tr['trace'], trace_se=tr['stderr'])
+
+
+def measure_model(model, train, test, dataset='mnist', *, n_hessian=2000, probes=100, n_attack=2000,
+                  eps=(0.05, 0.1, 0.2, 0.3), seed=0) -> dict:
+    """Losses, accuracies, top Hessian eigenvalue and trace (on `n_hessian` of `train`), attacked test accuracy."""
+    out = {}
+    out['train_loss'], out['train_acc'] = loss_acc(model, _batches(train))
+    out['test_loss'], out['test_acc'] = loss_acc(model, _batches(test))
+    out.update(flatness(model, train, n_hessian=n_hessian, probes=probes, seed=seed))
     mean, std = normalization(dataset)
     x, y = map(torch.cat, zip(*_batches(test, n_attack)))
     pixels = (x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)
@@ -322,6 +374,10 @@ def measure(spec: dict, run, data_root=None, **kw) -> list[dict]:
     rec = {k: spec[k] for k in KEY}
     if spec['kind'] == 'model':
         rec.update(measure_model(final_model(a_folder, spec['a'], spec['seed'], data_root), train, data.test, **kw))
+    elif spec['kind'] == 'equal-loss':
+        model = epoch_model(a_folder, spec['a'], spec['seed'], spec['epoch'], data_root)
+        rec.update(epoch=spec['epoch'], level=spec['level'], train_loss=loss_acc(model, _batches(train))[0],
+                   **flatness(model, train, n_hessian=kw.get('n_hessian', 2000), probes=kw.get('probes', 100)))
     else:
         ma = final_model(a_folder, spec['a'], spec['seed'], data_root)
         if spec['kind'] == 'path': mb = final_model(spec['folders'][1], spec['b'], spec['seed'], data_root)
@@ -371,7 +427,7 @@ def questions_parser() -> argparse.ArgumentParser:
     p.add_argument('--n-hessian', type=int, default=2000, help='training examples of the Hessian batch (default: 2000)')
     p.add_argument('--probes', type=int, default=100, help="Hutchinson probes of the trace (default: 100)")
     p.add_argument('--n-attack', type=int, default=2000, help='test examples attacked (default: 2000)')
-    add_common(p, 'data_root', 'seeds', 'out', 'resume', 'progress', 'debug')
+    add_common(p, 'data_root', 'seeds', 'out', 'resume', 'progress', 'executor', 'debug')
     return p
 
 
@@ -389,7 +445,7 @@ def summary_files(folder) -> dict:
     models = {}
     for r in records:
         if r['kind'] == 'model': models.setdefault(r['a'], []).append(r)
-    attacks = [k for k in (records[0] if records else {}) if k.startswith(('fgsm_', 'pgd_'))]
+    attacks = [k for k in next(iter(models.values()), [{}])[0] if k.startswith(('fgsm_', 'pgd_'))]
     rows = [dict(optimizer=optimizer_style(o).label, seeds=len(rs), test_acc=rng(rs, 'test_acc', 100),
                  top_eig=rng(rs, 'top_eig'), trace=rng(rs, 'trace'),
                  se=f"{np.mean([r['trace_se'] for r in rs]):.2g}", **{k: rng(rs, k, 100) for k in attacks})
@@ -400,7 +456,7 @@ def summary_files(folder) -> dict:
                 **{k: (f"{k.split('_')[0].upper()} eps {k.split('_')[1]} (%)", None) for k in attacks})
     paths = {}
     for r in records:
-        if r['kind'] != 'model': paths.setdefault((r['kind'], r['a'], r['b']), []).append(r)
+        if r['kind'] in ('path', 'order'): paths.setdefault((r['kind'], r['a'], r['b']), []).append(r)
     prow = [dict(pair=f"{optimizer_style(a).label} - {optimizer_style(b).label}" +
                  (' (same init, other batch order)' if kind == 'order' else ' (same init and order)'),
                  seeds=len(rs), distance=rng(rs, 'distance'), train=rng(rs, 'barrier_train'),
@@ -409,12 +465,27 @@ def summary_files(folder) -> dict:
                  train=('loss barrier, train', None), test=('loss barrier, test', None))
     text = ["# Open questions: final models", '', markdown_table(rows, cols), '', 'mean [min, max] over seeds', '',
             '## The straight path between two final models', '', markdown_table(prow, pcols), '']
+    equal = {}
+    for r in records:
+        if r['kind'] == 'equal-loss': equal.setdefault(r['a'], []).append(r)
+    if equal:
+        erow = [dict(optimizer=optimizer_style(o).label, seeds=len(rs), epoch=rng(rs, 'epoch'),
+                     loss=rng(rs, 'train_loss'), top_eig=rng(rs, 'top_eig'), trace=rng(rs, 'trace'),
+                     se=f"{np.mean([r['trace_se'] for r in rs]):.2g}")
+                for o, rs in ((o, equal[o]) for o in variant_order(equal))]
+        ecols = dict(optimizer=('optimizer', None), seeds=('seeds', None), epoch=('epoch', None),
+                     loss=('training loss', None), top_eig=('top Hessian eigenvalue', None),
+                     trace=('Hessian trace', None), se=('trace std. error (mean)', None))
+        level = next(iter(equal.values()))[0]['level']
+        text += ['## Flatness at equal training loss', '',
+                 f'Each run retrained to its first epoch with training loss at or below {level:.4g} (the highest '
+                 'final training loss of these runs).', '', markdown_table(erow, ecols), '']
     return {'summary.md': '\n'.join(text)}
 
 
 def _main(argv) -> None:
     """Run the measurements of `questions_parser`'s arguments and write the summary."""
-    from stablesam.experiment import run_experiment
+    from stablesam.experiment import executor_options, run_experiment
     args = questions_parser().parse_args(argv)
     specs = question_specs(args.stability, args.seeds, order_seeds=args.order_seeds)
     if not specs: raise ValueError(f"No final models of seeds {args.seeds} in {args.stability}")
@@ -423,8 +494,8 @@ def _main(argv) -> None:
                     **dict(kw, eps=list(EPS)), pairs=[list(p) for p in PAIRS])
     run_experiment(args.out, specs, functools.partial(measure, data_root=args.data_root, **kw), key=KEY,
                    settings=settings,
-                   command=['python', '-m', 'stablesam.open_questions', *argv], progress=args.progress,
-                   fresh=args.fresh, desc='open-questions')
+                   command=['python', '-m', 'stablesam.open_questions', *argv], desc='open-questions',
+                   **executor_options(args))
     for name, text in summary_files(args.out).items(): (Path(args.out) / name).write_text(text)
     print(summary_files(args.out)['summary.md'])
 
@@ -463,10 +534,15 @@ _args = ['--stability', str(_tmp / 'src'), str(_tmp / 'ctl'), '--data-root', str
          '--n-hessian', '64', '--probes', '4', '--n-attack', '32', '--out', str(_tmp / 'oq'), '--quiet']
 test_eq(main(_args), 0)
 _recs = read_jsonl(_tmp / 'oq' / RECORDS)
-test_eq(sorted({(r['kind'], r['a'], r['b']) for r in _recs}),
-        [('model', 'sam', None), ('model', 'sam-lrf', None), ('model', 'sgd', None), ('model', 'stablesam', None),
-         ('order', 'sam', 'sam'), ('path', 'sam', 'sam-lrf'), ('path', 'sam', 'sgd'), ('path', 'sam', 'stablesam'),
-         ('path', 'stablesam', 'sam-lrf')])
+test_eq(sorted({(r['kind'], r['a'], r['b']) for r in _recs}, key=str),
+        sorted([('model', 'sam', None), ('model', 'sam-lrf', None), ('model', 'sgd', None),
+                ('model', 'stablesam', None), ('equal-loss', 'sam', None), ('equal-loss', 'sam-lrf', None),
+                ('equal-loss', 'sgd', None),
+                ('equal-loss', 'stablesam', None), ('order', 'sam', 'sam'), ('path', 'sam', 'sam-lrf'),
+                ('path', 'sam', 'sgd'), ('path', 'sam', 'stablesam'), ('path', 'stablesam', 'sam-lrf')], key=str))
+_eq = [r for r in _recs if r['kind'] == 'equal-loss']
+assert all(r['train_loss'] <= r['level'] * (1 + 1e-3) and r['epoch'] in (1, 2) for r in _eq), _eq
+test_eq(max(r['train_loss'] for r in _eq if r['epoch'] == 2) > 0, True)
 _m = next(r for r in _recs if r['kind'] == 'model' and r['a'] == 'sam' and r['seed'] == 0)
 assert _m['pgd_0.3'] <= _m['fgsm_0.05'] + 0.2 and _m['top_eig'] > 0 and _m['trace_se'] > 0
 _p = next(r for r in _recs if r['kind'] == 'path' and r['b'] == 'stablesam' and r['seed'] == 0)
@@ -485,3 +561,13 @@ _train, _data = pair_data(_cfg, _sub)
 _t = Trainer(_cfg, data=_data)
 for _a, _b in zip(_t.model.parameters(), initial_model(_cfg, _data).parameters()): assert torch.equal(_a, _b)
 test_fail(lambda: final_model(_tmp / 'src', 'sam', 0, _tmp / 'data'), contains='no final model')
+
+# %% [markdown]
+# `epoch_model` retrains a run to an epoch in the stability run's batch order: at the last epoch it is the run's
+# final model, and an epoch without a record is refused.
+
+# %%
+_final = final_model(_tmp / 'ctl', 'sam', 1, _tmp / 'data')
+_again = epoch_model(_tmp / 'ctl', 'sam', 1, 2, _tmp / 'data')
+for _a, _b in zip(_final.parameters(), _again.parameters()): test_close(_a, _b, eps=1e-6)
+test_fail(lambda: epoch_model(_tmp / 'ctl', 'sam', 1, 5, _tmp / 'data'), contains='no record')

@@ -298,7 +298,7 @@ def _by(records, kind, name, key) -> dict:
     out = {}
     for r in records:
         if r['kind'] != kind: continue
-        if (r['a'] if kind == 'model' else (r['a'], r['b'])) == name: out[r['seed']] = r[key]
+        if (r['a'] if r['b'] is None else (r['a'], r['b'])) == name: out[r['seed']] = r[key]
     return out
 
 
@@ -319,15 +319,18 @@ def question_verdicts(records: list[dict], eps: float = 0.1) -> list[dict]:
                                  f"SAM-SAM other order {max(ref.values()):.2g}; distance "
                                  f"{np.mean(list(dist.values())):.3g} vs {np.mean(list(rdist.values())):.3g}",
                          reason='loss along the straight path, 11 points; barrier above the chord'))
-    for key, what in (('top_eig', 'top Hessian eigenvalue'), ('trace', 'Hessian trace')):
-        for other in ('sam', 'sam-lrf'):
-            c = compare_runs(_by(records, 'model', 'stablesam', key), _by(records, 'model', other, key))
-            if c.get('a_mean') is None: continue
-            rows.append(dict(section='6 how flat?', reading=f"StableSAM's {what} is below "
-                                                            f"{optimizer_style(other).label}'s (final models)",
-                             verdict=range_verdict(c), numbers=f"StableSAM {fmt_range(c, 'a')}; "
-                                                               f"{optimizer_style(other).label} {fmt_range(c, 'b')}",
-                             reason='seed ranges apart or not; equal-training-loss models were not kept'))
+    level = next((r['level'] for r in records if r['kind'] == 'equal-loss'), None)
+    for kind, when in (('model', 'final models'), ('equal-loss', f'at equal training loss {level or 0:.3g}')):
+        for key, what in (('top_eig', 'top Hessian eigenvalue'), ('trace', 'Hessian trace')):
+            for other in ('sam', 'sam-lrf', 'sgd'):
+                c = compare_runs(_by(records, kind, 'stablesam', key), _by(records, kind, other, key))
+                if c.get('a_mean') is None: continue
+                name = optimizer_style(other).label
+                rows.append(dict(section='6 how flat?', reading=f"StableSAM's {what} is below {name}'s ({when})",
+                                 verdict=range_verdict(c), numbers=f"StableSAM {fmt_range(c, 'a')}; "
+                                                                   f"{name} {fmt_range(c, 'b')}",
+                                 reason='seed ranges apart or not' + ('' if kind == 'model' else
+                                                                      '; each run retrained to its first epoch there')))
     key = f'pgd_{eps:g}'
     c = compare_runs(_by(records, 'model', 'sam', key), _by(records, 'model', 'stablesam', key))
     if c.get('a_mean') is not None:
