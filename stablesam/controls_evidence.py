@@ -56,11 +56,8 @@ OTHERS = ('sam', 'sam-lrf', 'sam-lrf-epoch', 'sgd-lrf', 'sgd')  # what StableSAM
 
 
 def common_loss(records: list[dict], optimizers) -> float:
-    """The highest last-epoch mean training loss among `optimizers`: a target every one of them reaches."""
-    finals = []
-    for o in optimizers:
-        v = run_values(records, o, 'train_loss')
-        if v: finals.append(float(np.mean(list(v.values()))))
+    """The highest last-epoch training loss of any (finite) run of `optimizers`: a target every run reaches."""
+    finals = [v for o in optimizers for v in run_values(records, o, 'train_loss').values() if np.isfinite(v)]
     return max(finals)
 
 
@@ -248,14 +245,13 @@ def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) ->
 def stability_verdicts(records: list[dict], setting: str, others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
     """Rows: is StableSAM's distance (generalisation error) below each of `others`' at the last epoch and equal loss?"""
     rows = []
-    for c in stability_rows(records, others=others):
-        r = c
-        what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[r['quantity']]
+    for c in stability_rows(records, others=others, loss=common_loss(records, ('stablesam', *OTHERS))):
+        what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[c['quantity']]
         numbers = '-' if c.get('a_mean') is None else (
-            f"StableSAM {fmt_range(c, 'a')}; {optimizer_style(r['other']).label} {fmt_range(c, 'b')}; "
+            f"StableSAM {fmt_range(c, 'a')}; {optimizer_style(c['other']).label} {fmt_range(c, 'b')}; "
             f"paired {c['paired']:+.3g} ({c['paired_below']} of {c['paired_n']} seeds lower)")
         rows.append(dict(section=f'2 stability, {setting}',
-                         reading=f"StableSAM's {what} is below {optimizer_style(r['other']).label}'s ({r['when']})",
+                         reading=f"StableSAM's {what} is below {optimizer_style(c['other']).label}'s ({c['when']})",
                          verdict=range_verdict(c), numbers=numbers, reason='seed ranges (min-max) apart or not'))
     return rows
 
