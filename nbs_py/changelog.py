@@ -150,6 +150,13 @@
 #   barrier between final models, Hessian top eigenvalue and Hutchinson trace, FGSM/PGD accuracy with
 #   `torchattacks`; `python -m stablesam.open_questions`). New extra: `stablesam[attacks]` (torchattacks).
 # - `stablesam.data.normalization(dataset)`; `results_check.folder_problems` lost its unused `derive` parameter.
+# - **Flatness at equal training loss**: `open_questions.epoch_model` retrains a stability run to an epoch in its
+#   batch order (checked against the recorded training loss), and the open questions measure each run of SGD, SAM,
+#   StableSAM and SAM at lr x f at the highest final training loss of those runs; `python -m stablesam.open_questions`
+#   takes `--executor`/`--processes`. The equal-loss level of `controls_evidence` is now the highest final loss of
+#   any run (was: of any optimizer's seed mean), so every seed counts.
+# - **One `critical_lr`** (`stablesam.robustness.critical_lr`, from failed flags per lr); **`efficient_evidence.
+#   critical_lr` is now `divergence_critical_lr`**. **Do:** rename calls of the old name.
 
 # %% [markdown]
 # ## 0.2.0 (2026-12-01)
