@@ -374,7 +374,8 @@ def evidence_inputs(folder) -> dict:
     stab = {name: [r for f in fs for r in _records(folder / f)] for name, fs in STABILITY.items()}
     corr = {p.name + ' (earlier MNIST copy)': _records(p) for p in sorted((folder.parent / CORRELATION_ROOT).glob('*'))
             if (p / 'records.jsonl').exists()}
-    corr.update({f'{name} (controls)': recs for name, recs in stab.items() if recs})
+    corr.update({f'{name} (controls)': recs for name, recs in stab.items()
+                 if len({r['optimizer'] for r in recs}) > 1})   # one optimizer's seeds compare no optimizers
     return dict(lr=lr, stability={k: v for k, v in stab.items() if v}, questions=_records(folder / QUESTIONS),
                 correlation=corr, present=[f for f in (*LR_FOLDERS, *(f for fs in STABILITY.values() for f in fs),
                                                        QUESTIONS) if (folder / f / 'records.jsonl').exists()])
@@ -407,6 +408,7 @@ def summary_text(inputs: dict) -> str:
                        'Criterion (a): ' + CRITERIA['a'] + '; (b): ' + CRITERIA['b'] + '.', '',
                        format_critical_rows(crit), '']
     for name, recs in inputs['stability'].items():
+        if not stability_rows(recs): continue   # StableSAM alone so far: nothing to compare
         parts += [f'## Stability, {name}: StableSAM against each optimizer', '',
                   format_stability_rows(stability_rows(recs)), '']
     parts += ['## Distance and generalisation error: three correlations', '', correlation_table(inputs['correlation']),
