@@ -147,8 +147,8 @@ def wrapped(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(int(inches * 72 / (0.6 * fontsize)), 12), break_on_hyphens=False)
 
 
-def log_lr_axis(ax):
-    """A logarithmic learning-rate x axis labelled at 1, 2 and 5 times each power of ten, in plain numbers."""
+def log_x_axis(ax):
+    """A logarithmic x axis (learning rate, loss) labelled at 1, 2 and 5 times each power of ten, in plain numbers."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     ax.set_xscale('log')
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))

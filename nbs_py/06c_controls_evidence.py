@@ -606,7 +606,7 @@ def summary_files(folder) -> dict:
 def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
     """Share of failed seeds against the learning rate: rows criteria (a), (b); columns models; a line per optimizer."""
     import matplotlib.pyplot as plt
-    from stablesam.style import figure_legend, log_lr_axis, plot_kwargs, wrapped
+    from stablesam.style import figure_legend, log_x_axis, plot_kwargs, wrapped
     from stablesam.variants import variant_order
     models = list(dict.fromkeys(r['model'] for r in records))
     fig, axes = plt.subplots(2, len(models), figsize=figsize, squeeze=False, sharex=True, sharey=True,
@@ -620,7 +620,7 @@ def plot_failures(records: list[dict], figsize=(7.2, 5.6)):
                 lrs = list(f)
                 ax.plot(lrs, [100 * f[lr].mean() for lr in lrs], lw=1.2, **plot_kwargs(opt, marker=True))
             ax.axhline(50, color='0.6', lw=0.8, ls='--')
-            log_lr_axis(ax)
+            log_x_axis(ax)
             ax.set_title(wrapped(f"{model.upper()}, criterion ({crit})", 3.4, 9), fontsize=9)
             ax.set_ylabel('seeds failed (%)', fontsize=8)
             ax.set_xlabel('learning rate', fontsize=8)
@@ -634,14 +634,14 @@ def plot_distance_vs_loss(records: list[dict], figsize=(3.6, 3.2), key='param_di
     """Mean `key` against the mean training loss over seeds, one line per optimizer: the equal-loss comparison."""
     import matplotlib.pyplot as plt
     from stablesam.stability import curves
-    from stablesam.style import figure_legend, plot_kwargs, quantity
+    from stablesam.style import figure_legend, log_x_axis, plot_kwargs, quantity
     fig, ax = plt.subplots(figsize=figsize, layout='constrained')
     loss, val = curves(records, 'train_loss'), curves(records, key)
     for opt in loss:
         keep = loss[opt][0] > 0
         ax.plot(loss[opt][1][keep], quantity(key).scale * val[opt][1][keep], lw=1.2,
                 **plot_kwargs(opt, marker=True, points=int(keep.sum())))
-    ax.set_xscale('log')
+    log_x_axis(ax)
     ax.invert_xaxis()
     ax.set_xlabel('training loss (mean over seeds; training runs right)', fontsize=8)
     ax.set_ylabel(quantity(key).label, fontsize=8)

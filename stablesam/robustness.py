@@ -24,7 +24,7 @@ from .experiment import RECORDS, add_common, command, executor_options, per_proc
 from .models import MODELS
 from .results import PROTOCOLS, run_scores
 from .runs import CONFIG, read_json, read_jsonl, strict_json
-from .style import (figure_legend, log_lr_axis, markdown_table, optimizer_style, plot_kwargs, quantity,
+from .style import (figure_legend, log_x_axis, markdown_table, optimizer_style, plot_kwargs, quantity,
                              save_figure)
 from .controls import match_source, match_specs
 from .train import STEP_KEYS, Diverged, Trainer
@@ -178,7 +178,7 @@ def plot_lr_sweep(records: list[dict], model_labels=None, figsize=(9, 5.2)):
             if band: axs[1, j].fill_between(lr, lo, hi, alpha=0.15, color=kw['color'], linewidth=0)
         axs[0, j].set(title=(model_labels or {}).get(m, m), ylim=(-4, 104), ylabel=quantity('diverged').label)
         axs[1, j].set(xlabel=quantity('lr').label, ylim=(0, 100), ylabel=f"final {quantity('test_acc').label}")
-        log_lr_axis(axs[1, j])
+        log_x_axis(axs[1, j])
         for ax in axs[:, j]: ax.grid(alpha=0.3)
     ns = sorted({r['runs'] for r in rows})   # a matched control leaves out the seeds whose source diverged
     seeds = f'{ns[0]} seeds each' if len(ns) == 1 else f'{ns[0]}-{ns[-1]} seeds a point'

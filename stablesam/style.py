@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TOY_STYLES', 'QUANTITIES', 'MIN_DPI', 'OptimizerStyle', 'optimizer_style', 'plot_kwargs', 'Quantity', 'quantity',
-           'save_figure', 'wrapped', 'log_lr_axis', 'figure_legend', 'drawn_texts', 'figure_text_problems',
+           'save_figure', 'wrapped', 'log_x_axis', 'figure_legend', 'drawn_texts', 'figure_text_problems',
            'markdown_table']
 
 # %% ../nbs/00_style.ipynb #0648b8db
@@ -99,8 +99,8 @@ def wrapped(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(int(inches * 72 / (0.6 * fontsize)), 12), break_on_hyphens=False)
 
 
-def log_lr_axis(ax):
-    """A logarithmic learning-rate x axis labelled at 1, 2 and 5 times each power of ten, in plain numbers."""
+def log_x_axis(ax):
+    """A logarithmic x axis (learning rate, loss) labelled at 1, 2 and 5 times each power of ten, in plain numbers."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     ax.set_xscale('log')
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
