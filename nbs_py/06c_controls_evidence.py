@@ -32,6 +32,7 @@ plt.rcParams['figure.dpi'] = 72
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -117,13 +118,14 @@ def common_loss(records: list[dict], optimizers) -> float:
 def stability_rows(records: list[dict], ref: str = 'stablesam', others=OTHERS, loss=None) -> list[dict]:
     """Rows comparing `ref` with each of `others` on distance and generalisation error, last epoch and equal loss."""
     others = [o for o in others if any(r['optimizer'] == o for r in records)]
+    if not others: return []
     loss = common_loss(records, [ref, *others]) if loss is None else loss
     rows = []
     for key in STABILITY_KEYS:
         for other in others:
             for when, kw in (('last epoch', {}), (f'train loss <= {loss:.3g}', dict(loss=loss))):
                 c = compare_runs(run_values(records, ref, key, **kw), run_values(records, other, key, **kw))
-                rows.append(dict(quantity=key, other=other, when=when, **c))
+                rows.append(dict(quantity=key, ref=ref, other=other, when=when, **c))
     return rows
 
 
@@ -136,13 +138,13 @@ def format_stability_rows(rows: list[dict]) -> str:
         if r.get('below') is None: return 'cannot tell (no run reached the loss)'
         return 'below, ranges apart' if r['below'] else 'above, ranges apart' if r['above'] else 'ranges overlap'
     out = [dict(quantity={'param_distance': 'distance', 'gen_error': 'gen. error'}[r['quantity']],
-                other=optimizer_style(r['other']).label, when=r['when'], ref=rng(r, 'a'), them=rng(r, 'b'),
-                verdict=verdict(r), paired=None if r.get('paired') is None else
+                optimizer=optimizer_style(r['ref']).label, other=optimizer_style(r['other']).label, when=r['when'],
+                ref=rng(r, 'a'), them=rng(r, 'b'), verdict=verdict(r), paired=None if r.get('paired') is None else
                 f"{r['paired']:+.3g} ({r['paired_below']} of {r['paired_n']} seeds below)") for r in rows]
     return markdown_table(out, dict(quantity=('quantity', None), when=('compared at', None),
-                                    ref=('StableSAM mean [min, max]', None), other=('vs', None),
-                                    them=('its mean [min, max]', None), verdict=('StableSAM is', None),
-                                    paired=('paired StableSAM - it', None)))
+                                    optimizer=('optimizer', None), ref=('its mean [min, max]', None),
+                                    other=('vs', None), them=('mean [min, max]', None), verdict=('it is', None),
+                                    paired=('paired difference', None)))
 
 
 # %%
@@ -245,7 +247,8 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
     """Per model, optimizer and criterion: the critical learning rate, its bootstrap interval and the seed count.
 
     A step-matched control has no run where its StableSAM run left no factor (it diverged in its first epoch); its
-    grid ends below the first such learning rate (`grid_end`), and a critical lr at the grid's end is a lower bound."""
+    grid ends below the first such learning rate (`grid_end`). A critical lr at the (kept) grid's largest lr is a lower
+    bound: the grid cannot tell how much higher it is."""
     rows = []
     for criterion in CRITERIA:
         for (model, opt), fails in failures(records, criterion).items():
@@ -254,7 +257,7 @@ def critical_rows(records: list[dict], n_boot: int = 2000) -> list[dict]:
             crit = critical_lr(fails)
             rows.append(dict(model=model, optimizer=opt, criterion=criterion, critical=crit, lo=lo, hi=hi,
                              seeds=min(len(f) for f in fails.values()), grid_end=end,
-                             lower_bound=end is not None and crit == max(fails),
+                             lower_bound=crit == max(fails),
                              failed={lr: int(f.sum()) for lr, f in fails.items()},
                              failed_runs=int(sum(f.sum() for f in fails.values())),
                              grid_runs=sum(len(f) for f in fails.values())))
@@ -285,6 +288,9 @@ _kept, _end = complete_grid({0.1: np.zeros(4), 0.2: np.zeros(2), 0.4: np.zeros(4
 test_eq((list(_kept), _end), ([0.1], 0.2))   # a control's grid ends where its StableSAM run left no factor
 _rows = critical_rows(_sweep, n_boot=200)
 test_eq([(r['criterion'], r['critical'], r['grid_end']) for r in _rows], [('a', 0.2, None), ('b', 0.2, None)])
+_top = critical_rows([r for r in _sweep if r['lr'] < 0.4], n_boot=50)[0]   # no lr of this grid fails at most half
+test_eq((_top['critical'], _top['lower_bound']), (0.2, True))
+assert '>= 0.2' in format_critical_rows([_top])
 
 
 # %% [markdown]
@@ -384,7 +390,7 @@ test_eq(range_verdict(compare_runs({0: 1., 1: 2.}, {0: 3.})), 'cannot tell')
 # %%
 #| export
 def _lr_text(r: dict) -> str:
-    """A critical-lr row as 'lr [lo, hi]' ('>= lr' where the grid ended there)."""
+    """A critical-lr row as 'lr [lo, hi]' ('>= lr' at the grid's largest lr)."""
     bound = '>= ' if r.get('lower_bound') else ''
     end = '' if r.get('grid_end') is None else f" (grid ends below {r['grid_end']:g})"
     return f"{bound}{_lr(r['critical'])} [{_lr(r['lo'])}, {_lr(r['hi'])}]{end}"
@@ -408,18 +414,38 @@ def lr_verdicts(crit: list[dict], ref='stablesam', others=('sam', 'sam-lrf')) ->
     return rows
 
 
-def stability_verdicts(records: list[dict], setting: str, others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
+def _below_row(c: dict, section: str) -> dict:
+    """The verdict row of one `stability_rows` row: is its optimizer's quantity below the other's?"""
+    a, b = optimizer_style(c['ref']).label, optimizer_style(c['other']).label
+    what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[c['quantity']]
+    paired = '' if c.get('paired') is None else \
+        f"; paired {c['paired']:+.3g} ({c['paired_below']} of {c['paired_n']} seeds lower)"
+    numbers = '-' if c.get('a_mean') is None else f"{a} {fmt_range(c, 'a')}; {b} {fmt_range(c, 'b')}{paired}"
+    return dict(section=section, reading=f"{a}'s {what} is below {b}'s ({c['when']})", verdict=range_verdict(c),
+                numbers=numbers, reason='seed ranges (min-max) apart or not')
+
+
+def stability_verdicts(records: list[dict], setting: str, section: str = '2 stability',
+                       others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
     """Rows: is StableSAM's distance (generalisation error) below each of `others`' at the last epoch and equal loss?"""
-    rows = []
-    for c in stability_rows(records, others=others, loss=common_loss(records, ('stablesam', *OTHERS))):
-        what = {'param_distance': 'distance', 'gen_error': 'generalisation error'}[c['quantity']]
-        numbers = '-' if c.get('a_mean') is None else (
-            f"StableSAM {fmt_range(c, 'a')}; {optimizer_style(c['other']).label} {fmt_range(c, 'b')}; "
-            f"paired {c['paired']:+.3g} ({c['paired_below']} of {c['paired_n']} seeds lower)")
-        rows.append(dict(section=f'2 stability, {setting}',
-                         reading=f"StableSAM's {what} is below {optimizer_style(c['other']).label}'s ({c['when']})",
-                         verdict=range_verdict(c), numbers=numbers, reason='seed ranges (min-max) apart or not'))
-    return rows
+    return [_below_row(c, f'{section}, {setting}')
+            for c in stability_rows(records, others=others, loss=common_loss(records, ('stablesam', *OTHERS)))]
+
+
+FACTOR_CONTROLS = ('stablesam-clamp10', 'stablesam-clamp50', 'stablesam-clamp90', 'stableusam')
+
+
+def factor_stability_rows(records: list[dict], controls=FACTOR_CONTROLS) -> list[dict]:
+    """`stability_rows` of each factor control in `records` against SAM and StableSAM, at one loss every run reaches."""
+    present = [o for o in controls if any(r['optimizer'] == o for r in records)]
+    loss = common_loss(records, dict.fromkeys(r['optimizer'] for r in records)) if present else None
+    return [c for o in present for c in stability_rows(records, ref=o, others=('sam', 'stablesam'), loss=loss)]
+
+
+def factor_stability_verdicts(records: list[dict], setting: str) -> list[dict]:
+    """Rows: is each factor control's distance below SAM's (last epoch, equal loss) and StableSAM's (last epoch)?"""
+    return [_below_row(c, f'6 controlling the factor, {setting}') for c in factor_stability_rows(records)
+            if c['quantity'] == 'param_distance' and (c['other'] == 'sam' or c['when'] == 'last epoch')]
 
 
 def correlation_verdicts(sources: dict) -> list[dict]:
@@ -456,6 +482,17 @@ def format_verdicts(rows: list[dict]) -> str:
 
 
 # %%
+_fc = (_recs('sam', [[0, 3, 4], [0, 3.5, 5]], [2.3, 0.4, 0.3]) +
+       _recs('stablesam', [[0, 1, 2], [0, 1.5, 2.5]], [2.3, 1.0, 0.5]) +
+       _recs('stablesam-clamp10', [[0, 1, 2.2], [0, 1, 2.6]], [2.3, 1.2, 0.8]))
+_fv = factor_stability_verdicts(_fc, 'toy')
+test_eq([r['verdict'] for r in _fv], ['holds', 'holds', 'does not hold'])   # below SAM twice; not below StableSAM
+assert all("γ0=0.1" in r['reading'] and "distance" in r['reading'] for r in _fv), _fv
+assert 'train loss <= 0.8' in _fv[1]['reading']   # the clamp's final loss is the highest: every run reaches it
+test_eq(factor_stability_verdicts(_toy, 'toy'), [])   # no factor control in the records: no rows
+
+
+# %%
 #| export
 def _by(records, kind, name, key) -> dict:
     """Seed -> `key` of the open-question records of `kind` ('model' or 'path') for `name` (optimizer or (a, b))."""
@@ -466,8 +503,8 @@ def _by(records, kind, name, key) -> dict:
     return out
 
 
-def question_verdicts(records: list[dict], eps: float = 0.1) -> list[dict]:
-    """Rows answering the paper's open questions from `stablesam.open_questions` records."""
+def question_verdicts(records: list[dict], setting: str, eps: float = 0.1) -> list[dict]:
+    """Rows answering the paper's open questions from the `stablesam.open_questions` records of `setting`'s models."""
     rows = []
     bar = _by(records, 'path', ('sam', 'stablesam'), 'barrier_train')
     ref = {r['seed']: r['barrier_train'] for r in records if r['kind'] == 'order'}
@@ -475,7 +512,7 @@ def question_verdicts(records: list[dict], eps: float = 0.1) -> list[dict]:
         dist = _by(records, 'path', ('sam', 'stablesam'), 'distance')
         rdist = {r['seed']: r['distance'] for r in records if r['kind'] == 'order'}
         holds = max(bar.values()) <= max(ref.values()) + 1e-4
-        rows.append(dict(section='6 same attractor?',
+        rows.append(dict(section=f'6 same attractor?, {setting}',
                          reading='SAM and StableSAM (same init and batch order) end in one basin: no higher '
                                  'train-loss barrier than two SAM runs in other batch orders',
                          verdict='holds' if holds else 'does not hold',
@@ -490,24 +527,22 @@ def question_verdicts(records: list[dict], eps: float = 0.1) -> list[dict]:
                 c = compare_runs(_by(records, kind, 'stablesam', key), _by(records, kind, other, key))
                 if c.get('a_mean') is None: continue
                 name = optimizer_style(other).label
-                rows.append(dict(section='6 how flat?', reading=f"StableSAM's {what} is below {name}'s ({when})",
-                                 verdict=range_verdict(c), numbers=f"StableSAM {fmt_range(c, 'a')}; "
-                                                                   f"{name} {fmt_range(c, 'b')}",
+                rows.append(dict(section=f'6 how flat?, {setting}',
+                                 reading=f"StableSAM's {what} is below {name}'s ({when})", verdict=range_verdict(c),
+                                 numbers=f"StableSAM {fmt_range(c, 'a')}; {name} {fmt_range(c, 'b')}",
                                  reason='seed ranges apart or not' + ('' if kind == 'model' else
                                                                       '; each run retrained to its first epoch there')))
     key = f'pgd_{eps:g}'
     c = compare_runs(_by(records, 'model', 'sam', key), _by(records, 'model', 'stablesam', key))
     if c.get('a_mean') is not None:
-        rows.append(dict(section='6 adversarial robustness', reading=f"StableSAM is more robust than SAM: higher "
-                                                                      f"accuracy under PGD, eps {eps:g}",
+        rows.append(dict(section=f'6 adversarial robustness, {setting}',
+                         reading=f"StableSAM is more robust than SAM: higher accuracy under PGD, eps {eps:g}",
                          verdict=range_verdict(c), numbers=f"SAM {fmt_range(c, 'a')}; StableSAM {fmt_range(c, 'b')}",
                          reason='seed ranges apart or not (the other eps: summary of the open-questions folder)'))
     return rows
 
 
-def factor_control_verdicts(crit: list[dict], ref='stablesam',
-                            controls=('stablesam-clamp10', 'stablesam-clamp50', 'stablesam-clamp90',
-                                      'stableusam')) -> list[dict]:
+def factor_control_verdicts(crit: list[dict], ref='stablesam', controls=FACTOR_CONTROLS) -> list[dict]:
     """Rows: does controlling the factor (Remark 19's clamp; rho scaled by ||g||) raise the critical lr?"""
     by = {(r['model'], r['optimizer'], r['criterion']): r for r in crit}
     rows = []
@@ -522,6 +557,21 @@ def factor_control_verdicts(crit: list[dict], ref='stablesam',
     return rows
 
 
+# %%
+def _q(kind, a, b, seed, **kw): return dict(kind=kind, a=a, b=b, seed=seed, **kw)
+_qr = ([_q('path', 'sam', 'stablesam', s, barrier_train=0.0, distance=0.02) for s in range(2)] +
+       [_q('order', 'sam', 'sam', 0, barrier_train=0.001, distance=0.005)] +
+       [_q('model', o, None, s, top_eig=e + s, trace=10 * (e + s), **{'pgd_0.1': acc + 0.01 * s})
+        for o, e, acc in (('stablesam', 10, 0.12), ('sam', 8, 0.11), ('sgd', 20, 0.05)) for s in range(2)])
+_qv = {(r['section'], r['reading']): r['verdict'] for r in question_verdicts(_qr, 'toy')}
+test_eq(_qv[('6 same attractor?, toy', next(k[1] for k in _qv if k[0].startswith('6 same')))], 'holds')
+test_eq([v for (sec, rd), v in _qv.items() if sec == '6 how flat?, toy' and "below SAM's" in rd],
+        ['does not hold', 'does not hold'])   # StableSAM sharper than SAM: eigenvalue and trace
+test_eq([v for (sec, rd), v in _qv.items() if sec == '6 how flat?, toy' and "below SGD's" in rd], ['holds', 'holds'])
+test_eq([v for (sec, _), v in _qv.items() if sec.startswith('6 adversarial')], ['cannot tell'])   # ranges overlap
+test_eq(question_verdicts([], 'toy'), [])
+
+
 # %% [markdown]
 # ## The summary of `results/controls`
 #
@@ -532,10 +582,43 @@ def factor_control_verdicts(crit: list[dict], ref='stablesam',
 # %%
 #| export
 LR_FOLDERS = ('lr-sweep-10k-3ep', 'lr-sweep-10k-3ep-matched', 'lr-sweep-10k-3ep-factor-control')
-STABILITY = {'weight decay, FCN 10k': ('stability-fcn-10k-weight-decay', 'stability-fcn-10k-weight-decay-controls'),
-             'cosine, FCN 10k': ('stability-fcn-10k-cosine', 'stability-fcn-10k-cosine-controls')}
-QUESTIONS = 'open-questions-fcn-10k-weight-decay'
+
+
+class Setting(NamedTuple):
+    """A stability setting of the summary: its verdict section, figure title, column title and results folders."""
+    section: str
+    title: str
+    column: str
+    folders: tuple
+
+
+STABILITY = {
+    'weight decay, FCN 10k': Setting('2 stability', 'FCN on MNIST (10,000 images), weight decay 5e-4: StableSAM and '
+                                     'step-matched controls', 'FCN, 10,000 MNIST images',
+                                     ('stability-fcn-10k-weight-decay', 'stability-fcn-10k-weight-decay-controls')),
+    'cosine, FCN 10k': Setting('2 stability', 'FCN on MNIST (10,000 images), cosine lr: StableSAM and step-matched '
+                               'controls', 'FCN, 10,000 MNIST images',
+                               ('stability-fcn-10k-cosine', 'stability-fcn-10k-cosine-controls')),
+    'weight decay, LeNet 3k': Setting('5 conv-net panel', 'LeNet on MNIST (3,000 images; stand-in for CIFAR-10), '
+                                      'weight decay 5e-4', 'LeNet, 3,000 MNIST images (stand-in for CIFAR-10)',
+                                      ('stability-lenet-3k-weight-decay',)),
+    'cosine, LeNet 3k': Setting('5 conv-net panel', 'LeNet on MNIST (3,000 images; stand-in for CIFAR-10), cosine lr',
+                                'LeNet, 3,000 MNIST images (stand-in for CIFAR-10)', ('stability-lenet-3k-cosine',)),
+    'constant, FCN 10k': Setting('2 stability', "FCN on MNIST (10,000 images), constant lr: the factor controlled "
+                                 "(Remark 19's clamp, rho scaled by ||g||)", 'FCN, 10,000 MNIST images',
+                                 ('stability-fcn-10k-constant-factor-control',))}
+PAPER_FIGURES = {'figure-6': ('Figure 6 on real MNIST: constant lr, weight decay 5e-4',
+                              ('weight decay, FCN 10k', 'weight decay, LeNet 3k')),
+                 'figure-7': ('Figure 7 on real MNIST: cosine lr', ('cosine, FCN 10k', 'cosine, LeNet 3k'))}
+BASE = ('sgd', 'sam', 'stablesam')   # the optimizers of the paper's figures
+QUESTIONS = {'FCN 10k, weight decay': 'open-questions-fcn-10k-weight-decay',
+             'LeNet 3k, weight decay': 'open-questions-lenet-3k-weight-decay'}
 CORRELATION_ROOT = 'stability'   # beside the controls folder: Figures 5-7's records (the earlier MNIST copy)
+
+
+def setting_slug(name: str) -> str:
+    """The file-name part of stability setting `name`: its first folder without 'stability-'."""
+    return STABILITY[name].folders[0].removeprefix('stability-')
 
 
 def _records(folder) -> list[dict]:
@@ -548,14 +631,16 @@ def evidence_inputs(folder) -> dict:
     """The records the summary reads: lr sweep, stability settings, open questions, correlation sources."""
     folder = Path(folder)
     lr = [r for f in LR_FOLDERS for r in _records(folder / f)]
-    stab = {name: [r for f in fs for r in _records(folder / f)] for name, fs in STABILITY.items()}
+    stab = {name: [r for f in s.folders for r in _records(folder / f)] for name, s in STABILITY.items()}
     corr = {p.name + ' (earlier MNIST copy)': _records(p) for p in sorted((folder.parent / CORRELATION_ROOT).glob('*'))
             if (p / 'records.jsonl').exists()}
-    corr.update({f'{name} (controls)': recs for name, recs in stab.items()
+    corr.update({f'{name} (official files)': recs for name, recs in stab.items()
                  if len({r['optimizer'] for r in recs}) > 1})   # one optimizer's seeds compare no optimizers
-    return dict(lr=lr, stability={k: v for k, v in stab.items() if v}, questions=_records(folder / QUESTIONS),
-                correlation=corr, present=[f for f in (*LR_FOLDERS, *(f for fs in STABILITY.values() for f in fs),
-                                                       QUESTIONS) if (folder / f / 'records.jsonl').exists()])
+    questions = {name: _records(folder / f) for name, f in QUESTIONS.items()}
+    folders = (*LR_FOLDERS, *(f for s in STABILITY.values() for f in s.folders), *QUESTIONS.values())
+    return dict(lr=lr, stability={k: v for k, v in stab.items() if v},
+                questions={k: v for k, v in questions.items() if v}, correlation=corr,
+                present=[f for f in folders if (folder / f / 'records.jsonl').exists()])
 
 
 def correlation_table(sources: dict) -> str:
@@ -576,18 +661,23 @@ def summary_text(inputs: dict) -> str:
     """The summary of `results/controls`: the verdict table, then the tables behind it."""
     crit = critical_rows(inputs['lr']) if inputs['lr'] else []
     rows = lr_verdicts(crit)
-    for name, recs in inputs['stability'].items(): rows += stability_verdicts(recs, name)
+    for name, recs in inputs['stability'].items(): rows += stability_verdicts(recs, name, STABILITY[name].section)
     rows += correlation_verdicts(inputs['correlation'])
-    rows += question_verdicts(inputs['questions']) + factor_control_verdicts(crit)
+    for name, recs in inputs['questions'].items(): rows += question_verdicts(recs, name)
+    rows += factor_control_verdicts(crit)
+    for name, recs in inputs['stability'].items(): rows += factor_stability_verdicts(recs, name)
     parts = ['# Renormalization or a shorter step? Verdicts on real MNIST', '',
              'Folders read: ' + ', '.join(inputs['present']), '', format_verdicts(rows), '']
     if crit: parts += ['## Critical learning rates (lr sweep, 10,000 images, 3 epochs)', '',
                        'Criterion (a): ' + CRITERIA['a'] + '; (b): ' + CRITERIA['b'] + '.', '',
                        format_critical_rows(crit), '']
     for name, recs in inputs['stability'].items():
-        if not stability_rows(recs): continue   # StableSAM alone so far: nothing to compare
-        parts += [f'## Stability, {name}: StableSAM against each optimizer', '',
-                  format_stability_rows(stability_rows(recs)), '']
+        rows = stability_rows(recs)
+        if rows: parts += [f'## Stability, {name}: StableSAM against each optimizer', '', format_stability_rows(rows),
+                           '']
+        rows = factor_stability_rows(recs)
+        if rows: parts += [f'## Stability, {name}: each factor control against SAM and StableSAM', '',
+                           format_stability_rows(rows), '']
     parts += ['## Distance and generalisation error: three correlations', '', correlation_table(inputs['correlation']),
               '']
     return '\n'.join(parts)
@@ -672,6 +762,14 @@ def plot_factor(records: list[dict], figsize=(3.6, 3.0)):
     return fig
 
 
+def paper_figure(stability: dict, title: str, names):
+    """The paper's layout (FCN left, the conv net right) of stability settings `names`, its three optimizers only;
+    None unless every setting has records."""
+    from stablesam.stability import stability_figure
+    panels = {STABILITY[n].column: [r for r in stability.get(n, []) if r['optimizer'] in BASE] for n in names}
+    return stability_figure(panels, title) if all(panels.values()) else None
+
+
 def write_figures(folder, inputs: dict) -> list:
     """Write the figures of `summary_text`'s inputs into `folder`; returns their paths."""
     import matplotlib.pyplot as plt
@@ -683,11 +781,13 @@ def write_figures(folder, inputs: dict) -> list:
         finally: plt.close(fig)
     if inputs['lr']: save(plot_failures(inputs['lr']), 'lr_failures.png')
     for name, recs in inputs['stability'].items():
-        slug = name.split(',')[0].replace(' ', '-')
-        save(plot_stability(recs, f"FCN on MNIST (10,000 images), {name.split(',')[0]}: StableSAM and step-matched "
-                                  "controls"), f'stability-{slug}.png')
+        slug = setting_slug(name)
+        save(plot_stability(recs, STABILITY[name].title), f'stability-{slug}.png')
         save(plot_distance_vs_loss(recs), f'distance-vs-loss-{slug}.png')
         save(plot_factor(recs), f'factor-{slug}.png')
+    for file, (title, names) in PAPER_FIGURES.items():
+        fig = paper_figure(inputs['stability'], title, names)
+        if fig is not None: save(fig, f'{file}.png')
     return made
 
 
@@ -741,10 +841,12 @@ if inputs and inputs['lr']:
 # %%
 if inputs:
     for name, recs in inputs['stability'].items():
-        plot_stability(recs, f'{name}: StableSAM and step-matched controls')
+        plot_stability(recs, STABILITY[name].title)
         plot_distance_vs_loss(recs)
         plot_factor(recs)
         plt.show()
+    for title, names in PAPER_FIGURES.values():   # the paper's layout, where both columns have records
+        if paper_figure(inputs['stability'], title, names) is not None: plt.show()
 
 # %% [markdown]
 # ### What the records say
@@ -758,7 +860,7 @@ if inputs:
 # (x 1e-4, mean [min, max]) is StableSAM 5.66 [4.84, 6.94], SAM 9.70 [8.08, 11.0], SGD 9.04 [8.36, 9.57], and for
 # the step-matched controls SAM at lr x f 5.34 [4.48, 6.62], SAM at lr x f(epoch) 5.11 [4.31, 6.52], SGD at lr x f
 # 5.45 [4.41, 7.15]. StableSAM's distance is below SAM's in every seed, but every optimizer that takes the shorter
-# step, SGD included, ends at the same distance: plotted against the training loss (`distance-vs-loss-weight-decay.png`)
+# step, SGD included, ends at the same distance: plotted against the training loss (`distance-vs-loss-fcn-10k-weight-decay.png`)
 # all six lie on one curve. At equal training loss (0.146, the highest any run ends at) StableSAM's distance is 5.56
 # against SAM's 6.91 (ranges overlap) and SAM at lr x f's 5.21. The generalisation error separates the ascent step
 # from the step length: at equal loss the SAM family is at 0.068 (StableSAM 0.0684, SAM 0.0678, SAM at lr x f 0.0684)
