@@ -399,6 +399,9 @@ STABILITY = {
                                       ('stability-lenet-3k-weight-decay',)),
     'cosine, LeNet 3k': Setting('5 conv-net panel', 'LeNet on MNIST (3,000 images; stand-in for CIFAR-10), cosine lr',
                                 'LeNet, 3,000 MNIST images (stand-in for CIFAR-10)', ('stability-lenet-3k-cosine',)),
+    'constant, FCN 60k': Setting('2 stability', 'FCN on MNIST (all 60,000 images), constant lr: StableSAM and '
+                                 'step-matched controls', 'FCN, all 60,000 MNIST images',
+                                 ('stability-fcn-60k-constant', 'stability-fcn-60k-constant-controls')),
     'constant, FCN 10k': Setting('2 stability', "FCN on MNIST (10,000 images), constant lr: the factor controlled "
                                  "(Remark 19's clamp, rho scaled by ||g||)", 'FCN, 10,000 MNIST images',
                                  ('stability-fcn-10k-constant-factor-control',))}
