@@ -157,6 +157,13 @@
 #   any run (was: of any optimizer's seed mean), so every seed counts.
 # - **One `critical_lr`** (`stablesam.robustness.critical_lr`, from failed flags per lr); **`efficient_evidence.
 #   critical_lr` is now `divergence_critical_lr`**. **Do:** rename calls of the old name.
+# - **`controls_evidence` reads its settings from one registry**, `STABILITY` (name -> `Setting`: verdict section,
+#   figure title, column title, results folders): the FCN settings, the LeNet panel (§5) and the constant-lr factor
+#   control, whose clamp and StableUSAM rows compare each control's distance with SAM's and StableSAM's
+#   (`factor_stability_verdicts`). It draws Figures 6 and 7 in the paper's layout (FCN left, LeNet right) and names
+#   each setting's figures after its folder (`stability-fcn-10k-weight-decay.png`, was `stability-weight-decay.png`).
+#   `question_verdicts(records, setting)` names the models it speaks of. A critical learning rate at its grid's
+#   largest lr is printed `>=`: the grid cannot tell how much higher it is.
 
 # %% [markdown]
 # ## 0.2.0 (2026-12-01)
