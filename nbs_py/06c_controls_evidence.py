@@ -449,29 +449,37 @@ def factor_stability_verdicts(records: list[dict], setting: str) -> list[dict]:
 
 
 def correlation_verdicts(sources: dict) -> list[dict]:
-    """Rows: are distance and generalisation error positively correlated: pooled, at fixed epochs, within runs?"""
+    """Rows: are distance and generalisation error positively correlated: pooled, at fixed epochs, within runs?
+
+    A reading with no correlation in the records (too few runs or epochs) gets no row."""
     cs = {name: correlations(recs) for name, recs in sources.items()}
     pooled = [c['pooled'] for c in cs.values() if c['pooled'] is not None]
     at = [(n, e, r) for n, c in cs.items() for e, r in c['at_epoch'].items() if r is not None]
+    medians = [c['within_median'] for c in cs.values() if c['within_median'] is not None]
     within_pos = sum(c['within_positive'] for c in cs.values())
     runs = sum(c['runs'] for c in cs.values())
     lows = sorted(at, key=lambda t: t[2])[:2]
-    return [
-        dict(section='4 correlation', reading='distance and gen. error positively correlated, pooled over epochs',
-             verdict='holds' if pooled and min(pooled) > 0 else 'does not hold',
-             numbers=f"r {min(pooled):.2f} to {max(pooled):.2f} over {len(pooled)} settings",
-             reason='pooled r also counts that both grow with the epochs'),
-        dict(section='4 correlation', reading='... across runs at a fixed epoch (10, 30, 60)',
-             verdict='holds' if at and min(r for *_, r in at) > 0 else 'does not hold',
-             numbers=f"r {min(r for *_, r in at):.2f} to {max(r for *_, r in at):.2f} over {len(at)} (setting, "
-                     f"epoch); lowest: " + ', '.join(f'{n} epoch {e}: {r:.2f}' for n, e, r in lows),
-             reason='the reading that compares runs; few runs a setting, so a single r is noisy'),
-        dict(section='4 correlation', reading='... within each run over its epochs',
-             verdict='holds' if within_pos == runs else 'does not hold',
-             numbers=f"positive in {within_pos} of {runs} runs; median r per setting "
-                     f"{min(c['within_median'] for c in cs.values()):.2f} to "
-                     f"{max(c['within_median'] for c in cs.values()):.2f}",
-             reason='within a run both grow with time: this says little about generalisation')]
+    rows = []
+    if pooled:
+        rows.append(dict(section='4 correlation', reading='distance and gen. error positively correlated, pooled over '
+                                                          'epochs',
+                         verdict='holds' if min(pooled) > 0 else 'does not hold',
+                         numbers=f"r {min(pooled):.2f} to {max(pooled):.2f} over {len(pooled)} settings",
+                         reason='pooled r also counts that both grow with the epochs'))
+    if at:
+        rows.append(dict(section='4 correlation', reading='... across runs at a fixed epoch (10, 30, 60)',
+                         verdict='holds' if min(r for *_, r in at) > 0 else 'does not hold',
+                         numbers=f"r {min(r for *_, r in at):.2f} to {max(r for *_, r in at):.2f} over {len(at)} "
+                                 "(setting, epoch); lowest: " +
+                                 ', '.join(f'{n} epoch {e}: {r:.2f}' for n, e, r in lows),
+                         reason='the reading that compares runs; few runs a setting, so a single r is noisy'))
+    if medians:
+        rows.append(dict(section='4 correlation', reading='... within each run over its epochs',
+                         verdict='holds' if within_pos == runs else 'does not hold',
+                         numbers=f"positive in {within_pos} of {runs} runs; median r per setting "
+                                 f"{min(medians):.2f} to {max(medians):.2f}",
+                         reason='within a run both grow with time: this says little about generalisation'))
+    return rows
 
 
 def format_verdicts(rows: list[dict]) -> str:
@@ -814,6 +822,43 @@ def main(argv=None):
 if __name__ == '__main__': main()   # python -m stablesam.controls_evidence FOLDER (not run in the notebook)
 
 # %% [markdown]
+# The summary and the figures of a made-up results tree with two settings (the LeNet panel and the factor control),
+# which every other folder lacks:
+
+# %%
+import tempfile
+from stablesam.runs import write_jsonl
+
+
+def _stab(opt, speed=1.0, factor=None, seeds=(0, 1), epochs=4):
+    f = {} if factor is None else {k: factor for k in ('factor_mean', 'factor_p10', 'factor_p50', 'factor_p90')}
+    return [dict(optimizer=opt, seed=s, epoch=e, param_distance=1e-3 * speed * e * (1 + 0.1 * s),
+                 gen_error=0.01 * speed * e + 0.001 * s, acc_gap=0.1 * e, train_loss=2.3 / (1 + speed * e),
+                 **(f if e else {})) for s in seeds for e in range(epochs + 1)]
+
+
+with tempfile.TemporaryDirectory() as _d:
+    _root = Path(_d) / 'controls'
+    for _folder, _recs_in in (('stability-lenet-3k-weight-decay', _stab('sgd') + _stab('sam', 1.2, 0.9) +
+                               _stab('stablesam', 0.8, 0.7)),
+                              ('stability-fcn-10k-constant-factor-control', _stab('sam', 1.2, 0.9) +
+                               _stab('stablesam', 0.8, 0.7) + _stab('stablesam-clamp10', 0.5, 0.316))):
+        (_root / _folder).mkdir(parents=True)
+        write_jsonl(_root / _folder / 'records.jsonl', _recs_in)
+    _in = evidence_inputs(_root)
+    test_eq(_in['present'], ['stability-lenet-3k-weight-decay', 'stability-fcn-10k-constant-factor-control'])
+    _text = summary_text(_in)
+    assert "| 5 conv-net panel, weight decay, LeNet 3k | StableSAM's distance is below SAM's (last epoch) | **holds**" \
+        in _text, _text
+    assert "| 6 controlling the factor, constant, FCN 10k | StableSAM γ0=0.1's distance is below StableSAM's (last " \
+           "epoch) | **holds**" in _text, _text
+    assert '## Stability, constant, FCN 10k: each factor control against SAM and StableSAM' in _text
+    test_eq(sorted(p.name for p in write_figures(_root, _in)),
+            sorted(f'{kind}-{slug}.png' for kind in ('stability', 'distance-vs-loss', 'factor')
+                   for slug in ('lenet-3k-weight-decay', 'fcn-10k-constant-factor-control')))   # no LeNet|FCN pair
+
+
+# %% [markdown]
 # ## On real MNIST
 #
 # The records are in `results/controls/` (official MNIST files; each folder's `config.json` holds the command, the
@@ -827,9 +872,20 @@ if __name__ == '__main__': main()   # python -m stablesam.controls_evidence FOLD
 # - **stability, weight decay** (`stability-fcn-10k-weight-decay`): Figure 6's setting (constant lr 0.01, weight
 #   decay 5e-4, no momentum, batch 128, 60 epochs) on the first 10,000 training images, StableSAM, 3 seeds;
 #   `-controls`: SGD, SAM and the three step-matched controls, f from the StableSAM pair of the same seed;
-# - **open questions** (`open-questions-fcn-10k-weight-decay`): the final models of the two folders above.
+# - **stability, cosine** (`stability-fcn-10k-cosine`, `-controls`): Figure 7's setting (cosine lr from 0.01) in the
+#   same way;
+# - **stability at the paper's size** (`stability-fcn-60k-constant`): Figure 5's setting (constant lr 0.01) on all
+#   60,000 training images, SGD, SAM and StableSAM, 3 seeds; `-controls`: the three step-matched controls;
+# - **the conv-net panel** (`stability-lenet-3k-weight-decay`, `stability-lenet-3k-cosine`): Figures 6 and 7's
+#   right-hand column, LeNet on the first 3,000 MNIST images standing in for the paper's CIFAR-10, SGD, SAM and
+#   StableSAM, 3 seeds;
+# - **the factor controlled in Figure 5's distance** (`stability-fcn-10k-constant-factor-control`): constant lr,
+#   10,000 images, SGD, SAM, StableSAM, Remark 19's clamp at gamma0 0.1, 0.5, 0.9 and StableUSAM, 3 seeds;
+# - **open questions** (`open-questions-fcn-10k-weight-decay`, `open-questions-lenet-3k-weight-decay`): the final
+#   models of the weight-decay folders above, FCN and LeNet.
 #
-# The summary below is derived from those records each time this page runs (and by `stablesam-results check`).
+# The summary below is derived from those records each time this page runs (and by `stablesam-results check`);
+# a folder not made yet is left out, and the summary's first line names the folders it read.
 
 # %%
 FOLDER = Path('../results/controls')

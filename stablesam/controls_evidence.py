@@ -281,29 +281,37 @@ def factor_stability_verdicts(records: list[dict], setting: str) -> list[dict]:
 
 
 def correlation_verdicts(sources: dict) -> list[dict]:
-    """Rows: are distance and generalisation error positively correlated: pooled, at fixed epochs, within runs?"""
+    """Rows: are distance and generalisation error positively correlated: pooled, at fixed epochs, within runs?
+
+    A reading with no correlation in the records (too few runs or epochs) gets no row."""
     cs = {name: correlations(recs) for name, recs in sources.items()}
     pooled = [c['pooled'] for c in cs.values() if c['pooled'] is not None]
     at = [(n, e, r) for n, c in cs.items() for e, r in c['at_epoch'].items() if r is not None]
+    medians = [c['within_median'] for c in cs.values() if c['within_median'] is not None]
     within_pos = sum(c['within_positive'] for c in cs.values())
     runs = sum(c['runs'] for c in cs.values())
     lows = sorted(at, key=lambda t: t[2])[:2]
-    return [
-        dict(section='4 correlation', reading='distance and gen. error positively correlated, pooled over epochs',
-             verdict='holds' if pooled and min(pooled) > 0 else 'does not hold',
-             numbers=f"r {min(pooled):.2f} to {max(pooled):.2f} over {len(pooled)} settings",
-             reason='pooled r also counts that both grow with the epochs'),
-        dict(section='4 correlation', reading='... across runs at a fixed epoch (10, 30, 60)',
-             verdict='holds' if at and min(r for *_, r in at) > 0 else 'does not hold',
-             numbers=f"r {min(r for *_, r in at):.2f} to {max(r for *_, r in at):.2f} over {len(at)} (setting, "
-                     f"epoch); lowest: " + ', '.join(f'{n} epoch {e}: {r:.2f}' for n, e, r in lows),
-             reason='the reading that compares runs; few runs a setting, so a single r is noisy'),
-        dict(section='4 correlation', reading='... within each run over its epochs',
-             verdict='holds' if within_pos == runs else 'does not hold',
-             numbers=f"positive in {within_pos} of {runs} runs; median r per setting "
-                     f"{min(c['within_median'] for c in cs.values()):.2f} to "
-                     f"{max(c['within_median'] for c in cs.values()):.2f}",
-             reason='within a run both grow with time: this says little about generalisation')]
+    rows = []
+    if pooled:
+        rows.append(dict(section='4 correlation', reading='distance and gen. error positively correlated, pooled over '
+                                                          'epochs',
+                         verdict='holds' if min(pooled) > 0 else 'does not hold',
+                         numbers=f"r {min(pooled):.2f} to {max(pooled):.2f} over {len(pooled)} settings",
+                         reason='pooled r also counts that both grow with the epochs'))
+    if at:
+        rows.append(dict(section='4 correlation', reading='... across runs at a fixed epoch (10, 30, 60)',
+                         verdict='holds' if min(r for *_, r in at) > 0 else 'does not hold',
+                         numbers=f"r {min(r for *_, r in at):.2f} to {max(r for *_, r in at):.2f} over {len(at)} "
+                                 "(setting, epoch); lowest: " +
+                                 ', '.join(f'{n} epoch {e}: {r:.2f}' for n, e, r in lows),
+                         reason='the reading that compares runs; few runs a setting, so a single r is noisy'))
+    if medians:
+        rows.append(dict(section='4 correlation', reading='... within each run over its epochs',
+                         verdict='holds' if within_pos == runs else 'does not hold',
+                         numbers=f"positive in {within_pos} of {runs} runs; median r per setting "
+                                 f"{min(medians):.2f} to {max(medians):.2f}",
+                         reason='within a run both grow with time: this says little about generalisation'))
+    return rows
 
 
 def format_verdicts(rows: list[dict]) -> str:
