@@ -478,12 +478,12 @@ def summary_text(inputs: dict) -> str:
                        'Criterion (a): ' + CRITERIA['a'] + '; (b): ' + CRITERIA['b'] + '.', '',
                        format_critical_rows(crit), '']
     for name, recs in inputs['stability'].items():
-        rows = stability_rows(recs)
-        if rows: parts += [f'## Stability, {name}: StableSAM against each optimizer', '', format_stability_rows(rows),
-                           '']
-        rows = factor_stability_rows(recs)
-        if rows: parts += [f'## Stability, {name}: each factor control against SAM and StableSAM', '',
-                           format_stability_rows(rows), '']
+        table = stability_rows(recs)
+        if table: parts += [f'## Stability, {name}: StableSAM against each optimizer', '',
+                            format_stability_rows(table), '']
+        table = factor_stability_rows(recs)
+        if table: parts += [f'## Stability, {name}: each factor control against SAM and StableSAM', '',
+                            format_stability_rows(table), '']
     parts += ['## Distance and generalisation error: three correlations', '', correlation_table(inputs['correlation']),
               '']
     return '\n'.join(parts)
