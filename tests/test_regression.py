@@ -3,7 +3,7 @@
 The fixtures were written on this project's development machine. Another CPU takes other float32 code paths in
 MKL and ATen (CI's machine did: first records off by 1e-7 relative). Two epochs carry such differences furthest into
 the huge losses of the diverging lr 3.0 runs (above 1e6: up to 1.2e-3 relative) and into the differences of two near
-values (distance between neighbouring runs, gen. error: up to 3.3e-4); everything else stays within 3e-5 (measured here
+values (distance between neighbouring runs, gen. error: up to 3.3e-4); everything else stays within 1e-5 (measured here
 with MKL_CBWR=COMPATIBLE, MKL_CBWR=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2 and ATEN_CPU_CAPABILITY=default or avx2).
 So floats are compared to REL (a diverged loss to DIVERGED_REL) and summaries to one unit in their last printed digit:
 a change of behaviour moves them by far more.
