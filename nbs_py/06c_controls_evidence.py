@@ -357,6 +357,9 @@ def interval_verdict(a: dict, b: dict) -> str:
     return 'holds' if v(a['lo']) > v(b['hi']) else 'cannot tell'
 
 
+RANGE_RULE = 'holds: seed ranges (min-max) apart; does not hold: mean not lower; else cannot tell'
+
+
 def range_verdict(c: dict) -> str:
     """'holds' if the first seed range lies below the second, 'does not hold' if above or not lower on average."""
     if c.get('a_mean') is None or min(c['a_seeds'], c['b_seeds']) < 2: return 'cannot tell'   # one seed: no spread
@@ -422,7 +425,7 @@ def _below_row(c: dict, section: str) -> dict:
         f"; paired {c['paired']:+.3g} ({c['paired_below']} of {c['paired_n']} seeds lower)"
     numbers = '-' if c.get('a_mean') is None else f"{a} {fmt_range(c, 'a')}; {b} {fmt_range(c, 'b')}{paired}"
     return dict(section=section, reading=f"{a}'s {what} is below {b}'s ({c['when']})", verdict=range_verdict(c),
-                numbers=numbers, reason='seed ranges (min-max) apart or not')
+                numbers=numbers, reason=RANGE_RULE)
 
 
 def stability_verdicts(records: list[dict], setting: str, section: str = '2 stability',
@@ -538,7 +541,7 @@ def question_verdicts(records: list[dict], setting: str, eps: float = 0.1) -> li
                 rows.append(dict(section=f'6 how flat?, {setting}',
                                  reading=f"StableSAM's {what} is below {name}'s ({when})", verdict=range_verdict(c),
                                  numbers=f"StableSAM {fmt_range(c, 'a')}; {name} {fmt_range(c, 'b')}",
-                                 reason='seed ranges apart or not' + ('' if kind == 'model' else
+                                 reason=RANGE_RULE + ('' if kind == 'model' else
                                                                       '; each run retrained to its first epoch there')))
     key = f'pgd_{eps:g}'
     c = compare_runs(_by(records, 'model', 'sam', key), _by(records, 'model', 'stablesam', key))
@@ -546,7 +549,7 @@ def question_verdicts(records: list[dict], setting: str, eps: float = 0.1) -> li
         rows.append(dict(section=f'6 adversarial robustness, {setting}',
                          reading=f"StableSAM is more robust than SAM: higher accuracy under PGD, eps {eps:g}",
                          verdict=range_verdict(c), numbers=f"SAM {fmt_range(c, 'a')}; StableSAM {fmt_range(c, 'b')}",
-                         reason='seed ranges apart or not (the other eps: summary of the open-questions folder)'))
+                         reason=RANGE_RULE + ' (the other eps: summary of the open-questions folder)'))
     return rows
 
 
