@@ -163,7 +163,9 @@
 #   (`factor_stability_verdicts`). It draws Figures 6 and 7 in the paper's layout (FCN left, LeNet right) and names
 #   each setting's figures after its folder (`stability-fcn-10k-weight-decay.png`, was `stability-weight-decay.png`).
 #   `question_verdicts(records, setting)` names the models it speaks of. A critical learning rate at its grid's
-#   largest lr is printed `>=`: the grid cannot tell how much higher it is.
+#   largest lr is printed `>=`: the grid cannot tell how much higher it is. `stability_verdicts(rows, ...)` and
+#   `factor_stability_verdicts(rows, ...)` take the rows of `stability_rows` / `factor_stability_rows` (were: records),
+#   so the summary computes each table once. **Do:** pass `stability_rows(records)` where you passed `records`.
 
 # %% [markdown]
 # ## 0.2.0 (2026-12-01)

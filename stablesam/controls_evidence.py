@@ -260,11 +260,11 @@ def _below_row(c: dict, section: str) -> dict:
                 numbers=numbers, reason=RANGE_RULE)
 
 
-def stability_verdicts(records: list[dict], setting: str, section: str = '2 stability',
+def stability_verdicts(rows: list[dict], setting: str, section: str = '2 stability',
                        others=('sam', 'sam-lrf', 'sam-lrf-epoch')) -> list[dict]:
-    """Rows: is StableSAM's distance (generalisation error) below each of `others`' at the last epoch and equal loss?"""
-    return [_below_row(c, f'{section}, {setting}')
-            for c in stability_rows(records, others=others, loss=common_loss(records, ('stablesam', *OTHERS)))]
+    """Verdict rows of `stability_rows`: is StableSAM's distance (gen. error) below each of `others`' (last epoch, equal
+    loss)?"""
+    return [_below_row(c, f'{section}, {setting}') for c in rows if c['other'] in others]
 
 
 FACTOR_CONTROLS = ('stablesam-clamp10', 'stablesam-clamp50', 'stablesam-clamp90', 'stableusam')
@@ -277,9 +277,10 @@ def factor_stability_rows(records: list[dict], controls=FACTOR_CONTROLS) -> list
     return [c for o in present for c in stability_rows(records, ref=o, others=('sam', 'stablesam'), loss=loss)]
 
 
-def factor_stability_verdicts(records: list[dict], setting: str) -> list[dict]:
-    """Rows: is each factor control's distance below SAM's (last epoch, equal loss) and StableSAM's (last epoch)?"""
-    return [_below_row(c, f'6 controlling the factor, {setting}') for c in factor_stability_rows(records)
+def factor_stability_verdicts(rows: list[dict], setting: str) -> list[dict]:
+    """Verdict rows of `factor_stability_rows`: is each factor control's distance below SAM's (last epoch, equal loss)
+    and StableSAM's (last epoch)?"""
+    return [_below_row(c, f'6 controlling the factor, {setting}') for c in rows
             if c['quantity'] == 'param_distance' and (c['other'] == 'sam' or c['when'] == 'last epoch')]
 
 
@@ -470,23 +471,22 @@ def summary_text(inputs: dict) -> str:
     """The summary of `results/controls`: the verdict table, then the tables behind it."""
     crit = critical_rows(inputs['lr']) if inputs['lr'] else []
     rows = lr_verdicts(crit)
-    for name, recs in inputs['stability'].items(): rows += stability_verdicts(recs, name, STABILITY[name].section)
+    tables = {name: (stability_rows(recs), factor_stability_rows(recs)) for name, recs in inputs['stability'].items()}
+    for name, (table, _) in tables.items(): rows += stability_verdicts(table, name, STABILITY[name].section)
     rows += correlation_verdicts(inputs['correlation'])
     for name, recs in inputs['questions'].items(): rows += question_verdicts(recs, name)
     rows += factor_control_verdicts(crit)
-    for name, recs in inputs['stability'].items(): rows += factor_stability_verdicts(recs, name)
+    for name, (_, factor_table) in tables.items(): rows += factor_stability_verdicts(factor_table, name)
     parts = ['# Renormalization or a shorter step? Verdicts on real MNIST', '',
              'Folders read: ' + ', '.join(inputs['present']), '', format_verdicts(rows), '']
     if crit: parts += ['## Critical learning rates (lr sweep, 10,000 images, 3 epochs)', '',
                        'Criterion (a): ' + CRITERIA['a'] + '; (b): ' + CRITERIA['b'] + '.', '',
                        format_critical_rows(crit), '']
-    for name, recs in inputs['stability'].items():
-        table = stability_rows(recs)
+    for name, (table, factor_table) in tables.items():
         if table: parts += [f'## Stability, {name}: StableSAM against each optimizer', '',
                             format_stability_rows(table), '']
-        table = factor_stability_rows(recs)
-        if table: parts += [f'## Stability, {name}: each factor control against SAM and StableSAM', '',
-                            format_stability_rows(table), '']
+        if factor_table: parts += [f'## Stability, {name}: each factor control against SAM and StableSAM', '',
+                                   format_stability_rows(factor_table), '']
     parts += ['## Distance and generalisation error: three correlations', '', correlation_table(inputs['correlation']),
               '']
     return '\n'.join(parts)
