@@ -912,9 +912,9 @@ if inputs:
 # ### What the records say
 #
 # **The factor.** In the learning-rate sweep StableSAM's mean factor is 0.85-0.90 for the FCN and 0.85-0.94 for
-# LeNet (3 epochs, momentum 0.9); in Figure 6's setting (no momentum, weight decay, 60 epochs) it starts at 1.0 in
-# the first epoch, falls to about 0.65 by epoch 8 and settles near 0.71: StableSAM's steps there are about 30%
-# shorter than SAM's. The matched controls train at lr x 0.711 (seeds 0-2: 0.7127, 0.7117, 0.7109).
+# LeNet up to lr 0.32, rising to 0.95-0.98 above it (3 epochs, momentum 0.9); in Figure 6's setting (no momentum,
+# weight decay, 60 epochs) it starts at 1.0 in the first epoch, falls to about 0.65 by epoch 8 and settles near 0.71:
+# StableSAM's steps there are about 30% shorter than SAM's. The matched controls train at lr x 0.711 (seeds 0-2: 0.7127, 0.7117, 0.7109).
 #
 # **Figure 6's setting at 10,000 images (weight decay), all six optimizers, 3 seeds.** At epoch 60 the distance
 # (x 1e-4, mean [min, max]) is StableSAM 5.66 [4.84, 6.94], SAM 9.70 [8.08, 11.0], SGD 9.04 [8.36, 9.57], and for
